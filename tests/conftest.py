@@ -1,0 +1,164 @@
+"""Every test gets its own data dir and a freshly migrated database.
+
+SQLite by default; set TUNEYARD_TEST_DATABASE_URL to a PostgreSQL server URL (its database is
+only used to connect) and each test gets its own database, cloned from a migrated template.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+from tuneyard.config import get_settings, reset_settings
+from tuneyard.db import engine_for, upgrade
+
+PG_URL = os.environ.get("TUNEYARD_TEST_DATABASE_URL")
+
+
+def _pg_admin_engine():
+    return create_engine(PG_URL, isolation_level="AUTOCOMMIT")
+
+
+@pytest.fixture(scope="session")
+def template_db(tmp_path_factory):
+    """A migrated database to copy for each test (migrating once is much faster)."""
+    root = tmp_path_factory.mktemp("template")
+    if PG_URL:
+        name = f"ty_tpl_{uuid.uuid4().hex[:8]}"
+        admin = _pg_admin_engine()
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+        url = make_url(PG_URL).set(database=name).render_as_string(hide_password=False)
+        os.environ["TUNEYARD_DATA_DIR"] = str(root)
+        os.environ["TUNEYARD_DATABASE_URL"] = url
+        reset_settings()
+        upgrade()
+        engine_for(url).dispose()
+        yield name
+        engine_for.cache_clear()
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+    else:
+        os.environ["TUNEYARD_DATA_DIR"] = str(root)
+        os.environ.pop("TUNEYARD_DATABASE_URL", None)
+        reset_settings()
+        upgrade()
+        path = root / "tuneyard.db"
+        engine_for(f"sqlite:///{path}").dispose()
+        yield path
+
+
+@pytest.fixture(autouse=True)
+def data_dir(tmp_path, template_db, monkeypatch) -> Path:
+    """Point Tuneyard at a new data dir and database for this test."""
+    data = tmp_path / "data"
+    data.mkdir()
+    monkeypatch.setenv("TUNEYARD_DATA_DIR", str(data))
+    monkeypatch.setenv("TUNEYARD_JOB_STALE_AFTER_SECONDS", "30")
+    monkeypatch.setenv("TUNEYARD_PLUGINS", "tests.jobkinds")
+    monkeypatch.setenv("TUNEYARD_JOB_CANCEL_GRACE_SECONDS", "3")
+    database = None
+    if PG_URL:
+        database = f"ty_{uuid.uuid4().hex[:12]}"
+        admin = _pg_admin_engine()
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{database}" TEMPLATE "{template_db}"'))
+        url = make_url(PG_URL).set(database=database).render_as_string(hide_password=False)
+        monkeypatch.setenv("TUNEYARD_DATABASE_URL", url)
+    else:
+        shutil.copy(template_db, data / "tuneyard.db")
+        monkeypatch.delenv("TUNEYARD_DATABASE_URL", raising=False)
+    reset_settings()
+    yield data
+    engine_for(get_settings().db_url).dispose()
+    reset_settings()
+    if database:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture
+def admin_password(data_dir) -> str:
+    from tuneyard.api import prepare
+
+    prepare(announce=lambda _text: None)
+    return (data_dir / "admin-password.txt").read_text().strip()
+
+
+@pytest.fixture
+def app(admin_password):
+    from tuneyard.api import create_app
+
+    return create_app(run_worker=False)
+
+
+@pytest.fixture
+def client(app) -> TestClient:
+    with TestClient(app) as test_client:
+        yield test_client
+
+
+def login(client: TestClient, password: str, username: str = "admin", project: str = "1001"):
+    response = client.post(
+        "/api/v1/auth/login",
+        json={"project_code": project, "username": username, "password": password},
+    )
+    assert response.status_code == 200, response.text
+    return {"Authorization": f"Bearer {response.json()['token']}"}
+
+
+@pytest.fixture
+def auth(client, admin_password) -> dict[str, str]:
+    """Headers of the first admin of project 1001."""
+    return login(client, admin_password)
+
+
+@pytest.fixture
+def principal(admin_password):
+    from tuneyard.auth.service import local_principal
+    from tuneyard.db import session_scope
+
+    with session_scope() as session:
+        return local_principal(session)
+
+
+@pytest.fixture
+def worker(admin_password):
+    """A real executor running jobs in child processes, in a background thread."""
+    from tuneyard.jobs.executor import Executor
+
+    executor = Executor()
+    executor.start()
+    yield executor
+    executor.stop()
+    for entry in list(executor.running.values()):
+        entry.process.kill()
+        entry.process.wait()
+
+
+def wait_for_job(
+    job_id: str, timeout: float = 120.0, statuses=("succeeded", "failed", "cancelled")
+):
+    """Poll the database until the job reaches one of `statuses`; return it."""
+    import time
+
+    from tuneyard.db import session_scope
+    from tuneyard.models import Job
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with session_scope() as session:
+            job = session.get(Job, job_id)
+            if job.status in statuses:
+                return job
+        time.sleep(0.1)
+    raise AssertionError(f"job {job_id} did not reach {statuses} in {timeout} s: {job.status}")

@@ -1,0 +1,150 @@
+"""The job system: real child processes, crashes, cancels and restart recovery."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from datetime import timedelta
+
+import pytest
+
+from tests.conftest import wait_for_job
+from tuneyard.db import session_scope
+from tuneyard.jobs import service
+from tuneyard.jobs.executor import Executor
+from tuneyard.models import Job, utcnow
+
+
+def enqueue(principal, kind, **params):
+    with session_scope() as session:
+        return service.enqueue(session, principal, kind, params).id
+
+
+def wait_for_pid(path, timeout=30.0) -> int:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists() and path.read_text():
+            return int(path.read_text())
+        time.sleep(0.05)
+    raise AssertionError("job process never started")
+
+
+class TestRunning:
+    def test_success_records_result_progress_and_events(self, principal, worker):
+        job_id = enqueue(principal, "test.events")
+        job = wait_for_job(job_id)
+        assert job.status == "succeeded", job.error
+        assert job.progress == 100
+        assert job.result == {"count": 3}
+        assert job.message == "Recorded 3 metrics"
+        with session_scope() as session:
+            rows = service.events(session, job_id, "metric")
+        assert [row.data["step"] for row in rows] == [0, 1, 2]
+
+    def test_exception_fails_job_with_its_message_and_logs_traceback(
+        self, principal, worker, client, auth
+    ):
+        job_id = enqueue(principal, "test.fail")
+        job = wait_for_job(job_id)
+        assert job.status == "failed"
+        assert job.error == "RuntimeError: the disk is full"
+        logs = client.get(f"/api/v1/jobs/{job_id}/logs", headers=auth).text
+        assert "Traceback" in logs and "the disk is full" in logs
+
+    def test_runs_in_its_own_process(self, principal, worker, tmp_path):
+        pid_file = tmp_path / "pid"
+        job_id = enqueue(principal, "test.sleep", pid_file=str(pid_file), steps=2)
+        assert wait_for_pid(pid_file) != os.getpid()
+        assert wait_for_job(job_id).status == "succeeded"
+
+
+class TestCrash:
+    def test_kill_9_marks_job_failed_with_reason(self, principal, worker, tmp_path):
+        pid_file = tmp_path / "pid"
+        job_id = enqueue(principal, "test.sleep", pid_file=str(pid_file))
+        os.kill(wait_for_pid(pid_file), signal.SIGKILL)
+        job = wait_for_job(job_id)
+        assert job.status == "failed"
+        assert "killed by SIGKILL" in job.error
+        assert job.finished_at is not None
+
+    def test_restart_fails_jobs_left_running_by_a_dead_process(self, principal, tmp_path):
+        pid_file = tmp_path / "pid"
+        job_id = enqueue(principal, "test.sleep", pid_file=str(pid_file))
+        first = Executor()
+        assert first.start_job(job_id)
+        os.kill(wait_for_pid(pid_file), signal.SIGKILL)
+        first.running[job_id].process.wait()
+        # The server died with its job: nothing reaped it. A new start must recover it.
+        with session_scope() as session:
+            assert session.get(Job, job_id).status == "running"
+        Executor().recover()
+        with session_scope() as session:
+            job = session.get(Job, job_id)
+        assert job.status == "failed"
+        assert "Tuneyard stopped while this job ran" in job.error
+
+    def test_stale_heartbeat_from_another_worker_fails_job(self, principal):
+        job_id = enqueue(principal, "test.sleep", pid_file="/dev/null")
+        with session_scope() as session:
+            job = session.get(Job, job_id)
+            job.status = "running"
+            job.worker_id = "another-host"
+            job.heartbeat_at = utcnow() - timedelta(minutes=5)
+        Executor().fail_stale()
+        with session_scope() as session:
+            job = session.get(Job, job_id)
+        assert job.status == "failed"
+        assert "no heartbeat" in job.error
+
+
+class TestCancel:
+    def test_cancel_queued_job_never_runs(self, principal, client, auth):
+        job_id = enqueue(principal, "test.sleep", pid_file="/dev/null")
+        response = client.post(f"/api/v1/jobs/{job_id}/cancel", headers=auth)
+        assert response.status_code == 200
+        assert response.json()["status"] == "cancelled"
+        assert not Executor().start_job(job_id)
+
+    def test_cancel_running_job_terminates_its_process(
+        self, principal, worker, client, auth, tmp_path
+    ):
+        pid_file = tmp_path / "pid"
+        job_id = enqueue(principal, "test.sleep", pid_file=str(pid_file))
+        pid = wait_for_pid(pid_file)
+        response = client.post(f"/api/v1/jobs/{job_id}/cancel", headers=auth)
+        assert response.json()["cancel_requested"] is True
+        job = wait_for_job(job_id)
+        assert job.status == "cancelled"
+        with pytest.raises(ProcessLookupError):
+            for _ in range(50):
+                os.kill(pid, 0)
+                time.sleep(0.1)
+
+    def test_cancel_finished_job_is_a_conflict(self, principal, worker, client, auth):
+        job_id = enqueue(principal, "test.events")
+        wait_for_job(job_id)
+        response = client.post(f"/api/v1/jobs/{job_id}/cancel", headers=auth)
+        assert response.status_code == 409
+        assert response.json()["error"] == "Conflict"
+        assert "already succeeded" in response.json()["detail"]
+
+
+class TestApi:
+    def test_list_and_show(self, principal, client, auth):
+        ids = [enqueue(principal, "test.events") for _ in range(3)]
+        page = client.get("/api/v1/jobs?limit=2", headers=auth).json()
+        assert page["total"] == 3 and len(page["items"]) == 2
+        shown = client.get(f"/api/v1/jobs/{ids[0]}", headers=auth).json()
+        assert shown["status"] == "queued" and shown["kind"] == "test.events"
+
+    def test_unknown_job_is_404(self, client, auth):
+        response = client.get("/api/v1/jobs/nope", headers=auth)
+        assert response.status_code == 404
+        assert "tuneyard jobs list" in response.json()["detail"]
+
+    def test_bad_status_filter(self, client, auth):
+        response = client.get("/api/v1/jobs?status=weird", headers=auth)
+        assert response.status_code == 422
+        assert "Unknown status 'weird'" in response.json()["detail"]

@@ -1,0 +1,3 @@
+"""Tuneyard: one place for the lifecycle of fine-tuned language models."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,112 @@
+"""create_app(): the FastAPI application with every router, the error shape, and start-up."""
+
+from __future__ import annotations
+
+import logging
+from contextlib import asynccontextmanager
+
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from tuneyard import __version__
+from tuneyard.config import get_settings
+from tuneyard.errors import AppError
+
+log = logging.getLogger(__name__)
+
+API_PREFIX = "/api/v1"
+
+
+def _error(status: int, error: str, detail) -> JSONResponse:
+    return JSONResponse({"error": error, "detail": detail}, status_code=status)
+
+
+def _validation_detail(exc: RequestValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err.get("loc", ()) if p not in ("body", "query", "path"))
+        parts.append(f"{where or 'request'}: {err.get('msg')}")
+    return "; ".join(parts)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(AppError)
+    async def app_error(_request: Request, exc: AppError):
+        return _error(exc.status, type(exc).__name__, exc.message)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(_request: Request, exc: RequestValidationError):
+        return _error(422, "Invalid", _validation_detail(exc))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_request: Request, exc: StarletteHTTPException):
+        names = {404: "NotFound", 405: "MethodNotAllowed", 401: "Unauthorized"}
+        return _error(exc.status_code, names.get(exc.status_code, "HTTPError"), exc.detail)
+
+
+def api_router() -> APIRouter:
+    from tuneyard.auth.routes import router as auth_router
+    from tuneyard.basemodels.routes import router as base_router
+    from tuneyard.datasets.routes import router as datasets_router
+    from tuneyard.jobs.routes import router as jobs_router
+
+    router = APIRouter(prefix=API_PREFIX)
+
+    @router.get("/health", tags=["system"])
+    def health():
+        settings = get_settings()
+        return {
+            "status": "ok",
+            "version": __version__,
+            "mode": settings.mode,
+            "database": settings.db_url.split(":", 1)[0].split("+")[0],
+        }
+
+    for sub in (auth_router, jobs_router, base_router, datasets_router):
+        router.include_router(sub)
+    return router
+
+
+def prepare(announce=print) -> None:
+    """Migrate the database and create the first admin on a first start."""
+    from tuneyard.auth.service import ensure_bootstrap
+    from tuneyard.db import session_scope, upgrade
+    from tuneyard.storage import Layout
+
+    settings = get_settings()
+    upgrade(settings)
+    with session_scope(settings) as session:
+        password = ensure_bootstrap(session, settings)
+    if password:
+        announce(
+            "Created project 1001 with user 'admin', password: "
+            f"{password}\n(also in {Layout(settings).admin_password_file}, readable by you only)"
+        )
+
+
+def create_app(run_worker: bool = False) -> FastAPI:
+    """The API (and, with run_worker, a job executor in the same process)."""
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI):
+        executor = None
+        if run_worker:
+            from tuneyard.jobs.executor import Executor
+
+            executor = Executor()
+            executor.start()
+        yield
+        if executor is not None:
+            executor.stop()
+
+    app = FastAPI(
+        title="Tuneyard",
+        version=__version__,
+        description="The lifecycle of fine-tuned language models.",
+        lifespan=lifespan,
+    )
+    install_error_handlers(app)
+    app.include_router(api_router())
+    return app

@@ -1,0 +1,77 @@
+"""Login, the current user, users (admin) and API tokens."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, status
+
+from tuneyard.auth import service
+from tuneyard.auth.schemas import (
+    LoginIn,
+    LoginOut,
+    MeOut,
+    TokenCreate,
+    TokenCreated,
+    TokenOut,
+    UserCreate,
+    UserOut,
+)
+from tuneyard.deps import CurrentPrincipal, DbSession, Paging
+from tuneyard.pagination import Page
+
+router = APIRouter(tags=["auth"])
+
+
+@router.post("/auth/login", response_model=LoginOut)
+def login(body: LoginIn, session: DbSession):
+    token = service.login(session, body.project_code, body.username, body.password)
+    principal = service.authenticate(session, token)
+    return LoginOut(
+        token=token, project_code=body.project_code, username=body.username, role=principal.role
+    )
+
+
+@router.get("/auth/me", response_model=MeOut)
+def me(principal: CurrentPrincipal):
+    return MeOut(
+        user_id=principal.user_id,
+        username=principal.username,
+        role=principal.role,
+        project_code=principal.project_code,
+    )
+
+
+@router.get("/users", response_model=Page[UserOut])
+def list_users(principal: CurrentPrincipal, session: DbSession, page: Paging):
+    items, total = service.list_users(session, principal, page.limit, page.offset)
+    return {"items": items, "total": total}
+
+
+@router.post("/users", response_model=UserOut, status_code=status.HTTP_201_CREATED)
+def create_user(body: UserCreate, principal: CurrentPrincipal, session: DbSession):
+    principal.require("admin")
+    project = service.get_project_by_code(session, principal.project_code)
+    return service.create_user(session, project, body.username, body.password, body.role)
+
+
+@router.delete("/users/{username}", status_code=status.HTTP_204_NO_CONTENT)
+def delete_user(username: str, principal: CurrentPrincipal, session: DbSession):
+    service.delete_user(session, principal, username)
+
+
+@router.get("/tokens", response_model=Page[TokenOut])
+def list_tokens(principal: CurrentPrincipal, session: DbSession, page: Paging):
+    items, total = service.list_tokens(session, principal, page.limit, page.offset)
+    return {"items": items, "total": total}
+
+
+@router.post("/tokens", response_model=TokenCreated, status_code=status.HTTP_201_CREATED)
+def create_token(body: TokenCreate, principal: CurrentPrincipal, session: DbSession):
+    token, row = service.create_token(session, principal, body.name, body.days)
+    return TokenCreated.model_validate(
+        {**TokenOut.model_validate(row).model_dump(), "token": token}
+    )
+
+
+@router.delete("/tokens/{token_id}", response_model=TokenOut)
+def revoke_token(token_id: str, principal: CurrentPrincipal, session: DbSession):
+    return service.revoke_token(session, principal, token_id)

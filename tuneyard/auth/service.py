@@ -1,0 +1,231 @@
+"""Projects, users, password login and API tokens. A Principal is who is asking, and where."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import secrets
+from dataclasses import dataclass
+from datetime import timedelta
+
+from argon2 import PasswordHasher
+from argon2.exceptions import VerificationError
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from tuneyard.config import Settings, get_settings
+from tuneyard.errors import Conflict, Forbidden, Invalid, NotFound, Unauthorized
+from tuneyard.models import ApiToken, Project, User, utcnow
+from tuneyard.pagination import paginate
+from tuneyard.storage import Layout
+
+ROLES = ("admin", "member", "viewer")
+ROLE_RANK = {"viewer": 0, "member": 1, "admin": 2}
+DEFAULT_PROJECT_CODE = "1001"
+USERNAME_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+TOKEN_PREFIX = "ty_"
+
+_hasher = PasswordHasher()
+
+
+@dataclass(frozen=True)
+class Principal:
+    user_id: str
+    username: str
+    project_id: str
+    project_code: str
+    role: str
+
+    def require(self, role: str) -> None:
+        if ROLE_RANK[self.role] < ROLE_RANK[role]:
+            raise Forbidden(f"This needs the {role} role; you are {self.role}.")
+
+    @classmethod
+    def of(cls, user: User) -> Principal:
+        return cls(user.id, user.username, user.project_id, user.project.code, user.role)
+
+
+def _hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def get_project_by_code(session: Session, code: str) -> Project:
+    project = session.scalar(select(Project).where(Project.code == code))
+    if project is None:
+        raise NotFound(f"No project with code '{code}'.")
+    return project
+
+
+def create_project(session: Session, code: str, name: str | None = None) -> Project:
+    if not re.fullmatch(r"[A-Za-z0-9_-]{1,32}", code):
+        raise Invalid("A project code is 1-32 letters, digits, '-' or '_'.")
+    if session.scalar(select(Project).where(Project.code == code)):
+        raise Conflict(f"A project with code '{code}' already exists.")
+    project = Project(code=code, name=name or f"Project {code}")
+    session.add(project)
+    session.flush()
+    return project
+
+
+def create_user(
+    session: Session, project: Project, username: str, password: str, role: str = "member"
+) -> User:
+    if not USERNAME_RE.fullmatch(username):
+        raise Invalid("A username is 1-64 letters, digits, '.', '_' or '-'.")
+    if role not in ROLES:
+        raise Invalid(f"Unknown role '{role}'; choose one of: {', '.join(ROLES)}.")
+    if len(password) < 8:
+        raise Invalid("A password needs at least 8 characters.")
+    exists = session.scalar(
+        select(User).where(User.project_id == project.id, User.username == username)
+    )
+    if exists:
+        raise Conflict(f"User '{username}' already exists in project {project.code}.")
+    user = User(
+        project_id=project.id, username=username, password_hash=_hasher.hash(password), role=role
+    )
+    session.add(user)
+    session.flush()
+    session.refresh(user)
+    return user
+
+
+def list_users(session: Session, principal: Principal, limit: int = 50, offset: int = 0):
+    stmt = select(User).where(User.project_id == principal.project_id).order_by(User.username)
+    return paginate(session, stmt, limit, offset)
+
+
+def get_user(session: Session, principal: Principal, username: str) -> User:
+    user = session.scalar(
+        select(User).where(User.project_id == principal.project_id, User.username == username)
+    )
+    if user is None:
+        raise NotFound(f"No user '{username}' in project {principal.project_code}.")
+    return user
+
+
+def delete_user(session: Session, principal: Principal, username: str) -> None:
+    principal.require("admin")
+    user = get_user(session, principal, username)
+    if user.id == principal.user_id:
+        raise Conflict("You cannot delete yourself; ask another admin.")
+    if user.role == "admin":
+        admins = session.scalars(
+            select(User).where(User.project_id == user.project_id, User.role == "admin")
+        ).all()
+        if len(admins) <= 1:
+            raise Conflict("This is the project's last admin; make another admin first.")
+    session.delete(user)
+
+
+def login(session: Session, project_code: str, username: str, password: str) -> str:
+    """Check a password and return a new session token. One message for every failure."""
+    failure = Unauthorized("Wrong project code, username or password.")
+    user = session.scalar(
+        select(User)
+        .join(Project, User.project_id == Project.id)
+        .where(Project.code == project_code, User.username == username)
+    )
+    if user is None:
+        _hasher.hash(password)  # spend the same time as a real check
+        raise failure
+    try:
+        _hasher.verify(user.password_hash, password)
+    except VerificationError:
+        raise failure from None
+    settings = get_settings()
+    token, _ = _issue_token(
+        session, user, "login", "session", utcnow() + timedelta(hours=settings.token_ttl_hours)
+    )
+    return token
+
+
+def _issue_token(session: Session, user: User, name: str, kind: str, expires_at=None):
+    token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+    row = ApiToken(
+        user_id=user.id,
+        name=name,
+        kind=kind,
+        token_hash=_hash_token(token),
+        prefix=token[:10],
+        expires_at=expires_at,
+    )
+    session.add(row)
+    session.flush()
+    return token, row
+
+
+def create_token(session: Session, principal: Principal, name: str, days: int | None = None):
+    """An API token for scripts and the CLI; the secret is shown once."""
+    if not name or len(name) > 100:
+        raise Invalid("Give the token a name of 1-100 characters.")
+    if days is not None and days < 1:
+        raise Invalid("A token's lifetime is at least 1 day; leave it out for no expiry.")
+    user = session.get(User, principal.user_id)
+    expires = utcnow() + timedelta(days=days) if days else None
+    return _issue_token(session, user, name, "api", expires)
+
+
+def list_tokens(session: Session, principal: Principal, limit: int = 50, offset: int = 0):
+    stmt = (
+        select(ApiToken)
+        .where(ApiToken.user_id == principal.user_id, ApiToken.kind == "api")
+        .order_by(ApiToken.created_at.desc())
+    )
+    return paginate(session, stmt, limit, offset)
+
+
+def revoke_token(session: Session, principal: Principal, token_id: str) -> ApiToken:
+    row = session.get(ApiToken, token_id)
+    if row is None or row.user_id != principal.user_id:
+        raise NotFound(f"No token '{token_id}'. List yours with `tuneyard tokens list`.")
+    if row.revoked_at is None:
+        row.revoked_at = utcnow()
+    return row
+
+
+def authenticate(session: Session, token: str) -> Principal:
+    row = session.scalar(select(ApiToken).where(ApiToken.token_hash == _hash_token(token)))
+    now = utcnow()
+    if row is None or row.revoked_at is not None:
+        raise Unauthorized("Invalid or revoked token; log in again or create a new token.")
+    if row.expires_at is not None and row.expires_at < now:
+        raise Unauthorized("This token has expired; log in again.")
+    row.last_used_at = now
+    return Principal.of(row.user)
+
+
+def ensure_bootstrap(session: Session, settings: Settings | None = None) -> str | None:
+    """First start: create project 1001 and user admin with a random password.
+
+    The password is written to <data dir>/admin-password.txt (mode 0600) and returned so the
+    caller can print it once; later starts return None.
+    """
+    settings = settings or get_settings()
+    if session.scalar(select(Project).limit(1)) is not None:
+        return None
+    project = create_project(session, DEFAULT_PROJECT_CODE, "Default project")
+    password = secrets.token_urlsafe(12)
+    create_user(session, project, "admin", password, role="admin")
+    path = Layout(settings).admin_password_file
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(password + "\n")
+    os.chmod(path, 0o600)
+    return password
+
+
+def local_principal(session: Session, project_code: str | None = None) -> Principal:
+    """The CLI's identity: the project's first admin (the CLI has the data dir, so full trust)."""
+    project = get_project_by_code(session, project_code or DEFAULT_PROJECT_CODE)
+    user = session.scalar(
+        select(User)
+        .where(User.project_id == project.id, User.role == "admin")
+        .order_by(User.created_at)
+        .limit(1)
+    )
+    if user is None:
+        raise NotFound(f"Project {project.code} has no admin user.")
+    return Principal.of(user)

@@ -1,0 +1,74 @@
+"""Settings, read from the environment (prefix TUNEYARD_) and an optional .env file."""
+
+from __future__ import annotations
+
+import importlib.util
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+TRAINING_PACKAGES = ("torch", "transformers", "peft", "trl")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="TUNEYARD_", env_file=".env", extra="ignore")
+
+    data_dir: Path = Field(
+        Path("./tuneyard-data"), description="Where models, datasets, logs live."
+    )
+    database_url: str | None = Field(
+        None, description="SQLAlchemy URL; default is SQLite in the data dir."
+    )
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    job_concurrency: int = Field(1, ge=1, le=64, description="Jobs run at once by one worker.")
+    training_enabled: bool = Field(True, description="False runs in training-free mode.")
+    job_heartbeat_seconds: float = Field(2.0, gt=0)
+    job_stale_after_seconds: float = Field(
+        30.0, gt=0, description="A running job whose heartbeat is older is taken as dead."
+    )
+    job_cancel_grace_seconds: float = Field(10.0, ge=0)
+    dataset_max_line_chars: int = Field(4000, ge=1, description="Longest accepted JSONL line.")
+    dataset_max_file_bytes: int = Field(200 * 1024 * 1024, ge=1)
+    dataset_max_errors: int = Field(20, ge=1, description="Errors reported for a failed parse.")
+    hub_timeout_seconds: float = Field(5.0, gt=0)
+    token_ttl_hours: int = Field(24 * 7, ge=1, description="Lifetime of a login token.")
+    plugins: str = Field(
+        "", description="Comma-separated modules imported at start; they register extensions."
+    )
+
+    @property
+    def plugin_modules(self) -> list[str]:
+        return [name.strip() for name in self.plugins.split(",") if name.strip()]
+
+    @field_validator("data_dir")
+    @classmethod
+    def _absolute(cls, value: Path) -> Path:
+        return value.expanduser().resolve()
+
+    @property
+    def db_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir / 'tuneyard.db'}"
+
+    @property
+    def training_available(self) -> bool:
+        """Training needs both the setting and the `train` extras installed."""
+        return self.training_enabled and all(
+            importlib.util.find_spec(name) is not None for name in TRAINING_PACKAGES
+        )
+
+    @property
+    def mode(self) -> str:
+        return "full" if self.training_available else "training-free"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()
+
+
+def reset_settings() -> None:
+    """Forget cached settings (tests change the environment between cases)."""
+    get_settings.cache_clear()

@@ -1,0 +1,142 @@
+"""The process one job runs in: `python -m tuneyard.jobs.child JOB_ID`.
+
+It heartbeats, reports progress and events, runs the job body and records how it ended.
+stdout and stderr are the job's log file (the worker opened it for us).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+import traceback
+from typing import Any
+
+from sqlalchemy import update
+
+from tuneyard.config import Settings, get_settings
+from tuneyard.db import session_scope
+from tuneyard.errors import AppError
+from tuneyard.jobs import service
+from tuneyard.jobs.registry import get_kind
+from tuneyard.models import Job, JobEvent, utcnow
+from tuneyard.storage import Layout
+
+log = logging.getLogger("tuneyard.job")
+
+
+class JobCancelled(Exception):
+    """Raised inside a job body to stop it after a cancel request."""
+
+
+class JobContext:
+    """What a job body gets: its parameters, and ways to report back."""
+
+    def __init__(self, job: Job, settings: Settings):
+        self.job_id = job.id
+        self.kind = job.kind
+        self.project_id = job.project_id
+        self.params: dict[str, Any] = dict(job.params or {})
+        self.settings = settings
+        self.layout = Layout(settings)
+        self.work_dir = self.layout.job_dir(job.id)
+        self.cancel_requested = False
+        self.log = log
+
+    def progress(self, percent: float, message: str | None = None) -> None:
+        """Record progress (0-100) and an optional one-line status message."""
+        values: dict[str, Any] = {"progress": max(0.0, min(100.0, float(percent)))}
+        if message is not None:
+            values["message"] = message
+            log.info("%s (%.0f%%)", message, values["progress"])
+        with session_scope(self.settings) as session:
+            session.execute(update(Job).where(Job.id == self.job_id).values(**values))
+
+    def event(self, kind: str, data: dict[str, Any]) -> None:
+        """Record a structured event (a metric row, a warning) for this job."""
+        with session_scope(self.settings) as session:
+            session.add(JobEvent(job_id=self.job_id, kind=kind, data=data))
+
+    def check_cancelled(self) -> None:
+        """Call at safe points in a cooperative job body."""
+        if self.cancel_requested:
+            raise JobCancelled()
+
+
+def _heartbeat(job_id: str, settings: Settings, stop: threading.Event) -> None:
+    while not stop.wait(settings.job_heartbeat_seconds):
+        try:
+            with session_scope(settings) as session:
+                session.execute(update(Job).where(Job.id == job_id).values(heartbeat_at=utcnow()))
+        except Exception:  # a missed beat is not fatal; the next one may get through
+            log.warning("heartbeat failed", exc_info=True)
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, AppError):
+        return exc.message
+    return f"{type(exc).__name__}: {exc}"
+
+
+def run(job_id: str) -> int:
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stdout
+    )
+    settings = get_settings()
+    with session_scope(settings) as session:
+        job = session.get(Job, job_id)
+        if job is None or job.status != "running":
+            log.error("job %s is not running here (status %s)", job_id, job and job.status)
+            return 2
+        ctx = JobContext(job, settings)
+    kind = get_kind(ctx.kind)
+
+    def on_term(_signum, _frame):
+        ctx.cancel_requested = True
+        if not kind.cooperative_cancel:
+            raise JobCancelled()
+
+    signal.signal(signal.SIGTERM, on_term)
+    stop = threading.Event()
+    beat = threading.Thread(target=_heartbeat, args=(job_id, settings, stop), daemon=True)
+    beat.start()
+    log.info("job %s (%s) started in process %s", job_id, ctx.kind, os.getpid())
+    started = time.monotonic()
+    try:
+        result = kind.run(ctx)
+    except JobCancelled:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        log.info("job cancelled")
+        with session_scope(settings) as session:
+            service.finish(session, session.get(Job, job_id), "cancelled", message="Cancelled")
+        return 0
+    except BaseException as exc:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        log.error("job failed: %s\n%s", _describe(exc), traceback.format_exc())
+        with session_scope(settings) as session:
+            service.finish(
+                session, session.get(Job, job_id), "failed", message="Failed", error=_describe(exc)
+            )
+        return 1
+    finally:
+        stop.set()
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    elapsed = time.monotonic() - started
+    log.info("job succeeded in %.1f s", elapsed)
+    with session_scope(settings) as session:
+        job = session.get(Job, job_id)
+        service.finish(
+            session,
+            job,
+            "succeeded",
+            message=job.message if job.message else "Done",
+            result=result if isinstance(result, dict) else {},
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run(sys.argv[1]))

@@ -1,0 +1,64 @@
+"""Job kinds, keyed by name. Domains register their job bodies here, as a plugin would.
+
+A job body receives a JobContext and returns a JSON-able result (or None). It runs in its own
+process. `on_failure` runs wherever the job is found failed (in the job's process after an
+exception, or in the worker after the process died) so the domain can mark its entity failed.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+# Modules whose import registers built-in job kinds. They import nothing heavy at top level.
+BUILTIN_TASK_MODULES = (
+    "tuneyard.datasets.tasks",
+    "tuneyard.basemodels.tasks",
+)
+
+
+@dataclass(frozen=True)
+class JobKind:
+    name: str
+    run: Callable[..., Any]
+    on_failure: Callable[..., None] | None = None
+    # True when the body stops by itself at a safe point after a cancel request (it polls
+    # `ctx.cancel_requested`); otherwise a cancel interrupts it at once.
+    cooperative_cancel: bool = False
+
+
+_KINDS: dict[str, JobKind] = {}
+_loaded = False
+
+
+def job_kind(name: str, *, on_failure=None, cooperative_cancel: bool = False):
+    """Decorator registering a job body under `name`."""
+
+    def register(func):
+        if name in _KINDS and _KINDS[name].run is not func:
+            raise ValueError(f"Job kind '{name}' is registered twice.")
+        _KINDS[name] = JobKind(name, func, on_failure, cooperative_cancel)
+        return func
+
+    return register
+
+
+def load_builtin_kinds() -> None:
+    """Import the built-in job modules and the configured plugins (once per process)."""
+    global _loaded
+    if not _loaded:
+        from tuneyard.config import get_settings
+
+        for module in (*BUILTIN_TASK_MODULES, *get_settings().plugin_modules):
+            importlib.import_module(module)
+        _loaded = True
+
+
+def get_kind(name: str) -> JobKind:
+    load_builtin_kinds()
+    try:
+        return _KINDS[name]
+    except KeyError:
+        raise KeyError(f"No job kind '{name}'. Known: {', '.join(sorted(_KINDS))}") from None

@@ -1,0 +1,157 @@
+"""Creating, reading, cancelling and finishing jobs. Never commits: the caller owns the unit."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from tuneyard.auth.service import Principal
+from tuneyard.errors import Conflict, NotFound
+from tuneyard.jobs.registry import get_kind
+from tuneyard.models import Job, JobEvent, utcnow
+from tuneyard.pagination import paginate
+from tuneyard.storage import Layout
+
+log = logging.getLogger(__name__)
+
+ACTIVE = ("queued", "running")
+FINISHED = ("succeeded", "failed", "cancelled")
+STATUSES = ACTIVE + FINISHED
+
+
+def enqueue(
+    session: Session,
+    principal: Principal,
+    kind: str,
+    params: dict[str, Any] | None = None,
+    uses: list[str] | None = None,
+    message: str = "Waiting for a worker",
+) -> Job:
+    """Queue a job; a worker sees it once the caller's transaction commits."""
+    get_kind(kind)  # fail now, not in the worker, on an unknown kind
+    job = Job(
+        project_id=principal.project_id,
+        kind=kind,
+        params=params or {},
+        uses=uses or [],
+        created_by=principal.user_id,
+        message=message,
+    )
+    session.add(job)
+    session.flush()
+    return job
+
+
+def get_job(session: Session, principal: Principal, job_id: str) -> Job:
+    job = session.get(Job, job_id)
+    if job is None or job.project_id != principal.project_id:
+        raise NotFound(f"No job '{job_id}'. List jobs with `tuneyard jobs list`.")
+    return job
+
+
+def list_jobs(
+    session: Session,
+    principal: Principal,
+    status: str | None = None,
+    kind: str | None = None,
+    limit: int = 50,
+    offset: int = 0,
+):
+    stmt = select(Job).where(Job.project_id == principal.project_id)
+    if status:
+        stmt = stmt.where(Job.status == status)
+    if kind:
+        stmt = stmt.where(Job.kind == kind)
+    return paginate(session, stmt.order_by(Job.created_at.desc(), Job.id), limit, offset)
+
+
+def cancel_job(session: Session, principal: Principal, job_id: str) -> Job:
+    """Cancel a queued job at once; ask the worker to stop a running one."""
+    job = get_job(session, principal, job_id)
+    if job.status in FINISHED:
+        raise Conflict(f"Job {job_id} has already {job.status}; nothing to cancel.")
+    queued = session.execute(
+        update(Job)
+        .where(Job.id == job.id, Job.status == "queued")
+        .values(status="cancelled", finished_at=utcnow(), message="Cancelled before it started")
+    )
+    if queued.rowcount == 0:
+        job.cancel_requested = True
+        job.message = "Cancelling"
+    session.flush()
+    session.refresh(job)
+    return job
+
+
+def events(session: Session, job_id: str, kind: str | None = None) -> list[JobEvent]:
+    stmt = select(JobEvent).where(JobEvent.job_id == job_id)
+    if kind:
+        stmt = stmt.where(JobEvent.kind == kind)
+    return list(session.scalars(stmt.order_by(JobEvent.id)))
+
+
+def read_log(principal_job: Job, tail_bytes: int | None = None) -> str:
+    path: Path = Layout().job_log(principal_job.id)
+    if not path.exists():
+        return ""
+    size = path.stat().st_size
+    with path.open("rb") as handle:
+        if tail_bytes is not None and size > tail_bytes:
+            handle.seek(size - tail_bytes)
+        return handle.read().decode("utf-8", errors="replace")
+
+
+def active_jobs_using(session: Session, key: str) -> list[Job]:
+    """Jobs queued or running that read or write the resource `key` ("kind:id")."""
+    active = session.scalars(select(Job).where(Job.status.in_(ACTIVE)))
+    return [job for job in active if key in (job.uses or [])]
+
+
+def ensure_not_in_use(session: Session, key: str, what: str) -> None:
+    busy = active_jobs_using(session, key)
+    if busy:
+        job = busy[0]
+        raise Conflict(
+            f"{what} is in use by {job.kind} job {job.id} ({job.status}); "
+            f"wait for it or cancel it with `tuneyard jobs cancel {job.id}`."
+        )
+
+
+def finish(
+    session: Session,
+    job: Job,
+    status: str,
+    *,
+    message: str | None = None,
+    error: str | None = None,
+    result: dict[str, Any] | None = None,
+) -> bool:
+    """Move a running job to a final status, once. Returns False if it was already final.
+
+    Running the kind's on_failure hook here keeps the domain entity in step with the job
+    (a dataset whose parse died is marked failed, not left "parsing").
+    """
+    values: dict[str, Any] = {"status": status, "finished_at": utcnow()}
+    if message is not None:
+        values["message"] = message
+    if error is not None:
+        values["error"] = error
+    if result is not None:
+        values["result"] = result
+    if status == "succeeded":
+        values["progress"] = 100.0
+    changed = session.execute(
+        update(Job).where(Job.id == job.id, Job.status.in_(ACTIVE)).values(**values)
+    ).rowcount
+    if not changed:
+        return False
+    session.refresh(job)
+    if status in ("failed", "cancelled"):
+        kind = get_kind(job.kind)
+        if kind.on_failure is not None:
+            kind.on_failure(session, job)
+    return True

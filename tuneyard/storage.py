@@ -1,0 +1,108 @@
+"""The data dir layout and atomic writes: a file or folder appears complete or not at all."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from tuneyard.config import Settings, get_settings
+
+
+class Layout:
+    """Where each kind of thing lives under the data dir."""
+
+    def __init__(self, settings: Settings | None = None):
+        self.root = (settings or get_settings()).data_dir
+
+    @property
+    def tmp(self) -> Path:
+        return self.root / "tmp"
+
+    def job_dir(self, job_id: str) -> Path:
+        return self.root / "jobs" / job_id
+
+    def job_log(self, job_id: str) -> Path:
+        return self.job_dir(job_id) / "log.txt"
+
+    def dataset_dir(self, dataset_id: str) -> Path:
+        return self.root / "datasets" / dataset_id
+
+    def base_model_dir(self, model_id: str) -> Path:
+        return self.root / "models" / "base" / model_id
+
+    @property
+    def admin_password_file(self) -> Path:
+        return self.root / "admin-password.txt"
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def atomic_file(target: Path, mode: str = "wb") -> Iterator:
+    """Write to a temp file beside `target`, fsync, then rename over it."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, mode) as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, target)
+        _fsync_dir(target.parent)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+@contextmanager
+def atomic_dir(target: Path) -> Iterator[Path]:
+    """Yield a staging folder; on success it is renamed to `target`, on failure removed.
+
+    The staging folder sits beside the target (same file system, so the rename is atomic)
+    under a dot-name that listings ignore.
+    """
+    if target.exists():
+        raise FileExistsError(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = target.parent / f".{target.name}.partial-{uuid.uuid4().hex[:8]}"
+    staging.mkdir()
+    try:
+        yield staging
+        os.replace(staging, target)
+        _fsync_dir(target.parent)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def remove_tree(path: Path) -> None:
+    """Remove a folder by first renaming it aside, so a half-deleted folder is never visible."""
+    if not path.exists():
+        return
+    doomed = path.parent / f".{path.name}.deleting-{uuid.uuid4().hex[:8]}"
+    os.replace(path, doomed)
+    shutil.rmtree(doomed, ignore_errors=True)
+
+
+def clean_partials(root: Path) -> None:
+    """Remove staging folders and temp files left by a process that died mid-write."""
+    if not root.exists():
+        return
+    for pattern in ("**/.*.partial-*", "**/.*.deleting-*", "**/.*.tmp"):
+        for leftover in root.glob(pattern):
+            if leftover.is_dir():
+                shutil.rmtree(leftover, ignore_errors=True)
+            else:
+                leftover.unlink(missing_ok=True)
