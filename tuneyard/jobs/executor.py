@@ -11,6 +11,7 @@ CLI running a job in the foreground) can share one queue.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -267,7 +268,5 @@ def _alive(pid: int) -> bool:
 
 
 def _signal_group(pid: int, sig: signal.Signals) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(pid, sig)
-    except ProcessLookupError:
-        pass
