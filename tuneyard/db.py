@@ -87,3 +87,11 @@ def upgrade(settings: Settings | None = None) -> None:
     from alembic import command
 
     command.upgrade(alembic_config(settings), "head")
+
+
+def check(settings: Settings | None = None) -> None:
+    """Fail if the tables in models.py differ from what the migrations build."""
+    from alembic import command
+
+    upgrade(settings)
+    command.check(alembic_config(settings))

@@ -1,0 +1,50 @@
+# The commands the README shows. `make run` installs and starts Tuneyard; `make test` installs
+# and runs every test on SQLite and again on PostgreSQL.
+
+PYTHON ?= python3.11
+VENV ?= .venv
+BIN := $(VENV)/bin
+PG_TEST_URL ?= postgresql+psycopg://postgres@127.0.0.1:5432/test
+
+.PHONY: run install install-dev serve demo test test-sqlite test-postgres test-fast lint clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+install: $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[train,llama,demo]'
+
+install-dev: $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[train,llama,demo,dev]'
+
+demo:
+	$(BIN)/tuneyard base add-demo
+
+serve:
+	$(BIN)/tuneyard serve
+
+## Install, register the demo model, and serve the API on 127.0.0.1:8000.
+run: install demo serve
+
+## Install, then run the whole suite on SQLite and on PostgreSQL.
+test: install-dev lint test-sqlite test-postgres
+
+test-sqlite:
+	$(BIN)/python -m pytest -q
+
+test-postgres:
+	bash scripts/ensure-postgres.sh
+	TUNEYARD_TEST_DATABASE_URL=$(PG_TEST_URL) $(BIN)/python -m pytest -q
+
+## The quick loop while developing: SQLite, no slow end-to-end tests.
+test-fast:
+	$(BIN)/python -m pytest -q -m "not slow"
+
+lint:
+	$(BIN)/ruff check tuneyard tests benchmarks
+	$(BIN)/ruff format --check tuneyard tests benchmarks
+	TUNEYARD_DATA_DIR=$$(mktemp -d) $(BIN)/tuneyard db check
+
+clean:
+	rm -rf $(VENV) tuneyard-data

@@ -1,0 +1,5 @@
+"""`python -m tuneyard` runs the CLI."""
+
+from tuneyard.cli import app
+
+app()
