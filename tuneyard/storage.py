@@ -66,17 +66,23 @@ def atomic_file(target: Path, mode: str = "wb") -> Iterator:
         raise
 
 
+def partial_path(target: Path) -> Path:
+    """Where atomic_dir stages `target`: beside it (same file system), under a dot-name."""
+    return target.parent / f".{target.name}.partial"
+
+
 @contextmanager
 def atomic_dir(target: Path) -> Iterator[Path]:
     """Yield a staging folder; on success it is renamed to `target`, on failure removed.
 
-    The staging folder sits beside the target (same file system, so the rename is atomic)
-    under a dot-name that listings ignore.
+    The staging name is fixed per target, so a job that was killed mid-write can be cleaned
+    up afterwards with `discard(target)`.
     """
     if target.exists():
         raise FileExistsError(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = target.parent / f".{target.name}.partial-{uuid.uuid4().hex[:8]}"
+    staging = partial_path(target)
+    shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
     try:
         yield staging
@@ -96,13 +102,7 @@ def remove_tree(path: Path) -> None:
     shutil.rmtree(doomed, ignore_errors=True)
 
 
-def clean_partials(root: Path) -> None:
-    """Remove staging folders and temp files left by a process that died mid-write."""
-    if not root.exists():
-        return
-    for pattern in ("**/.*.partial-*", "**/.*.deleting-*", "**/.*.tmp"):
-        for leftover in root.glob(pattern):
-            if leftover.is_dir():
-                shutil.rmtree(leftover, ignore_errors=True)
-            else:
-                leftover.unlink(missing_ok=True)
+def discard(target: Path) -> None:
+    """Remove `target` and anything a killed atomic_dir left staged for it."""
+    remove_tree(target)
+    shutil.rmtree(partial_path(target), ignore_errors=True)
