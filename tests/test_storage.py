@@ -8,6 +8,8 @@ from tuneyard.storage import atomic_dir, atomic_file, discard, partial_path
 
 
 def test_atomic_file_replaces_only_on_success(tmp_path):
+    tmp_path = tmp_path / "w"
+    tmp_path.mkdir()
     target = tmp_path / "a.txt"
     target.write_text("old")
     with pytest.raises(RuntimeError), atomic_file(target, "w") as handle:
@@ -21,6 +23,8 @@ def test_atomic_file_replaces_only_on_success(tmp_path):
 
 
 def test_atomic_dir_appears_whole_or_not_at_all(tmp_path):
+    tmp_path = tmp_path / "w"
+    tmp_path.mkdir()
     target = tmp_path / "model"
     with pytest.raises(RuntimeError), atomic_dir(target) as staging:
         (staging / "weights").write_text("half")
@@ -35,6 +39,8 @@ def test_atomic_dir_appears_whole_or_not_at_all(tmp_path):
 
 
 def test_discard_removes_what_a_killed_writer_left(tmp_path):
+    tmp_path = tmp_path / "w"
+    tmp_path.mkdir()
     target = tmp_path / "model"
     partial_path(target).mkdir()
     (partial_path(target) / "shard").write_text("x")
