@@ -8,6 +8,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     DateTime,
     Float,
@@ -171,11 +172,13 @@ class Dataset(Base):
     status: Mapped[str] = mapped_column(String(16), nullable=False, default="parsing")
     file_type: Mapped[str] = mapped_column(String(16), nullable=False)
     original_filename: Mapped[str] = mapped_column(String(500), nullable=False)
-    size_bytes: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    size_bytes: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
     column_mapping: Mapped[dict[str, str]] = mapped_column(JSON, nullable=False, default=dict)
     format: Mapped[str | None] = mapped_column(String(32))
     fields: Mapped[list[str]] = mapped_column(JSON, nullable=False, default=list)
     record_count: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
     digest: Mapped[str | None] = mapped_column(String(64))
     errors: Mapped[list[str]] = mapped_column(JSON, nullable=False, default=list)
+    # The latest parse job, so a client can follow it from the dataset.
+    job_id: Mapped[str | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"))
     created_at: Mapped[datetime] = created_column()

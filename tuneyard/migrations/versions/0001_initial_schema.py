@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-23 11:27:06.927470
+Create Date: 2026-11-23 11:33:36.648918
 """
 
 from collections.abc import Sequence
@@ -59,35 +59,6 @@ def upgrade() -> None:
     )
     with op.batch_alter_table("base_models", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_base_models_project_id"), ["project_id"], unique=False)
-
-    op.create_table(
-        "datasets",
-        sa.Column("id", sa.String(length=36), nullable=False),
-        sa.Column("project_id", sa.String(length=36), nullable=False),
-        sa.Column("name", sa.String(length=200), nullable=False),
-        sa.Column("description", sa.Text(), nullable=False),
-        sa.Column("status", sa.String(length=16), nullable=False),
-        sa.Column("file_type", sa.String(length=16), nullable=False),
-        sa.Column("original_filename", sa.String(length=500), nullable=False),
-        sa.Column("size_bytes", sa.Integer(), nullable=False),
-        sa.Column("column_mapping", sa.JSON(), nullable=False),
-        sa.Column("format", sa.String(length=32), nullable=True),
-        sa.Column("fields", sa.JSON(), nullable=False),
-        sa.Column("record_count", sa.Integer(), nullable=False),
-        sa.Column("digest", sa.String(length=64), nullable=True),
-        sa.Column("errors", sa.JSON(), nullable=False),
-        sa.Column("created_at", tuneyard.models.UTCDateTime(), nullable=False),
-        sa.ForeignKeyConstraint(
-            ["project_id"],
-            ["projects.id"],
-            name=op.f("fk_datasets_project_id_projects"),
-            ondelete="CASCADE",
-        ),
-        sa.PrimaryKeyConstraint("id", name=op.f("pk_datasets")),
-        sa.UniqueConstraint("project_id", "name", name=op.f("uq_datasets_project_id_name")),
-    )
-    with op.batch_alter_table("datasets", schema=None) as batch_op:
-        batch_op.create_index(batch_op.f("ix_datasets_project_id"), ["project_id"], unique=False)
 
     op.create_table(
         "jobs",
@@ -161,6 +132,39 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f("ix_api_tokens_user_id"), ["user_id"], unique=False)
 
     op.create_table(
+        "datasets",
+        sa.Column("id", sa.String(length=36), nullable=False),
+        sa.Column("project_id", sa.String(length=36), nullable=False),
+        sa.Column("name", sa.String(length=200), nullable=False),
+        sa.Column("description", sa.Text(), nullable=False),
+        sa.Column("status", sa.String(length=16), nullable=False),
+        sa.Column("file_type", sa.String(length=16), nullable=False),
+        sa.Column("original_filename", sa.String(length=500), nullable=False),
+        sa.Column("size_bytes", sa.BigInteger(), nullable=False),
+        sa.Column("column_mapping", sa.JSON(), nullable=False),
+        sa.Column("format", sa.String(length=32), nullable=True),
+        sa.Column("fields", sa.JSON(), nullable=False),
+        sa.Column("record_count", sa.Integer(), nullable=False),
+        sa.Column("digest", sa.String(length=64), nullable=True),
+        sa.Column("errors", sa.JSON(), nullable=False),
+        sa.Column("job_id", sa.String(length=36), nullable=True),
+        sa.Column("created_at", tuneyard.models.UTCDateTime(), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["job_id"], ["jobs.id"], name=op.f("fk_datasets_job_id_jobs"), ondelete="SET NULL"
+        ),
+        sa.ForeignKeyConstraint(
+            ["project_id"],
+            ["projects.id"],
+            name=op.f("fk_datasets_project_id_projects"),
+            ondelete="CASCADE",
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_datasets")),
+        sa.UniqueConstraint("project_id", "name", name=op.f("uq_datasets_project_id_name")),
+    )
+    with op.batch_alter_table("datasets", schema=None) as batch_op:
+        batch_op.create_index(batch_op.f("ix_datasets_project_id"), ["project_id"], unique=False)
+
+    op.create_table(
         "job_events",
         sa.Column("id", sa.Integer(), autoincrement=True, nullable=False),
         sa.Column("job_id", sa.String(length=36), nullable=False),
@@ -184,6 +188,10 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f("ix_job_events_job_id"))
 
     op.drop_table("job_events")
+    with op.batch_alter_table("datasets", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_datasets_project_id"))
+
+    op.drop_table("datasets")
     with op.batch_alter_table("api_tokens", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_api_tokens_user_id"))
 
@@ -194,10 +202,6 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f("ix_jobs_project_id"))
 
     op.drop_table("jobs")
-    with op.batch_alter_table("datasets", schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f("ix_datasets_project_id"))
-
-    op.drop_table("datasets")
     with op.batch_alter_table("base_models", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_base_models_project_id"))
 
