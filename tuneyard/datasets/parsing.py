@@ -1,0 +1,447 @@
+"""Reading an uploaded dataset file: validation with located errors, and format detection."""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import hashlib
+import io
+import json
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from tuneyard.storage import atomic_file
+
+FILE_TYPES = {".jsonl": "jsonl", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
+CHAT_ROLES = ("system", "user", "assistant")
+MAPPING_EXAMPLE = '{"question": "prompt", "answer": "completion"}'
+
+
+@dataclass(frozen=True)
+class RecordFormat:
+    name: str
+    required: tuple[str, ...]
+    optional: tuple[str, ...] = ()
+
+    def matches(self, fields: list[str]) -> bool:
+        return set(self.required) <= set(fields)
+
+    def describe(self) -> str:
+        names = ", ".join(self.required)
+        if self.optional:
+            names += ", optional " + ", ".join(self.optional)
+        return f"{self.name} ({names})"
+
+
+# Detection takes the first format whose required fields are all present, so the order
+# matters: a record with prompt, chosen and rejected is a preference pair, not a bare prompt.
+FORMATS = (
+    RecordFormat("chat", ("messages",)),
+    RecordFormat("preference", ("prompt", "chosen", "rejected")),
+    RecordFormat("alpaca", ("instruction", "output"), ("input",)),
+    RecordFormat("prompt_completion", ("prompt", "completion")),
+    RecordFormat("prompt_only", ("prompt",), ("answer",)),
+)
+FORMATS_BY_NAME = {fmt.name: fmt for fmt in FORMATS}
+CANONICAL_FIELDS = tuple(
+    dict.fromkeys(name for fmt in FORMATS for name in (*fmt.required, *fmt.optional))
+)
+
+ProgressCallback = Callable[[float, int], None]
+
+
+def detect_format(fields: list[str]) -> RecordFormat | None:
+    return next((fmt for fmt in FORMATS if fmt.matches(fields)), None)
+
+
+def accepted_formats() -> str:
+    return "; ".join(fmt.describe() for fmt in FORMATS)
+
+
+class Problems:
+    """Every problem found is counted; the first `limit` are kept to show the user."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.messages: list[str] = []
+        self.total = 0
+
+    def add(self, message: str) -> None:
+        self.total += 1
+        if len(self.messages) < self.limit:
+            self.messages.append(message)
+
+    def __bool__(self) -> bool:
+        return self.total > 0
+
+
+class ParseFailed(Exception):
+    """The file has problems; `errors` holds the first of them, `total` counts them all."""
+
+    def __init__(self, problems: Problems):
+        self.errors = list(problems.messages)
+        self.total = problems.total
+        super().__init__(self.summary)
+
+    @property
+    def summary(self) -> str:
+        if self.total == 1:
+            return f"1 problem in the file: {self.errors[0]}"
+        return f"{self.total} problems in the file; the first: {self.errors[0]}"
+
+
+@dataclass(frozen=True)
+class Parsed:
+    format: str
+    fields: list[str]
+    record_count: int
+    digest: str
+
+
+def parse_file(
+    source: Path,
+    file_type: str,
+    target: Path,
+    *,
+    column_mapping: Mapping[str, str],
+    max_errors: int,
+    max_line_chars: int,
+    on_progress: ProgressCallback | None = None,
+) -> Parsed:
+    """Validate `source` and write its normalised records, one JSON object a line, to `target`.
+
+    Raises ParseFailed, leaving `target` untouched, when the file has any problem.
+    """
+    problems = Problems(max_errors)
+    items = _read_items(source, file_type, problems, column_mapping, max_line_chars)
+    digest = hashlib.sha256()
+    count = 0
+    reference: tuple[str, list[str]] | None = None
+    fmt: RecordFormat | None = None
+    fields: list[str] = []
+    with atomic_file(target) as out, contextlib.closing(items):
+        for where, value, fraction in items:
+            if not isinstance(value, dict):
+                problems.add(f"{where}: not a JSON object (got {json_type(value)})")
+                continue
+            if reference is None:
+                reference = (where, list(value))
+                mapping_problems = _mapping_problems(where, list(value), column_mapping)
+                for problem in mapping_problems:
+                    problems.add(problem)
+                if mapping_problems:
+                    # Every record would fail the same way; reading on only repeats it.
+                    break
+                fields = [column_mapping.get(name, name) for name in value]
+                fmt = detect_format(fields)
+                if fmt is None:
+                    problems.add(_no_format_message(where, fields))
+            else:
+                difference = _field_difference(reference[1], list(value))
+                if difference:
+                    problems.add(
+                        f"{where}: fields differ from {reference[0].lower()}: {difference}"
+                    )
+                    continue
+            record = {column_mapping.get(name, name): item for name, item in value.items()}
+            if fmt is not None:
+                for problem in _value_problems(fmt, record):
+                    problems.add(f"{where}: {problem}")
+            count += 1
+            if on_progress is not None:
+                on_progress(fraction, count)
+            if problems:
+                continue  # keep reading to report more problems, but write nothing
+            line = (json.dumps(record, ensure_ascii=False, default=str) + "\n").encode()
+            out.write(line)
+            digest.update(line)
+        if not problems and count == 0:
+            problems.add("The file has no records; add at least one.")
+        if problems:
+            raise ParseFailed(problems)
+    assert fmt is not None
+    return Parsed(fmt.name, fields, count, digest.hexdigest())
+
+
+def json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list | tuple):
+        return "a list"
+    if isinstance(value, dict):
+        return "an object"
+    return type(value).__name__
+
+
+def _quoted(names: list[str]) -> str:
+    return ", ".join(f"'{name}'" for name in names)
+
+
+def _field_difference(expected: list[str], actual: list[str]) -> str:
+    missing = [name for name in expected if name not in actual]
+    unexpected = [name for name in actual if name not in expected]
+    parts = []
+    if missing:
+        parts.append(f"missing {_quoted(missing)}")
+    if unexpected:
+        parts.append(f"unexpected {_quoted(unexpected)}")
+    return "; ".join(parts)
+
+
+def _mapping_problems(where: str, fields: list[str], mapping: Mapping[str, str]) -> list[str]:
+    problems = []
+    for source, target in mapping.items():
+        if source not in fields:
+            problems.append(
+                f"{where}: column_mapping maps '{source}', but the record has no such field "
+                f"(its fields: {_quoted(fields)})"
+            )
+        elif target in fields and target not in mapping:
+            problems.append(
+                f"{where}: column_mapping maps '{source}' to '{target}', but the record already "
+                f"has a '{target}' field; map that one to another name too"
+            )
+    return problems
+
+
+def _no_format_message(where: str, fields: list[str]) -> str:
+    return (
+        f"{where}: no known format matches the fields {_quoted(fields)}. Accepted formats: "
+        f"{accepted_formats()}. Rename the fields in the file, or map them with "
+        f"column_mapping, e.g. {MAPPING_EXAMPLE}"
+    )
+
+
+def _value_problems(fmt: RecordFormat, record: dict[str, Any]) -> Iterator[str]:
+    for name in fmt.required:
+        if name == "messages":
+            yield from _message_problems(record[name])
+        elif not isinstance(record[name], str):
+            yield f"'{name}' must be text (a string), got {json_type(record[name])}"
+    for name in fmt.optional:
+        value = record.get(name)
+        if value is not None and not isinstance(value, str):
+            yield f"'{name}' must be text (a string) or null, got {json_type(value)}"
+
+
+def _message_problems(messages: Any) -> Iterator[str]:
+    if not isinstance(messages, list):
+        yield f"'messages' must be a list of {{role, content}} objects, got {json_type(messages)}"
+        return
+    if not messages:
+        yield "'messages' is empty; a conversation needs at least one message"
+        return
+    for index, message in enumerate(messages):
+        where = f"messages[{index}]"
+        if not isinstance(message, dict):
+            yield f"{where} must be an object with 'role' and 'content', got {json_type(message)}"
+            continue
+        role = message.get("role")
+        if "role" not in message:
+            yield f"{where} has no 'role'; use one of: {', '.join(CHAT_ROLES)}"
+        elif role not in CHAT_ROLES:
+            shown = f"'{role}'" if isinstance(role, str) else json_type(role)
+            yield f"{where}.role is {shown}; use one of: {', '.join(CHAT_ROLES)}"
+        if "content" not in message:
+            yield f"{where} has no 'content'"
+        elif not isinstance(message["content"], str):
+            yield f"{where}.content must be text (a string), got {json_type(message['content'])}"
+
+
+# -- readers: each yields (where, value, fraction of the file read) ---------------------------
+
+Item = tuple[str, Any, float]
+
+
+def _read_items(
+    source: Path,
+    file_type: str,
+    problems: Problems,
+    column_mapping: Mapping[str, str],
+    max_line_chars: int,
+) -> Iterator[Item]:
+    size = max(source.stat().st_size, 1)
+    if file_type == "jsonl":
+        return _jsonl_items(source, size, problems, max_line_chars)
+    if file_type == "json":
+        return _json_items(source, problems)
+    if file_type == "csv":
+        return _csv_items(source, size, problems, set(CANONICAL_FIELDS) | set(column_mapping))
+    if file_type == "parquet":
+        return _parquet_items(source, problems)
+    raise ValueError(f"unknown file type {file_type!r}")
+
+
+def _lines(
+    handle: BinaryIO, problems: Problems, max_chars: int | None = None
+) -> Iterator[tuple[int, str, int]]:
+    """Yield (line number, text, bytes read so far) for each line that is valid UTF-8.
+
+    A line over `max_chars` is reported and skipped without holding all of it in memory.
+    """
+    # UTF-8 needs at most 4 bytes a character; +2 leaves room for the line ending.
+    byte_limit = -1 if max_chars is None else max_chars * 4 + 2
+    offset = 0
+    number = 0
+    while raw := handle.readline(byte_limit):
+        number += 1
+        start = offset
+        offset += len(raw)
+        if byte_limit > 0 and len(raw) == byte_limit and not raw.endswith(b"\n"):
+            while more := handle.readline(1 << 20):
+                offset += len(more)
+                if more.endswith(b"\n"):
+                    break
+            problems.add(_too_long(number, max_chars))
+            continue
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            problems.add(
+                f"Line {number}: not valid UTF-8 (byte 0x{raw[exc.start]:02x} at byte offset "
+                f"{start + exc.start}); save the file as UTF-8"
+            )
+            continue
+        if number == 1:
+            text = text.removeprefix("\ufeff")
+        text = text.rstrip("\r\n")
+        if max_chars is not None and len(text) > max_chars:
+            problems.add(_too_long(number, max_chars, len(text)))
+            continue
+        yield number, text, offset
+
+
+def _too_long(number: int, max_chars: int | None, length: int | None = None) -> str:
+    actual = f" ({length})" if length is not None else ""
+    return (
+        f"Line {number}: longer than {max_chars} characters{actual}; shorten the record, or "
+        "raise the limit with TUNEYARD_DATASET_MAX_LINE_CHARS"
+    )
+
+
+def _check_utf8(source: Path, problems: Problems) -> None:
+    with source.open("rb") as handle:
+        for _ in _lines(handle, problems):
+            pass
+
+
+def _jsonl_items(source: Path, size: int, problems: Problems, max_chars: int) -> Iterator[Item]:
+    with source.open("rb") as handle:
+        for number, text, offset in _lines(handle, problems, max_chars):
+            if not text.strip():
+                continue
+            try:
+                value = json.loads(text)
+            except json.JSONDecodeError as exc:
+                problems.add(f"Line {number}: not valid JSON ({exc.msg} at column {exc.colno})")
+                continue
+            yield f"Line {number}", value, offset / size
+
+
+def _json_items(source: Path, problems: Problems) -> Iterator[Item]:
+    _check_utf8(source, problems)
+    if problems:
+        return
+    text = source.read_text(encoding="utf-8-sig")
+    if not text.strip():
+        return
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        problems.add(f"Line {exc.lineno}, column {exc.colno}: not valid JSON ({exc.msg})")
+        return
+    if not isinstance(data, list):
+        problems.add(
+            f"The file is not a JSON array (got {json_type(data)}); a .json file holds an "
+            "array of records, [{...}, {...}]; for one record a line, name the file .jsonl"
+        )
+        return
+    for index, value in enumerate(data):
+        yield f"Item {index + 1} (index {index})", value, (index + 1) / len(data)
+
+
+def _csv_items(source: Path, size: int, problems: Problems, known: set[str]) -> Iterator[Item]:
+    _check_utf8(source, problems)
+    if problems:
+        return
+    with source.open("rb") as raw, io.TextIOWrapper(raw, encoding="utf-8-sig", newline="") as text:
+        reader = csv.reader(text)
+        header: list[str] | None = None
+        header_line = 0
+        try:
+            while True:
+                start = reader.line_num + 1
+                row = next(reader, None)
+                if row is None:
+                    return
+                if not row:
+                    continue
+                if header is None:
+                    header, header_line = [cell.strip() for cell in row], start
+                    if not _header_ok(header, row, start, problems, known):
+                        return
+                elif len(row) != len(header):
+                    problems.add(
+                        f"Line {start}: {len(row)} values, but the header (line {header_line}) "
+                        f"has {len(header)} columns"
+                    )
+                else:
+                    yield f"Line {start}", dict(zip(header, row, strict=True)), raw.tell() / size
+        except csv.Error as exc:
+            problems.add(f"Line {reader.line_num}: not valid CSV ({exc})")
+
+
+def _header_ok(
+    header: list[str], row: list[str], line: int, problems: Problems, known: set[str]
+) -> bool:
+    if not any(name in known for name in header):
+        shown = ", ".join(repr(cell if len(cell) <= 40 else cell[:39] + "…") for cell in row[:8])
+        problems.add(
+            f"Line {line}: the file seems to have no header row; its first row is: {shown}. "
+            "Add a first row that names the columns (e.g. prompt,completion), or map your "
+            "column names with column_mapping"
+        )
+        return False
+    ok = True
+    for index, name in enumerate(header):
+        if not name:
+            ok = False
+            problems.add(
+                f"Line {line}: the header has an empty column name (column {index + 1}); "
+                "name every column"
+            )
+        elif name in header[:index]:
+            ok = False
+            problems.add(
+                f"Line {line}: the header names '{name}' twice (columns "
+                f"{header.index(name) + 1} and {index + 1}); column names must be unique"
+            )
+    return ok
+
+
+def _parquet_items(source: Path, problems: Problems) -> Iterator[Item]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        parquet = pq.ParquetFile(source)
+    except (pa.ArrowException, OSError) as exc:
+        problems.add(f"The file is not a readable Parquet file ({exc})")
+        return
+    total = max(parquet.metadata.num_rows, 1)
+    row = 0
+    try:
+        for batch in parquet.iter_batches(batch_size=1024):
+            for value in batch.to_pylist():
+                row += 1
+                yield f"Row {row}", value, row / total
+    except (pa.ArrowException, OSError) as exc:
+        problems.add(f"Row {row + 1}: could not be read ({exc})")
