@@ -1,3 +1,73 @@
-from fastapi import APIRouter
+"""Base models: register (folder, GGUF file or hub id), list, show, edit, delete."""
 
-router = APIRouter()
+from __future__ import annotations
+
+from fastapi import APIRouter, Response, status
+
+from tuneyard.basemodels import service
+from tuneyard.basemodels.schemas import BaseModelCreate, BaseModelOut, BaseModelUpdate
+from tuneyard.deps import CurrentPrincipal, DbSession, Paging
+from tuneyard.jobs.schemas import JobAccepted
+from tuneyard.pagination import Page
+
+router = APIRouter(prefix="/base-models", tags=["base models"])
+
+
+@router.post(
+    "",
+    response_model=BaseModelOut | JobAccepted,
+    status_code=status.HTTP_201_CREATED,
+    responses={202: {"model": JobAccepted, "description": "A GGUF import or hub download job"}},
+)
+def create_base_model(
+    body: BaseModelCreate, principal: CurrentPrincipal, session: DbSession, response: Response
+):
+    """A folder registers at once (201); a GGUF file or hub id starts a job (202)."""
+    principal.require("member")
+    model, job = service.create_base_model(
+        session,
+        principal,
+        body.technical_name,
+        path=body.path,
+        gguf_path=body.gguf_path,
+        hub_id=body.hub_id,
+        model_name=body.model_name,
+        model_type=body.model_type,
+    )
+    if job is None:
+        return BaseModelOut.model_validate(model)
+    response.status_code = status.HTTP_202_ACCEPTED
+    return JobAccepted(id=model.id, job_id=job.id)
+
+
+@router.get("", response_model=Page[BaseModelOut])
+def list_base_models(principal: CurrentPrincipal, session: DbSession, page: Paging):
+    items, total = service.list_base_models(session, principal, page.limit, page.offset)
+    return {"items": items, "total": total}
+
+
+@router.get("/{model_id}", response_model=BaseModelOut)
+def get_base_model(model_id: str, principal: CurrentPrincipal, session: DbSession):
+    return service.get_base_model(session, principal, model_id)
+
+
+@router.patch("/{model_id}", response_model=BaseModelOut)
+def update_base_model(
+    model_id: str, body: BaseModelUpdate, principal: CurrentPrincipal, session: DbSession
+):
+    """Rename for display, or update the deployment template."""
+    principal.require("member")
+    return service.update_base_model(
+        session,
+        principal,
+        model_id,
+        model_name=body.model_name,
+        deployment_template=body.deployment_template,
+    )
+
+
+@router.delete("/{model_id}", status_code=status.HTTP_204_NO_CONTENT)
+def delete_base_model(model_id: str, principal: CurrentPrincipal, session: DbSession):
+    """Unregister; a folder registered in place stays on disk."""
+    principal.require("member")
+    service.delete_base_model(session, principal, model_id)

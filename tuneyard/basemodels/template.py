@@ -1,0 +1,100 @@
+"""The Ollama TEMPLATE (Go template text) and stop tokens that match a model's chat template."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+FALLBACK_TEMPLATE = "{{ .System }} {{ .Prompt }}"
+
+
+@dataclass(frozen=True)
+class ChatFamily:
+    name: str
+    marker: str
+    template: str
+    stop: tuple[str, ...]
+    # Some families share a marker; the extra one tells them apart.
+    also: str | None = None
+
+
+# Most specific first: Llama 2 and Mistral both use [INST], only Llama 2 has <<SYS>>.
+FAMILIES = (
+    ChatFamily(
+        "llama3",
+        "<|start_header_id|>",
+        "{{ if .System }}<|start_header_id|>system<|end_header_id|>\n\n"
+        "{{ .System }}<|eot_id|>{{ end }}"
+        "{{ if .Prompt }}<|start_header_id|>user<|end_header_id|>\n\n"
+        "{{ .Prompt }}<|eot_id|>{{ end }}"
+        "<|start_header_id|>assistant<|end_header_id|>\n\n"
+        "{{ .Response }}<|eot_id|>",
+        ("<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"),
+    ),
+    ChatFamily(
+        "chatml",
+        "<|im_start|>",
+        "{{ if .System }}<|im_start|>system\n{{ .System }}<|im_end|>\n{{ end }}"
+        "{{ if .Prompt }}<|im_start|>user\n{{ .Prompt }}<|im_end|>\n{{ end }}"
+        "<|im_start|>assistant\n{{ .Response }}<|im_end|>\n",
+        ("<|im_start|>", "<|im_end|>"),
+    ),
+    ChatFamily(
+        "gemma",
+        "<start_of_turn>",
+        "<start_of_turn>user\n{{ if .System }}{{ .System }}\n\n{{ end }}"
+        "{{ .Prompt }}<end_of_turn>\n<start_of_turn>model\n{{ .Response }}<end_of_turn>\n",
+        ("<start_of_turn>", "<end_of_turn>"),
+    ),
+    ChatFamily(
+        "phi3",
+        "<|user|>",
+        "{{ if .System }}<|system|>\n{{ .System }}<|end|>\n{{ end }}"
+        "{{ if .Prompt }}<|user|>\n{{ .Prompt }}<|end|>\n{{ end }}"
+        "<|assistant|>\n{{ .Response }}<|end|>\n",
+        ("<|end|>", "<|user|>", "<|assistant|>"),
+    ),
+    ChatFamily(
+        "llama2",
+        "[INST]",
+        "[INST] {{ if .System }}<<SYS>>\n{{ .System }}\n<</SYS>>\n\n{{ end }}{{ .Prompt }} [/INST]",
+        ("[INST]", "[/INST]", "<<SYS>>", "<</SYS>>"),
+        also="<<SYS>>",
+    ),
+    ChatFamily(
+        "mistral",
+        "[INST]",
+        "[INST] {{ if .System }}{{ .System }}\n\n{{ end }}{{ .Prompt }} [/INST]",
+        ("[INST]", "[/INST]"),
+    ),
+)
+
+
+@dataclass(frozen=True)
+class DeploymentTemplate:
+    text: str
+    source: str  # "derived:<family>" or "fallback"
+    stop: list[str]
+    note: str | None = None
+
+
+def derive_template(chat_template: str | None, eos_token: str | None) -> DeploymentTemplate:
+    """Recognise the chat format by its markers; otherwise a plain prompt, with a note why."""
+    if chat_template:
+        for family in FAMILIES:
+            if family.marker in chat_template and (
+                family.also is None or family.also in chat_template
+            ):
+                return DeploymentTemplate(family.template, f"derived:{family.name}", [*family.stop])
+        note = (
+            "The chat template is not a format Tuneyard recognises (ChatML, Llama 3, "
+            "Llama 2 / Mistral [INST], Gemma, Phi-3), so the deployment template is a plain "
+            "prompt; set the right one with `tuneyard base template NAME --set-file FILE`."
+        )
+    else:
+        note = (
+            "The tokenizer has no chat template, so the deployment template is a plain prompt; "
+            "if the model is meant to chat, set one with "
+            "`tuneyard base template NAME --set-file FILE`."
+        )
+    stop = [eos_token] if eos_token else []
+    return DeploymentTemplate(FALLBACK_TEMPLATE, "fallback", stop, note)
