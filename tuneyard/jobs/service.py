@@ -84,6 +84,10 @@ def cancel_job(session: Session, principal: Principal, job_id: str) -> Job:
         job.message = "Cancelling"
     session.flush()
     session.refresh(job)
+    if queued.rowcount:
+        # No process will ever report this job, so its domain settles here (an import that
+        # never started is marked failed, not left "importing").
+        _run_on_failure(session, job)
     return job
 
 
@@ -151,7 +155,11 @@ def finish(
         return False
     session.refresh(job)
     if status in ("failed", "cancelled"):
-        kind = get_kind(job.kind)
-        if kind.on_failure is not None:
-            kind.on_failure(session, job)
+        _run_on_failure(session, job)
     return True
+
+
+def _run_on_failure(session: Session, job: Job) -> None:
+    kind = get_kind(job.kind)
+    if kind.on_failure is not None:
+        kind.on_failure(session, job)
