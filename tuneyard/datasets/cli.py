@@ -34,7 +34,7 @@ def _column_mapping(pairs: list[str]) -> dict[str, str]:
 
 def _print_errors(errors: list[str]) -> None:
     for error in errors:
-        err_console.print(f"  {error}", highlight=False, markup=False)
+        err_console.print(f"  {error}", highlight=False, markup=False, soft_wrap=True)
 
 
 @app.command("add")

@@ -390,7 +390,8 @@ def _csv_items(source: Path, size: int, problems: Problems, known: set[str]) -> 
                         return
                 elif len(row) != len(header):
                     problems.add(
-                        f"Line {start}: {len(row)} values, but the header (line {header_line}) "
+                        f"Line {start}: {len(row)} value{'' if len(row) == 1 else 's'}, but the "
+                        f"header (line {header_line}) "
                         f"has {len(header)} columns"
                     )
                 else:
