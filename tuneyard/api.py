@@ -49,8 +49,10 @@ def install_error_handlers(app: FastAPI) -> None:
 def api_router() -> APIRouter:
     from tuneyard.auth.routes import router as auth_router
     from tuneyard.basemodels.routes import router as base_router
+    from tuneyard.customized.routes import router as customized_router
     from tuneyard.datasets.routes import router as datasets_router
     from tuneyard.jobs.routes import router as jobs_router
+    from tuneyard.training.routes import router as training_router
 
     router = APIRouter(prefix=API_PREFIX)
 
@@ -64,7 +66,14 @@ def api_router() -> APIRouter:
             "database": settings.db_url.split(":", 1)[0].split("+")[0],
         }
 
-    for sub in (auth_router, jobs_router, base_router, datasets_router):
+    for sub in (
+        auth_router,
+        jobs_router,
+        base_router,
+        datasets_router,
+        training_router,
+        customized_router,
+    ):
         router.include_router(sub)
     return router
 

@@ -29,11 +29,15 @@ jobs_app = typer.Typer(help="Background jobs: list, follow, cancel.", no_args_is
 
 def _mount() -> None:
     from tuneyard.basemodels.cli import app as base_app
+    from tuneyard.customized.cli import app as customized_app
     from tuneyard.datasets.cli import app as data_app
+    from tuneyard.training.cli import app as train_app
 
     app.add_typer(db_app, name="db")
     app.add_typer(base_app, name="base")
     app.add_typer(data_app, name="data")
+    app.add_typer(train_app, name="train")
+    app.add_typer(customized_app, name="customized")
     app.add_typer(jobs_app, name="jobs")
     app.add_typer(users_app, name="users")
     app.add_typer(tokens_app, name="tokens")

@@ -182,3 +182,120 @@ class Dataset(Base):
     # The latest parse job, so a client can follow it from the dataset.
     job_id: Mapped[str | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"))
     created_at: Mapped[datetime] = created_column()
+
+
+class TrainingProfile(Base):
+    """A named preset of training parameters, applied at start (the request's values win)."""
+
+    __tablename__ = "training_profiles"
+    __table_args__ = (UniqueConstraint("project_id", "name"),)
+
+    id: Mapped[str] = id_column()
+    project_id: Mapped[str] = mapped_column(
+        ForeignKey("projects.id", ondelete="CASCADE"), index=True
+    )
+    name: Mapped[str] = mapped_column(String(100), nullable=False)
+    description: Mapped[str] = mapped_column(Text, nullable=False, default="")
+    method: Mapped[str | None] = mapped_column(String(32))  # None: any method
+    params: Mapped[dict[str, Any]] = mapped_column(JSON, nullable=False, default=dict)
+    created_at: Mapped[datetime] = created_column()
+
+
+class Training(Base):
+    """One run of a training method on (base model, dataset, parameters)."""
+
+    __tablename__ = "trainings"
+
+    id: Mapped[str] = id_column()
+    project_id: Mapped[str] = mapped_column(
+        ForeignKey("projects.id", ondelete="CASCADE"), index=True
+    )
+    name: Mapped[str] = mapped_column(String(100), nullable=False)
+    method: Mapped[str] = mapped_column(String(32), nullable=False)
+    base_model_id: Mapped[str | None] = mapped_column(
+        ForeignKey("base_models.id", ondelete="SET NULL")
+    )
+    base_model_name: Mapped[str] = mapped_column(String(200), nullable=False)
+    dataset_id: Mapped[str | None] = mapped_column(ForeignKey("datasets.id", ondelete="SET NULL"))
+    dataset_name: Mapped[str] = mapped_column(String(200), nullable=False)
+    dataset_digest: Mapped[str | None] = mapped_column(String(64))
+    profile_id: Mapped[str | None] = mapped_column(
+        ForeignKey("training_profiles.id", ondelete="SET NULL")
+    )
+    # Every parameter, defaults filled in: what the runner uses, and what the card shows.
+    params: Mapped[dict[str, Any]] = mapped_column(JSON, nullable=False, default=dict)
+    status: Mapped[str] = mapped_column(String(16), nullable=False, default="queued")
+    progress: Mapped[float] = mapped_column(Float, nullable=False, default=0.0)
+    eta_seconds: Mapped[float | None] = mapped_column(Float)
+    error: Mapped[str | None] = mapped_column(Text)
+    job_id: Mapped[str | None] = mapped_column(String(36))
+    customized_model_id: Mapped[str | None] = mapped_column(String(36))
+    summary: Mapped[dict[str, Any]] = mapped_column(JSON, nullable=False, default=dict)
+    created_by: Mapped[str | None] = mapped_column(String(36))
+    created_at: Mapped[datetime] = created_column()
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class TrainingMetric(Base):
+    """The metrics of one logged step of a training (loss, lr, grad norm, rewards...)."""
+
+    __tablename__ = "training_metrics"
+    __table_args__ = (UniqueConstraint("training_id", "step", "kind"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    training_id: Mapped[str] = mapped_column(
+        ForeignKey("trainings.id", ondelete="CASCADE"), index=True
+    )
+    step: Mapped[int] = mapped_column(Integer, nullable=False)
+    kind: Mapped[str] = mapped_column(String(8), nullable=False, default="train")  # train, eval
+    data: Mapped[dict[str, Any]] = mapped_column(JSON, nullable=False, default=dict)
+    created_at: Mapped[datetime] = created_column()
+
+
+class CustomizedModel(Base):
+    """The adapter a training produced, tied to its base model."""
+
+    __tablename__ = "customized_models"
+    __table_args__ = (UniqueConstraint("project_id", "name"),)
+
+    id: Mapped[str] = id_column()
+    project_id: Mapped[str] = mapped_column(
+        ForeignKey("projects.id", ondelete="CASCADE"), index=True
+    )
+    name: Mapped[str] = mapped_column(String(400), nullable=False)
+    training_id: Mapped[str | None] = mapped_column(
+        ForeignKey("trainings.id", ondelete="SET NULL")
+    )
+    base_model_id: Mapped[str | None] = mapped_column(
+        ForeignKey("base_models.id", ondelete="SET NULL")
+    )
+    train_name: Mapped[str] = mapped_column(String(100), nullable=False)
+    checkpoint_step: Mapped[int | None] = mapped_column(Integer)  # set when promoted
+    path: Mapped[str] = mapped_column(Text, nullable=False)
+    size_bytes: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
+    model_card: Mapped[dict[str, Any]] = mapped_column(JSON, nullable=False, default=dict)
+    created_at: Mapped[datetime] = created_column()
+
+
+class CompleteModel(Base):
+    """A standalone model: an adapter merged into its base, or a full fine-tune."""
+
+    __tablename__ = "complete_models"
+    __table_args__ = (UniqueConstraint("project_id", "name"),)
+
+    id: Mapped[str] = id_column()
+    project_id: Mapped[str] = mapped_column(
+        ForeignKey("projects.id", ondelete="CASCADE"), index=True
+    )
+    name: Mapped[str] = mapped_column(String(400), nullable=False)
+    source: Mapped[str] = mapped_column(String(16), nullable=False)  # saved, full_training
+    # Lineage ids stay after their rows are deleted: the card keeps names and digests too.
+    customized_model_id: Mapped[str | None] = mapped_column(String(36))
+    training_id: Mapped[str | None] = mapped_column(String(36))
+    base_model_id: Mapped[str | None] = mapped_column(String(36))
+    path: Mapped[str] = mapped_column(Text, nullable=False)
+    dtype: Mapped[str] = mapped_column(String(8), nullable=False)
+    size_bytes: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
+    model_card: Mapped[dict[str, Any]] = mapped_column(JSON, nullable=False, default=dict)
+    created_at: Mapped[datetime] = created_column()

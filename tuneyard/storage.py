@@ -35,6 +35,19 @@ class Layout:
     def base_model_dir(self, model_id: str) -> Path:
         return self.root / "models" / "base" / model_id
 
+    def training_dir(self, training_id: str) -> Path:
+        """A training's working folder: checkpoints and the trainer's own output."""
+        return self.root / "trainings" / training_id
+
+    def customized_model_dir(self, model_id: str) -> Path:
+        return self.root / "models" / "customized" / model_id
+
+    def complete_model_dir(self, model_id: str) -> Path:
+        return self.root / "models" / "complete" / model_id
+
+    def reward_file(self, project_id: str, name: str) -> Path:
+        return self.root / "rewards" / project_id / f"{name}.py"
+
     @property
     def admin_password_file(self) -> Path:
         return self.root / "admin-password.txt"

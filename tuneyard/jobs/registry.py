@@ -16,6 +16,7 @@ from typing import Any
 BUILTIN_TASK_MODULES = (
     "tuneyard.datasets.tasks",
     "tuneyard.basemodels.tasks",
+    "tuneyard.training.tasks",
 )
 
 

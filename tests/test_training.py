@@ -1,0 +1,259 @@
+"""Training end to end on a tiny llama: real TRL steps in a real job process."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import wait_for_job
+
+CHAT = [
+    {
+        "messages": [
+            {"role": "user", "content": f"What is the code word number {i}?"},
+            {"role": "assistant", "content": "The code word is pineapple."},
+        ]
+    }
+    for i in range(16)
+]
+PREFERENCE = [
+    {"prompt": f"Say the code word {i}.", "chosen": "pineapple", "rejected": "banana split"}
+    for i in range(8)
+]
+PROMPTS = [{"prompt": f"What is {i} plus {i}?", "answer": str(2 * i)} for i in range(8)]
+
+FAST = {"max_steps": 6, "batch_size": 2, "grad_accum_steps": 1, "learning_rate": 2e-2}
+
+
+def upload(client, auth, name: str, records: list[dict]) -> str:
+    body = "\n".join(json.dumps(r) for r in records).encode()
+    response = client.post(
+        "/api/v1/datasets",
+        data={"name": name},
+        files={"file": (f"{name}.jsonl", body, "application/json")},
+        headers=auth,
+    )
+    assert response.status_code == 202, response.text
+    job = wait_for_job(response.json()["job_id"])
+    assert job.status == "succeeded", job.error
+    return response.json()["id"]
+
+
+@pytest.fixture
+def tiny_base(client, auth, tiny_model_dir) -> str:
+    response = client.post(
+        "/api/v1/base-models",
+        json={"technical_name": "tiny", "path": str(tiny_model_dir)},
+        headers=auth,
+    )
+    assert response.status_code == 201, response.text
+    return response.json()["id"]
+
+
+def start(client, auth, base, dataset, method="sft", name="t1", **params):
+    return client.post(
+        "/api/v1/trainings",
+        json={
+            "name": name,
+            "method": method,
+            "base_model_id": base,
+            "dataset_id": dataset,
+            "params": params,
+        },
+        headers=auth,
+    )
+
+
+def lora_b_norm(folder: Path) -> float:
+    from safetensors.torch import load_file
+
+    tensors = load_file(folder / "adapter_model.safetensors")
+    return sum(float(t.abs().sum()) for k, t in tensors.items() if "lora_B" in k)
+
+
+def finish(client, auth, response, timeout=300):
+    assert response.status_code == 202, response.text
+    job = wait_for_job(response.json()["job_id"], timeout=timeout)
+    training = client.get(f"/api/v1/trainings/{response.json()['id']}", headers=auth).json()
+    assert job.status == "succeeded", (job.error, training)
+    return training
+
+
+class TestSFT:
+    def test_trains_learns_and_creates_customized_model(self, client, auth, worker, tiny_base):
+        from peft import PeftModel
+        from transformers import AutoModelForCausalLM
+
+        dataset = upload(client, auth, "codes", CHAT)
+        training = finish(
+            client,
+            auth,
+            start(client, auth, tiny_base, dataset, name="codes", **FAST, save_steps=3),
+        )
+        assert training["status"] == "succeeded" and training["progress"] == 100
+
+        series = client.get(f"/api/v1/trainings/{training['id']}/metrics", headers=auth).json()
+        losses = [v for _, v in series["series"]["train"]["loss"]]
+        steps = [s for s, _ in series["series"]["train"]["loss"]]
+        assert steps == list(range(1, 7))
+        assert losses[-1] < losses[0] and sum(losses[-2:]) < sum(losses[:2]), losses
+        for key in ("learning_rate", "grad_norm", "epoch", "tokens_per_second"):
+            assert key in series["series"]["train"], key
+
+        model_id = training["customized_model_id"]
+        model = client.get(f"/api/v1/customized-models/{model_id}", headers=auth).json()
+        date = datetime.now(UTC).strftime("%Y%m%d")
+        first4 = training["id"].replace("-", "")[:4]
+        assert model["name"] == f"tiny_codes_{date}_{first4}"
+        card = model["model_card"]
+        assert card["lineage"]["base_model"] == "tiny"
+        assert card["lineage"]["dataset"] == "codes"
+        assert re.fullmatch(r"[0-9a-f]{64}", card["lineage"]["dataset_digest"])
+        assert card["training"]["method"] == "sft"
+        assert card["training"]["params"]["learning_rate"] == 2e-2
+        assert card["training"]["checkpoints"] == [3, 6]
+        assert card["metrics"]["final_loss"] == losses[-1]
+
+        folder = Path(model["path"])
+        readme = (folder / "README.md").read_text()
+        assert readme.startswith("---\n") and "tiny_codes_" in readme
+        assert lora_b_norm(folder) > 0  # LoRA B starts at zero: nonzero means it trained
+        base = AutoModelForCausalLM.from_pretrained(
+            client.get(f"/api/v1/base-models/{tiny_base}", headers=auth).json()["path"]
+        )
+        PeftModel.from_pretrained(base, folder)
+
+        listed = client.get("/api/v1/customized-models", headers=auth).json()
+        assert listed["total"] == 1 and listed["items"][0]["base_model_name"] == "tiny"
+
+
+class TestValidation:
+    @pytest.fixture
+    def chat_dataset(self, client, auth, worker):
+        return upload(client, auth, "chat", CHAT)
+
+    @pytest.mark.parametrize(
+        "params,needle",
+        [
+            ({"learning_rat": 0.1}, "learning_rat: unknown parameter"),
+            ({"batch_size": 0}, "batch_size: Input should be greater than or equal to 1"),
+            ({"adapter": "qlora"}, "QLoRA"),
+            ({"precision": "fp16"}, "fp16 needs a CUDA GPU"),
+            ({"lr_scheduler": "wobbly"}, "lr_scheduler"),
+        ],
+    )
+    def test_bad_params_refused_before_any_job(
+        self, client, auth, tiny_base, chat_dataset, params, needle
+    ):
+        response = start(client, auth, tiny_base, chat_dataset, **params)
+        assert response.status_code == 422, response.text
+        assert needle in response.json()["detail"]
+        assert client.get("/api/v1/trainings", headers=auth).json()["total"] == 0
+        jobs = client.get("/api/v1/jobs?kind=training.run", headers=auth).json()
+        assert jobs["total"] == 0
+
+    def test_dataset_format_must_fit_method(self, client, auth, tiny_base, chat_dataset):
+        response = start(client, auth, tiny_base, chat_dataset, method="dpo")
+        assert response.status_code == 422
+        assert response.json()["detail"] == (
+            "Dataset 'chat' is in chat format, but dpo trains on preference records. "
+            "Pick another dataset or method."
+        )
+
+    def test_unknown_method(self, client, auth, tiny_base, chat_dataset):
+        response = start(client, auth, tiny_base, chat_dataset, method="magic")
+        assert response.status_code == 422
+        assert "Unknown training method 'magic'" in response.json()["detail"]
+
+    def test_no_chat_template(self, client, auth, worker, tiny_model_dir, tmp_path):
+        import shutil
+
+        folder = tmp_path / "no-template"
+        shutil.copytree(tiny_model_dir, folder)
+        (folder / "chat_template.jinja").unlink()
+        config = json.loads((folder / "tokenizer_config.json").read_text())
+        config.pop("chat_template", None)
+        (folder / "tokenizer_config.json").write_text(json.dumps(config))
+        base = client.post(
+            "/api/v1/base-models",
+            json={"technical_name": "plain", "path": str(folder)},
+            headers=auth,
+        ).json()["id"]
+        dataset = upload(client, auth, "chat", CHAT)
+        response = start(client, auth, base, dataset)
+        assert response.status_code == 422
+        assert "has no chat template" in response.json()["detail"]
+
+    def test_training_free_mode_refuses(self, client, auth, tiny_base, chat_dataset, monkeypatch):
+        from tuneyard.config import reset_settings
+
+        monkeypatch.setenv("TUNEYARD_TRAINING_ENABLED", "false")
+        reset_settings()
+        response = start(client, auth, tiny_base, chat_dataset)
+        assert response.status_code == 503
+        assert "TUNEYARD_TRAINING_ENABLED=true" in response.json()["detail"]
+        assert client.get("/api/v1/health").json()["mode"] == "training-free"
+
+
+class TestCancelAndResume:
+    def test_kill_9_then_resume_finishes_with_one_model(self, client, auth, worker, tiny_base):
+        dataset = upload(client, auth, "codes", CHAT)
+        params = {**FAST, "max_steps": 40, "save_steps": 2, "learning_rate": 1e-3}
+        response = start(client, auth, tiny_base, dataset, **params)
+        training_id, job_id = response.json()["id"], response.json()["job_id"]
+        checkpoint_dir = Path(os.environ["TUNEYARD_DATA_DIR"]) / "trainings" / training_id
+        deadline = time.monotonic() + 240
+        while not (checkpoint_dir / "checkpoints" / "checkpoint-4").exists():
+            assert time.monotonic() < deadline, "no checkpoint appeared"
+            time.sleep(0.2)
+        pid = client.get(f"/api/v1/jobs/{job_id}", headers=auth)
+        from tuneyard.db import session_scope
+        from tuneyard.models import Job
+
+        with session_scope() as session:
+            pid = session.get(Job, job_id).pid
+        os.killpg(pid, signal.SIGKILL)
+        job = wait_for_job(job_id)
+        assert job.status == "failed" and "SIGKILL" in job.error
+        failed = client.get(f"/api/v1/trainings/{training_id}", headers=auth).json()
+        assert failed["status"] == "failed" and failed["customized_model_id"] is None
+
+        resumed = client.post(f"/api/v1/trainings/{training_id}/resume", headers=auth)
+        assert resumed.status_code == 202
+        done = finish(client, auth, resumed, timeout=400)
+        assert done["customized_model_id"]
+        assert client.get("/api/v1/customized-models", headers=auth).json()["total"] == 1
+        logs = client.get(f"/api/v1/jobs/{resumed.json()['job_id']}/logs", headers=auth).text
+        assert "Resuming from checkpoint at step" in logs
+        steps = client.get(f"/api/v1/trainings/{training_id}/metrics", headers=auth).json()
+        loss_steps = [s for s, _ in steps["series"]["train"]["loss"]]
+        assert loss_steps == sorted(set(loss_steps)) and loss_steps[-1] == 40
+
+    def test_cancel_stops_at_a_step_and_keeps_a_checkpoint(self, client, auth, worker, tiny_base):
+        dataset = upload(client, auth, "codes", CHAT)
+        params = {**FAST, "max_steps": 400, "save_steps": 1000}
+        response = start(client, auth, tiny_base, dataset, **params)
+        training_id = response.json()["id"]
+        deadline = time.monotonic() + 240
+        while client.get(f"/api/v1/trainings/{training_id}", headers=auth).json()["progress"] < 1.5:
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        cancel = client.post(f"/api/v1/trainings/{training_id}/cancel", headers=auth)
+        assert cancel.status_code == 200
+        job = wait_for_job(response.json()["job_id"])
+        assert job.status == "cancelled"
+        training = client.get(f"/api/v1/trainings/{training_id}", headers=auth).json()
+        assert training["status"] == "cancelled"
+        checkpoints = list(
+            (
+                Path(os.environ["TUNEYARD_DATA_DIR"]) / "trainings" / training_id / "checkpoints"
+            ).glob("checkpoint-*")
+        )
+        assert len(checkpoints) == 1

@@ -1,0 +1,1 @@
+"""Customized models: the adapters trainings produce, tied to their base models."""

@@ -1,0 +1,1 @@
+"""Training: methods, runs, metrics, checkpoints; the customized models they produce."""

@@ -1,0 +1,299 @@
+"""The training methods registry: each method is a documented parameter model, the dataset
+formats it accepts, how records become its trainer's rows, and how its trainer is built.
+
+Built-ins register through `register_method`, exactly as an extension would. Nothing heavy is
+imported at module level: trainer construction imports TRL inside the builder.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from tuneyard.training.params import (
+    CommonParams,
+    DPOParams,
+    GRPOParams,
+    KTOParams,
+    ORPOParams,
+    SFTParams,
+)
+
+
+@dataclass(frozen=True)
+class TrainingMethod:
+    name: str
+    title: str
+    description: str
+    params_model: type[CommonParams]
+    formats: tuple[str, ...]  # dataset formats it trains on
+    needs_chat_template: bool
+    to_rows: Callable[[Iterable[dict], str, CommonParams], Iterator[dict]]
+    # (model, tokenizer, train rows, eval rows, training args dict, peft config, params, extra)
+    build_trainer: Callable[..., Any]
+    # the TRL config class's import path, "module:Class"
+    config_class: str
+
+    def schema(self) -> dict[str, Any]:
+        return self.params_model.model_json_schema()
+
+
+_METHODS: dict[str, TrainingMethod] = {}
+
+
+def register_method(method: TrainingMethod) -> TrainingMethod:
+    if method.name in _METHODS:
+        raise ValueError(f"Training method '{method.name}' is registered twice.")
+    _METHODS[method.name] = method
+    return method
+
+
+def get_method(name: str) -> TrainingMethod:
+    try:
+        return _METHODS[name]
+    except KeyError:
+        from tuneyard.errors import Invalid
+
+        raise Invalid(
+            f"Unknown training method '{name}'; choose one of: {', '.join(sorted(_METHODS))}."
+        ) from None
+
+
+def all_methods() -> list[TrainingMethod]:
+    return [_METHODS[name] for name in sorted(_METHODS)]
+
+
+# -- records -> trainer rows ----------------------------------------------------------------
+
+
+def _user(text: str) -> list[dict]:
+    return [{"role": "user", "content": text}]
+
+
+def _assistant(text: str) -> list[dict]:
+    return [{"role": "assistant", "content": text}]
+
+
+def _alpaca_prompt(record: dict) -> str:
+    extra = record.get("input") or ""
+    return f"{record['instruction']}\n\n{extra}".strip() if extra else record["instruction"]
+
+
+def sft_rows(records: Iterable[dict], fmt: str, params: SFTParams) -> Iterator[dict]:
+    """Conversational prompt/completion rows, so the loss can cover only the answer."""
+    for record in records:
+        if fmt == "chat":
+            messages = record["messages"]
+            if params.completion_only_loss and messages[-1]["role"] == "assistant":
+                yield {"prompt": messages[:-1], "completion": messages[-1:]}
+            else:
+                yield {"messages": messages}
+        elif fmt == "prompt_completion":
+            yield {
+                "prompt": _user(record["prompt"]),
+                "completion": _assistant(record["completion"]),
+            }
+        elif fmt == "alpaca":
+            yield {
+                "prompt": _user(_alpaca_prompt(record)),
+                "completion": _assistant(record["output"]),
+            }
+
+
+def preference_rows(records: Iterable[dict], fmt: str, params: CommonParams) -> Iterator[dict]:
+    for record in records:
+        yield {
+            "prompt": _user(record["prompt"]),
+            "chosen": _assistant(record["chosen"]),
+            "rejected": _assistant(record["rejected"]),
+        }
+
+
+def kto_rows(records: Iterable[dict], fmt: str, params: KTOParams) -> Iterator[dict]:
+    """Unpaired rows: a preference pair gives one desirable and one undesirable example."""
+    for record in records:
+        if fmt == "preference":
+            prompt = _user(record["prompt"])
+            yield {"prompt": prompt, "completion": _assistant(record["chosen"]), "label": True}
+            yield {"prompt": prompt, "completion": _assistant(record["rejected"]), "label": False}
+        else:  # prompt_completion with a boolean `label`
+            yield {
+                "prompt": _user(record["prompt"]),
+                "completion": _assistant(record["completion"]),
+                "label": bool(record["label"]),
+            }
+
+
+def grpo_rows(records: Iterable[dict], fmt: str, params: GRPOParams) -> Iterator[dict]:
+    for record in records:
+        row = {"prompt": _user(record["prompt"])}
+        if "answer" in record:
+            row["answer"] = str(record["answer"])
+        yield row
+
+
+# -- trainers -------------------------------------------------------------------------------
+
+
+def _sft_trainer(model, tokenizer, train, evaluation, args, peft_config, params: SFTParams, extra):
+    from trl import SFTConfig, SFTTrainer
+
+    config = SFTConfig(
+        **args,
+        max_length=params.max_seq_length,
+        train_sampling_strategy="group_by_length" if params.packing else "random",
+        completion_only_loss=params.completion_only_loss,
+    )
+    return SFTTrainer(
+        model=model,
+        args=config,
+        train_dataset=train,
+        eval_dataset=evaluation,
+        processing_class=tokenizer,
+        peft_config=peft_config,
+    )
+
+
+def _dpo_trainer(model, tokenizer, train, evaluation, args, peft_config, params: DPOParams, extra):
+    from trl import DPOConfig, DPOTrainer
+
+    config = DPOConfig(
+        **args, max_length=params.max_seq_length, beta=params.beta, loss_type=[params.loss_type]
+    )
+    return DPOTrainer(
+        model=model,
+        args=config,
+        train_dataset=train,
+        eval_dataset=evaluation,
+        processing_class=tokenizer,
+        peft_config=peft_config,
+    )
+
+
+def _orpo_trainer(
+    model, tokenizer, train, evaluation, args, peft_config, params: ORPOParams, extra
+):
+    from trl.experimental.orpo import ORPOConfig, ORPOTrainer
+
+    config = ORPOConfig(**args, max_length=params.max_seq_length, beta=params.beta)
+    return ORPOTrainer(
+        model=model,
+        args=config,
+        train_dataset=train,
+        eval_dataset=evaluation,
+        processing_class=tokenizer,
+        peft_config=peft_config,
+    )
+
+
+def _kto_trainer(model, tokenizer, train, evaluation, args, peft_config, params: KTOParams, extra):
+    from trl import KTOConfig, KTOTrainer
+
+    config = KTOConfig(
+        **args,
+        max_length=params.max_seq_length,
+        beta=params.beta,
+        desirable_weight=params.desirable_weight,
+        undesirable_weight=params.undesirable_weight,
+    )
+    return KTOTrainer(
+        model=model,
+        args=config,
+        train_dataset=train,
+        eval_dataset=evaluation,
+        processing_class=tokenizer,
+        peft_config=peft_config,
+    )
+
+
+def _grpo_trainer(
+    model, tokenizer, train, evaluation, args, peft_config, params: GRPOParams, extra
+):
+    from trl import GRPOConfig, GRPOTrainer
+
+    from tuneyard.training.rewards import build_reward_functions
+
+    config = GRPOConfig(
+        **args,
+        num_generations=params.num_generations,
+        max_completion_length=params.max_completion_length,
+        temperature=params.temperature,
+        beta=params.beta,
+    )
+    return GRPOTrainer(
+        model=model,
+        reward_funcs=build_reward_functions(params, extra.get("reward_files", {})),
+        args=config,
+        train_dataset=train,
+        eval_dataset=evaluation,
+        processing_class=tokenizer,
+        peft_config=peft_config,
+    )
+
+
+register_method(
+    TrainingMethod(
+        name="sft",
+        title="Supervised fine-tuning",
+        description="Learn to answer like the examples: chat, prompt/completion or alpaca.",
+        params_model=SFTParams,
+        formats=("chat", "prompt_completion", "alpaca"),
+        needs_chat_template=True,
+        to_rows=sft_rows,
+        build_trainer=_sft_trainer,
+        config_class="trl:SFTConfig",
+    )
+)
+register_method(
+    TrainingMethod(
+        name="dpo",
+        title="Direct preference optimisation",
+        description="Prefer the chosen answer over the rejected one, against a reference.",
+        params_model=DPOParams,
+        formats=("preference",),
+        needs_chat_template=True,
+        to_rows=preference_rows,
+        build_trainer=_dpo_trainer,
+        config_class="trl:DPOConfig",
+    )
+)
+register_method(
+    TrainingMethod(
+        name="orpo",
+        title="Odds-ratio preference optimisation",
+        description="SFT on the chosen answer and a preference term, without a reference.",
+        params_model=ORPOParams,
+        formats=("preference",),
+        needs_chat_template=True,
+        to_rows=preference_rows,
+        build_trainer=_orpo_trainer,
+        config_class="trl.experimental.orpo:ORPOConfig",
+    )
+)
+register_method(
+    TrainingMethod(
+        name="kto",
+        title="Kahneman-Tversky optimisation",
+        description="Learn from answers marked desirable or undesirable (pairs not needed).",
+        params_model=KTOParams,
+        formats=("preference", "prompt_completion"),
+        needs_chat_template=True,
+        to_rows=kto_rows,
+        build_trainer=_kto_trainer,
+        config_class="trl:KTOConfig",
+    )
+)
+register_method(
+    TrainingMethod(
+        name="grpo",
+        title="Group relative policy optimisation",
+        description="Sample several answers per prompt, score them with rewards, reinforce.",
+        params_model=GRPOParams,
+        formats=("prompt_only",),
+        needs_chat_template=True,
+        to_rows=grpo_rows,
+        build_trainer=_grpo_trainer,
+        config_class="trl:GRPOConfig",
+    )
+)

@@ -1,0 +1,178 @@
+"""Training parameters: one documented pydantic model per method, refusing unknown fields.
+
+Every field here is read by the runner; nothing is accepted and ignored.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class CommonParams(BaseModel):
+    """Parameters every method shares: the loop, the optimiser, data and the adapter."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # the loop
+    epochs: float = Field(1.0, gt=0, le=100, description="Passes over the training records.")
+    max_steps: int = Field(
+        -1, ge=-1, description="Stop after this many optimiser steps; -1 runs the epochs."
+    )
+    batch_size: int = Field(2, ge=1, le=1024, description="Records per device per step.")
+    grad_accum_steps: int = Field(
+        2, ge=1, le=1024, description="Batches accumulated into one optimiser step."
+    )
+    learning_rate: float = Field(2e-4, gt=0, le=1, description="Peak learning rate.")
+    lr_scheduler: Literal[
+        "linear", "cosine", "constant", "constant_with_warmup", "cosine_with_restarts"
+    ] = Field("linear", description="How the learning rate changes over the run.")
+    warmup_steps: int = Field(0, ge=0, description="Steps of linear warm-up (wins over ratio).")
+    warmup_ratio: float = Field(0.0, ge=0, lt=1, description="Warm-up as a share of all steps.")
+    weight_decay: float = Field(0.0, ge=0, le=1, description="AdamW weight decay.")
+    max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping norm.")
+    seed: int = Field(42, ge=0, description="Seed for shuffling, splits and initialisation.")
+    # data
+    max_seq_length: int = Field(
+        1024, ge=16, le=131072, description="Tokens per record; longer records are truncated."
+    )
+    max_samples: int = Field(
+        -1, ge=-1, description="Use at most this many records; -1 uses them all."
+    )
+    eval_split: float = Field(
+        0.0, ge=0, lt=1, description="Share of records held out for evaluation loss."
+    )
+    eval_steps: int = Field(50, ge=1, description="Evaluate every N steps when eval_split > 0.")
+    save_steps: int = Field(50, ge=1, description="Write a checkpoint every N steps.")
+    logging_steps: int = Field(1, ge=1, description="Record metrics every N steps.")
+    packing: bool = Field(
+        True,
+        description="Padding-free packing: concatenate records into one row per batch, "
+        "with attention kept inside each record (no compute spent on padding).",
+    )
+    # numerics
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto",
+        description="auto: bf16 where the hardware supports it, else fp32. fp16 needs a GPU.",
+    )
+    gradient_checkpointing: bool = Field(
+        False, description="Recompute activations in the backward pass to save memory."
+    )
+    # the adapter
+    adapter: Literal["lora", "qlora", "full"] = Field(
+        "lora",
+        description="lora: low-rank adapter; qlora: LoRA on a 4-bit base (CUDA GPU only); "
+        "full: train every weight (the result is a complete model).",
+    )
+    lora_rank: int = Field(8, ge=1, le=1024, description="LoRA rank r.")
+    lora_alpha: int = Field(16, ge=1, le=4096, description="LoRA scaling alpha.")
+    lora_dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the LoRA input.")
+    target_modules: list[str] | Literal["all-linear"] = Field(
+        "all-linear", description="Module names to adapt, or all-linear."
+    )
+    use_dora: bool = Field(False, description="Weight-decomposed LoRA (DoRA).")
+    use_rslora: bool = Field(False, description="Rank-stabilised LoRA scaling alpha/sqrt(r).")
+
+    @model_validator(mode="after")
+    def _adapter_switches(self):
+        if self.adapter == "full" and (self.use_dora or self.use_rslora):
+            raise ValueError("use_dora and use_rslora apply to LoRA adapters, not adapter=full")
+        if isinstance(self.target_modules, list) and not self.target_modules:
+            raise ValueError("target_modules is empty; give module names or 'all-linear'")
+        return self
+
+
+class SFTParams(CommonParams):
+    """Supervised fine-tuning on chat, prompt/completion or alpaca records."""
+
+    completion_only_loss: bool = Field(
+        True, description="Learn only the answer tokens, not the prompt."
+    )
+
+
+class DPOParams(CommonParams):
+    """Direct preference optimisation on prompt/chosen/rejected records."""
+
+    learning_rate: float = Field(5e-5, gt=0, le=1, description="Peak learning rate.")
+    beta: float = Field(0.1, gt=0, le=10, description="Strength of the pull to the reference.")
+    loss_type: Literal["sigmoid", "hinge", "ipo", "robust"] = Field(
+        "sigmoid", description="The DPO loss variant."
+    )
+
+
+class ORPOParams(CommonParams):
+    """Odds-ratio preference optimisation: SFT and preference in one loss, no reference."""
+
+    learning_rate: float = Field(8e-6, gt=0, le=1, description="Peak learning rate.")
+    beta: float = Field(0.1, gt=0, le=10, description="Weight of the odds-ratio term.")
+    packing: bool = Field(False, description="Not supported by ORPO; must stay false.")
+
+    @model_validator(mode="after")
+    def _no_packing(self):
+        if self.packing:
+            raise ValueError("ORPO does not support packing; leave packing false")
+        return self
+
+
+class KTOParams(CommonParams):
+    """Kahneman-Tversky optimisation on desirable/undesirable completions."""
+
+    learning_rate: float = Field(5e-5, gt=0, le=1, description="Peak learning rate.")
+    packing: bool = Field(False, description="Not supported by KTO; must stay false.")
+    beta: float = Field(0.1, gt=0, le=10, description="Strength of the pull to the reference.")
+    desirable_weight: float = Field(1.0, gt=0, description="Weight of desirable examples.")
+    undesirable_weight: float = Field(1.0, gt=0, description="Weight of undesirable examples.")
+
+    @model_validator(mode="after")
+    def _no_packing(self):
+        if self.packing:
+            raise ValueError("KTO does not support packing; leave packing false")
+        return self
+
+
+BUILTIN_REWARDS = ("answer_match", "numeric_match", "format_regex", "length_penalty")
+
+
+class GRPOParams(CommonParams):
+    """Group relative policy optimisation: sample completions, score them, reinforce."""
+
+    learning_rate: float = Field(1e-5, gt=0, le=1, description="Peak learning rate.")
+    packing: bool = Field(False, description="Not used by GRPO; must stay false.")
+    num_generations: int = Field(
+        4, ge=2, le=64, description="Completions sampled per prompt (the group)."
+    )
+    max_completion_length: int = Field(
+        128, ge=1, le=8192, description="Longest sampled completion, in tokens."
+    )
+    temperature: float = Field(1.0, gt=0, le=5, description="Sampling temperature.")
+    beta: float = Field(0.0, ge=0, le=10, description="KL penalty to the reference (0 = none).")
+    rewards: list[str] = Field(
+        default_factory=lambda: ["answer_match"],
+        description=f"Reward functions: built-ins {', '.join(BUILTIN_REWARDS)}, or "
+        "'file:<name>' for an uploaded reward file.",
+    )
+    format_regex: str = Field(
+        r"(?s).*\S.*", description="Pattern a completion must fully match for format_regex."
+    )
+    length_target: int = Field(
+        64, ge=1, description="Completions longer than this many characters lose reward."
+    )
+
+    @model_validator(mode="after")
+    def _grpo_rules(self):
+        if self.packing:
+            raise ValueError("GRPO does not use packing; leave packing false")
+        if not self.rewards:
+            raise ValueError("give at least one reward function")
+        for name in self.rewards:
+            if name not in BUILTIN_REWARDS and not name.startswith("file:"):
+                raise ValueError(
+                    f"unknown reward '{name}'; use {', '.join(BUILTIN_REWARDS)} or 'file:<name>'"
+                )
+        if (self.batch_size * self.grad_accum_steps) % self.num_generations:
+            raise ValueError(
+                "batch_size x grad_accum_steps must be a multiple of num_generations "
+                f"({self.batch_size} x {self.grad_accum_steps} vs {self.num_generations})"
+            )
+        return self

@@ -1,0 +1,133 @@
+"""Trainings, training methods, parameter profiles and GRPO reward files."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, File, Form, UploadFile, status
+
+from tuneyard.deps import CurrentPrincipal, DbSession, Paging
+from tuneyard.jobs.schemas import JobAccepted
+from tuneyard.pagination import Page
+from tuneyard.training import service
+from tuneyard.training.methods import all_methods
+from tuneyard.training.schemas import (
+    CompareIn,
+    MethodOut,
+    ProfileCreate,
+    ProfileOut,
+    ProfileUpdate,
+    TrainingCreate,
+    TrainingOut,
+)
+
+router = APIRouter(tags=["training"])
+
+
+@router.get("/training-methods", response_model=list[MethodOut])
+def list_methods(principal: CurrentPrincipal):
+    return [
+        MethodOut(
+            name=m.name,
+            title=m.title,
+            description=m.description,
+            dataset_formats=list(m.formats),
+            needs_chat_template=m.needs_chat_template,
+            params_schema=m.schema(),
+        )
+        for m in all_methods()
+    ]
+
+
+@router.post("/trainings", response_model=JobAccepted, status_code=status.HTTP_202_ACCEPTED)
+def start_training(body: TrainingCreate, principal: CurrentPrincipal, session: DbSession):
+    training = service.start_training(session, principal, **body.model_dump())
+    return JobAccepted(id=training.id, job_id=training.job_id)
+
+
+@router.get("/trainings", response_model=Page[TrainingOut])
+def list_trainings(
+    principal: CurrentPrincipal, session: DbSession, page: Paging, status: str | None = None
+):
+    items, total = service.list_trainings(session, principal, status, page.limit, page.offset)
+    return {"items": items, "total": total}
+
+
+@router.post("/trainings/compare")
+def compare_trainings(body: CompareIn, principal: CurrentPrincipal, session: DbSession):
+    return service.compare(session, principal, body.training_ids, body.metric)
+
+
+@router.get("/trainings/{training_id}", response_model=TrainingOut)
+def get_training(training_id: str, principal: CurrentPrincipal, session: DbSession):
+    return service.get_training(session, principal, training_id)
+
+
+@router.get("/trainings/{training_id}/metrics")
+def training_metrics(training_id: str, principal: CurrentPrincipal, session: DbSession):
+    return service.metrics(session, principal, training_id)
+
+
+@router.get("/trainings/{training_id}/copy", response_model=TrainingCreate)
+def copy_training(training_id: str, principal: CurrentPrincipal, session: DbSession):
+    return service.copy_settings(session, principal, training_id)
+
+
+@router.post("/trainings/{training_id}/cancel", response_model=TrainingOut)
+def cancel_training(training_id: str, principal: CurrentPrincipal, session: DbSession):
+    return service.cancel_training(session, principal, training_id)
+
+
+@router.post(
+    "/trainings/{training_id}/resume",
+    response_model=JobAccepted,
+    status_code=status.HTTP_202_ACCEPTED,
+)
+def resume_training(training_id: str, principal: CurrentPrincipal, session: DbSession):
+    training = service.resume_training(session, principal, training_id)
+    return JobAccepted(id=training.id, job_id=training.job_id)
+
+
+@router.get("/profiles", response_model=Page[ProfileOut])
+def list_profiles(principal: CurrentPrincipal, session: DbSession, page: Paging):
+    items, total = service.list_profiles(session, principal, page.limit, page.offset)
+    return {"items": items, "total": total}
+
+
+@router.post("/profiles", response_model=ProfileOut, status_code=status.HTTP_201_CREATED)
+def create_profile(body: ProfileCreate, principal: CurrentPrincipal, session: DbSession):
+    return service.create_profile(
+        session, principal, body.name, body.params, body.method, body.description
+    )
+
+
+@router.get("/profiles/{profile_id}", response_model=ProfileOut)
+def get_profile(profile_id: str, principal: CurrentPrincipal, session: DbSession):
+    return service.get_profile(session, principal, profile_id)
+
+
+@router.patch("/profiles/{profile_id}", response_model=ProfileOut)
+def update_profile(
+    profile_id: str, body: ProfileUpdate, principal: CurrentPrincipal, session: DbSession
+):
+    return service.update_profile(session, principal, profile_id, **body.model_dump())
+
+
+@router.delete("/profiles/{profile_id}", status_code=status.HTTP_204_NO_CONTENT)
+def delete_profile(profile_id: str, principal: CurrentPrincipal, session: DbSession):
+    service.delete_profile(session, principal, profile_id)
+
+
+@router.get("/reward-files", response_model=list[str])
+def list_reward_files(principal: CurrentPrincipal):
+    return service.list_reward_files(principal)
+
+
+@router.post("/reward-files", status_code=status.HTTP_201_CREATED)
+def upload_reward_file(
+    principal: CurrentPrincipal, name: str = Form(...), file: UploadFile = File(...)
+):
+    source = file.file.read(1_000_001)
+    if len(source) > 1_000_000:
+        from tuneyard.errors import TooLarge
+
+        raise TooLarge("A reward file is at most 1 MB of Python.")
+    return {"name": service.save_reward_file(principal, name, source)}
