@@ -248,7 +248,7 @@ class TestCancelAndResume:
         cancel = client.post(f"/api/v1/trainings/{training_id}/cancel", headers=auth)
         assert cancel.status_code == 200
         job = wait_for_job(response.json()["job_id"])
-        assert job.status == "cancelled"
+        assert job.status == "cancelled", job.error
         training = client.get(f"/api/v1/trainings/{training_id}", headers=auth).json()
         assert training["status"] == "cancelled"
         checkpoints = list(

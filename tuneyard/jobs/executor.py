@@ -29,6 +29,7 @@ from sqlalchemy import select, update
 from tuneyard.config import Settings, get_settings
 from tuneyard.db import session_scope
 from tuneyard.jobs import service
+from tuneyard.jobs.registry import get_kind
 from tuneyard.models import Job, utcnow
 from tuneyard.storage import Layout
 
@@ -41,6 +42,7 @@ HOST = socket.gethostname()
 class _Running:
     job_id: str
     process: subprocess.Popen
+    grace_seconds: float
     term_sent_at: float | None = None
     log_handle: object = field(default=None, repr=False)
 
@@ -180,7 +182,7 @@ class Executor:
             if entry.term_sent_at is None:
                 _signal_group(entry.process.pid, signal.SIGTERM)
                 entry.term_sent_at = now
-            elif now - entry.term_sent_at > self.settings.job_cancel_grace_seconds:
+            elif now - entry.term_sent_at > entry.grace_seconds:
                 _signal_group(entry.process.pid, signal.SIGKILL)
 
     def claim_and_start(self) -> None:
@@ -194,7 +196,8 @@ class Executor:
         for job_id in candidates:
             self.start_job(job_id)
 
-    def claim(self, job_id: str) -> bool:
+    def claim(self, job_id: str) -> str | None:
+        """Take a queued job for this worker; returns its kind, or None if it was not queued."""
         now = utcnow()
         with session_scope(self.settings) as session:
             claimed = session.execute(
@@ -209,11 +212,12 @@ class Executor:
                     message="Starting",
                 )
             ).rowcount
-        return bool(claimed)
+            return session.get(Job, job_id).kind if claimed else None
 
     def start_job(self, job_id: str) -> bool:
         """Claim a queued job and start its process; False if another worker took it."""
-        if not self.claim(job_id):
+        kind_name = self.claim(job_id)
+        if kind_name is None:
             return False
         log_path = self.layout.job_log(job_id)
         log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -238,7 +242,9 @@ class Executor:
                     error=f"Could not start the job's process: {exc}",
                 )
             return False
-        self.running[job_id] = _Running(job_id, process, log_handle=handle)
+        kind = get_kind(kind_name)
+        grace = kind.cancel_grace_seconds or self.settings.job_cancel_grace_seconds
+        self.running[job_id] = _Running(job_id, process, grace, log_handle=handle)
         with session_scope(self.settings) as session:
             session.execute(update(Job).where(Job.id == job_id).values(pid=process.pid))
         log.info("started job %s in process %s", job_id, process.pid)

@@ -28,19 +28,28 @@ class JobKind:
     # True when the body stops by itself at a safe point after a cancel request (it polls
     # `ctx.cancel_requested`); otherwise a cancel interrupts it at once.
     cooperative_cancel: bool = False
+    # Seconds between SIGTERM and SIGKILL on cancel; None uses the setting. A cooperative body
+    # may need a whole step (and a checkpoint) before it can stop.
+    cancel_grace_seconds: float | None = None
 
 
 _KINDS: dict[str, JobKind] = {}
 _loaded = False
 
 
-def job_kind(name: str, *, on_failure=None, cooperative_cancel: bool = False):
+def job_kind(
+    name: str,
+    *,
+    on_failure=None,
+    cooperative_cancel: bool = False,
+    cancel_grace_seconds: float | None = None,
+):
     """Decorator registering a job body under `name`."""
 
     def register(func):
         if name in _KINDS and _KINDS[name].run is not func:
             raise ValueError(f"Job kind '{name}' is registered twice.")
-        _KINDS[name] = JobKind(name, func, on_failure, cooperative_cancel)
+        _KINDS[name] = JobKind(name, func, on_failure, cooperative_cancel, cancel_grace_seconds)
         return func
 
     return register

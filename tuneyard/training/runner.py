@@ -19,7 +19,7 @@ from sqlalchemy import delete, select
 from tuneyard.datasets.service import records_path
 from tuneyard.db import session_scope
 from tuneyard.errors import Invalid
-from tuneyard.jobs.child import JobCancelled, JobContext
+from tuneyard.jobs.context import JobCancelled, JobContext
 from tuneyard.models import BaseModel, Dataset, Training, TrainingMetric, utcnow
 from tuneyard.training.methods import TrainingMethod, get_method
 from tuneyard.training.params import CommonParams

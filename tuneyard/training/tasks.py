@@ -17,7 +17,12 @@ def _training_ended(session, job) -> None:
     training.eta_seconds = None
 
 
-@job_kind("training.run", on_failure=_training_ended, cooperative_cancel=True)
+@job_kind(
+    "training.run",
+    on_failure=_training_ended,
+    cooperative_cancel=True,
+    cancel_grace_seconds=600,  # finish the step and write a checkpoint
+)
 def run_training(ctx):
     from tuneyard.training.runner import run_training as run
 
