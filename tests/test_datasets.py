@@ -5,6 +5,9 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
+import signal
+import time
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -446,3 +449,31 @@ class TestInterruptedParse:
         assert dataset["errors"] == ["The parse was cancelled before it finished."]
         assert not Layout().dataset_dir(dataset_id).exists()
         assert upload(client, auth, "qa", "qa.jsonl", jsonl(*QA)).status_code == 202
+
+    def test_cancelling_a_queued_parse_marks_the_dataset_failed(self, client, auth):
+        accepted = upload(client, auth, "qa", "qa.jsonl", jsonl(*QA)).json()
+        response = client.post(f"/api/v1/jobs/{accepted['job_id']}/cancel", headers=auth)
+        assert response.json()["status"] == "cancelled"
+        dataset = client.get(f"{API}/{accepted['id']}", headers=auth).json()
+        assert dataset["status"] == "failed"
+        assert not Layout().dataset_dir(accepted["id"]).exists()
+
+    def test_a_parse_killed_while_reading(self, client, auth, worker):
+        line = jsonl({"prompt": "What is the capital of France?", "completion": "Paris."})
+        accepted = upload(client, auth, "big", "big.jsonl", line * 300_000).json()
+        running = wait_for_job(accepted["job_id"], statuses=("running",))
+        deadline = time.monotonic() + 30
+        while running.progress == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+            running = wait_for_job(accepted["job_id"], statuses=("running",))
+        assert running.message.startswith("Read ") and running.message.endswith(
+            " records of big.jsonl"
+        )
+        [partial, original] = stored_files(accepted["id"])
+        assert partial.startswith(".records.jsonl.") and original == "original.jsonl"
+        os.kill(running.pid, signal.SIGKILL)
+        job = wait_for_job(accepted["job_id"])
+        assert job.status == "failed" and "killed by SIGKILL" in job.error
+        dataset = client.get(f"{API}/{accepted['id']}", headers=auth).json()
+        assert (dataset["status"], dataset["errors"]) == ("failed", [job.error])
+        assert not Layout().dataset_dir(accepted["id"]).exists()

@@ -44,7 +44,6 @@ FORMATS = (
     RecordFormat("prompt_completion", ("prompt", "completion")),
     RecordFormat("prompt_only", ("prompt",), ("answer",)),
 )
-FORMATS_BY_NAME = {fmt.name: fmt for fmt in FORMATS}
 CANONICAL_FIELDS = tuple(
     dict.fromkeys(name for fmt in FORMATS for name in (*fmt.required, *fmt.optional))
 )
