@@ -72,12 +72,13 @@ def _card_value(key: str, card: dict) -> str:
 def _show(out) -> None:
     print_record(out, skip=("model_card", "deployment_template"))
     if out.model_card:
-        table = Table(title="Model card", show_header=False, title_justify="left")
+        table = Table(title="Model card", show_header=False, box=None, title_justify="left")
         table.add_column(style="bold")
         table.add_column()
         for key, label in CARD_ROWS:
-            if key in out.model_card:
-                table.add_row(label, _card_value(key, out.model_card))
+            value = _card_value(key, out.model_card)
+            if value:
+                table.add_row(label, value)
         console.print(table)
     if out.deployment_template:
         console.rule("Deployment template (Ollama TEMPLATE)")
