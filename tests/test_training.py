@@ -257,3 +257,125 @@ class TestCancelAndResume:
             ).glob("checkpoint-*")
         )
         assert len(checkpoints) == 1
+
+
+class TestOtherMethods:
+    """Each method runs real steps on the tiny model and changes the adapter's weights."""
+
+    @pytest.mark.parametrize(
+        "method,records,extra",
+        [
+            ("dpo", PREFERENCE, {}),
+            ("orpo", PREFERENCE, {}),
+            ("kto", PREFERENCE, {}),
+            (
+                "grpo",
+                PROMPTS,
+                {
+                    "num_generations": 2,
+                    "max_completion_length": 8,
+                    "rewards": ["answer_match", "length_penalty"],
+                    "length_target": 4,  # random tokens differ in length: rewards vary
+                },
+            ),
+        ],
+    )
+    def test_method_trains(self, client, auth, worker, tiny_base, method, records, extra):
+        dataset = upload(client, auth, f"{method}-data", records)
+        params = {**FAST, "max_steps": 2, "learning_rate": 1e-2, **extra}
+        training = finish(client, auth, start(client, auth, tiny_base, dataset, method, **params))
+        model = client.get(
+            f"/api/v1/customized-models/{training['customized_model_id']}", headers=auth
+        ).json()
+        assert model["model_card"]["training"]["method"] == method
+        assert lora_b_norm(Path(model["path"])) > 0
+        series = client.get(f"/api/v1/trainings/{training['id']}/metrics", headers=auth).json()
+        train = series["series"]["train"]
+        assert [s for s, _ in train["loss"]] == [1, 2]
+        if method == "dpo":
+            assert "rewards/chosen" in train and "rewards/rejected" in train
+        if method == "grpo":
+            assert "reward" in train and "reward_std" in train
+
+    def test_grpo_with_an_uploaded_reward_file(self, client, auth, worker, tiny_base):
+        source = b"def reward(completions, answer, **_):\n    return [float(len(c) % 3) for c in completions]\n"
+        uploaded = client.post(
+            "/api/v1/reward-files",
+            data={"name": "mod3"},
+            files={"file": ("mod3.py", source, "text/x-python")},
+            headers=auth,
+        )
+        assert uploaded.status_code == 201, uploaded.text
+        dataset = upload(client, auth, "prompts", PROMPTS)
+        params = {
+            **FAST,
+            "max_steps": 1,
+            "num_generations": 2,
+            "max_completion_length": 8,
+            "rewards": ["file:mod3"],
+        }
+        training = finish(client, auth, start(client, auth, tiny_base, dataset, "grpo", **params))
+        series = client.get(f"/api/v1/trainings/{training['id']}/metrics", headers=auth).json()
+        assert "rewards/file_mod3/mean" in series["series"]["train"]
+
+    def test_reward_file_errors(self, client, auth):
+        bad = client.post(
+            "/api/v1/reward-files",
+            data={"name": "bad"},
+            files={"file": ("bad.py", b"def nope(:\n", "text/x-python")},
+            headers=auth,
+        )
+        assert bad.status_code == 422 and "not valid UTF-8 Python" in bad.json()["detail"]
+        missing = client.post(
+            "/api/v1/reward-files",
+            data={"name": "other"},
+            files={"file": ("o.py", b"def score(c):\n    return c\n", "text/x-python")},
+            headers=auth,
+        )
+        assert missing.status_code == 422 and "def reward(" in missing.json()["detail"]
+
+
+class TestProfilesAndCopy:
+    def test_profile_applies_and_request_wins(self, client, auth, worker, tiny_base):
+        profile = client.post(
+            "/api/v1/profiles",
+            json={"name": "quick", "method": "sft", "params": {"lora_rank": 4, "max_steps": 2}},
+            headers=auth,
+        )
+        assert profile.status_code == 201, profile.text
+        dataset = upload(client, auth, "codes", CHAT)
+        response = client.post(
+            "/api/v1/trainings",
+            json={
+                "name": "p",
+                "method": "sft",
+                "base_model_id": tiny_base,
+                "dataset_id": dataset,
+                "params": {"max_steps": 1, "batch_size": 2, "grad_accum_steps": 1},
+                "profile_id": profile.json()["id"],
+            },
+            headers=auth,
+        )
+        training = finish(client, auth, response)
+        assert training["params"]["lora_rank"] == 4
+        assert training["params"]["max_steps"] == 1
+        copied = client.get(f"/api/v1/trainings/{training['id']}/copy", headers=auth).json()
+        assert copied["params"] == training["params"] and copied["method"] == "sft"
+
+    def test_profile_with_bad_params(self, client, auth):
+        response = client.post(
+            "/api/v1/profiles",
+            json={"name": "bad", "method": "sft", "params": {"lora_rank": 0}},
+            headers=auth,
+        )
+        assert response.status_code == 422 and "lora_rank" in response.json()["detail"]
+
+    def test_methods_list_documents_every_parameter(self, client, auth):
+        methods = {
+            m["name"]: m for m in client.get("/api/v1/training-methods", headers=auth).json()
+        }
+        assert set(methods) == {"sft", "dpo", "orpo", "kto", "grpo"}
+        for method in methods.values():
+            for name, prop in method["params_schema"]["properties"].items():
+                assert prop.get("description"), f"{method['name']}.{name} is undocumented"
+                assert "default" in prop, f"{method['name']}.{name} has no default"

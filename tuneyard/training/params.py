@@ -148,7 +148,7 @@ class GRPOParams(CommonParams):
     temperature: float = Field(1.0, gt=0, le=5, description="Sampling temperature.")
     beta: float = Field(0.0, ge=0, le=10, description="KL penalty to the reference (0 = none).")
     rewards: list[str] = Field(
-        default_factory=lambda: ["answer_match"],
+        ["answer_match"],
         description=f"Reward functions: built-ins {', '.join(BUILTIN_REWARDS)}, or "
         "'file:<name>' for an uploaded reward file.",
     )

@@ -181,7 +181,6 @@ def training_arguments(inputs: RunInputs, precision: str, has_eval: bool) -> dic
         "report_to": [],
         "disable_tqdm": True,
         "dataloader_num_workers": 0,
-        "remove_unused_columns": True,
     }
 
 
