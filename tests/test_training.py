@@ -298,7 +298,10 @@ class TestOtherMethods:
             assert "reward" in train and "reward_std" in train
 
     def test_grpo_with_an_uploaded_reward_file(self, client, auth, worker, tiny_base):
-        source = b"def reward(completions, answer, **_):\n    return [float(len(c) % 3) for c in completions]\n"
+        source = (
+            b"def reward(completions, answer, **_):\n"
+            b"    return [float(len(c) % 3) for c in completions]\n"
+        )
         uploaded = client.post(
             "/api/v1/reward-files",
             data={"name": "mod3"},
