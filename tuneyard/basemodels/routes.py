@@ -15,13 +15,17 @@ router = APIRouter(prefix="/base-models", tags=["base models"])
 
 @router.post(
     "",
-    response_model=BaseModelOut | JobAccepted,
+    # Two shapes, one per status: documented here rather than as one union response model.
+    response_model=None,
     status_code=status.HTTP_201_CREATED,
-    responses={202: {"model": JobAccepted, "description": "A GGUF import or hub download job"}},
+    responses={
+        201: {"model": BaseModelOut, "description": "The folder is registered"},
+        202: {"model": JobAccepted, "description": "A GGUF import or hub download job"},
+    },
 )
 def create_base_model(
     body: BaseModelCreate, principal: CurrentPrincipal, session: DbSession, response: Response
-):
+) -> BaseModelOut | JobAccepted:
     """A folder registers at once (201); a GGUF file or hub id starts a job (202)."""
     principal.require("member")
     model, job = service.create_base_model(
