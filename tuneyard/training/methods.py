@@ -140,19 +140,21 @@ def _sft_trainer(model, tokenizer, train, evaluation, args, peft_config, params:
     from trl import SFTConfig, SFTTrainer
 
     config = SFTConfig(
-        **args,
-        max_length=params.max_seq_length,
-        train_sampling_strategy="group_by_length" if params.packing else "random",
-        completion_only_loss=params.completion_only_loss,
+        **args, max_length=params.max_seq_length, completion_only_loss=params.completion_only_loss
     )
-    return SFTTrainer(
-        model=model,
-        args=config,
-        train_dataset=train,
-        eval_dataset=evaluation,
-        processing_class=tokenizer,
-        peft_config=peft_config,
-    )
+    common = {
+        "model": model,
+        "args": config,
+        "train_dataset": train,
+        "eval_dataset": evaluation,
+        "processing_class": tokenizer,
+        "peft_config": peft_config,
+    }
+    if not params.packing:
+        return SFTTrainer(**common)
+    from tuneyard.training.fast_sft import PackedSFTTrainer, padding_free_collator
+
+    return PackedSFTTrainer(**common, data_collator=padding_free_collator(tokenizer.pad_token_id))
 
 
 def _dpo_trainer(model, tokenizer, train, evaluation, args, peft_config, params: DPOParams, extra):

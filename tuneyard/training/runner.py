@@ -226,12 +226,11 @@ def make_reporting_callback(ctx: JobContext, training_id: str):
                 if self.step_lr is not None:
                     data["learning_rate"] = self.step_lr
                 tokens = state.num_input_tokens_seen
-                if (
-                    self.last_time is not None
-                    and now > self.last_time
-                    and tokens > self.last_tokens
-                ):
-                    data["tokens_per_second"] = (tokens - self.last_tokens) / (now - self.last_time)
+                if self.last_time is not None and now > self.last_time:
+                    elapsed = now - self.last_time
+                    data["step_seconds"] = elapsed / args.logging_steps
+                    if tokens > self.last_tokens:
+                        data["tokens_per_second"] = (tokens - self.last_tokens) / elapsed
                 self.last_time, self.last_tokens = now, tokens
             kind = "eval" if is_eval else "train"
             percent = 100.0 * step / max(state.max_steps, 1)
