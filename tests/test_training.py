@@ -134,6 +134,36 @@ class TestSFT:
         assert listed["total"] == 1 and listed["items"][0]["base_model_name"] == "tiny"
 
 
+class TestFullFineTune:
+    def test_full_fine_tune_makes_a_complete_model(self, client, auth, worker, tiny_base):
+        from transformers import AutoModelForCausalLM
+
+        dataset = upload(client, auth, "codes", CHAT)
+        training = finish(
+            client, auth, start(client, auth, tiny_base, dataset, adapter="full", **FAST)
+        )
+        assert training["customized_model_id"] is None
+        complete_id = training["summary"]["complete_model_id"]
+        from tuneyard.db import session_scope
+        from tuneyard.models import CompleteModel
+
+        with session_scope() as session:
+            row = session.get(CompleteModel, complete_id)
+            path, card = row.path, row.model_card
+        assert card["kind"] == "complete" and card["training"]["params"]["adapter"] == "full"
+        tuned = AutoModelForCausalLM.from_pretrained(path)
+        base_path = client.get(f"/api/v1/base-models/{tiny_base}", headers=auth).json()["path"]
+        base = AutoModelForCausalLM.from_pretrained(base_path)
+        changed = [
+            name
+            for (name, a), (_, b) in zip(
+                tuned.state_dict().items(), base.state_dict().items(), strict=True
+            )
+            if not a.equal(b)
+        ]
+        assert len(changed) > 10
+
+
 class TestValidation:
     @pytest.fixture
     def chat_dataset(self, client, auth, worker):

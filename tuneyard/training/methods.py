@@ -137,24 +137,26 @@ def grpo_rows(records: Iterable[dict], fmt: str, params: GRPOParams) -> Iterator
 
 
 def _sft_trainer(model, tokenizer, train, evaluation, args, peft_config, params: SFTParams, extra):
-    from trl import SFTConfig, SFTTrainer
+    from trl import SFTConfig
 
-    config = SFTConfig(
-        **args, max_length=params.max_seq_length, completion_only_loss=params.completion_only_loss
-    )
-    common = {
-        "model": model,
-        "args": config,
-        "train_dataset": train,
-        "eval_dataset": evaluation,
-        "processing_class": tokenizer,
-        "peft_config": peft_config,
-    }
-    if not params.packing:
-        return SFTTrainer(**common)
     from tuneyard.training.fast_sft import PackedSFTTrainer, padding_free_collator
 
-    return PackedSFTTrainer(**common, data_collator=padding_free_collator(tokenizer.pad_token_id))
+    config = SFTConfig(
+        **args,
+        max_length=params.max_seq_length,
+        completion_only_loss=params.completion_only_loss,
+        train_sampling_strategy="group_by_length" if params.group_by_length else "random",
+    )
+    collator = padding_free_collator(tokenizer.pad_token_id) if params.packing else None
+    return PackedSFTTrainer(
+        model=model,
+        args=config,
+        train_dataset=train,
+        eval_dataset=evaluation,
+        processing_class=tokenizer,
+        peft_config=peft_config,
+        data_collator=collator,
+    )
 
 
 def _dpo_trainer(model, tokenizer, train, evaluation, args, peft_config, params: DPOParams, extra):

@@ -46,15 +46,12 @@ class CommonParams(BaseModel):
     eval_steps: int = Field(50, ge=1, description="Evaluate every N steps when eval_split > 0.")
     save_steps: int = Field(50, ge=1, description="Write a checkpoint every N steps.")
     logging_steps: int = Field(1, ge=1, description="Record metrics every N steps.")
-    packing: bool = Field(
-        True,
-        description="Padding-free packing: concatenate records into one row per batch, "
-        "with attention kept inside each record (no compute spent on padding).",
-    )
     # numerics
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto",
-        description="auto: bf16 where the hardware supports it, else fp32. fp16 needs a GPU.",
+        description="auto: bf16 where the hardware supports it (a GPU with bf16, or a CPU "
+        "with AVX-512 bf16 or AMX), else fp32. With an adapter, bf16 keeps the frozen base "
+        "weights in bf16 and the adapter in fp32. fp16 needs a GPU.",
     )
     gradient_checkpointing: bool = Field(
         False, description="Recompute activations in the backward pass to save memory."
@@ -89,6 +86,17 @@ class SFTParams(CommonParams):
     completion_only_loss: bool = Field(
         True, description="Learn only the answer tokens, not the prompt."
     )
+    group_by_length: bool = Field(
+        True,
+        description="Batch records of similar length together, so little compute goes to "
+        "padding (the order within an epoch is still shuffled by groups).",
+    )
+    packing: bool = Field(
+        False,
+        description="Padding-free batches: a batch's records laid end to end in one row, "
+        "attention kept inside each record. Best with FlashAttention on a GPU; on a CPU the "
+        "masked attention costs more than the padding it saves.",
+    )
 
 
 class DPOParams(CommonParams):
@@ -106,29 +114,15 @@ class ORPOParams(CommonParams):
 
     learning_rate: float = Field(8e-6, gt=0, le=1, description="Peak learning rate.")
     beta: float = Field(0.1, gt=0, le=10, description="Weight of the odds-ratio term.")
-    packing: bool = Field(False, description="Not supported by ORPO; must stay false.")
-
-    @model_validator(mode="after")
-    def _no_packing(self):
-        if self.packing:
-            raise ValueError("ORPO does not support packing; leave packing false")
-        return self
 
 
 class KTOParams(CommonParams):
     """Kahneman-Tversky optimisation on desirable/undesirable completions."""
 
     learning_rate: float = Field(5e-5, gt=0, le=1, description="Peak learning rate.")
-    packing: bool = Field(False, description="Not supported by KTO; must stay false.")
     beta: float = Field(0.1, gt=0, le=10, description="Strength of the pull to the reference.")
     desirable_weight: float = Field(1.0, gt=0, description="Weight of desirable examples.")
     undesirable_weight: float = Field(1.0, gt=0, description="Weight of undesirable examples.")
-
-    @model_validator(mode="after")
-    def _no_packing(self):
-        if self.packing:
-            raise ValueError("KTO does not support packing; leave packing false")
-        return self
 
 
 BUILTIN_REWARDS = ("answer_match", "numeric_match", "format_regex", "length_penalty")
@@ -138,7 +132,6 @@ class GRPOParams(CommonParams):
     """Group relative policy optimisation: sample completions, score them, reinforce."""
 
     learning_rate: float = Field(1e-5, gt=0, le=1, description="Peak learning rate.")
-    packing: bool = Field(False, description="Not used by GRPO; must stay false.")
     num_generations: int = Field(
         4, ge=2, le=64, description="Completions sampled per prompt (the group)."
     )
@@ -161,8 +154,6 @@ class GRPOParams(CommonParams):
 
     @model_validator(mode="after")
     def _grpo_rules(self):
-        if self.packing:
-            raise ValueError("GRPO does not use packing; leave packing false")
         if not self.rewards:
             raise ValueError("give at least one reward function")
         for name in self.rewards:

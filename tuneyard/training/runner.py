@@ -98,20 +98,35 @@ def read_records(path: Path) -> list[dict]:
         return [json.loads(line) for line in handle if line.strip()]
 
 
-def resolve_precision(params: CommonParams) -> tuple[str, Any]:
-    """The precision to train in, and the dtype to load the base model in."""
+def cpu_supports_bf16() -> bool:
+    import torch
+
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def resolve_precision(params: CommonParams) -> tuple[str, Any, bool]:
+    """(precision, dtype to load the base model in, whether to autocast).
+
+    With an adapter in bf16 the frozen base is stored in bf16 and the adapter stays fp32: on
+    a CPU with bf16 instructions that made matmuls several times faster, where autocast (fp32
+    weights cast on every call) was slower than plain fp32. A full fine-tune keeps fp32
+    weights (bf16 weights would lose small updates) and autocasts instead.
+    """
     import torch
 
     cuda = torch.cuda.is_available()
     choice = params.precision
     if choice == "auto":
-        # bf16 autocast measured slower than fp32 on CPU here; on a GPU it is the right default.
-        choice = "bf16" if cuda and torch.cuda.is_bf16_supported() else "fp32"
+        bf16_ok = torch.cuda.is_bf16_supported() if cuda else cpu_supports_bf16()
+        choice = "bf16" if bf16_ok else "fp32"
     if choice == "fp16" and not cuda:
         raise Invalid("precision=fp16 needs a CUDA GPU; use bf16 or fp32 on this machine.")
     if choice == "bf16" and cuda and not torch.cuda.is_bf16_supported():
         raise Invalid("This GPU does not support bf16; use fp16 or fp32.")
-    return choice, torch.float32
+    if choice == "fp32" or params.adapter == "full":
+        return choice, torch.float32, choice != "fp32"
+    half = torch.bfloat16 if choice == "bf16" else torch.float16
+    return choice, half, cuda
 
 
 def build_peft_config(params: CommonParams):
@@ -149,7 +164,9 @@ def load_model(inputs: RunInputs, dtype):
     return AutoModelForCausalLM.from_pretrained(inputs.base_path, **kwargs)
 
 
-def training_arguments(inputs: RunInputs, precision: str, has_eval: bool) -> dict[str, Any]:
+def training_arguments(
+    inputs: RunInputs, precision: str, autocast: bool, has_eval: bool
+) -> dict[str, Any]:
     import torch
 
     p = inputs.params
@@ -173,8 +190,8 @@ def training_arguments(inputs: RunInputs, precision: str, has_eval: bool) -> dic
         "save_steps": p.save_steps,
         "eval_strategy": "steps" if has_eval else "no",
         "eval_steps": p.eval_steps if has_eval else None,
-        "bf16": precision == "bf16",
-        "fp16": precision == "fp16",
+        "bf16": autocast and precision == "bf16",
+        "fp16": autocast and precision == "fp16",
         "use_cpu": not torch.cuda.is_available(),
         "gradient_checkpointing": p.gradient_checkpointing,
         "include_num_input_tokens_seen": "non_padding",
@@ -314,7 +331,7 @@ def run_training(ctx: JobContext) -> dict[str, Any]:
     train_rows, eval_rows = rows[eval_count:], rows[:eval_count]
 
     ctx.progress(3, "Loading the base model")
-    precision, dtype = resolve_precision(params)
+    precision, dtype, autocast = resolve_precision(params)
     tokenizer = AutoTokenizer.from_pretrained(inputs.base_path)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -326,7 +343,7 @@ def run_training(ctx: JobContext) -> dict[str, Any]:
         tokenizer,
         HFDataset.from_list(train_rows),
         HFDataset.from_list(eval_rows) if eval_rows else None,
-        training_arguments(inputs, precision, bool(eval_rows)),
+        training_arguments(inputs, precision, autocast, bool(eval_rows)),
         build_peft_config(params),
         params,
         {"reward_files": inputs.reward_files},
@@ -346,7 +363,12 @@ def run_training(ctx: JobContext) -> dict[str, Any]:
 
     ctx.progress(99, "Writing the model")
     outcome = results.write_result(
-        ctx, inputs, trainer, tokenizer, duration=time.monotonic() - started, hw=hardware()
+        ctx,
+        inputs,
+        trainer,
+        tokenizer,
+        duration=time.monotonic() - started,
+        hw={**hardware(), "precision": precision},
     )
     ctx.progress(100, outcome["message"])
     return outcome
