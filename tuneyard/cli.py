@@ -29,6 +29,8 @@ jobs_app = typer.Typer(help="Background jobs: list, follow, cancel.", no_args_is
 
 def _mount() -> None:
     from tuneyard.basemodels.cli import app as base_app
+    from tuneyard.complete.cli import app as complete_app
+    from tuneyard.complete.cli import save as save_command
     from tuneyard.customized.cli import app as customized_app
     from tuneyard.datasets.cli import app as data_app
     from tuneyard.training.cli import app as train_app
@@ -38,6 +40,8 @@ def _mount() -> None:
     app.add_typer(data_app, name="data")
     app.add_typer(train_app, name="train")
     app.add_typer(customized_app, name="customized")
+    app.command("save")(save_command)
+    app.add_typer(complete_app, name="complete")
     app.add_typer(jobs_app, name="jobs")
     app.add_typer(users_app, name="users")
     app.add_typer(tokens_app, name="tokens")

@@ -296,6 +296,11 @@ class CompleteModel(Base):
     base_model_id: Mapped[str | None] = mapped_column(String(36))
     path: Mapped[str] = mapped_column(Text, nullable=False)
     dtype: Mapped[str] = mapped_column(String(8), nullable=False)
+    # saving (its job runs), ready (the folder is complete), failed (no folder; see error).
+    status: Mapped[str] = mapped_column(String(16), nullable=False, default="ready")
+    error: Mapped[str | None] = mapped_column(Text)
+    # The save job that writes the folder, so a client can follow it from the model.
+    job_id: Mapped[str | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"))
     size_bytes: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
     model_card: Mapped[dict[str, Any]] = mapped_column(JSON, nullable=False, default=dict)
     created_at: Mapped[datetime] = created_column()

@@ -17,6 +17,7 @@ BUILTIN_TASK_MODULES = (
     "tuneyard.datasets.tasks",
     "tuneyard.basemodels.tasks",
     "tuneyard.training.tasks",
+    "tuneyard.complete.tasks",
 )
 
 

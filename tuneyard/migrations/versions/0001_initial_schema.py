@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-23 11:40:02.717535
+Create Date: 2026-11-23 12:12:21.869001
 """
 
 from collections.abc import Sequence
@@ -51,26 +51,6 @@ def upgrade() -> None:
     )
     with op.batch_alter_table('base_models', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_base_models_project_id'), ['project_id'], unique=False)
-
-    op.create_table('complete_models',
-    sa.Column('id', sa.String(length=36), nullable=False),
-    sa.Column('project_id', sa.String(length=36), nullable=False),
-    sa.Column('name', sa.String(length=400), nullable=False),
-    sa.Column('source', sa.String(length=16), nullable=False),
-    sa.Column('customized_model_id', sa.String(length=36), nullable=True),
-    sa.Column('training_id', sa.String(length=36), nullable=True),
-    sa.Column('base_model_id', sa.String(length=36), nullable=True),
-    sa.Column('path', sa.Text(), nullable=False),
-    sa.Column('dtype', sa.String(length=8), nullable=False),
-    sa.Column('size_bytes', sa.BigInteger(), nullable=False),
-    sa.Column('model_card', sa.JSON(), nullable=False),
-    sa.Column('created_at', tuneyard.models.UTCDateTime(), nullable=False),
-    sa.ForeignKeyConstraint(['project_id'], ['projects.id'], name=op.f('fk_complete_models_project_id_projects'), ondelete='CASCADE'),
-    sa.PrimaryKeyConstraint('id', name=op.f('pk_complete_models')),
-    sa.UniqueConstraint('project_id', 'name', name=op.f('uq_complete_models_project_id_name'))
-    )
-    with op.batch_alter_table('complete_models', schema=None) as batch_op:
-        batch_op.create_index(batch_op.f('ix_complete_models_project_id'), ['project_id'], unique=False)
 
     op.create_table('jobs',
     sa.Column('id', sa.String(length=36), nullable=False),
@@ -142,6 +122,30 @@ def upgrade() -> None:
     )
     with op.batch_alter_table('api_tokens', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_api_tokens_user_id'), ['user_id'], unique=False)
+
+    op.create_table('complete_models',
+    sa.Column('id', sa.String(length=36), nullable=False),
+    sa.Column('project_id', sa.String(length=36), nullable=False),
+    sa.Column('name', sa.String(length=400), nullable=False),
+    sa.Column('source', sa.String(length=16), nullable=False),
+    sa.Column('customized_model_id', sa.String(length=36), nullable=True),
+    sa.Column('training_id', sa.String(length=36), nullable=True),
+    sa.Column('base_model_id', sa.String(length=36), nullable=True),
+    sa.Column('path', sa.Text(), nullable=False),
+    sa.Column('dtype', sa.String(length=8), nullable=False),
+    sa.Column('status', sa.String(length=16), nullable=False),
+    sa.Column('error', sa.Text(), nullable=True),
+    sa.Column('job_id', sa.String(length=36), nullable=True),
+    sa.Column('size_bytes', sa.BigInteger(), nullable=False),
+    sa.Column('model_card', sa.JSON(), nullable=False),
+    sa.Column('created_at', tuneyard.models.UTCDateTime(), nullable=False),
+    sa.ForeignKeyConstraint(['job_id'], ['jobs.id'], name=op.f('fk_complete_models_job_id_jobs'), ondelete='SET NULL'),
+    sa.ForeignKeyConstraint(['project_id'], ['projects.id'], name=op.f('fk_complete_models_project_id_projects'), ondelete='CASCADE'),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_complete_models')),
+    sa.UniqueConstraint('project_id', 'name', name=op.f('uq_complete_models_project_id_name'))
+    )
+    with op.batch_alter_table('complete_models', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_complete_models_project_id'), ['project_id'], unique=False)
 
     op.create_table('datasets',
     sa.Column('id', sa.String(length=36), nullable=False),
@@ -272,6 +276,10 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f('ix_datasets_project_id'))
 
     op.drop_table('datasets')
+    with op.batch_alter_table('complete_models', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_complete_models_project_id'))
+
+    op.drop_table('complete_models')
     with op.batch_alter_table('api_tokens', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_api_tokens_user_id'))
 
@@ -286,10 +294,6 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f('ix_jobs_project_id'))
 
     op.drop_table('jobs')
-    with op.batch_alter_table('complete_models', schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f('ix_complete_models_project_id'))
-
-    op.drop_table('complete_models')
     with op.batch_alter_table('base_models', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_base_models_project_id'))
 

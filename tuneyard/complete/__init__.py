@@ -1,0 +1,1 @@
+"""Complete models: adapters merged into their base (saved), or full fine-tunes."""

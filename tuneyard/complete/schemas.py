@@ -1,0 +1,57 @@
+"""API shapes for complete models and saving."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class SaveRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    dtype: str = Field(
+        "bf16",
+        description="The saved weights' dtype: bf16, fp16 or fp32. Saving never quantizes.",
+    )
+
+
+class PushRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    repo_id: str = Field(description="The hub repository, owner/name; created if missing.")
+
+
+class CompleteModelOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: str
+    name: str
+    source: str
+    status: str
+    error: str | None
+    customized_model_id: str | None
+    training_id: str | None
+    base_model_id: str | None
+    job_id: str | None
+    path: str
+    dtype: str
+    size_bytes: int
+    model_card: dict[str, Any]
+    created_at: datetime
+
+
+class CompleteModelSummary(BaseModel):
+    """A list row: names, status and size, without the card."""
+
+    id: str
+    name: str
+    source: str
+    status: str
+    dtype: str
+    size_bytes: int
+    base_model_name: str | None
+    customized_model_name: str | None
+    job_id: str | None
+    created_at: datetime
