@@ -41,6 +41,7 @@ INDEX_FILE = "model.safetensors.index.json"
 MAX_SHARD_BYTES = 2 * 10**9
 LORA_KEY = re.compile(r"base_model\.model\.(?P<module>.+)\.lora_(?P<part>[AB])\.weight")
 EMBEDDING_KEY = re.compile(r"base_model\.model\.(?P<module>.+)\.lora_embedding_[AB]")
+BASE_LAYER_KEY = re.compile(r"base_model\.model\.(?P<module>.+)\.base_layer\.weight")
 TOKENIZER_FILES = (
     "tokenizer.json",
     "tokenizer_config.json",
@@ -158,13 +159,21 @@ def read_adapter(folder: Path) -> LoraAdapter:
     tensors, _ = read_header(folder / ADAPTER_WEIGHTS)
     if config.get("use_dora"):
         return LoraAdapter(folder, config, "peft")
-    factors: dict[str, dict[str, TensorInfo]] = {}
-    for key, info in tensors.items():
+    for key in tensors:
         if match := EMBEDDING_KEY.fullmatch(key):
             raise Invalid(
                 f"The adapter has LoRA on the embedding layer {match['module']}, which save "
                 "does not merge. Train with target_modules that leave out embeddings."
             )
+    for key in tensors:
+        if match := BASE_LAYER_KEY.fullmatch(key):
+            raise Invalid(
+                f"The adapter carries a full copy of {match['module']} (PEFT saves one when "
+                "LoRA targets the embeddings or lm_head), which save does not merge. Train "
+                "with target_modules that leave out the embeddings and lm_head."
+            )
+    factors: dict[str, dict[str, TensorInfo]] = {}
+    for key, info in tensors.items():
         match = LORA_KEY.fullmatch(key)
         if match is None:
             raise Invalid(
