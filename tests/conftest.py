@@ -132,6 +132,18 @@ def principal(admin_password):
 
 
 @pytest.fixture
+def tiny_base(client, auth, tiny_model_dir) -> str:
+    """The tiny llama registered in place as base model "tiny"; its id."""
+    response = client.post(
+        "/api/v1/base-models",
+        json={"technical_name": "tiny", "path": str(tiny_model_dir)},
+        headers=auth,
+    )
+    assert response.status_code == 201, response.text
+    return response.json()["id"]
+
+
+@pytest.fixture
 def worker(admin_password):
     """A real executor running jobs in child processes, in a background thread."""
     from tuneyard.jobs.executor import Executor

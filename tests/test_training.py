@@ -46,17 +46,6 @@ def upload(client, auth, name: str, records: list[dict]) -> str:
     return response.json()["id"]
 
 
-@pytest.fixture
-def tiny_base(client, auth, tiny_model_dir) -> str:
-    response = client.post(
-        "/api/v1/base-models",
-        json={"technical_name": "tiny", "path": str(tiny_model_dir)},
-        headers=auth,
-    )
-    assert response.status_code == 201, response.text
-    return response.json()["id"]
-
-
 def start(client, auth, base, dataset, method="sft", name="t1", **params):
     return client.post(
         "/api/v1/trainings",

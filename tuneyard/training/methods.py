@@ -211,6 +211,39 @@ def _kto_trainer(model, tokenizer, train, evaluation, args, peft_config, params:
     )
 
 
+def _prompts_that_fit(rows, tokenizer, params: GRPOParams):
+    """Keep prompts that leave room for a full completion within max_seq_length."""
+    import logging
+
+    from tuneyard.errors import Invalid
+
+    room = params.max_seq_length - params.max_completion_length
+    kept = rows.filter(
+        lambda row: (
+            len(
+                tokenizer.apply_chat_template(
+                    row["prompt"], add_generation_prompt=True, tokenize=True
+                )
+            )
+            <= room
+        )
+    )
+    dropped = len(rows) - len(kept)
+    if dropped:
+        logging.getLogger("tuneyard.job").warning(
+            "%d prompts are longer than max_seq_length - max_completion_length = %d tokens; "
+            "left out",
+            dropped,
+            room,
+        )
+    if len(kept) == 0:
+        raise Invalid(
+            f"Every prompt is longer than max_seq_length - max_completion_length ({room} "
+            "tokens); raise max_seq_length or lower max_completion_length."
+        )
+    return kept
+
+
 def _grpo_trainer(
     model, tokenizer, train, evaluation, args, peft_config, params: GRPOParams, extra
 ):
@@ -218,6 +251,9 @@ def _grpo_trainer(
 
     from tuneyard.training.rewards import build_reward_functions
 
+    train = _prompts_that_fit(train, tokenizer, params)
+    if evaluation is not None:
+        evaluation = _prompts_that_fit(evaluation, tokenizer, params)
     config = GRPOConfig(
         **args,
         num_generations=params.num_generations,

@@ -156,6 +156,11 @@ class GRPOParams(CommonParams):
     def _grpo_rules(self):
         if not self.rewards:
             raise ValueError("give at least one reward function")
+        if self.max_completion_length >= self.max_seq_length:
+            raise ValueError(
+                "max_completion_length must be below max_seq_length (prompt and completion "
+                "share it)"
+            )
         for name in self.rewards:
             if name not in BUILTIN_REWARDS and not name.startswith("file:"):
                 raise ValueError(
