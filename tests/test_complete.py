@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import login, wait_for_job
-from tests.test_training import CHAT, finish, start, tiny_base, upload  # noqa: F401
+from tests.test_training import CHAT, finish, start, upload
 from tuneyard.auth.service import create_project, create_user
 from tuneyard.cards import file_digest, folder_size, read_front_matter
 from tuneyard.config import reset_settings
@@ -47,8 +47,7 @@ def trained(client, auth, base_id: str, name: str = "codes", **params) -> dict:
     return client.get(f"{CUSTOMIZED}/{model_id}", headers=auth).json()
 
 
-@pytest.fixture(scope="session")
-def made_adapter_dir(tmp_path_factory, tiny_model_dir) -> Path:
+def build_adapter(out: Path, tiny_model_dir: Path) -> Path:
     """A LoRA on every linear layer of the tiny model, B nonzero, with the tokenizer files."""
     import torch
     from peft import LoraConfig, get_peft_model
@@ -60,11 +59,15 @@ def made_adapter_dir(tmp_path_factory, tiny_model_dir) -> Path:
     for name, parameter in peft_model.named_parameters():
         if "lora_B" in name:
             torch.nn.init.normal_(parameter, std=0.05)
-    out = tmp_path_factory.mktemp("made-adapter")
     peft_model.save_pretrained(out)
     for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
         shutil.copyfile(tiny_model_dir / name, out / name)
     return out
+
+
+@pytest.fixture(scope="session")
+def made_adapter_dir(tmp_path_factory, tiny_model_dir) -> Path:
+    return build_adapter(tmp_path_factory.mktemp("made-adapter"), tiny_model_dir)
 
 
 def make_customized(base_id: str, adapter_dir: Path, train_name: str = "made") -> dict:
@@ -103,7 +106,7 @@ def _project_id(session) -> str:
 
 
 @pytest.fixture
-def made(tiny_base, made_adapter_dir) -> dict:  # noqa: F811
+def made(tiny_base, made_adapter_dir) -> dict:
     return make_customized(tiny_base, made_adapter_dir)
 
 
@@ -173,7 +176,7 @@ class TestSave:
         client,
         auth,
         worker,
-        tiny_base,  # noqa: F811
+        tiny_base,
         tiny_model_dir,
     ):
         import torch
@@ -205,7 +208,7 @@ class TestSave:
         client,
         auth,
         worker,
-        tiny_base,  # noqa: F811
+        tiny_base,
         tiny_model_dir,
     ):
         import torch
@@ -303,7 +306,7 @@ class TestSave:
         client,
         auth,
         worker,
-        tiny_base,  # noqa: F811
+        tiny_base,
         tiny_model_dir,
     ):
         customized = trained(client, auth, tiny_base, name="dora", use_dora=True)
@@ -338,7 +341,7 @@ class TestSaveRefused:
             "No customized model 'nope'. List them with `tuneyard customized list`."
         )
 
-    def test_base_model_deleted(self, client, auth, made, tiny_base):  # noqa: F811
+    def test_base_model_deleted(self, client, auth, made, tiny_base):
         assert client.delete(f"/api/v1/base-models/{tiny_base}", headers=auth).status_code == 204
         response = save(client, auth, made["id"])
         assert response.status_code == 409
@@ -347,7 +350,7 @@ class TestSaveRefused:
             "saved by merging it into its base, so this one can no longer be saved."
         )
 
-    def test_base_model_not_ready(self, client, auth, made, tiny_base):  # noqa: F811
+    def test_base_model_not_ready(self, client, auth, made, tiny_base):
         from tuneyard.models import BaseModel
 
         with session_scope() as session:
@@ -525,7 +528,7 @@ class TestDelete:
         client,
         auth,
         made,
-        tiny_base,  # noqa: F811
+        tiny_base,
     ):
         response = save(client, auth, made["id"])
         model_id, job_id = response.json()["id"], response.json()["job_id"]

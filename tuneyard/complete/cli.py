@@ -48,7 +48,8 @@ def save(
     run_job_with_progress(job_id)
     with cli_session(project) as (session, principal):
         path = service.get_complete(session, principal, model_id).path
-    console.print(f"Complete model {name} is ready in {path}")
+    # Not wrapped by rich, so the path can be copied whole.
+    console.print(f"Complete model {name} is ready in {path}", soft_wrap=True)
 
 
 @app.command("list")
@@ -112,7 +113,7 @@ def export(
     with atomic_file(target) as handle:
         for chunk in tar_stream(folder, name, fmt):
             handle.write(chunk)
-    console.print(f"Wrote {target} ({target.stat().st_size:,} bytes).")
+    console.print(f"Wrote {target} ({target.stat().st_size:,} bytes).", soft_wrap=True)
 
 
 @app.command("push")
