@@ -201,6 +201,28 @@ class TrainingProfile(Base):
     created_at: Mapped[datetime] = created_column()
 
 
+class TrainingMethodScript(Base):
+    """A custom training method: an admin's Python script and what it declared at upload."""
+
+    __tablename__ = "training_method_scripts"
+    __table_args__ = (UniqueConstraint("project_id", "name"),)
+
+    id: Mapped[str] = id_column()
+    project_id: Mapped[str] = mapped_column(
+        ForeignKey("projects.id", ondelete="CASCADE"), index=True
+    )
+    name: Mapped[str] = mapped_column(String(40), nullable=False)
+    description: Mapped[str] = mapped_column(Text, nullable=False)
+    formats: Mapped[list[str]] = mapped_column(JSON, nullable=False)  # dataset formats
+    result: Mapped[str] = mapped_column(String(16), nullable=False)  # adapter, full
+    # name -> {"type": "int", "default": 8, "description": "..."}
+    parameters: Mapped[dict[str, Any]] = mapped_column(JSON, nullable=False, default=dict)
+    path: Mapped[str] = mapped_column(Text, nullable=False)
+    digest: Mapped[str] = mapped_column(String(64), nullable=False)  # sha256 of the script
+    created_by: Mapped[str | None] = mapped_column(String(36))
+    created_at: Mapped[datetime] = created_column()
+
+
 class Training(Base):
     """One run of a training method on (base model, dataset, parameters)."""
 
@@ -264,9 +286,7 @@ class CustomizedModel(Base):
         ForeignKey("projects.id", ondelete="CASCADE"), index=True
     )
     name: Mapped[str] = mapped_column(String(400), nullable=False)
-    training_id: Mapped[str | None] = mapped_column(
-        ForeignKey("trainings.id", ondelete="SET NULL")
-    )
+    training_id: Mapped[str | None] = mapped_column(ForeignKey("trainings.id", ondelete="SET NULL"))
     base_model_id: Mapped[str | None] = mapped_column(
         ForeignKey("base_models.id", ondelete="SET NULL")
     )

@@ -48,6 +48,10 @@ class Layout:
     def reward_file(self, project_id: str, name: str) -> Path:
         return self.root / "rewards" / project_id / f"{name}.py"
 
+    def method_script(self, project_id: str, script_id: str) -> Path:
+        """An uploaded training method's Python file, by its row's id (names can be reused)."""
+        return self.root / "methods" / project_id / f"{script_id}.py"
+
     @property
     def admin_password_file(self) -> Path:
         return self.root / "admin-password.txt"

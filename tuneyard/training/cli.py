@@ -1,8 +1,9 @@
-"""`tuneyard train`: start, follow, cancel and resume trainings."""
+"""`tuneyard train`: start, follow, cancel and resume trainings; custom training methods."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import typer
 
@@ -41,7 +42,9 @@ def start(
     base: str = typer.Option(..., "--base", help="Base model: technical name or id."),
     data: str = typer.Option(..., "--data", help="Dataset: name or id."),
     name: str = typer.Option(..., "--name", help="The train name."),
-    method: str = typer.Option("sft", "--method", help="sft, dpo, orpo, kto or grpo."),
+    method: str = typer.Option(
+        "sft", "--method", help="sft, dpo, orpo, kto, grpo or an uploaded method."
+    ),
     param: list[str] = typer.Option([], "--param", help="A parameter, key=value; repeatable."),
     profile: str = typer.Option(None, "--profile", help="A parameter profile: name or id."),
     wait: bool = typer.Option(False, "--wait", help="Run here with a live progress bar."),
@@ -96,6 +99,8 @@ def _print_outcome(training_id: str, project: str | None) -> None:
         )
     if model_id:
         console.print(f"Customized model: {model_id}")
+    if "complete_model_id" in summary:
+        console.print(f"Complete model: {summary['complete_model_id']}")
 
 
 @app.command("list")
@@ -193,3 +198,42 @@ def resume(
     if wait:
         run_job_with_progress(job_id)
         _print_outcome(training_id, project)
+
+
+@app.command("methods")
+def methods(project: str = ProjectOption, as_json: bool = JsonOption):
+    """List training methods: the built-ins and the project's uploaded ones."""
+    from tuneyard.training import custom
+    from tuneyard.training.schemas import MethodOut
+
+    with cli_session(project) as (session, principal):
+        rows = [MethodOut.of(m) for m in custom.list_methods(session, principal)]
+    if as_json:
+        print_json(rows)
+    else:
+        print_table(rows, ["name", "custom", "dataset_formats", "description"])
+
+
+@app.command("add-method")
+def add_method(
+    file: Path = typer.Argument(..., exists=True, dir_okay=False, help="The Python script."),
+    name: str = typer.Option(..., "--name", help="The method's name, used with --method."),
+    project: str = ProjectOption,
+):
+    """Upload a custom training method: a script defining train(config, output_dir, report)."""
+    from tuneyard.training import custom
+    from tuneyard.training.schemas import MethodOut
+
+    with cli_session(project) as (session, principal):
+        added = MethodOut.of(custom.add_method(session, principal, name, file.read_bytes()))
+    print_record(added, skip=("params_schema",))
+
+
+@app.command("rm-method")
+def rm_method(name: str, project: str = ProjectOption):
+    """Delete an uploaded training method (trainings made with it stay)."""
+    from tuneyard.training import custom
+
+    with cli_session(project) as (session, principal):
+        custom.delete_method(session, principal, name)
+    console.print(f"Removed training method {name}.")

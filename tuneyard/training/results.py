@@ -1,15 +1,21 @@
 """What a finished training leaves: a customized model (adapter) or, for a full fine-tune, a
-complete model, each with its card, written atomically and recorded once."""
+complete model, each with its card, made from the folder the run produced, moved into place
+atomically and recorded once."""
 
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
 from typing import Any
 
 from tuneyard.cards import file_digest, folder_size, write_readme
 from tuneyard.db import session_scope
 from tuneyard.models import CompleteModel, CustomizedModel, Training, new_id, utcnow
-from tuneyard.storage import atomic_dir
+from tuneyard.storage import atomic_dir, remove_tree
+
+RESULT_FOLDER = "result"
+DTYPE_NAMES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
 
 
 def customized_model_name(base_name: str, train_name: str, created, training_id: str) -> str:
@@ -60,19 +66,52 @@ def build_card(
     }
 
 
-def write_result(ctx, inputs, trainer, tokenizer, *, duration: float, hw: dict) -> dict[str, Any]:
+def result_dir(work_dir: Path) -> Path:
+    """Where a run writes its model before the model is named, carded and put in place."""
+    return work_dir / RESULT_FOLDER
+
+
+def fresh_result_dir(work_dir: Path) -> Path:
+    """An empty result folder (a killed earlier attempt may have left one half-written)."""
+    folder = result_dir(work_dir)
+    remove_tree(folder)
+    folder.mkdir(parents=True)
+    return folder
+
+
+def saved_dtype(folder: Path) -> str:
+    """The dtype of a saved full model, from its config.json, as a short name."""
+    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    dtype = config.get("dtype") or config.get("torch_dtype") or "float32"
+    return DTYPE_NAMES.get(dtype, dtype)[:8]
+
+
+def write_result(
+    ctx,
+    training_id: str,
+    produced: Path,
+    *,
+    full: bool,
+    duration: float,
+    hw: dict,
+    lineage: dict | None = None,
+) -> dict[str, Any]:
+    """Turn the folder a run produced into its customized model (an adapter) or, when `full`,
+    its complete model: named, carded, moved into place and recorded, once."""
     from tuneyard.training.runner import CHECKPOINT_PREFIX, checkpoints, final_metrics
 
-    steps = [int(p.name.removeprefix(CHECKPOINT_PREFIX)) for p in checkpoints(inputs.work_dir)]
+    work_dir = ctx.layout.training_dir(training_id)
+    steps = [int(p.name.removeprefix(CHECKPOINT_PREFIX)) for p in checkpoints(work_dir)]
     with session_scope(ctx.settings) as session:
-        training = session.get(Training, inputs.training_id)
+        training = session.get(Training, training_id)
         summary = final_metrics(session, training.id)
         done_id = training.customized_model_id or training.summary.get("complete_model_id")
         if done_id:  # a resumed run whose first attempt had already written its result
+            remove_tree(produced)
             return {"message": "Done", "model_id": done_id}
-        created = training.created_at
-    name = customized_model_name(inputs.base_name, inputs.name, created, inputs.training_id)
-    full = inputs.params.adapter == "full"
+    name = customized_model_name(
+        training.base_model_name, training.name, training.created_at, training_id
+    )
     model_id = new_id()
     target = (
         ctx.layout.complete_model_dir(model_id)
@@ -80,8 +119,8 @@ def write_result(ctx, inputs, trainer, tokenizer, *, duration: float, hw: dict) 
         else ctx.layout.customized_model_dir(model_id)
     )
     with atomic_dir(target) as staging:
-        trainer.model.save_pretrained(staging, safe_serialization=True)
-        tokenizer.save_pretrained(staging)
+        for entry in produced.iterdir():
+            os.replace(entry, staging / entry.name)
         card = build_card(
             kind="complete" if full else "customized",
             name=name,
@@ -91,11 +130,15 @@ def write_result(ctx, inputs, trainer, tokenizer, *, duration: float, hw: dict) 
             duration=duration,
             folder=staging,
             checkpoints=steps,
-            extra_lineage=None if full else {"adapter_digest": adapter_digest(staging)},
+            extra_lineage={
+                **(lineage or {}),
+                **({} if full else {"adapter_digest": adapter_digest(staging)}),
+            },
         )
         write_readme(staging, card)
+    produced.rmdir()
     with session_scope(ctx.settings) as session:
-        training = session.get(Training, inputs.training_id)
+        training = session.get(Training, training_id)
         if full:
             session.add(
                 CompleteModel(
@@ -106,7 +149,7 @@ def write_result(ctx, inputs, trainer, tokenizer, *, duration: float, hw: dict) 
                     training_id=training.id,
                     base_model_id=training.base_model_id,
                     path=str(target),
-                    dtype="fp32",
+                    dtype=saved_dtype(target),
                     size_bytes=card["sizes"]["bytes"],
                     model_card=card,
                 )

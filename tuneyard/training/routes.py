@@ -7,8 +7,7 @@ from fastapi import APIRouter, File, Form, UploadFile, status
 from tuneyard.deps import CurrentPrincipal, DbSession, Paging
 from tuneyard.jobs.schemas import JobAccepted
 from tuneyard.pagination import Page
-from tuneyard.training import service
-from tuneyard.training.methods import all_methods
+from tuneyard.training import custom, service
 from tuneyard.training.schemas import (
     CompareIn,
     MethodOut,
@@ -23,18 +22,25 @@ router = APIRouter(tags=["training"])
 
 
 @router.get("/training-methods", response_model=list[MethodOut])
-def list_methods(principal: CurrentPrincipal):
-    return [
-        MethodOut(
-            name=m.name,
-            title=m.title,
-            description=m.description,
-            dataset_formats=list(m.formats),
-            needs_chat_template=m.needs_chat_template,
-            params_schema=m.schema(),
-        )
-        for m in all_methods()
-    ]
+def list_methods(principal: CurrentPrincipal, session: DbSession):
+    return [MethodOut.of(m) for m in custom.list_methods(session, principal)]
+
+
+@router.post("/training-methods", response_model=MethodOut, status_code=status.HTTP_201_CREATED)
+def add_method(
+    principal: CurrentPrincipal,
+    session: DbSession,
+    name: str = Form(..., description="The method's name, used as `method` in a training."),
+    file: UploadFile = File(..., description="The Python script (see the README)."),
+):
+    """Upload a custom training method (admin only: the script runs in training jobs)."""
+    source = file.file.read(custom.MAX_SCRIPT_BYTES + 1)
+    return MethodOut.of(custom.add_method(session, principal, name, source))
+
+
+@router.delete("/training-methods/{name}", status_code=status.HTTP_204_NO_CONTENT)
+def delete_method(name: str, principal: CurrentPrincipal, session: DbSession):
+    custom.delete_method(session, principal, name)
 
 
 @router.post("/trainings", response_model=JobAccepted, status_code=status.HTTP_202_ACCEPTED)

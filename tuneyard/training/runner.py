@@ -21,6 +21,7 @@ from tuneyard.db import session_scope
 from tuneyard.errors import Invalid
 from tuneyard.jobs.context import JobCancelled, JobContext
 from tuneyard.models import BaseModel, Dataset, Training, TrainingMetric, utcnow
+from tuneyard.training.custom import CustomMethod
 from tuneyard.training.methods import TrainingMethod, get_method
 from tuneyard.training.params import CommonParams
 
@@ -32,7 +33,7 @@ class RunInputs:
     training_id: str
     project_id: str
     name: str
-    method: TrainingMethod
+    method: TrainingMethod | CustomMethod
     params: CommonParams
     base_path: Path
     base_name: str
@@ -59,7 +60,11 @@ def checkpoints(work_dir: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(p.name.removeprefix(CHECKPOINT_PREFIX)))
 
 
-def load_inputs(ctx: JobContext) -> RunInputs:
+def load_inputs(ctx: JobContext, method_of=None) -> RunInputs:
+    """Everything a run needs, read once; the training is marked running.
+
+    `method_of(session, training)` gives its method; by default the built-in of that name.
+    """
     training_id = ctx.params["training_id"]
     with session_scope(ctx.settings) as session:
         training = session.get(Training, training_id)
@@ -69,7 +74,7 @@ def load_inputs(ctx: JobContext) -> RunInputs:
             raise Invalid("The base model of this training was deleted or is not ready.")
         if dataset is None or dataset.status != "ready":
             raise Invalid("The dataset of this training was deleted or is not ready.")
-        method = get_method(training.method)
+        method = method_of(session, training) if method_of else get_method(training.method)
         training.status = "running"
         training.job_id = ctx.job_id
         training.error = None
@@ -362,11 +367,14 @@ def run_training(ctx: JobContext) -> dict[str, Any]:
         raise JobCancelled()
 
     ctx.progress(99, "Writing the model")
+    produced = results.fresh_result_dir(inputs.work_dir)
+    trainer.model.save_pretrained(produced, safe_serialization=True)
+    tokenizer.save_pretrained(produced)
     outcome = results.write_result(
         ctx,
-        inputs,
-        trainer,
-        tokenizer,
+        inputs.training_id,
+        produced,
+        full=params.adapter == "full",
         duration=time.monotonic() - started,
         hw={**hardware(), "precision": precision},
     )

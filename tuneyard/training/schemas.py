@@ -7,10 +7,15 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from tuneyard.training.custom import CustomMethod
+from tuneyard.training.methods import TrainingMethod
+
 
 class TrainingCreate(BaseModel):
     name: str = Field(min_length=1, max_length=100, description="The train name.")
-    method: str = Field(description="sft, dpo, orpo, kto or grpo (GET /training-methods).")
+    method: str = Field(
+        description="sft, dpo, orpo, kto, grpo or an uploaded method (GET /training-methods)."
+    )
     base_model_id: str
     dataset_id: str
     params: dict[str, Any] = Field(default_factory=dict)
@@ -49,6 +54,26 @@ class MethodOut(BaseModel):
     dataset_formats: list[str]
     needs_chat_template: bool
     params_schema: dict[str, Any]
+    custom: bool = Field(False, description="True for a method an admin uploaded as a script.")
+    result: str | None = Field(
+        None, description="An uploaded method's model: adapter (customized) or full (complete)."
+    )
+    digest: str | None = Field(None, description="sha256 of an uploaded method's script.")
+
+    @classmethod
+    def of(cls, method: TrainingMethod | CustomMethod) -> MethodOut:
+        uploaded = isinstance(method, CustomMethod)
+        return cls(
+            name=method.name,
+            title=method.title,
+            description=method.description,
+            dataset_formats=list(method.formats),
+            needs_chat_template=method.needs_chat_template,
+            params_schema=method.schema(),
+            custom=uploaded,
+            result=method.result if uploaded else None,
+            digest=method.digest if uploaded else None,
+        )
 
 
 class ProfileCreate(BaseModel):

@@ -29,7 +29,8 @@ from tuneyard.models import (
 )
 from tuneyard.pagination import paginate
 from tuneyard.storage import Layout, atomic_file
-from tuneyard.training.methods import TrainingMethod, get_method
+from tuneyard.training.custom import CustomMethod, find_method
+from tuneyard.training.methods import TrainingMethod
 from tuneyard.training.params import CommonParams, GRPOParams
 
 NAME_RE = re.compile(r"^[A-Za-z0-9._-]{1,100}$")
@@ -66,7 +67,7 @@ def _format_validation(exc: ValidationError) -> str:
     return "; ".join(parts)
 
 
-def validate_params(method: TrainingMethod, params: dict[str, Any]) -> CommonParams:
+def validate_params(method: TrainingMethod | CustomMethod, params: dict[str, Any]) -> CommonParams:
     try:
         return method.params_model.model_validate(params)
     except ValidationError as exc:
@@ -85,7 +86,9 @@ def has_chat_template(folder: Path) -> bool:
     return False
 
 
-def check_dataset_fits(method: TrainingMethod, dataset: Dataset, params: CommonParams) -> None:
+def check_dataset_fits(
+    method: TrainingMethod | CustomMethod, dataset: Dataset, params: CommonParams
+) -> None:
     if dataset.status != "ready":
         raise Conflict(
             f"Dataset '{dataset.name}' is {dataset.status}; train on a dataset that parsed."
@@ -183,7 +186,7 @@ def start_training(
     ensure_training_available()
     if not NAME_RE.fullmatch(name or ""):
         raise Invalid("A train name is 1-100 letters, digits, '.', '_' or '-'.")
-    chosen = get_method(method)
+    chosen = find_method(session, principal, method)
     merged: dict[str, Any] = {}
     if profile_id:
         profile = get_profile(session, principal, profile_id)
@@ -239,21 +242,32 @@ def start_training(
     )
     session.add(training)
     session.flush()
-    _enqueue_run(session, principal, training, reward_files)
+    _enqueue_run(session, principal, training, chosen, reward_files)
     return training
 
 
-def _enqueue_run(session, principal, training: Training, reward_files: dict[str, str]) -> None:
+def _enqueue_run(
+    session,
+    principal,
+    training: Training,
+    method: TrainingMethod | CustomMethod,
+    reward_files: dict[str, str],
+) -> None:
+    uses = [
+        f"training:{training.id}",
+        f"base_model:{training.base_model_id}",
+        f"dataset:{training.dataset_id}",
+    ]
+    kind = "training.run"
+    if isinstance(method, CustomMethod):
+        kind = "training.custom"
+        uses.append(f"training_method:{method.script_id}")  # not deleted while it runs
     job = jobs.enqueue(
         session,
         principal,
-        "training.run",
+        kind,
         {"training_id": training.id, "reward_files": reward_files},
-        uses=[
-            f"training:{training.id}",
-            f"base_model:{training.base_model_id}",
-            f"dataset:{training.dataset_id}",
-        ],
+        uses=uses,
         message=f"Training {training.name} waits for a worker",
     )
     training.job_id = job.id
@@ -333,9 +347,9 @@ def resume_training(session: Session, principal: Principal, training_id: str) ->
         raise Conflict(f"Training {training.name} has finished; start a new one to train more.")
     if training.base_model_id is None or training.dataset_id is None:
         raise Conflict("The base model or dataset of this training was deleted; it cannot resume.")
-    method = get_method(training.method)
-    params = method.params_model.model_validate(training.params)
-    _enqueue_run(session, principal, training, resolve_reward_files(principal, params))
+    method = find_method(session, principal, training.method)
+    params = validate_params(method, training.params)
+    _enqueue_run(session, principal, training, method, resolve_reward_files(principal, params))
     return training
 
 
@@ -365,7 +379,7 @@ def create_profile(
     principal.require("member")
     if not name or len(name) > 100:
         raise Invalid("A profile name is 1-100 characters.")
-    _check_profile_params(params, method)
+    _check_profile_params(session, principal, params, method)
     if session.scalar(
         select(TrainingProfile).where(
             TrainingProfile.project_id == principal.project_id, TrainingProfile.name == name
@@ -384,11 +398,11 @@ def create_profile(
     return profile
 
 
-def _check_profile_params(params: dict, method: str | None) -> None:
+def _check_profile_params(session, principal, params: dict, method: str | None) -> None:
     """A profile holds a subset of parameters; each must be valid for its method (or any)."""
     names = [method] if method else ["sft"]
     for name in names:
-        chosen = get_method(name)
+        chosen = find_method(session, principal, name)
         unknown = set(params) - set(chosen.params_model.model_fields)
         if unknown and method:
             raise Invalid(f"Unknown parameters for {name}: {', '.join(sorted(unknown))}.")
@@ -405,7 +419,7 @@ def update_profile(session, principal, profile_id, *, name=None, params=None, de
     principal.require("member")
     profile = get_profile(session, principal, profile_id)
     if params is not None:
-        _check_profile_params(params, profile.method)
+        _check_profile_params(session, principal, params, profile.method)
         profile.params = params
     if name is not None:
         profile.name = name

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-23 12:12:21.869001
+Create Date: 2026-11-23 12:13:00.858741
 """
 
 from collections.abc import Sequence
@@ -78,6 +78,25 @@ def upgrade() -> None:
     with op.batch_alter_table('jobs', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_jobs_project_id'), ['project_id'], unique=False)
         batch_op.create_index(batch_op.f('ix_jobs_status'), ['status'], unique=False)
+
+    op.create_table('training_method_scripts',
+    sa.Column('id', sa.String(length=36), nullable=False),
+    sa.Column('project_id', sa.String(length=36), nullable=False),
+    sa.Column('name', sa.String(length=40), nullable=False),
+    sa.Column('description', sa.Text(), nullable=False),
+    sa.Column('formats', sa.JSON(), nullable=False),
+    sa.Column('result', sa.String(length=16), nullable=False),
+    sa.Column('parameters', sa.JSON(), nullable=False),
+    sa.Column('path', sa.Text(), nullable=False),
+    sa.Column('digest', sa.String(length=64), nullable=False),
+    sa.Column('created_by', sa.String(length=36), nullable=True),
+    sa.Column('created_at', tuneyard.models.UTCDateTime(), nullable=False),
+    sa.ForeignKeyConstraint(['project_id'], ['projects.id'], name=op.f('fk_training_method_scripts_project_id_projects'), ondelete='CASCADE'),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_training_method_scripts')),
+    sa.UniqueConstraint('project_id', 'name', name=op.f('uq_training_method_scripts_project_id_name'))
+    )
+    with op.batch_alter_table('training_method_scripts', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_training_method_scripts_project_id'), ['project_id'], unique=False)
 
     op.create_table('training_profiles',
     sa.Column('id', sa.String(length=36), nullable=False),
@@ -289,6 +308,10 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f('ix_training_profiles_project_id'))
 
     op.drop_table('training_profiles')
+    with op.batch_alter_table('training_method_scripts', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_training_method_scripts_project_id'))
+
+    op.drop_table('training_method_scripts')
     with op.batch_alter_table('jobs', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_jobs_status'))
         batch_op.drop_index(batch_op.f('ix_jobs_project_id'))
