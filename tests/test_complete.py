@@ -461,7 +461,7 @@ class TestFailedSave:
         assert client.delete(f"{API}/{model_id}", headers=auth).status_code == 204
         assert client.delete(f"{CUSTOMIZED}/{made['id']}", headers=auth).status_code == 204
 
-    def test_broken_adapter_fails_mid_merge(self, client, auth, worker, made):
+    def test_broken_adapter_fails_the_job(self, client, auth, worker, made):
         import torch
         from safetensors.torch import load_file, save_file
 
@@ -475,12 +475,39 @@ class TestFailedSave:
         job = wait_for_job(response.json()["job_id"])
         assert job.status == "failed"
         assert job.error == (
-            "The merged weight model.layers.1.mlp.up_proj.weight is not finite: the adapter is "
-            "broken (it holds inf or NaN)."
+            "The adapter's LoRA weights for model.layers.1.mlp.up_proj hold inf or NaN: the "
+            "adapter is broken; train it again."
         )
         model = client.get(f"{API}/{response.json()['id']}", headers=auth).json()
         assert (model["status"], model["error"]) == ("failed", job.error)
         assert complete_dir_entries() == []
+
+    def test_fp16_overflow_fails_part_way(
+        self, client, auth, worker, tiny_model_dir, made_adapter_dir, tmp_path
+    ):
+        from safetensors.torch import load_file, save_file
+
+        folder = shutil.copytree(tiny_model_dir, tmp_path / "loud")
+        weights = load_file(folder / "model.safetensors")
+        weights["model.norm.weight"][0] = 1e6  # the last tensor of the file
+        save_file(weights, folder / "model.safetensors", metadata={"format": "pt"})
+        base = client.post(
+            "/api/v1/base-models",
+            json={"technical_name": "loud", "path": str(folder)},
+            headers=auth,
+        ).json()["id"]
+        customized = make_customized(base, made_adapter_dir)
+        response = save(client, auth, customized["id"], dtype="fp16")
+        job = wait_for_job(response.json()["job_id"])
+        assert job.status == "failed"
+        assert job.error == (
+            "The merged weight model.norm.weight is not finite: the values do not fit float16; "
+            "save as bf16 or fp32."
+        )
+        model = client.get(f"{API}/{response.json()['id']}", headers=auth).json()
+        assert (model["status"], model["error"]) == ("failed", job.error)
+        assert complete_dir_entries() == []
+        assert saved(client, auth, customized["id"], dtype="bf16")["dtype"] == "bf16"
 
     def test_cancel_while_queued(self, client, auth, made):
         response = save(client, auth, made["id"])

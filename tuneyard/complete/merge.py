@@ -319,12 +319,17 @@ def _check_pairs(adapter: LoraAdapter, owner: dict, base: dict, config: dict) ->
 
 
 def merged_weight(weight, a, b, scale: float, fan_in_fan_out: bool, dtype):
-    """W + scale * (B @ A) in float32, as PEFT computes it, then cast to `dtype`."""
+    """W + scale * (B @ A) in float32, as PEFT computes it, then cast to `dtype`.
+
+    In place on the one float32 buffer the product makes: a merge moves every linear weight
+    through memory, and each temporary would be another pass over it.
+    """
     delta = b.float() @ a.float()
     if fan_in_fan_out:
         delta = delta.T
-    delta = delta * scale
-    return (weight.float() + delta).to(dtype)
+    delta.mul_(scale)
+    delta.add_(weight)
+    return delta.to(dtype)
 
 
 def _check_finite(tensor, name: str, dtype: str) -> None:
@@ -339,16 +344,34 @@ def _check_finite(tensor, name: str, dtype: str) -> None:
         raise Invalid(f"The merged weight {name} is not finite: {hint}.")
 
 
+def _load_factors(adapter: LoraAdapter) -> dict:
+    """Every LoRA pair in memory (the adapter is small), checked finite.
+
+    With finite factors and base, a float32 or bfloat16 merge is finite too (their range is
+    the same), so only a float16 save needs its output checked, tensor by tensor.
+    """
+    import torch
+
+    factors = {}
+    with adapter.weights.open("rb") as handle:
+        for name, pair in adapter.pairs.items():
+            a, b = read_tensor(handle, pair.a), read_tensor(handle, pair.b)
+            if not (bool(torch.isfinite(a).all()) and bool(torch.isfinite(b).all())):
+                raise Invalid(
+                    f"The adapter's LoRA weights for {pair.module} hold inf or NaN: the "
+                    "adapter is broken; train it again."
+                )
+            factors[name] = (a, b)
+    return factors
+
+
 Progress = Callable[[float, str], None]
 
 
 def merge_adapter_into_base(plan: MergePlan, out_dir: Path, progress: Progress) -> None:
     """Write the merged weights of `plan` into `out_dir` (safetensors, and an index if sharded)."""
     adapter = plan.adapter
-    factors = {}
-    with adapter.weights.open("rb") as handle:
-        for name, pair in adapter.pairs.items():
-            factors[name] = (read_tensor(handle, pair.a), read_tensor(handle, pair.b))
+    factors = _load_factors(adapter)
     fan_in_fan_out = bool(adapter.config.get("fan_in_fan_out"))
     target = torch_dtype(DTYPES[plan.dtype])
     done, total = 0, max(plan.total_bytes, 1)
@@ -364,11 +387,10 @@ def merge_adapter_into_base(plan: MergePlan, out_dir: Path, progress: Progress) 
                     a, b = factors[planned.name]
                     pair = adapter.pairs[planned.name]
                     weight = merged_weight(weight, a, b, pair.scale, fan_in_fan_out, target)
-                    _check_finite(weight, planned.name, plan.dtype)
                 elif weight.is_floating_point() and weight.dtype != target:
                     weight = weight.to(target)
-                    if plan.dtype == "fp16":
-                        _check_finite(weight, planned.name, plan.dtype)
+                if plan.dtype == "fp16" and weight.is_floating_point():
+                    _check_finite(weight, planned.name, plan.dtype)
                 writer.write(planned.name, weight)
                 del weight
                 done += planned.nbytes

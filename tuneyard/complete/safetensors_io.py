@@ -127,10 +127,9 @@ def read_tensor(handle, info: TensorInfo):
     """Read one tensor from an open file into memory of its own (no mapping)."""
     import torch
 
-    if info.nbytes == 0:
-        return torch.empty(info.shape, dtype=torch_dtype(info.dtype))
-    buffer = bytearray(info.nbytes)
-    view = memoryview(buffer)
+    # torch.empty, unlike bytearray, does not zero memory that the read overwrites anyway.
+    raw = torch.empty(info.nbytes, dtype=torch.uint8)
+    view = memoryview(raw.numpy()).cast("B")
     handle.seek(info.start)
     done = 0
     while done < info.nbytes:
@@ -138,7 +137,7 @@ def read_tensor(handle, info: TensorInfo):
         if not count:
             raise Invalid(f"{handle.name} ended early while reading tensor {info.name}.")
         done += count
-    return torch.frombuffer(buffer, dtype=torch_dtype(info.dtype)).reshape(info.shape)
+    return raw.view(torch_dtype(info.dtype)).reshape(info.shape)
 
 
 @dataclass(frozen=True)

@@ -63,8 +63,9 @@ def save_complete_model(ctx) -> dict:
             raise Conflict(f"The customized or base model of {row.name} was deleted.")
         name, card, target = row.name, dict(row.model_card), Path(row.path)
         adapter_dir, base_dir = Path(customized.path), Path(base.path)
+        base_name = base.technical_name
     started = time.monotonic()
-    ctx.progress(1, f"Reading the adapter and the base model {base_dir.name}")
+    ctx.progress(1, f"Reading the adapter and the base model {base_name}")
     adapter = read_adapter(adapter_dir)
     plan = plan_merge(base_dir, adapter, dtype)
     report = _reporter(ctx, 2, 90)
