@@ -171,6 +171,7 @@ def greedy(model, tokenizer, prompt: str) -> list[int]:
 
 
 class TestSave:
+    @pytest.mark.slow
     def test_fp32_save_equals_peft_merge_and_generates_the_same(
         self,
         client,
@@ -301,6 +302,7 @@ class TestSave:
         assert complete["model_card"]["save"]["weight_files"] == len(shards)
         assert_same_weights(out, peft_merged(folder, Path(customized["path"])))
 
+    @pytest.mark.slow
     def test_dora_adapter_is_merged_by_peft(
         self,
         client,
@@ -636,6 +638,24 @@ class TestArchive:
         bad = client.get(f"{CUSTOMIZED}/{made['id']}/archive?format=zip", headers=auth)
         assert bad.status_code == 422
         assert bad.json()["detail"] == "Unknown archive format 'zip'; use one of: tar, tar.gz."
+
+
+class TestFullFineTune:
+    def test_a_full_fine_tune_is_a_complete_model_too(self, client, auth, worker, tiny_base):
+        dataset = upload(client, auth, "full-data", CHAT)
+        training = finish(
+            client, auth, start(client, auth, tiny_base, dataset, adapter="full", **QUICK)
+        )
+        model_id = training["summary"]["complete_model_id"]
+        [row] = client.get(API, headers=auth).json()["items"]
+        assert (row["id"], row["source"], row["status"]) == (model_id, "full_training", "ready")
+        assert row["customized_model_name"] is None and row["base_model_name"] == "tiny"
+        model = client.get(f"{API}/{model_id}", headers=auth).json()
+        archive = client.get(f"{API}/{model_id}/archive", headers=auth)
+        assert archive.status_code == 200
+        assert tar_files(archive.content, model["name"]) == folder_files(Path(model["path"]))
+        assert client.delete(f"{API}/{model_id}", headers=auth).status_code == 204
+        assert not Path(model["path"]).exists()
 
 
 class _Hub(BaseHTTPRequestHandler):
