@@ -94,7 +94,7 @@ def make_records(count: int, seed: int = 0) -> list[dict]:
     return records
 
 
-def run_baseline(model_dir: str, data: str, steps: int, batch: int, lr: float) -> dict:
+def run_baseline(model_dir: str, data: str, steps: int, batch: int, lr: float, out: str) -> dict:
     import torch
     from datasets import Dataset
     from peft import LoraConfig
@@ -142,6 +142,7 @@ def run_baseline(model_dir: str, data: str, steps: int, batch: int, lr: float) -
         callbacks=[Clock()],
     )
     trainer.train()
+    trainer.save_model(out)
     losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
     seconds = timing["end"] - timing["start"]
     return {
@@ -149,10 +150,11 @@ def run_baseline(model_dir: str, data: str, steps: int, batch: int, lr: float) -
         "seconds": seconds,
         "losses": losses,
         "bf16": config.bf16,
+        "adapter": out,
     }
 
 
-def run_tuneyard(model_dir: str, data: str, steps: int, batch: int, lr: float) -> dict:
+def run_tuneyard(model_dir: str, data: str, steps: int, batch: int, lr: float, out: str) -> dict:
     os.environ["TUNEYARD_DATA_DIR"] = tempfile.mkdtemp(prefix="tuneyard-bench-")
     from tuneyard.api import prepare
     from tuneyard.auth.service import local_principal
@@ -160,7 +162,7 @@ def run_tuneyard(model_dir: str, data: str, steps: int, batch: int, lr: float) -
     from tuneyard.datasets.service import create_dataset
     from tuneyard.db import session_scope
     from tuneyard.jobs.executor import Executor
-    from tuneyard.models import TrainingMetric
+    from tuneyard.models import CustomizedModel, Training, TrainingMetric
     from tuneyard.training.service import start_training
 
     prepare(announce=lambda _text: None)
@@ -192,6 +194,8 @@ def run_tuneyard(model_dir: str, data: str, steps: int, batch: int, lr: float) -
     with session_scope() as session:
         rows = session.query(TrainingMetric).filter_by(training_id=training_id, kind="train")
         metrics = sorted((r.step, r.data) for r in rows)
+        model_id = session.get(Training, training_id).customized_model_id
+        adapter = session.get(CustomizedModel, model_id).path
     timed = [d for step, d in metrics if step > 1 and "tokens_per_second" in d]
     seconds = sum(d["step_seconds"] for d in timed)
     tokens = sum(d["tokens_per_second"] * d["step_seconds"] for d in timed)
@@ -199,12 +203,47 @@ def run_tuneyard(model_dir: str, data: str, steps: int, batch: int, lr: float) -
         "tokens_per_second": tokens / seconds,
         "seconds": seconds,
         "losses": [d["loss"] for _, d in metrics if "loss" in d],
+        "adapter": adapter,
     }
+
+
+HELD_OUT = 32
+
+
+def held_out_loss(model_dir: Path, adapter: str | None, records: list[dict]) -> float:
+    """Mean answer-token loss in fp32 on records neither run trained on: the fair comparison
+    (per-step training losses depend on which records each batch happened to hold)."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    if adapter is not None:
+        model = PeftModel.from_pretrained(model, adapter)
+    model.eval()
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for record in records:
+            messages = record["messages"]
+            prompt = tokenizer.apply_chat_template(
+                messages[:-1], add_generation_prompt=True, tokenize=True, return_dict=False
+            )
+            full = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=False)
+            ids = torch.tensor([full])
+            labels = ids.clone()
+            labels[0, : len(prompt)] = -100
+            answer_tokens = int((labels[0, 1:] != -100).sum())
+            total += float(model(input_ids=ids, labels=labels).loss) * answer_tokens
+            count += answer_tokens
+    return total / count
 
 
 def child(args) -> None:
     runner = run_baseline if args.run == "baseline" else run_tuneyard
-    result = runner(args.model, args.data, args.steps, args.batch_size, args.learning_rate)
+    result = runner(
+        args.model, args.data, args.steps, args.batch_size, args.learning_rate, args.out
+    )
     print("RESULT " + json.dumps(result))
 
 
@@ -217,6 +256,7 @@ def main() -> None:
     parser.add_argument("--run", choices=["baseline", "tuneyard"], help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
     parser.add_argument("--data", help=argparse.SUPPRESS)
+    parser.add_argument("--out", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.run:
         child(args)
@@ -226,8 +266,10 @@ def main() -> None:
     from _models import smollm2_folder
 
     model = smollm2_folder()
-    data = Path(tempfile.mkdtemp()) / "chats.jsonl"
-    data.write_text("\n".join(json.dumps(r) for r in make_records(args.records)))
+    work = Path(tempfile.mkdtemp())
+    data = work / "chats.jsonl"
+    records = make_records(args.records + HELD_OUT)
+    data.write_text("\n".join(json.dumps(r) for r in records[HELD_OUT:]))
     results = {}
     for name in ("baseline", "tuneyard"):
         print(f"Running {name} ({args.steps} steps of {args.batch_size} records)...", flush=True)
@@ -247,6 +289,8 @@ def main() -> None:
                 str(args.batch_size),
                 "--learning-rate",
                 str(args.learning_rate),
+                "--out",
+                str(work / f"{name}-adapter"),
             ],
             capture_output=True,
             text=True,
@@ -257,6 +301,11 @@ def main() -> None:
         results[name] = json.loads(lines[-1].removeprefix("RESULT "))
 
     base, ours = results["baseline"], results["tuneyard"]
+    print(f"Scoring both adapters on {HELD_OUT} held-out records...", flush=True)
+    held_out = records[:HELD_OUT]
+    untrained = held_out_loss(model, None, held_out)
+    base["held_out"] = held_out_loss(model, base["adapter"], held_out)
+    ours["held_out"] = held_out_loss(model, ours["adapter"], held_out)
     print()
     print(f"{'':24}{'TRL + PEFT':>14}{'Tuneyard':>14}")
     print(f"{'tokens/s':24}{base['tokens_per_second']:14.1f}{ours['tokens_per_second']:14.1f}")
@@ -264,7 +313,9 @@ def main() -> None:
     print(f"{'final loss':24}{base['losses'][-1]:14.4f}{ours['losses'][-1]:14.4f}")
     mean_base = sum(base["losses"]) / len(base["losses"])
     mean_ours = sum(ours["losses"]) / len(ours["losses"])
-    print(f"{'mean loss':24}{mean_base:14.4f}{mean_ours:14.4f}")
+    print(f"{'mean train loss':24}{mean_base:14.4f}{mean_ours:14.4f}")
+    print(f"{'held-out loss':24}{base['held_out']:14.4f}{ours['held_out']:14.4f}")
+    print(f"(held-out loss of the untrained model: {untrained:.4f})")
     ratio = ours["tokens_per_second"] / base["tokens_per_second"]
     print(f"throughput ratio (Tuneyard / baseline): {ratio:.2f}x")
 
