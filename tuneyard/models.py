@@ -196,7 +196,7 @@ class TrainingProfile(Base):
     )
     name: Mapped[str] = mapped_column(String(100), nullable=False)
     description: Mapped[str] = mapped_column(Text, nullable=False, default="")
-    method: Mapped[str | None] = mapped_column(String(32))  # None: any method
+    method: Mapped[str | None] = mapped_column(String(40))  # None: any method
     params: Mapped[dict[str, Any]] = mapped_column(JSON, nullable=False, default=dict)
     created_at: Mapped[datetime] = created_column()
 
@@ -233,7 +233,7 @@ class Training(Base):
         ForeignKey("projects.id", ondelete="CASCADE"), index=True
     )
     name: Mapped[str] = mapped_column(String(100), nullable=False)
-    method: Mapped[str] = mapped_column(String(32), nullable=False)
+    method: Mapped[str] = mapped_column(String(40), nullable=False)
     base_model_id: Mapped[str | None] = mapped_column(
         ForeignKey("base_models.id", ondelete="SET NULL")
     )
