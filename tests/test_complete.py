@@ -20,7 +20,7 @@ import pytest
 
 from tests.conftest import login, wait_for_job
 from tests.test_training import CHAT, finish, start, upload
-from tuneyard.auth.service import create_project, create_user
+from tuneyard.auth.service import create_project, create_user, get_project_by_code
 from tuneyard.cards import file_digest, folder_size, read_front_matter
 from tuneyard.config import reset_settings
 from tuneyard.db import session_scope
@@ -79,7 +79,7 @@ def make_customized(base_id: str, adapter_dir: Path, train_name: str = "made") -
     with session_scope() as session:
         row = CustomizedModel(
             id=model_id,
-            project_id=_project_id(session),
+            project_id=get_project_by_code(session, "1001").id,
             name=name,
             base_model_id=base_id,
             train_name=train_name,
@@ -97,12 +97,6 @@ def make_customized(base_id: str, adapter_dir: Path, train_name: str = "made") -
         )
         session.add(row)
     return {"id": model_id, "name": name, "path": str(folder)}
-
-
-def _project_id(session) -> str:
-    from tuneyard.auth.service import get_project_by_code
-
-    return get_project_by_code(session, "1001").id
 
 
 @pytest.fixture
@@ -408,8 +402,6 @@ class TestSaveRefused:
         )
 
     def test_viewer_cannot_save(self, client, auth, made, admin_password):
-        from tuneyard.auth.service import get_project_by_code
-
         with session_scope() as session:
             create_user(
                 session, get_project_by_code(session, "1001"), "vera", "vera-pass", "viewer"
