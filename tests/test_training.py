@@ -401,3 +401,26 @@ class TestProfilesAndCopy:
             for name, prop in method["params_schema"]["properties"].items():
                 assert prop.get("description"), f"{method['name']}.{name} is undocumented"
                 assert "default" in prop, f"{method['name']}.{name} has no default"
+
+
+class TestGRPOPromptLength:
+    def test_prompts_longer_than_the_room_are_left_out(self, tokenizer_dir):
+        from datasets import Dataset
+        from transformers import AutoTokenizer
+
+        from tuneyard.errors import Invalid
+        from tuneyard.training.methods import _prompts_that_fit
+        from tuneyard.training.params import GRPOParams
+
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+        rows = Dataset.from_list(
+            [
+                {"prompt": [{"role": "user", "content": "Hi"}]},
+                {"prompt": [{"role": "user", "content": "word " * 200}]},
+            ]
+        )
+        params = GRPOParams(max_seq_length=64, max_completion_length=16)
+        kept = _prompts_that_fit(rows, tokenizer, params)
+        assert [r["prompt"][0]["content"] for r in kept] == ["Hi"]
+        with pytest.raises(Invalid, match="Every prompt is longer"):
+            _prompts_that_fit(rows.select([1]), tokenizer, params)

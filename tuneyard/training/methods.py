@@ -159,13 +159,8 @@ def _sft_trainer(model, tokenizer, train, evaluation, args, peft_config, params:
     )
 
 
-def _dpo_trainer(model, tokenizer, train, evaluation, args, peft_config, params: DPOParams, extra):
-    from trl import DPOConfig, DPOTrainer
-
-    config = DPOConfig(
-        **args, max_length=params.max_seq_length, beta=params.beta, loss_type=[params.loss_type]
-    )
-    return DPOTrainer(
+def _trl_trainer(trainer_class, config, model, tokenizer, train, evaluation, peft_config):
+    return trainer_class(
         model=model,
         args=config,
         train_dataset=train,
@@ -173,6 +168,15 @@ def _dpo_trainer(model, tokenizer, train, evaluation, args, peft_config, params:
         processing_class=tokenizer,
         peft_config=peft_config,
     )
+
+
+def _dpo_trainer(model, tokenizer, train, evaluation, args, peft_config, params: DPOParams, extra):
+    from trl import DPOConfig, DPOTrainer
+
+    config = DPOConfig(
+        **args, max_length=params.max_seq_length, beta=params.beta, loss_type=[params.loss_type]
+    )
+    return _trl_trainer(DPOTrainer, config, model, tokenizer, train, evaluation, peft_config)
 
 
 def _orpo_trainer(
@@ -181,14 +185,7 @@ def _orpo_trainer(
     from trl.experimental.orpo import ORPOConfig, ORPOTrainer
 
     config = ORPOConfig(**args, max_length=params.max_seq_length, beta=params.beta)
-    return ORPOTrainer(
-        model=model,
-        args=config,
-        train_dataset=train,
-        eval_dataset=evaluation,
-        processing_class=tokenizer,
-        peft_config=peft_config,
-    )
+    return _trl_trainer(ORPOTrainer, config, model, tokenizer, train, evaluation, peft_config)
 
 
 def _kto_trainer(model, tokenizer, train, evaluation, args, peft_config, params: KTOParams, extra):
@@ -201,14 +198,7 @@ def _kto_trainer(model, tokenizer, train, evaluation, args, peft_config, params:
         desirable_weight=params.desirable_weight,
         undesirable_weight=params.undesirable_weight,
     )
-    return KTOTrainer(
-        model=model,
-        args=config,
-        train_dataset=train,
-        eval_dataset=evaluation,
-        processing_class=tokenizer,
-        peft_config=peft_config,
-    )
+    return _trl_trainer(KTOTrainer, config, model, tokenizer, train, evaluation, peft_config)
 
 
 def _prompts_that_fit(rows, tokenizer, params: GRPOParams):
@@ -222,7 +212,7 @@ def _prompts_that_fit(rows, tokenizer, params: GRPOParams):
         lambda row: (
             len(
                 tokenizer.apply_chat_template(
-                    row["prompt"], add_generation_prompt=True, tokenize=True
+                    row["prompt"], add_generation_prompt=True, tokenize=True, return_dict=False
                 )
             )
             <= room
