@@ -39,3 +39,23 @@ def test_packed_loss_and_gradients_match_padded(tiny_model_dir):
 
     torch.testing.assert_close(packed_loss, padded_loss, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(packed_grad, padded_grad, rtol=1e-4, atol=1e-6)
+
+
+def test_right_padded_batch_without_mask_gives_the_same_loss(tiny_model_dir):
+    from transformers import AutoModelForCausalLM
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+    from tuneyard.training.fast_sft import selective_lm_loss
+
+    torch.manual_seed(1)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    examples = []
+    for length, prompt in ((9, 4), (5, 2), (12, 7)):
+        ids = torch.randint(10, 1000, (length,)).tolist()
+        examples.append({"input_ids": ids, "labels": [-100] * prompt + ids[prompt:]})
+    batch = DataCollatorForLanguageModeling(pad_token_id=0)(examples)
+    assert batch["attention_mask"].sum() < batch["attention_mask"].numel()  # there is padding
+    masked = model(
+        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]
+    ).loss
+    torch.testing.assert_close(selective_lm_loss(model, batch), masked, rtol=1e-5, atol=1e-5)

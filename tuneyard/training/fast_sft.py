@@ -6,6 +6,10 @@ position, prompt and padding included. Here a batch is one row of the records la
 end (position ids restart per record, and the model keeps attention inside each record), and
 the output projection, the largest single matrix in a small model, runs only where a label
 exists. The loss is the same token-mean cross-entropy over completion tokens.
+
+Padded batches are right-padded, so under causal attention no real token can see a pad: the
+attention mask changes nothing at the positions that carry a label. Leaving it out lets the
+attention kernel take its fast causal path instead of the general masked one.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import torch.nn.functional as F
 from trl import SFTTrainer
 from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
-BACKBONE_INPUTS = ("input_ids", "position_ids", "attention_mask")
+BACKBONE_INPUTS = ("input_ids", "position_ids")
 
 
 def padding_free_collator(pad_token_id: int) -> DataCollatorForLanguageModeling:
