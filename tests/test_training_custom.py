@@ -355,12 +355,12 @@ class TestUpload:
         assert response.status_code == 422
         assert "not valid UTF-8 Python" in response.json()["detail"]
 
-    @pytest.mark.parametrize("name", ["Loop", "9lives", "has space", "a" * 33, ""])
+    @pytest.mark.parametrize("name", ["Loop", "9lives", "has space", "a" * 41, ""])
     def test_bad_name(self, client, auth, name):
         response = add_method(client, auth, name, LOOP_SCRIPT)
         assert response.status_code == 422
         assert response.json()["detail"] in (
-            "A method name is 1-32 characters: a lowercase letter, then lowercase letters, "
+            "A method name is 1-40 characters: a lowercase letter, then lowercase letters, "
             "digits, '_' or '-'.",
             "name: Field required",  # an empty form field is no field
         )
