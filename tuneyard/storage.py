@@ -19,10 +19,6 @@ class Layout:
     def __init__(self, settings: Settings | None = None):
         self.root = (settings or get_settings()).data_dir
 
-    @property
-    def tmp(self) -> Path:
-        return self.root / "tmp"
-
     def job_dir(self, job_id: str) -> Path:
         return self.root / "jobs" / job_id
 
