@@ -23,6 +23,7 @@ def file_digest(path: Path, chunk: int = 1 << 20) -> str:
 
 
 def folder_size(path: Path) -> int:
+    """Bytes of every file under `path` (stat follows links: a hub snapshot links to blobs)."""
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import struct
 from collections import Counter
 from pathlib import Path
@@ -11,6 +10,7 @@ from typing import Any
 
 import yaml
 
+from tuneyard.cards import folder_size
 from tuneyard.errors import Invalid
 
 FOLDER_CONTENTS = (
@@ -131,15 +131,6 @@ def read_model_card(folder: Path) -> dict[str, Any]:
         "special_tokens": _special_tokens(folder),
         "disk_size_bytes": folder_size(folder),
     }
-
-
-def folder_size(folder: Path) -> int:
-    total = 0
-    for root, _dirs, files in os.walk(folder):
-        for name in files:
-            # stat follows links: a hub cache snapshot links each file to its blob.
-            total += (Path(root) / name).stat().st_size
-    return total
 
 
 def format_count(count: int | None) -> str:

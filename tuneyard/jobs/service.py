@@ -98,8 +98,8 @@ def events(session: Session, job_id: str, kind: str | None = None) -> list[JobEv
     return list(session.scalars(stmt.order_by(JobEvent.id)))
 
 
-def read_log(principal_job: Job, tail_bytes: int | None = None) -> str:
-    path: Path = Layout().job_log(principal_job.id)
+def read_log(job: Job, tail_bytes: int | None = None) -> str:
+    path: Path = Layout().job_log(job.id)
     if not path.exists():
         return ""
     size = path.stat().st_size

@@ -32,8 +32,6 @@ class TrainingMethod:
     to_rows: Callable[[Iterable[dict], str, CommonParams], Iterator[dict]]
     # (model, tokenizer, train rows, eval rows, training args dict, peft config, params, extra)
     build_trainer: Callable[..., Any]
-    # the TRL config class's import path, "module:Class"
-    config_class: str
 
     def schema(self) -> dict[str, Any]:
         return self.params_model.model_json_schema()
@@ -272,7 +270,6 @@ register_method(
         needs_chat_template=True,
         to_rows=sft_rows,
         build_trainer=_sft_trainer,
-        config_class="trl:SFTConfig",
     )
 )
 register_method(
@@ -285,7 +282,6 @@ register_method(
         needs_chat_template=True,
         to_rows=preference_rows,
         build_trainer=_dpo_trainer,
-        config_class="trl:DPOConfig",
     )
 )
 register_method(
@@ -298,7 +294,6 @@ register_method(
         needs_chat_template=True,
         to_rows=preference_rows,
         build_trainer=_orpo_trainer,
-        config_class="trl.experimental.orpo:ORPOConfig",
     )
 )
 register_method(
@@ -311,7 +306,6 @@ register_method(
         needs_chat_template=True,
         to_rows=kto_rows,
         build_trainer=_kto_trainer,
-        config_class="trl:KTOConfig",
     )
 )
 register_method(
@@ -324,6 +318,5 @@ register_method(
         needs_chat_template=True,
         to_rows=grpo_rows,
         build_trainer=_grpo_trainer,
-        config_class="trl:GRPOConfig",
     )
 )
