@@ -52,6 +52,7 @@ def api_router() -> APIRouter:
     from tuneyard.complete.routes import router as complete_router
     from tuneyard.customized.routes import router as customized_router
     from tuneyard.datasets.routes import router as datasets_router
+    from tuneyard.deploy.routes import router as deploy_router
     from tuneyard.jobs.routes import router as jobs_router
     from tuneyard.training.routes import router as training_router
 
@@ -75,6 +76,7 @@ def api_router() -> APIRouter:
         training_router,
         customized_router,
         complete_router,
+        deploy_router,
     ):
         router.include_router(sub)
     return router
@@ -102,15 +104,20 @@ def create_app(run_worker: bool = False) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
-        executor = None
+        executor = supervisor = None
         if run_worker:
+            from tuneyard.deploy.supervisor import Supervisor
             from tuneyard.jobs.executor import Executor
 
             executor = Executor()
             executor.start()
+            # The worker's host also runs the llama.cpp servers of managed environments.
+            supervisor = Supervisor()
+            supervisor.start()
         yield
         if executor is not None:
             executor.stop()
+            supervisor.stop()
 
     app = FastAPI(
         title="Tuneyard",

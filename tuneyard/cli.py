@@ -33,6 +33,8 @@ def _mount() -> None:
     from tuneyard.complete.cli import save as save_command
     from tuneyard.customized.cli import app as customized_app
     from tuneyard.datasets.cli import app as data_app
+    from tuneyard.deploy.cli import deploy as deploy_command
+    from tuneyard.deploy.cli import env_app, live_app
     from tuneyard.training.cli import app as train_app
 
     app.add_typer(db_app, name="db")
@@ -42,6 +44,9 @@ def _mount() -> None:
     app.add_typer(customized_app, name="customized")
     app.command("save")(save_command)
     app.add_typer(complete_app, name="complete")
+    app.add_typer(env_app, name="env")
+    app.command("deploy")(deploy_command)
+    app.add_typer(live_app, name="live")
     app.add_typer(jobs_app, name="jobs")
     app.add_typer(users_app, name="users")
     app.add_typer(tokens_app, name="tokens")
@@ -76,11 +81,13 @@ def worker(
     import threading
 
     from tuneyard.api import prepare
+    from tuneyard.deploy.supervisor import Supervisor
     from tuneyard.jobs.executor import Executor
 
     prepare()
     executor = Executor(concurrency=concurrency)
     executor.recover()
+    Supervisor().start()
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     console.print(f"Worker running {executor.concurrency} job(s) at a time; Ctrl-C stops it.")

@@ -324,3 +324,88 @@ class CompleteModel(Base):
     size_bytes: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
     model_card: Mapped[dict[str, Any]] = mapped_column(JSON, nullable=False, default=dict)
     created_at: Mapped[datetime] = created_column()
+
+
+class DeployEnvironment(Base):
+    """A configured serving tool that deploys go to: Ollama, llama.cpp or OpenAI-compatible."""
+
+    __tablename__ = "deploy_environments"
+    __table_args__ = (UniqueConstraint("project_id", "name"),)
+
+    id: Mapped[str] = id_column()
+    project_id: Mapped[str] = mapped_column(
+        ForeignKey("projects.id", ondelete="CASCADE"), index=True
+    )
+    name: Mapped[str] = mapped_column(String(100), nullable=False)
+    kind: Mapped[str] = mapped_column(String(16), nullable=False)  # ollama, llama.cpp, openai
+    # The tool's address; None for a llama.cpp server that Tuneyard starts itself.
+    url: Mapped[str | None] = mapped_column(Text)
+    # Port of the llama.cpp server Tuneyard starts; 0 picks a free one on first start.
+    port: Mapped[int | None] = mapped_column(Integer)
+    api_key_encrypted: Mapped[str | None] = mapped_column(Text)
+    description: Mapped[str] = mapped_column(Text, nullable=False, default="")
+    last_checked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    last_check_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = created_column()
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
+
+
+class LiveModel(Base):
+    """A model deployed on a serving tool."""
+
+    __tablename__ = "live_models"
+    __table_args__ = (UniqueConstraint("project_id", "name"),)
+
+    id: Mapped[str] = id_column()  # the deploy uuid
+    project_id: Mapped[str] = mapped_column(
+        ForeignKey("projects.id", ondelete="CASCADE"), index=True
+    )
+    name: Mapped[str] = mapped_column(String(500), nullable=False)
+    # The tool-side name (a sanitised form of `name` where the tool restricts names).
+    tag: Mapped[str] = mapped_column(String(200), nullable=False)
+    environment_id: Mapped[str] = mapped_column(
+        ForeignKey("deploy_environments.id", ondelete="RESTRICT"), index=True
+    )
+    source_kind: Mapped[str] = mapped_column(String(16), nullable=False)  # base, customized, ...
+    # Lineage ids stay after their rows are deleted: the card keeps names too.
+    source_id: Mapped[str] = mapped_column(String(36), nullable=False)
+    source_name: Mapped[str] = mapped_column(String(400), nullable=False)
+    quantization: Mapped[str] = mapped_column(String(16), nullable=False)
+    # deploying (its job runs), live, failed (see error), stopped (the tool no longer has it).
+    status: Mapped[str] = mapped_column(String(16), nullable=False, default="deploying")
+    error: Mapped[str | None] = mapped_column(Text)
+    job_id: Mapped[str | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"))
+    endpoint_url: Mapped[str | None] = mapped_column(Text)  # OpenAI-compatible base URL
+    model_id: Mapped[str | None] = mapped_column(String(500))  # the id to send there
+    system: Mapped[str | None] = mapped_column(Text)
+    parameters: Mapped[dict[str, Any]] = mapped_column(JSON, nullable=False, default=dict)
+    size_bytes: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
+    model_card: Mapped[dict[str, Any]] = mapped_column(JSON, nullable=False, default=dict)
+    last_checked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    created_at: Mapped[datetime] = created_column()
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
+
+
+class ThirdPartyModel(Base):
+    """An external model endpoint (OpenAI-compatible or a known provider), chat or embedding."""
+
+    __tablename__ = "third_party_models"
+    __table_args__ = (UniqueConstraint("project_id", "name"),)
+
+    id: Mapped[str] = id_column()
+    project_id: Mapped[str] = mapped_column(
+        ForeignKey("projects.id", ondelete="CASCADE"), index=True
+    )
+    name: Mapped[str] = mapped_column(String(500), nullable=False)
+    provider: Mapped[str] = mapped_column(String(32), nullable=False)
+    model_type: Mapped[str] = mapped_column(String(16), nullable=False, default="chat")
+    model_name: Mapped[str] = mapped_column(String(500), nullable=False)
+    base_url: Mapped[str] = mapped_column(Text, nullable=False)
+    api_key_encrypted: Mapped[str | None] = mapped_column(Text)
+    description: Mapped[str] = mapped_column(Text, nullable=False, default="")
+    private: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
+    created_by: Mapped[str | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    # Set when registered from a live model; the entry outlives it.
+    live_model_id: Mapped[str | None] = mapped_column(String(36))
+    created_at: Mapped[datetime] = created_column()
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)

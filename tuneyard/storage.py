@@ -48,9 +48,22 @@ class Layout:
         """An uploaded training method's Python file, by its row's id (names can be reused)."""
         return self.root / "methods" / project_id / f"{script_id}.py"
 
+    def live_model_dir(self, model_id: str) -> Path:
+        """Files a deploy made for a serving tool that reads from disk (GGUF for llama.cpp)."""
+        return self.root / "models" / "live" / model_id
+
+    def environment_dir(self, environment_id: str) -> Path:
+        """State of a serving tool Tuneyard runs itself: its config, pid and log."""
+        return self.root / "environments" / environment_id
+
     @property
     def admin_password_file(self) -> Path:
         return self.root / "admin-password.txt"
+
+    @property
+    def secret_key_file(self) -> Path:
+        """The key that encrypts API keys of serving tools and third-party models at rest."""
+        return self.root / "secret.key"
 
 
 def _fsync_dir(path: Path) -> None:

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from datetime import datetime
+
+from tuneyard.errors import Invalid
 
 FALLBACK_TEMPLATE = "{{ .System }} {{ .Prompt }}"
 
@@ -98,3 +102,34 @@ def derive_template(chat_template: str | None, eos_token: str | None) -> Deploym
         )
     stop = [eos_token] if eos_token else []
     return DeploymentTemplate(FALLBACK_TEMPLATE, "fallback", stop, note)
+
+
+def compile_chat_template(source: str, owner: str):
+    """A Hugging Face chat template compiled as transformers does, in a sandbox (it comes from
+    a model folder); `owner` names whose template it is in errors."""
+    from jinja2 import TemplateError
+    from jinja2.ext import loopcontrols
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    def raise_exception(message: str):
+        raise TemplateError(message)
+
+    def tojson(value, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
+        return json.dumps(
+            value,
+            ensure_ascii=ensure_ascii,
+            indent=indent,
+            separators=separators,
+            sort_keys=sort_keys,
+        )
+
+    environment = ImmutableSandboxedEnvironment(
+        trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols]
+    )
+    environment.filters["tojson"] = tojson
+    environment.globals["raise_exception"] = raise_exception
+    environment.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
+    try:
+        return environment.from_string(source)
+    except TemplateError as exc:
+        raise Invalid(f"The chat template of {owner} is broken: {exc}") from None

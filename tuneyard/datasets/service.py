@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterator, Mapping
-from datetime import datetime
 from itertools import islice
 from pathlib import Path, PurePath, PureWindowsPath
 from typing import Any, BinaryIO
@@ -462,9 +461,7 @@ def _token_text(value: Any) -> str | None:
 
 def _chat_template(folder: Path, config: dict[str, Any], model_name: str):
     """The model's chat template, compiled in a sandbox (it comes from a model folder)."""
-    from jinja2 import TemplateError
-    from jinja2.ext import loopcontrols
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
+    from tuneyard.basemodels.template import compile_chat_template
 
     template_file = folder / "chat_template.jinja"
     source = template_file.read_text() if template_file.is_file() else config.get("chat_template")
@@ -474,26 +471,4 @@ def _chat_template(folder: Path, config: dict[str, Any], model_name: str):
         source = named.get("default")
     if not source:
         return None
-
-    def raise_exception(message: str):
-        raise TemplateError(message)
-
-    def tojson(value, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
-        return json.dumps(
-            value,
-            ensure_ascii=ensure_ascii,
-            indent=indent,
-            separators=separators,
-            sort_keys=sort_keys,
-        )
-
-    environment = ImmutableSandboxedEnvironment(
-        trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols]
-    )
-    environment.filters["tojson"] = tojson
-    environment.globals["raise_exception"] = raise_exception
-    environment.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
-    try:
-        return environment.from_string(source)
-    except TemplateError as exc:
-        raise Invalid(f"The chat template of base model '{model_name}' is broken: {exc}") from None
+    return compile_chat_template(source, f"base model '{model_name}'")

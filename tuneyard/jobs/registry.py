@@ -18,6 +18,7 @@ BUILTIN_TASK_MODULES = (
     "tuneyard.basemodels.tasks",
     "tuneyard.training.tasks",
     "tuneyard.complete.tasks",
+    "tuneyard.deploy.tasks",
 )
 
 

@@ -1,0 +1,1 @@
+"""Deploying models to serving tools, where they become live models."""

@@ -1,0 +1,153 @@
+"""API shapes for deployment environments, deploys and live models."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+ENVIRONMENT_KINDS = ("ollama", "llama.cpp", "openai")
+QUANTIZATIONS = ("no_quantization", "q8_0", "q4_K_M", "q4_K_S")
+
+
+class EnvironmentCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(description="Unique in the project; letters, digits, '.', '_', '-'.")
+    kind: str = Field(description="ollama, llama.cpp or openai (any OpenAI-compatible server).")
+    url: str | None = Field(
+        None,
+        description="The tool's address, e.g. http://127.0.0.1:11434 for Ollama. Leave it out "
+        "for llama.cpp to have Tuneyard start and supervise a server on this machine.",
+    )
+    port: int | None = Field(
+        None,
+        ge=1,
+        le=65535,
+        description="For a llama.cpp server Tuneyard starts: its port (default: a free one).",
+    )
+    api_key: str | None = Field(None, description="Sent as a bearer token; stored encrypted.")
+    description: str = ""
+
+
+class EnvironmentUpdate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str | None = None
+    url: str | None = None
+    api_key: str | None = Field(None, description="A new key; an empty string removes it.")
+    description: str | None = None
+
+
+class EnvironmentOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: str
+    name: str
+    kind: str
+    url: str | None
+    managed: bool = Field(description="True when Tuneyard starts and supervises the server.")
+    port: int | None
+    has_api_key: bool
+    description: str
+    last_checked_at: datetime | None
+    last_check_error: str | None
+    created_at: datetime
+
+
+class EnvironmentTest(BaseModel):
+    ok: bool
+    detail: str
+    models: list[str] = Field(default_factory=list, description="Models the tool serves now.")
+
+
+class DeployRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    environment_id: str = Field(description="The deployment environment: id or name.")
+    quantization: str = Field(
+        "no_quantization", description="One of: " + ", ".join(QUANTIZATIONS) + "."
+    )
+    system: str | None = Field(None, description="A default system prompt baked into the model.")
+    parameters: dict[str, Any] | None = Field(
+        None,
+        description="Serving parameters (Ollama Modelfile parameters such as temperature, "
+        "num_ctx); the tokenizer's stop tokens are added.",
+    )
+    allow_template_mismatch: bool = Field(
+        False,
+        description="Deploy even when the deployment template renders a different prompt than "
+        "the chat template (the card keeps the warning).",
+    )
+
+
+class LiveModelOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: str
+    name: str
+    tag: str = Field(description="The model's name inside the serving tool.")
+    environment_id: str
+    source_kind: str
+    source_id: str
+    source_name: str
+    quantization: str
+    status: str
+    error: str | None
+    job_id: str | None
+    endpoint_url: str | None = Field(description="OpenAI-compatible base URL.")
+    model_id: str | None = Field(description="The model id to send to endpoint_url.")
+    system: str | None
+    parameters: dict[str, Any]
+    size_bytes: int
+    model_card: dict[str, Any]
+    last_checked_at: datetime | None
+    created_at: datetime
+
+
+class LiveModelSummary(BaseModel):
+    id: str
+    name: str
+    environment_name: str | None
+    environment_kind: str | None
+    source_kind: str
+    source_name: str
+    quantization: str
+    status: str
+    endpoint_url: str | None
+    model_id: str | None
+    size_bytes: int
+    template_parity: str | None
+    created_at: datetime
+
+
+class LiveModelCheck(BaseModel):
+    ok: bool
+    status: str
+    detail: str
+
+
+class RegisterRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str | None = Field(
+        None, description="The third-party model's name; default: the live model's."
+    )
+    description: str | None = None
+    private: bool = False
+
+
+class ThirdPartyModelOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: str
+    name: str
+    provider: str
+    model_type: str
+    model_name: str
+    base_url: str
+    description: str
+    private: bool
+    live_model_id: str | None
+    created_at: datetime

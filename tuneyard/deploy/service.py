@@ -1,0 +1,609 @@
+"""Deployment environments, deploys and live models.
+
+A deploy checks everything it can before any upload (the target supports the architecture,
+the quantization is allowed, the chat template exists and the deployment template renders the
+same prompt), then creates the live model (status "deploying") and a job that hands the model
+to the serving tool. The live model is "live" only once the tool answers for it.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from tuneyard.auth.service import Principal
+from tuneyard.deploy.schemas import ENVIRONMENT_KINDS, QUANTIZATIONS
+from tuneyard.errors import Conflict, Invalid, NotFound
+from tuneyard.jobs import service as jobs
+from tuneyard.models import (
+    BaseModel,
+    DeployEnvironment,
+    LiveModel,
+    ThirdPartyModel,
+    new_id,
+    utcnow,
+)
+from tuneyard.pagination import paginate
+from tuneyard.secrets import decrypt_secret, encrypt_secret
+
+DEPLOY_JOB = "deploy.model"
+SOURCE_KINDS = ("base", "customized", "complete")
+LIVE_STATUSES = ("deploying", "live", "failed", "stopped")
+ENVIRONMENT_NAME = re.compile(r"^[A-Za-z0-9._-]{1,100}$")
+
+
+def live_model_name(source_name: str, deploy_id: str, quantization: str) -> str:
+    """`{source_name}_d_{first4(deploy uuid)}_{quantization}`."""
+    return f"{source_name}_d_{deploy_id.replace('-', '')[:4]}_{quantization}"
+
+
+def uses_key(live_id: str) -> str:
+    return f"live_model:{live_id}"
+
+
+def environment_uses_key(environment_id: str) -> str:
+    return f"deploy_environment:{environment_id}"
+
+
+def check_quantization(value: str) -> str:
+    if value not in QUANTIZATIONS:
+        raise Invalid(f"Unknown quantization '{value}'; use one of: {', '.join(QUANTIZATIONS)}.")
+    return value
+
+
+# -- environments ---------------------------------------------------------------------------
+
+
+def _check_url(url: str | None, kind: str) -> str | None:
+    if url is None:
+        return None
+    url = url.strip().rstrip("/")
+    if not re.match(r"^https?://[^\s/]+", url):
+        raise Invalid(
+            f"'{url}' is not an http(s) address; give one like http://127.0.0.1:11434 for {kind}."
+        )
+    return url
+
+
+def get_environment(session: Session, principal: Principal, id_or_name: str) -> DeployEnvironment:
+    row = session.get(DeployEnvironment, id_or_name)
+    if row is None or row.project_id != principal.project_id:
+        row = session.scalar(
+            select(DeployEnvironment).where(
+                DeployEnvironment.project_id == principal.project_id,
+                DeployEnvironment.name == id_or_name,
+            )
+        )
+    if row is None:
+        raise NotFound(
+            f"No deployment environment '{id_or_name}'. List them with `tuneyard env list`."
+        )
+    return row
+
+
+def list_environments(session: Session, principal: Principal, limit: int = 50, offset: int = 0):
+    stmt = select(DeployEnvironment).where(DeployEnvironment.project_id == principal.project_id)
+    return paginate(
+        session, stmt.order_by(DeployEnvironment.name, DeployEnvironment.id), limit, offset
+    )
+
+
+def environment_out(row: DeployEnvironment) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "name": row.name,
+        "kind": row.kind,
+        "url": row.url,
+        "managed": is_managed(row),
+        "port": row.port,
+        "has_api_key": bool(row.api_key_encrypted),
+        "description": row.description,
+        "last_checked_at": row.last_checked_at,
+        "last_check_error": row.last_check_error,
+        "created_at": row.created_at,
+    }
+
+
+def is_managed(row: DeployEnvironment) -> bool:
+    """A llama.cpp environment without an address: Tuneyard runs its server."""
+    return row.kind == "llama.cpp" and row.url is None
+
+
+def _check_name_free(session: Session, principal: Principal, name: str, own_id: str | None = None):
+    if not ENVIRONMENT_NAME.match(name):
+        raise Invalid(
+            f"Environment name '{name}' may use only letters, digits, '.', '_' and '-' "
+            "(at most 100 characters)."
+        )
+    taken = session.scalar(
+        select(DeployEnvironment.id).where(
+            DeployEnvironment.project_id == principal.project_id, DeployEnvironment.name == name
+        )
+    )
+    if taken is not None and taken != own_id:
+        raise Conflict(f"A deployment environment named '{name}' exists; choose another name.")
+
+
+def create_environment(
+    session: Session,
+    principal: Principal,
+    name: str,
+    kind: str,
+    url: str | None = None,
+    port: int | None = None,
+    api_key: str | None = None,
+    description: str = "",
+) -> DeployEnvironment:
+    principal.require("admin")
+    if kind not in ENVIRONMENT_KINDS:
+        raise Invalid(
+            f"Unknown environment kind '{kind}'; use one of: {', '.join(ENVIRONMENT_KINDS)}."
+        )
+    _check_name_free(session, principal, name)
+    url = _check_url(url, kind)
+    if url is None and kind != "llama.cpp":
+        raise Invalid(
+            f"A {kind} environment needs the server's address (url), e.g. "
+            + ("http://127.0.0.1:11434." if kind == "ollama" else "http://127.0.0.1:8000/v1.")
+        )
+    if port is not None and url is not None:
+        raise Invalid(
+            "port is for a llama.cpp server that Tuneyard starts; with a url, put the port in it."
+        )
+    row = DeployEnvironment(
+        project_id=principal.project_id,
+        name=name,
+        kind=kind,
+        url=url,
+        port=port if url is None and kind == "llama.cpp" else None,
+        api_key_encrypted=encrypt_secret(api_key),
+        description=description,
+    )
+    session.add(row)
+    session.flush()
+    return row
+
+
+def update_environment(
+    session: Session,
+    principal: Principal,
+    environment_id: str,
+    name: str | None = None,
+    url: str | None = None,
+    api_key: str | None = None,
+    description: str | None = None,
+) -> DeployEnvironment:
+    principal.require("admin")
+    row = get_environment(session, principal, environment_id)
+    if name is not None:
+        _check_name_free(session, principal, name, row.id)
+        row.name = name
+    if url is not None:
+        if is_managed(row):
+            raise Invalid(
+                f"Environment {row.name} runs its own llama.cpp server and has no address to "
+                "change; create an environment with a url to attach to another server."
+            )
+        row.url = _check_url(url, row.kind)
+    if api_key is not None:
+        row.api_key_encrypted = encrypt_secret(api_key)
+    if description is not None:
+        row.description = description
+    return row
+
+
+def environment_api_key(row: DeployEnvironment) -> str | None:
+    return decrypt_secret(row.api_key_encrypted)
+
+
+def live_models_in(session: Session, environment_id: str) -> list[LiveModel]:
+    return list(
+        session.scalars(
+            select(LiveModel)
+            .where(LiveModel.environment_id == environment_id)
+            .order_by(LiveModel.created_at, LiveModel.id)
+        )
+    )
+
+
+def delete_environment(session: Session, principal: Principal, environment_id: str) -> None:
+    """Refused while live models use it; a managed llama.cpp server is stopped."""
+    from tuneyard.deploy.targets import target_for
+
+    principal.require("admin")
+    row = get_environment(session, principal, environment_id)
+    jobs.ensure_not_in_use(session, environment_uses_key(row.id), f"Environment {row.name}")
+    remaining = live_models_in(session, row.id)
+    if remaining:
+        names = ", ".join(live.name for live in remaining[:5])
+        raise Conflict(
+            f"Environment {row.name} still has {len(remaining)} live model(s) ({names}); "
+            "delete them first with `tuneyard live rm NAME`."
+        )
+    target_for(row.kind).forget_environment(row)
+    session.delete(row)
+    session.flush()
+
+
+def test_environment(session: Session, principal: Principal, environment_id: str) -> dict:
+    """Ask the tool whether it answers; the outcome is kept on the environment."""
+    from tuneyard.deploy.targets import target_for
+    from tuneyard.errors import AppError
+
+    row = get_environment(session, principal, environment_id)
+    try:
+        detail, models = target_for(row.kind).test(row)
+        ok = True
+    except AppError as exc:
+        detail, models, ok = exc.message, [], False
+    row.last_checked_at = utcnow()
+    row.last_check_error = None if ok else detail
+    return {"ok": ok, "detail": detail, "models": models}
+
+
+# -- sources --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Source:
+    """What a deploy hands over, resolved from the database into plain values."""
+
+    kind: str  # base, customized, complete
+    id: str
+    name: str
+    model_dir: Path  # the full model (for a customized model: its base)
+    adapter_dir: Path | None  # a customized model's adapter
+    base_model_id: str | None
+    base_name: str | None
+    deployment_template: str | None
+    stop: list[str]
+    lineage: dict[str, Any]
+
+
+def _base_row(session: Session, base_id: str | None) -> BaseModel | None:
+    return session.get(BaseModel, base_id) if base_id else None
+
+
+def _template_of(base: BaseModel | None, folder: Path) -> tuple[str | None, list[str]]:
+    """The base's deployment template and stop tokens, or ones derived from the folder."""
+    if base is not None and base.deployment_template:
+        return base.deployment_template, list(base.model_card.get("deployment_stop_tokens", []))
+    from tuneyard.basemodels.card import read_chat_template, read_model_card
+    from tuneyard.basemodels.template import derive_template
+
+    chat_template, _ = read_chat_template(folder)
+    derived = derive_template(chat_template, read_model_card(folder)["special_tokens"]["eos"])
+    return derived.text, derived.stop
+
+
+def _ready_dir(path: str | None, what: str) -> Path:
+    folder = Path(path) if path else None
+    if folder is None or not folder.is_dir():
+        raise Conflict(f"The folder of {what} ({path}) is gone; it cannot be deployed.")
+    return folder
+
+
+def resolve_source(session: Session, principal: Principal, kind: str, source_id: str) -> Source:
+    """The model a deploy names, checked to have its files."""
+    if kind == "base":
+        from tuneyard.basemodels.service import find_base_model
+
+        base = find_base_model(session, principal, source_id)
+        if base.status != "ready":
+            raise Conflict(
+                f"Base model '{base.technical_name}' is {base.status}; deploy it once ready."
+            )
+        folder = _ready_dir(base.path, f"base model '{base.technical_name}'")
+        template, stop = _template_of(base, folder)
+        return Source(
+            "base",
+            base.id,
+            base.technical_name,
+            folder,
+            None,
+            base.id,
+            base.technical_name,
+            template,
+            stop,
+            {"base_model": base.technical_name, "base_model_id": base.id},
+        )
+    if kind == "complete":
+        from tuneyard.complete.service import get_complete
+
+        row = get_complete(session, principal, source_id)
+        if row.status != "ready":
+            raise Conflict(f"Complete model {row.name} is {row.status}; deploy it once ready.")
+        folder = _ready_dir(row.path, f"complete model {row.name}")
+        base = _base_row(session, row.base_model_id)
+        template, stop = _template_of(base, folder)
+        lineage = dict((row.model_card or {}).get("lineage", {}))
+        lineage.update(complete_model=row.name, complete_model_id=row.id)
+        return Source(
+            "complete",
+            row.id,
+            row.name,
+            folder,
+            None,
+            row.base_model_id,
+            lineage.get("base_model"),
+            template,
+            stop,
+            lineage,
+        )
+    if kind == "customized":
+        from tuneyard.customized.service import get_customized
+
+        row = get_customized(session, principal, source_id)
+        adapter_dir = _ready_dir(row.path, f"customized model {row.name}")
+        base = _base_row(session, row.base_model_id)
+        if base is None:
+            raise Conflict(
+                f"The base model of customized model {row.name} was deleted; an adapter is "
+                "served on its base, so deploy a complete model saved from it instead."
+            )
+        if base.status != "ready":
+            raise Conflict(f"Base model '{base.technical_name}' is {base.status}.")
+        base_dir = _ready_dir(base.path, f"base model '{base.technical_name}'")
+        template, stop = _template_of(base, base_dir)
+        lineage = dict((row.model_card or {}).get("lineage", {}))
+        lineage.update(customized_model=row.name, customized_model_id=row.id)
+        return Source(
+            "customized",
+            row.id,
+            row.name,
+            base_dir,
+            adapter_dir,
+            base.id,
+            base.technical_name,
+            template,
+            stop,
+            lineage,
+        )
+    raise Invalid(f"Unknown source kind '{kind}'; use one of: {', '.join(SOURCE_KINDS)}.")
+
+
+def source_uses_key(source: Source) -> str:
+    return {
+        "base": f"base_model:{source.id}",
+        "customized": f"customized_model:{source.id}",
+        "complete": f"complete_model:{source.id}",
+    }[source.kind]
+
+
+# -- deploying ------------------------------------------------------------------------------
+
+
+def _free_name(session: Session, principal: Principal, source_name: str, quantization: str):
+    while True:
+        deploy_id = new_id()
+        name = live_model_name(source_name, deploy_id, quantization)
+        taken = session.scalar(
+            select(LiveModel.id).where(
+                LiveModel.project_id == principal.project_id, LiveModel.name == name
+            )
+        )
+        if taken is None:
+            return deploy_id, name
+
+
+def _check_parameters(parameters: dict[str, Any] | None) -> dict[str, Any]:
+    parameters = dict(parameters or {})
+    for key, value in parameters.items():
+        if not re.match(r"^[a-z_][a-z0-9_]*$", key):
+            raise Invalid(f"Parameter name '{key}' is not a serving parameter name.")
+        if not isinstance(value, str | int | float | bool | list):
+            raise Invalid(f"Parameter '{key}' must be a number, a string, a bool or a list.")
+    return parameters
+
+
+def start_deploy(
+    session: Session,
+    principal: Principal,
+    source_kind: str,
+    source_id: str,
+    environment_id: str,
+    quantization: str = "no_quantization",
+    system: str | None = None,
+    parameters: dict[str, Any] | None = None,
+    allow_template_mismatch: bool = False,
+) -> LiveModel:
+    """Preflight, then create the live model (deploying) and its job."""
+    from tuneyard.deploy.parity import check_parity
+    from tuneyard.deploy.targets import target_for
+    from tuneyard.training.service import ensure_training_available
+
+    principal.require("member")
+    ensure_training_available()
+    check_quantization(quantization)
+    parameters = _check_parameters(parameters)
+    environment = get_environment(session, principal, environment_id)
+    source = resolve_source(session, principal, source_kind, source_id)
+    target = target_for(environment.kind)
+    warnings = target.preflight(environment, source, quantization)
+    parity = target.template_parity(source) or check_parity(
+        source.model_dir, source.deployment_template, f"base model '{source.base_name}'"
+    )
+    if parity.status == "mismatch" and not allow_template_mismatch:
+        raise Invalid(f"Template parity check failed: {parity.detail}")
+    deploy_id, name = _free_name(session, principal, source.name, quantization)
+    row = LiveModel(
+        id=deploy_id,
+        project_id=principal.project_id,
+        name=name,
+        tag=target.tag_for(name),
+        environment_id=environment.id,
+        source_kind=source.kind,
+        source_id=source.id,
+        source_name=source.name,
+        quantization=quantization,
+        status="deploying",
+        system=system,
+        parameters=parameters,
+        model_card={
+            "name": name,
+            "kind": "live",
+            "created_at": utcnow().isoformat(),
+            "lineage": {**source.lineage, "source_kind": source.kind, "source": source.name},
+            "deploy": {
+                "environment": environment.name,
+                "environment_kind": environment.kind,
+                "quantization": quantization,
+                "system": system,
+                "parameters": parameters,
+            },
+            "template_parity": parity.as_card(),
+            "warnings": warnings,
+        },
+    )
+    session.add(row)
+    session.flush()
+    job = jobs.enqueue(
+        session,
+        principal,
+        DEPLOY_JOB,
+        {"live_model_id": row.id},
+        uses=[source_uses_key(source), uses_key(row.id), environment_uses_key(environment.id)],
+        message=f"Waiting for a worker to deploy {name} to {environment.name}",
+    )
+    row.job_id = job.id
+    return row
+
+
+# -- live models ----------------------------------------------------------------------------
+
+
+def get_live(session: Session, principal: Principal, id_or_name: str) -> LiveModel:
+    row = session.get(LiveModel, id_or_name)
+    if row is None or row.project_id != principal.project_id:
+        row = session.scalar(
+            select(LiveModel).where(
+                LiveModel.project_id == principal.project_id, LiveModel.name == id_or_name
+            )
+        )
+    if row is None:
+        raise NotFound(f"No live model '{id_or_name}'. List them with `tuneyard live list`.")
+    return row
+
+
+def list_live(
+    session: Session,
+    principal: Principal,
+    environment_id: str | None = None,
+    status: str | None = None,
+    limit: int = 50,
+    offset: int = 0,
+):
+    stmt = select(LiveModel).where(LiveModel.project_id == principal.project_id)
+    if environment_id:
+        stmt = stmt.where(
+            LiveModel.environment_id == get_environment(session, principal, environment_id).id
+        )
+    if status:
+        if status not in LIVE_STATUSES:
+            raise Invalid(f"Unknown status '{status}'; use one of: {', '.join(LIVE_STATUSES)}.")
+        stmt = stmt.where(LiveModel.status == status)
+    return paginate(
+        session, stmt.order_by(LiveModel.created_at.desc(), LiveModel.id), limit, offset
+    )
+
+
+def live_summary(session: Session, row: LiveModel) -> dict[str, Any]:
+    environment = session.get(DeployEnvironment, row.environment_id)
+    return {
+        "id": row.id,
+        "name": row.name,
+        "environment_name": environment.name if environment else None,
+        "environment_kind": environment.kind if environment else None,
+        "source_kind": row.source_kind,
+        "source_name": row.source_name,
+        "quantization": row.quantization,
+        "status": row.status,
+        "endpoint_url": row.endpoint_url,
+        "model_id": row.model_id,
+        "size_bytes": row.size_bytes,
+        "template_parity": (row.model_card or {}).get("template_parity", {}).get("status"),
+        "created_at": row.created_at,
+    }
+
+
+def check_live(session: Session, principal: Principal, live_id: str) -> dict[str, Any]:
+    """Ask the serving tool whether it still serves the model; live <-> stopped follows."""
+    from tuneyard.deploy.targets import target_for
+    from tuneyard.errors import AppError
+
+    row = get_live(session, principal, live_id)
+    if row.status in ("deploying", "failed"):
+        return {"ok": False, "status": row.status, "detail": row.error or "Not deployed yet."}
+    environment = session.get(DeployEnvironment, row.environment_id)
+    try:
+        ok, detail = target_for(environment.kind).check(
+            environment, row, live_models_in(session, environment.id)
+        )
+    except AppError as exc:
+        ok, detail = False, exc.message
+    row.status = "live" if ok else "stopped"
+    row.last_checked_at = utcnow()
+    return {"ok": ok, "status": row.status, "detail": detail}
+
+
+def delete_live(session: Session, principal: Principal, live_id: str) -> str:
+    """Remove the model from its serving tool, then forget it. Registered entries stay."""
+    from tuneyard.deploy.targets import target_for
+
+    principal.require("member")
+    row = get_live(session, principal, live_id)
+    jobs.ensure_not_in_use(session, uses_key(row.id), f"Live model {row.name}")
+    environment = session.get(DeployEnvironment, row.environment_id)
+    others = [live for live in live_models_in(session, environment.id) if live.id != row.id]
+    target_for(environment.kind).remove(environment, row, others)
+    name = row.name
+    session.delete(row)
+    session.flush()
+    return name
+
+
+def register_live(
+    session: Session,
+    principal: Principal,
+    live_id: str,
+    name: str | None = None,
+    description: str | None = None,
+    private: bool = False,
+) -> ThirdPartyModel:
+    """A third-party model entry for the live model's OpenAI-compatible endpoint."""
+    principal.require("member")
+    row = get_live(session, principal, live_id)
+    if row.status != "live" or not row.endpoint_url or not row.model_id:
+        raise Conflict(f"Live model {row.name} is {row.status}; register it once it is live.")
+    environment = session.get(DeployEnvironment, row.environment_id)
+    name = name or row.name
+    taken = session.scalar(
+        select(ThirdPartyModel.id).where(
+            ThirdPartyModel.project_id == principal.project_id, ThirdPartyModel.name == name
+        )
+    )
+    if taken is not None:
+        raise Conflict(f"A third-party model named '{name}' exists; register under another name.")
+    entry = ThirdPartyModel(
+        project_id=principal.project_id,
+        name=name,
+        provider="ollama" if environment.kind == "ollama" else "openai-compatible",
+        model_type="chat",
+        model_name=row.model_id,
+        base_url=row.endpoint_url,
+        api_key_encrypted=environment.api_key_encrypted,
+        description=description
+        if description is not None
+        else f"Registered from live model {row.name} on {environment.name}.",
+        private=private,
+        created_by=principal.user_id,
+        live_model_id=row.id,
+    )
+    session.add(entry)
+    session.flush()
+    return entry

@@ -1,0 +1,178 @@
+"""The deploy job ("deploy.model"): hand a model to its environment's serving tool."""
+
+from __future__ import annotations
+
+import time
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from tuneyard.auth.service import Principal
+from tuneyard.db import session_scope
+from tuneyard.deploy.service import (
+    DEPLOY_JOB,
+    live_model_name,
+    live_models_in,
+    resolve_source,
+)
+from tuneyard.deploy.targets import target_for
+from tuneyard.errors import NotFound
+from tuneyard.jobs.registry import job_kind
+from tuneyard.models import DeployEnvironment, Job, LiveModel, new_id, utcnow
+
+PROGRESS_EVERY_SECONDS = 0.5
+
+
+def mark_deploy_failed(session: Session, job: Job) -> None:
+    """Whatever stopped the deploy, the live model is failed and says why."""
+    row = session.get(LiveModel, job.params.get("live_model_id"))
+    if row is None or row.status == "live":
+        return
+    row.status = "failed"
+    row.error = job.error or "The deploy was cancelled before it finished."
+
+
+def _job_principal(row: LiveModel, job_created_by: str | None) -> Principal:
+    """The deploy acts inside the live model's project, as the user who asked for it."""
+    return Principal(job_created_by or "", "deploy", row.project_id, "", "admin")
+
+
+def _reporter(ctx, start: float, span: float):
+    last = 0.0
+
+    def report(fraction: float, message: str) -> None:
+        nonlocal last
+        now = time.monotonic()
+        if now - last >= PROGRESS_EVERY_SECONDS or fraction >= 1:
+            last = now
+            ctx.progress(start + span * max(0.0, min(1.0, fraction)), message)
+
+    return report
+
+
+def _base_live(session: Session, environment_id: str, base_id: str, quantization: str):
+    return session.scalar(
+        select(LiveModel).where(
+            LiveModel.environment_id == environment_id,
+            LiveModel.source_kind == "base",
+            LiveModel.source_id == base_id,
+            LiveModel.quantization == quantization,
+            LiveModel.status == "live",
+        )
+    )
+
+
+def _deploy_base_first(ctx, session_factory, live_id: str) -> str:
+    """An adapter on Ollama goes on top of its base: reuse a live base at the same quantization,
+    or deploy the base now as a live model of its own. Returns the base's tag."""
+    with session_factory() as session:
+        live = session.get(LiveModel, live_id)
+        environment = session.get(DeployEnvironment, live.environment_id)
+        job = session.get(Job, ctx.job_id)
+        principal = _job_principal(live, job.created_by)
+        source = resolve_source(session, principal, live.source_kind, live.source_id)
+        existing = _base_live(session, environment.id, source.base_model_id, live.quantization)
+        if existing is not None:
+            return existing.tag
+        base_source = resolve_source(session, principal, "base", source.base_model_id)
+        target = target_for(environment.kind)
+        base_id = new_id()
+        name = live_model_name(base_source.name, base_id, live.quantization)
+        base_live = LiveModel(
+            id=base_id,
+            project_id=live.project_id,
+            name=name,
+            tag=target.tag_for(name),
+            environment_id=environment.id,
+            source_kind="base",
+            source_id=base_source.id,
+            source_name=base_source.name,
+            quantization=live.quantization,
+            status="deploying",
+            job_id=ctx.job_id,
+            model_card={
+                "name": name,
+                "kind": "live",
+                "created_at": utcnow().isoformat(),
+                "lineage": {**base_source.lineage, "source_kind": "base"},
+                "deploy": {
+                    "environment": environment.name,
+                    "environment_kind": environment.kind,
+                    "quantization": live.quantization,
+                    "deployed_for": live.name,
+                },
+                "template_parity": live.model_card.get("template_parity", {}),
+            },
+        )
+        session.add(base_live)
+        session.flush()
+        session.expunge_all()
+    ctx.progress(2, f"Deploying the base model {base_source.name} first, as {name}")
+    try:
+        deployed = target.deploy(environment, base_live, base_source, _reporter(ctx, 2, 40))
+    except BaseException as exc:
+        with session_factory() as session:
+            row = session.get(LiveModel, base_id)
+            row.status, row.error = "failed", str(exc) or type(exc).__name__
+        raise
+    with session_factory() as session:
+        row = session.get(LiveModel, base_id)
+        row.status, row.error = "live", None
+        row.endpoint_url, row.model_id, row.size_bytes = (
+            deployed.endpoint_url,
+            deployed.model_id,
+            deployed.size_bytes,
+        )
+        row.model_card = {**row.model_card, "served": deployed.card}
+    return base_live.tag
+
+
+@job_kind(DEPLOY_JOB, on_failure=mark_deploy_failed)
+def deploy_model(ctx) -> dict:
+    live_id = ctx.params["live_model_id"]
+
+    def session_factory():
+        return session_scope(ctx.settings)
+
+    with session_factory() as session:
+        live = session.get(LiveModel, live_id)
+        if live is None:
+            raise NotFound(f"Live model {live_id} was deleted before it was deployed.")
+        environment = session.get(DeployEnvironment, live.environment_id)
+        job = session.get(Job, ctx.job_id)
+        source = resolve_source(
+            session, _job_principal(live, job.created_by), live.source_kind, live.source_id
+        )
+        others = [other for other in live_models_in(session, environment.id) if other.id != live.id]
+        session.expunge_all()
+    target = target_for(environment.kind)
+    start, extra = 0.0, {}
+    if environment.kind == "ollama" and source.adapter_dir is not None:
+        extra["base_tag"] = _deploy_base_first(ctx, session_factory, live_id)
+        start = 45.0
+    ctx.progress(start + 1, f"Deploying {live.name} to {environment.name} ({environment.kind})")
+    deployed = target.deploy(
+        environment, live, source, _reporter(ctx, start + 1, 98 - start), others=others, **extra
+    )
+    with session_factory() as session:
+        row = session.get(LiveModel, live_id)
+        row.status, row.error = "live", None
+        row.endpoint_url, row.model_id = deployed.endpoint_url, deployed.model_id
+        row.size_bytes = deployed.size_bytes
+        row.last_checked_at = utcnow()
+        row.model_card = {
+            **row.model_card,
+            "served": deployed.card,
+            "size_bytes": deployed.size_bytes,
+        }
+        env_row = session.get(DeployEnvironment, environment.id)
+        port = deployed.card.get("port")
+        if port and env_row.url is None and env_row.port != port:
+            env_row.port = port  # a free port was picked: keep it across restarts
+    ctx.progress(100, f"{live.name} is live at {deployed.endpoint_url} as {deployed.model_id}")
+    return {
+        "live_model_id": live_id,
+        "name": live.name,
+        "endpoint_url": deployed.endpoint_url,
+        "model_id": deployed.model_id,
+    }
