@@ -144,10 +144,10 @@ class OllamaTarget(DeployTarget):
         return []
 
     def test(self, environment):
-        client = self._client(environment)
-        said = client.ping()
-        version = client.version()
-        models = [m.get("name", "") for m in client.list_models()]
+        with self._client(environment) as client:
+            said = client.ping()
+            version = client.version()
+            models = [m.get("name", "") for m in client.list_models()]
         return f"{said} (version {version})", models
 
     def _create(
@@ -177,7 +177,10 @@ class OllamaTarget(DeployTarget):
         )
 
     def deploy(self, environment, live, source, progress, base_tag: str | None = None, **_):
-        client = self._client(environment, upload=True)
+        with self._client(environment, upload=True) as client:
+            return self._deploy(client, environment, live, source, progress, base_tag)
+
+    def _deploy(self, client, environment, live, source, progress, base_tag: str | None):
         client.ping()
         if source.adapter_dir is None:
             files = model_files(source.model_dir)
@@ -207,7 +210,8 @@ class OllamaTarget(DeployTarget):
         return Deployed(f"{environment.url}/v1", live.tag, int(size or 0))
 
     def check(self, environment, live, all_live):
-        names = [m for m in self._client(environment).list_models() if _same_tag(m, live.tag)]
+        with self._client(environment) as client:
+            names = [m for m in client.list_models() if _same_tag(m, live.tag)]
         if names:
             return True, f"Ollama at {environment.url} serves {live.tag}."
         return False, f"Ollama at {environment.url} no longer has {live.tag}."
@@ -215,10 +219,11 @@ class OllamaTarget(DeployTarget):
     def remove(self, environment, live, others):
         if live.status in ("deploying", "failed") and not live.endpoint_url:
             # Never created on the tool, or its create failed: try, but it may not be there.
-            with contextlib.suppress(Unavailable):
-                self._client(environment).delete(live.tag)
+            with contextlib.suppress(Unavailable), self._client(environment) as client:
+                client.delete(live.tag)
             return
-        self._client(environment).delete(live.tag)
+        with self._client(environment) as client:
+            client.delete(live.tag)
 
 
 def _same_tag(model: dict, tag: str) -> bool:

@@ -1,0 +1,214 @@
+"""Deploying to Ollama end to end: API -> job process -> Ollama's HTTP API (a protocol double)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from tests.conftest import wait_for_job
+from tests.ollama_double import OllamaDouble
+from tests.test_complete import make_customized, saved
+from tests.test_deploy import add_env, closed_port
+from tuneyard.db import session_scope
+from tuneyard.models import LiveModel, ThirdPartyModel
+
+LIVE = "/api/v1/live-models"
+
+
+@pytest.fixture
+def ollama(tmp_path):
+    with OllamaDouble(tmp_path) as double:
+        yield double
+
+
+@pytest.fixture
+def ollama_env(client, auth, ollama) -> dict:
+    return add_env(client, auth, name="ollama", kind="ollama", url=ollama.url)
+
+
+def deploy(client, auth, kind: str, model_id: str, env_id: str, **body) -> dict:
+    response = client.post(
+        f"/api/v1/{kind}-models/{model_id}/deploy",
+        json={"environment_id": env_id, **body},
+        headers=auth,
+    )
+    assert response.status_code == 202, response.text
+    return response.json()
+
+
+def deployed(client, auth, kind: str, model_id: str, env_id: str, **body) -> dict:
+    accepted = deploy(client, auth, kind, model_id, env_id, **body)
+    job = wait_for_job(accepted["job_id"], timeout=120)
+    assert job.status == "succeeded", job.error
+    live = client.get(f"{LIVE}/{accepted['id']}", headers=auth).json()
+    assert live["status"] == "live", live
+    return live
+
+
+def blob_posts(ollama) -> int:
+    return sum(1 for method, path in ollama.requests if method == "POST" and "/blobs/" in path)
+
+
+class TestDeployToOllama:
+    def test_base_model_at_q4_k_m(self, client, auth, worker, ollama, ollama_env, tiny_base):
+        live = deployed(
+            client,
+            auth,
+            "base",
+            tiny_base,
+            ollama_env["id"],
+            quantization="q4_K_M",
+            system="Answer briefly.",
+            parameters={"temperature": 0.2},
+        )
+        prefix = f"tiny_d_{live['id'].replace('-', '')[:4]}"
+        assert live["name"] == f"{prefix}_q4_K_M"
+        assert live["tag"] == f"{prefix}_q4_k_m"
+        assert live["endpoint_url"] == f"{ollama.url}/v1" and live["model_id"] == live["tag"]
+        assert live["size_bytes"] > 0
+
+        record = ollama.find(live["tag"])
+        assert record.quantization == "Q4_K_M"
+        assert set(record.files) >= {"config.json", "model.safetensors", "tokenizer.json"}
+        assert "README.md" not in record.files
+        base = client.get(f"/api/v1/base-models/{tiny_base}", headers=auth).json()
+        assert record.template == base["deployment_template"]
+        assert record.system == "Answer briefly."
+        assert record.parameters["temperature"] == 0.2
+        assert "<|im_end|>" in record.parameters["stop"]
+        assert live["model_card"]["template_parity"]["status"] == "match"
+
+        job = client.get(f"/api/v1/jobs/{live['job_id']}", headers=auth).json()
+        assert job["progress"] == 100
+        log = client.get(f"/api/v1/jobs/{live['job_id']}/logs", headers=auth).text
+        assert "quantizing" in log.lower()
+
+        check = client.post(f"{LIVE}/{live['id']}/check", headers=auth).json()
+        assert check == {"ok": True, "status": "live", "detail": check["detail"]}
+
+    def test_unquantized_leaves_quantize_out(
+        self, client, auth, worker, ollama, ollama_env, tiny_base
+    ):
+        live = deployed(client, auth, "base", tiny_base, ollama_env["id"])
+        assert live["name"].endswith("_no_quantization")
+        assert ollama.find(live["tag"]).quantization in ("F32", "F16", "BF16")
+
+    def test_customized_goes_on_its_base_deployed_first(
+        self, client, auth, worker, ollama, ollama_env, tiny_base, made_adapter_dir
+    ):
+        made = make_customized(tiny_base, made_adapter_dir)
+        live = deployed(
+            client, auth, "customized", made["id"], ollama_env["id"], quantization="q8_0"
+        )
+        listed = client.get(LIVE, headers=auth).json()
+        assert listed["total"] == 2
+        base_live = next(item for item in listed["items"] if item["source_kind"] == "base")
+        assert base_live["status"] == "live" and base_live["quantization"] == "q8_0"
+        record = ollama.find(live["tag"])
+        assert record.parent is not None and record.parent.startswith(base_live["name"].lower())
+        assert set(record.adapters) == {"adapter_config.json", "adapter_model.safetensors"}
+        answer = ollama_chat(ollama, live["model_id"])
+        assert answer.endswith("(adapter)")
+
+        # A second adapter on the same base reuses the live base: no model blobs again.
+        posts_before = blob_posts(ollama)
+        other = make_customized(tiny_base, made_adapter_dir, train_name="again")
+        deployed(client, auth, "customized", other["id"], ollama_env["id"], quantization="q8_0")
+        assert client.get(LIVE, headers=auth).json()["total"] == 3
+        # Same adapter bytes: Ollama already has both blobs, so nothing is uploaded.
+        assert blob_posts(ollama) == posts_before
+
+    def test_complete_model(
+        self, client, auth, worker, ollama, ollama_env, tiny_base, made_adapter_dir
+    ):
+        made = make_customized(tiny_base, made_adapter_dir)
+        complete = saved(client, auth, made["id"])
+        live = deployed(
+            client, auth, "complete", complete["id"], ollama_env["id"], quantization="q4_K_S"
+        )
+        assert live["name"].startswith(complete["name"] + "_d_")
+        assert live["model_card"]["lineage"]["complete_model"] == complete["name"]
+        assert ollama.find(live["tag"]).quantization == "Q4_K_S"
+
+    def test_register_then_delete_keeps_the_entry(
+        self, client, auth, worker, ollama, ollama_env, tiny_base
+    ):
+        live = deployed(client, auth, "base", tiny_base, ollama_env["id"], quantization="q8_0")
+        registered = client.post(f"{LIVE}/{live['id']}/register", headers=auth)
+        assert registered.status_code == 201, registered.text
+        entry = registered.json()
+        assert entry["name"] == live["name"] and entry["model_name"] == live["tag"]
+        assert entry["base_url"] == f"{ollama.url}/v1" and entry["provider"] == "ollama"
+        again = client.post(f"{LIVE}/{live['id']}/register", headers=auth)
+        assert again.status_code == 409
+
+        assert client.delete(f"{LIVE}/{live['id']}", headers=auth).status_code == 204
+        assert ollama.find(live["tag"]) is None
+        assert client.get(f"{LIVE}/{live['id']}", headers=auth).status_code == 404
+        with session_scope() as session:
+            assert session.get(ThirdPartyModel, entry["id"]).live_model_id == live["id"]
+
+    def test_environment_with_live_models_cannot_be_deleted(
+        self, client, auth, worker, ollama, ollama_env, tiny_base
+    ):
+        live = deployed(client, auth, "base", tiny_base, ollama_env["id"], quantization="q8_0")
+        response = client.delete(f"/api/v1/deploy-environments/{ollama_env['id']}", headers=auth)
+        assert response.status_code == 409
+        assert live["name"] in response.json()["detail"]
+
+    def test_model_removed_on_the_tool_shows_stopped(
+        self, client, auth, worker, ollama, ollama_env, tiny_base
+    ):
+        live = deployed(client, auth, "base", tiny_base, ollama_env["id"], quantization="q8_0")
+        ollama.models.clear()
+        check = client.post(f"{LIVE}/{live['id']}/check", headers=auth).json()
+        assert check["ok"] is False and check["status"] == "stopped"
+        assert "no longer has" in check["detail"]
+
+
+class TestOllamaFailures:
+    def test_unreachable_ollama_fails_the_job_and_the_live_model(
+        self, client, auth, worker, tiny_base
+    ):
+        env = add_env(
+            client, auth, name="down", kind="ollama", url=f"http://127.0.0.1:{closed_port()}"
+        )
+        accepted = deploy(client, auth, "base", tiny_base, env["id"], quantization="q8_0")
+        job = wait_for_job(accepted["job_id"], timeout=60)
+        assert job.status == "failed"
+        assert "Cannot reach Ollama" in job.error
+        live = client.get(f"{LIVE}/{accepted['id']}", headers=auth).json()
+        assert live["status"] == "failed" and live["error"] == job.error
+        # A failed live model can be removed even though the tool never had it.
+        assert client.delete(f"{LIVE}/{accepted['id']}", headers=auth).status_code == 204
+
+    def test_unsupported_architecture_is_refused_before_upload(
+        self, client, auth, ollama, ollama_env, tiny_model_dir, tmp_path
+    ):
+        folder = tmp_path / "gpt2ish"
+        shutil.copytree(tiny_model_dir, folder)
+        response = client.post(
+            "/api/v1/base-models", json={"technical_name": "odd", "path": str(folder)}, headers=auth
+        )
+        assert response.status_code == 201, response.text
+        config = json.loads((folder / "config.json").read_text())
+        config["architectures"] = ["GPT2LMHeadModel"]
+        (folder / "config.json").write_text(json.dumps(config))
+        refused = client.post(
+            f"/api/v1/base-models/{response.json()['id']}/deploy",
+            json={"environment_id": ollama_env["id"], "quantization": "q8_0"},
+            headers=auth,
+        )
+        assert refused.status_code == 422
+        assert "GPT2LMHeadModel" in refused.json()["detail"]
+        assert ollama.requests == [] or all("/blobs/" not in path for _, path in ollama.requests)
+        with session_scope() as session:
+            assert session.query(LiveModel).count() == 0
+
+
+def ollama_chat(ollama, model: str) -> str:
+    from tuneyard.deploy.ollama import OllamaClient
+
+    return OllamaClient(ollama.url).chat(model, [{"role": "user", "content": "hello"}])
