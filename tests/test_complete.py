@@ -47,29 +47,6 @@ def trained(client, auth, base_id: str, name: str = "codes", **params) -> dict:
     return client.get(f"{CUSTOMIZED}/{model_id}", headers=auth).json()
 
 
-def build_adapter(out: Path, tiny_model_dir: Path) -> Path:
-    """A LoRA on every linear layer of the tiny model, B nonzero, with the tokenizer files."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(1)
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
-    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"))
-    for name, parameter in peft_model.named_parameters():
-        if "lora_B" in name:
-            torch.nn.init.normal_(parameter, std=0.05)
-    peft_model.save_pretrained(out)
-    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
-        shutil.copyfile(tiny_model_dir / name, out / name)
-    return out
-
-
-@pytest.fixture(scope="session")
-def made_adapter_dir(tmp_path_factory, tiny_model_dir) -> Path:
-    return build_adapter(tmp_path_factory.mktemp("made-adapter"), tiny_model_dir)
-
-
 def make_customized(base_id: str, adapter_dir: Path, train_name: str = "made") -> dict:
     """A customized model from a prepared adapter folder, as a training would record it."""
     model_id = new_id()

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from tests.test_complete import build_adapter, folder_files, make_customized
+from tests.conftest import build_adapter
+from tests.test_complete import folder_files, make_customized
 from tuneyard.cli import app
 from tuneyard.storage import Layout
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import re
 import shutil
 from collections.abc import Callable
@@ -16,12 +17,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tuneyard.cards import write_readme
 from tuneyard.deploy.parity import Parity
 from tuneyard.errors import Invalid, Unavailable
 from tuneyard.models import DeployEnvironment, LiveModel
 from tuneyard.storage import Layout, atomic_dir, discard
 
 Progress = Callable[[float, str], None]
+log = logging.getLogger(__name__)
 
 # Files of a model folder a serving tool has no use for.
 SKIPPED_FILES = {"README.md", ".gitattributes"}
@@ -155,8 +158,13 @@ class OllamaTarget(DeployTarget):
     ) -> None:
         from tuneyard.deploy.ollama import QUANTIZE_VALUES
 
+        seen: set[str] = set()
+
         def on_status(line: dict) -> None:
             status = line.get("status", "")
+            if status not in seen:  # each distinct status once in the job's log
+                seen.add(status)
+                log.info("Ollama: %s", status)
             if line.get("total"):
                 share = line.get("completed", 0) / line["total"]
                 progress(0.6 + 0.35 * share, f"Ollama: {status}")
@@ -345,6 +353,7 @@ class LlamaCppTarget(DeployTarget):
         discard(folder)
         with atomic_dir(folder) as staging:
             self._export(live, source, staging, progress)
+            write_readme(staging, live.model_card)
         server = self.server(environment)
         progress(0.9, "Starting the llama.cpp server with the model")
         from tuneyard.deploy.llamacpp import ServedModel
@@ -357,7 +366,7 @@ class LlamaCppTarget(DeployTarget):
             discard(folder)
             server.apply(self._served(list(others)))
             raise
-        size = sum(p.stat().st_size for p in folder.iterdir() if p.is_file())
+        size = sum(p.stat().st_size for p in folder.glob("*.gguf"))
         return Deployed(
             f"{server.base_url}/v1",
             live.tag,
