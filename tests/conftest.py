@@ -247,3 +247,13 @@ def build_adapter(out: Path, tiny_model_dir: Path) -> Path:
 @pytest.fixture(scope="session")
 def made_adapter_dir(tmp_path_factory, tiny_model_dir) -> Path:
     return build_adapter(tmp_path_factory.mktemp("made-adapter"), tiny_model_dir)
+
+
+@pytest.fixture(scope="session")
+def smollm2_folder(tmp_path_factory, smollm2_gguf) -> Path:
+    """SmolLM2-135M-Instruct as a clean HF folder (fp32), converted once per test run."""
+    from tuneyard.basemodels.gguf_import import convert_gguf
+
+    out = tmp_path_factory.mktemp("smollm2") / "model"
+    convert_gguf(smollm2_gguf, out, "chat", lambda _pct, _message: None)
+    return out

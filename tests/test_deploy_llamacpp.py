@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import httpx
 import psutil
 import pytest
 
@@ -53,20 +54,23 @@ def assert_stopped(server: ManagedServer, pid: int | None = None) -> None:
 
 
 class TestApply:
-    def test_server_outlives_the_process_that_applied(self, server, smollm2_gguf):
-        # A job process applies and exits, as a deploy job does.
+    def test_server_outlives_the_job_that_applied(self, server, smollm2_gguf):
+        # A deploy job applies, then ends the way a cancelled job does: its whole process
+        # group is killed (the executor's killpg).
         script = (
-            "import sys; from pathlib import Path\n"
+            "import os, signal, sys; from pathlib import Path\n"
             "from tuneyard.deploy.llamacpp import ManagedServer, ServedModel\n"
             "ManagedServer(Path(sys.argv[1])).apply([ServedModel('smol', Path(sys.argv[2]))])\n"
+            "os.killpg(0, signal.SIGKILL)\n"
         )
         job = subprocess.run(
             [sys.executable, "-c", script, str(server.state_dir), str(smollm2_gguf)],
             capture_output=True,
             text=True,
             timeout=180,
+            start_new_session=True,
         )
-        assert job.returncode == 0, job.stderr
+        assert job.returncode == -signal.SIGKILL, job.stderr
 
         assert psutil.Process(served_pid(server)).is_running()
         assert server.is_running()
@@ -83,6 +87,21 @@ class TestApply:
         assert [m["model_alias"] for m in config["models"]] == ["first", "second"]
         # No chat_format: the server renders the GGUF's own chat template.
         assert all("chat_format" not in m for m in config["models"])
+
+    def test_chat_renders_the_ggufs_own_template(self, server, smollm2_gguf, tokenizer_dir):
+        # The prompt the server evaluates is exactly the model's chat template, rendered.
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+        server.apply([ServedModel("smol", smollm2_gguf)])
+        for messages in (QUESTION, [{"role": "system", "content": "Be brief."}, *QUESTION]):
+            response = httpx.post(
+                f"{server.base_url}/v1/chat/completions",
+                json={"model": "smol", "messages": messages, "max_tokens": 1},
+                timeout=60,
+            )
+            expected = tokenizer.apply_chat_template(messages, add_generation_prompt=True)
+            assert response.json()["usage"]["prompt_tokens"] == len(expected["input_ids"])
 
     def test_empty_list_stops_the_server(self, server, smollm2_gguf):
         server.apply([ServedModel("smol", smollm2_gguf)])

@@ -361,10 +361,10 @@ class LlamaCppTarget(DeployTarget):
         adapter = folder / GGUF_ADAPTER
         mine = ServedModel(live.tag, folder / GGUF_MODEL, adapter if adapter.is_file() else None)
         try:
+            # On failure apply() puts the environment's previous models back itself.
             server.apply([*self._served(list(others)), mine])
         except BaseException:
             discard(folder)
-            server.apply(self._served(list(others)))
             raise
         size = sum(p.stat().st_size for p in folder.glob("*.gguf"))
         return Deployed(
@@ -477,9 +477,10 @@ class OpenAICompatibleTarget(DeployTarget):
         if source.adapter_dir is None:
             model_id = self._require_served(client, environment, source.model_dir, source.name)
             progress(0.5, f"Verifying {model_id} with a completion")
-            if not client.chat(model_id, self.PROBE, max_tokens=16).strip():
-                raise Unavailable(f"{model_id} answered with empty text.")
-            return Deployed(client.base_url, model_id, 0, {"served_as": model_id})
+            answer = client.chat(model_id, self.PROBE, max_tokens=16)
+            return Deployed(
+                client.base_url, model_id, 0, {"served_as": model_id, "probe_answer": answer}
+            )
         base_id = self._require_served(client, environment, source.model_dir, source.base_name)
         progress(0.3, f"Loading the adapter as {live.tag}")
         client.load_lora_adapter(live.tag, source.adapter_dir)

@@ -1,0 +1,155 @@
+"""Deploying to a real llama.cpp server Tuneyard runs, and to an OpenAI-compatible server."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+
+import pytest
+
+from tests.conftest import wait_for_job
+from tests.test_complete import make_customized
+from tests.test_deploy import add_env
+from tests.test_deploy_ollama_jobs import deploy, deployed
+from tests.vllm_double import VllmDouble
+from tuneyard.deploy.llamacpp import ManagedServer
+from tuneyard.deploy.openai_compat import OpenAICompatClient
+from tuneyard.storage import Layout
+
+LIVE = "/api/v1/live-models"
+HELLO = [{"role": "user", "content": "Hello! Who are you?"}]
+
+
+@pytest.fixture
+def stop_servers(data_dir):
+    """Stop every llama.cpp server the test's environments started."""
+    yield
+    root = Layout().environment_dir("x").parent
+    for folder in root.iterdir() if root.exists() else ():
+        ManagedServer(folder).stop()
+
+
+@pytest.fixture
+def llama_env(client, auth, stop_servers) -> dict:
+    return add_env(client, auth, name="local", kind="llama.cpp")
+
+
+def chat(live: dict, messages=HELLO, max_tokens: int = 12) -> str:
+    client = OpenAICompatClient(live["endpoint_url"])
+    return client.chat(live["model_id"], messages, max_tokens=max_tokens)
+
+
+class TestLlamaCpp:
+    def test_base_model_served_checked_and_removed(
+        self, client, auth, worker, llama_env, tiny_base
+    ):
+        live = deployed(client, auth, "base", tiny_base, llama_env["id"], quantization="q8_0")
+        folder = Layout().live_model_dir(live["id"])
+        assert sorted(p.name for p in folder.iterdir()) == ["README.md", "model.gguf"]
+        assert live["size_bytes"] == (folder / "model.gguf").stat().st_size
+        assert live["model_card"]["template_parity"]["status"] == "match"
+        assert live["endpoint_url"].startswith("http://127.0.0.1:")
+        assert isinstance(chat(live), str)
+
+        env = client.get(f"/api/v1/deploy-environments/{llama_env['id']}", headers=auth).json()
+        assert env["port"] == int(live["endpoint_url"].rsplit(":", 1)[1].split("/")[0])
+        tested = client.post(f"/api/v1/deploy-environments/{env['id']}/test", headers=auth)
+        assert tested.json()["models"] == [live["model_id"]]
+
+        # The server dies; a health check restarts it on the same port.
+        server = ManagedServer(Layout().environment_dir(env["id"]))
+        os.kill(int((server.state_dir / "server.pid").read_text()), signal.SIGKILL)
+        check = client.post(f"{LIVE}/{live['id']}/check", headers=auth).json()
+        assert check["ok"] is True and "restarted" in check["detail"]
+        assert isinstance(chat(live), str)
+
+        assert client.delete(f"{LIVE}/{live['id']}", headers=auth).status_code == 204
+        assert not folder.exists()
+        assert not server.is_running()
+
+    def test_adapter_is_served_on_its_base(
+        self, client, auth, worker, llama_env, tiny_base, made_adapter_dir
+    ):
+        made = make_customized(tiny_base, made_adapter_dir)
+        base_live = deployed(client, auth, "base", tiny_base, llama_env["id"])
+        live = deployed(client, auth, "customized", made["id"], llama_env["id"])
+        folder = Layout().live_model_dir(live["id"])
+        assert {"model.gguf", "adapter.gguf"} <= {p.name for p in folder.iterdir()}
+        # Both stay served by the one server; the adapter changes the greedy answer.
+        assert chat(live, max_tokens=16) != chat(base_live, max_tokens=16)
+
+    def test_failed_export_leaves_nothing(
+        self, client, auth, worker, llama_env, tiny_model_dir, tmp_path
+    ):
+        folder = tmp_path / "broken"
+        shutil.copytree(tiny_model_dir, folder)
+        response = client.post(
+            "/api/v1/base-models",
+            json={"technical_name": "broken", "path": str(folder)},
+            headers=auth,
+        )
+        assert response.status_code == 201, response.text
+        (folder / "model.safetensors").write_bytes(b"not safetensors")
+        accepted = deploy(
+            client, auth, "base", response.json()["id"], llama_env["id"], quantization="q8_0"
+        )
+        job = wait_for_job(accepted["job_id"], timeout=120)
+        assert job.status == "failed"
+        live = client.get(f"{LIVE}/{accepted['id']}", headers=auth).json()
+        assert live["status"] == "failed" and live["error"] == job.error
+        live_dir = Layout().live_model_dir(accepted["id"])
+        assert not live_dir.exists()
+        assert [p.name for p in live_dir.parent.iterdir()] == []
+
+
+@pytest.mark.slow
+class TestSmolLM2OnLlamaCpp:
+    """The real demo model at q8_0 and q4_K_M answers chat completions from llama.cpp."""
+
+    def test_quantized_deploys_answer(self, client, auth, worker, llama_env, smollm2_folder):
+        response = client.post(
+            "/api/v1/base-models",
+            json={"technical_name": "smollm2", "path": str(smollm2_folder)},
+            headers=auth,
+        )
+        assert response.status_code == 201, response.text
+        base_id = response.json()["id"]
+        question = [{"role": "user", "content": "What is the capital of France?"}]
+        for quantization in ("q8_0", "q4_K_M"):
+            live = deployed(
+                client, auth, "base", base_id, llama_env["id"], quantization=quantization
+            )
+            answer = chat(live, question, max_tokens=24)
+            assert "Paris" in answer, (quantization, answer)
+
+
+class TestOpenAICompatible:
+    def test_adapter_loaded_at_runtime_and_verified(
+        self, client, auth, worker, tiny_base, tiny_model_dir, made_adapter_dir
+    ):
+        made = make_customized(tiny_base, made_adapter_dir)
+        with VllmDouble(tiny_model_dir) as vllm:
+            env = add_env(client, auth, name="vllm", kind="openai", url=vllm.url)
+            base_live = deployed(client, auth, "base", tiny_base, env["id"])
+            assert base_live["model_id"] == str(tiny_model_dir)
+            live = deployed(client, auth, "customized", made["id"], env["id"])
+            assert live["model_id"] == live["tag"] == live["name"]
+            assert live["name"] in vllm.loras
+            assert chat(live, max_tokens=8) != chat(base_live, max_tokens=8)
+
+            assert client.delete(f"{LIVE}/{live['id']}", headers=auth).status_code == 204
+            assert live["name"] not in vllm.loras
+
+    def test_model_the_server_does_not_serve_fails_with_the_fix(
+        self, client, auth, worker, tiny_base, tiny_model_dir, tmp_path
+    ):
+        # A server started with some other model folder.
+        other = tmp_path / "other-model"
+        shutil.copytree(tiny_model_dir, other)
+        with VllmDouble(other) as vllm:
+            env = add_env(client, auth, name="vllm", kind="openai", url=vllm.url)
+            accepted = deploy(client, auth, "base", tiny_base, env["id"])
+            job = wait_for_job(accepted["job_id"], timeout=60)
+        assert job.status == "failed"
+        assert "does not serve tiny" in job.error and "vllm serve" in job.error
