@@ -35,6 +35,9 @@ class Settings(BaseSettings):
     dataset_max_errors: int = Field(20, ge=1, description="Errors reported for a failed parse.")
     hub_timeout_seconds: float = Field(5.0, gt=0)
     token_ttl_hours: int = Field(24 * 7, ge=1, description="Lifetime of a login token.")
+    inference_memory_gb: float = Field(
+        8.0, gt=0, description="Memory the inference process may fill with loaded models."
+    )
     plugins: str = Field(
         "", description="Comma-separated modules imported at start; they register extensions."
     )
