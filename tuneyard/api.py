@@ -54,6 +54,7 @@ def api_router() -> APIRouter:
     from tuneyard.datasets.routes import router as datasets_router
     from tuneyard.deploy.routes import router as deploy_router
     from tuneyard.jobs.routes import router as jobs_router
+    from tuneyard.thirdparty.routes import router as thirdparty_router
     from tuneyard.training.routes import router as training_router
 
     router = APIRouter(prefix=API_PREFIX)
@@ -77,6 +78,7 @@ def api_router() -> APIRouter:
         customized_router,
         complete_router,
         deploy_router,
+        thirdparty_router,
     ):
         router.include_router(sub)
     return router
@@ -127,4 +129,7 @@ def create_app(run_worker: bool = False) -> FastAPI:
     )
     install_error_handlers(app)
     app.include_router(api_router())
+    from tuneyard.chat.gateway import router as gateway_router
+
+    app.include_router(gateway_router)
     return app

@@ -29,12 +29,14 @@ jobs_app = typer.Typer(help="Background jobs: list, follow, cancel.", no_args_is
 
 def _mount() -> None:
     from tuneyard.basemodels.cli import app as base_app
+    from tuneyard.chat.cli import chat as chat_command
     from tuneyard.complete.cli import app as complete_app
     from tuneyard.complete.cli import save as save_command
     from tuneyard.customized.cli import app as customized_app
     from tuneyard.datasets.cli import app as data_app
     from tuneyard.deploy.cli import deploy as deploy_command
     from tuneyard.deploy.cli import env_app, live_app
+    from tuneyard.thirdparty.cli import app as thirdparty_app
     from tuneyard.training.cli import app as train_app
 
     app.add_typer(db_app, name="db")
@@ -47,6 +49,8 @@ def _mount() -> None:
     app.add_typer(env_app, name="env")
     app.command("deploy")(deploy_command)
     app.add_typer(live_app, name="live")
+    app.command("chat")(chat_command)
+    app.add_typer(thirdparty_app, name="thirdparty")
     app.add_typer(jobs_app, name="jobs")
     app.add_typer(users_app, name="users")
     app.add_typer(tokens_app, name="tokens")

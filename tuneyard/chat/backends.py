@@ -1,0 +1,281 @@
+"""Where a chat goes: every model in the yard answers through an OpenAI-compatible endpoint.
+
+Local models (base, customized as base + adapter, complete) are served by Tuneyard's inference
+process; live models by their serving tool; third-party models by their provider. A model
+reference names one: `base:<id>`, `customized:<id>`, `complete:<id>`, `live:<id>`,
+`third-party:<id>`, or a bare lifecycle name (each kind's names follow their own rule, so a name
+finds at most one model of each kind; the first kind in REFERENCE_KINDS that has it wins).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from tuneyard.auth.service import Principal
+from tuneyard.errors import Conflict, Invalid, NotFound, Unavailable
+
+REFERENCE_KINDS = ("customized", "complete", "live", "third-party", "base")
+
+
+@dataclass(frozen=True)
+class ChatModel:
+    """A resolved model reference: how to reach it, and what to call it."""
+
+    ref: str  # canonical "kind:id"
+    kind: str
+    id: str
+    name: str
+    base_url: str | None = None  # None: the local inference process
+    model_id: str | None = None
+    api_key: str | None = field(default=None, repr=False)
+    local: dict[str, Any] | None = None  # {"model_dir", "adapter_dir"} for local models
+
+
+@dataclass
+class Delta:
+    """A piece of an answer; the last one carries finish_reason and usage."""
+
+    text: str
+    finish_reason: str | None = None
+    usage: dict[str, Any] | None = None
+
+
+def parse_ref(ref: str) -> tuple[str | None, str]:
+    kind, sep, rest = ref.partition(":")
+    if sep and kind in REFERENCE_KINDS and rest:
+        return kind, rest
+    return None, ref
+
+
+def _local_dir(path: str | None, what: str) -> str:
+    if not path or not Path(path).is_dir():
+        raise Conflict(f"The folder of {what} ({path}) is gone; it cannot answer.")
+    return path
+
+
+def _resolve_kind(session: Session, principal: Principal, kind: str, key: str) -> ChatModel:
+    if kind == "base":
+        from tuneyard.basemodels.service import find_base_model
+
+        row = find_base_model(session, principal, key)
+        if row.status != "ready":
+            raise Conflict(f"Base model '{row.technical_name}' is {row.status}.")
+        folder = _local_dir(row.path, f"base model '{row.technical_name}'")
+        return ChatModel(
+            f"base:{row.id}",
+            "base",
+            row.id,
+            row.technical_name,
+            local={"model_dir": folder, "adapter_dir": None},
+        )
+    if kind == "customized":
+        from tuneyard.customized.service import get_customized
+        from tuneyard.models import BaseModel
+
+        row = get_customized(session, principal, key)
+        base = session.get(BaseModel, row.base_model_id) if row.base_model_id else None
+        if base is None:
+            raise Conflict(
+                f"The base model of {row.name} was deleted; an adapter answers on its base. "
+                "Chat with a complete model saved from it instead."
+            )
+        return ChatModel(
+            f"customized:{row.id}",
+            "customized",
+            row.id,
+            row.name,
+            local={
+                "model_dir": _local_dir(base.path, f"base model '{base.technical_name}'"),
+                "adapter_dir": _local_dir(row.path, f"customized model {row.name}"),
+            },
+        )
+    if kind == "complete":
+        from tuneyard.complete.service import get_complete
+
+        row = get_complete(session, principal, key)
+        if row.status != "ready":
+            raise Conflict(f"Complete model {row.name} is {row.status}.")
+        return ChatModel(
+            f"complete:{row.id}",
+            "complete",
+            row.id,
+            row.name,
+            local={
+                "model_dir": _local_dir(row.path, f"complete model {row.name}"),
+                "adapter_dir": None,
+            },
+        )
+    if kind == "live":
+        from tuneyard.deploy.service import environment_api_key, get_live
+        from tuneyard.models import DeployEnvironment
+
+        row = get_live(session, principal, key)
+        if row.status != "live" or not row.endpoint_url:
+            raise Conflict(f"Live model {row.name} is {row.status}; it cannot answer.")
+        environment = session.get(DeployEnvironment, row.environment_id)
+        return ChatModel(
+            f"live:{row.id}",
+            "live",
+            row.id,
+            row.name,
+            row.endpoint_url,
+            row.model_id,
+            environment_api_key(environment),
+        )
+    if kind == "third-party":
+        from tuneyard.thirdparty.service import get_third_party, third_party_api_key
+
+        row = get_third_party(session, principal, key)
+        if row.model_type != "chat":
+            raise Invalid(
+                f"Third-party model {row.name} is an {row.model_type} model; it cannot chat."
+            )
+        return ChatModel(
+            f"third-party:{row.id}",
+            "third-party",
+            row.id,
+            row.name,
+            row.base_url,
+            row.model_name,
+            third_party_api_key(row),
+        )
+    raise Invalid(f"Unknown model kind '{kind}'; use one of: {', '.join(REFERENCE_KINDS)}.")
+
+
+def resolve_model(session: Session, principal: Principal, ref: str) -> ChatModel:
+    """A model reference (`kind:id_or_name`) or a bare name, resolved to where it answers."""
+    if not ref or not ref.strip():
+        raise Invalid("Name a model: `kind:id` (base, customized, complete, live, third-party).")
+    kind, key = parse_ref(ref.strip())
+    if kind is not None:
+        return _resolve_kind(session, principal, kind, key)
+    for candidate in REFERENCE_KINDS:
+        try:
+            return _resolve_kind(session, principal, candidate, key)
+        except NotFound:
+            continue
+    raise NotFound(
+        f"No model '{ref}'. Name one as kind:id (base, customized, complete, live, "
+        "third-party), or list them with GET /v1/models."
+    )
+
+
+# -- talking to an endpoint -----------------------------------------------------------------
+
+
+def _endpoint(model: ChatModel) -> tuple[str, dict[str, str], dict[str, Any]]:
+    """URL, headers and extra body fields for the model's chat completions endpoint."""
+    if model.local is not None:
+        from tuneyard.inference.process import ensure_inference
+
+        base_url, token = ensure_inference()
+        return (
+            f"{base_url}/v1/chat/completions",
+            {"Authorization": f"Bearer {token}"},
+            {"tuneyard_model": model.local},
+        )
+    base = model.base_url.rstrip("/")
+    if not base.endswith("/v1"):
+        base += "/v1"
+    headers = {"Authorization": f"Bearer {model.api_key}"} if model.api_key else {}
+    return f"{base}/chat/completions", headers, {}
+
+
+def request_body(model: ChatModel, messages: list[dict], params: dict[str, Any], stream: bool):
+    body: dict[str, Any] = {"model": model.model_id or model.name, "messages": messages}
+    for key in ("temperature", "top_p", "max_tokens", "stop", "seed"):
+        if params.get(key) is not None:
+            body[key] = params[key]
+    # top_k is not in OpenAI's API; local models, llama.cpp, vLLM and Ollama read it.
+    if params.get("top_k") is not None and model.kind != "third-party":
+        body["top_k"] = params["top_k"]
+    if stream:
+        body["stream"] = True
+        body["stream_options"] = {"include_usage": True}
+    return body
+
+
+def _error_text(response) -> str:
+    try:
+        payload = response.json()
+    except ValueError:
+        return response.text[:300] or response.reason_phrase
+    error = payload.get("error", payload) if isinstance(payload, dict) else payload
+    if isinstance(error, dict):
+        return str(error.get("message") or error.get("detail") or error)
+    return str(error)
+
+
+def _raise_for(model: ChatModel, response) -> None:
+    if response.status_code < 400:
+        return
+    response.read()
+    words = _error_text(response)
+    if response.status_code in (401, 403):
+        raise Unavailable(f"{model.name} refused the API key ({response.status_code}).")
+    if response.status_code in (400, 404, 422):
+        raise Invalid(f"{model.name}: {words}")
+    raise Unavailable(f"{model.name} failed ({response.status_code}): {words}")
+
+
+def stream_chat(
+    model: ChatModel, messages: list[dict], params: dict[str, Any], timeout: float = 600.0
+) -> Iterator[Delta]:
+    """The answer as it is generated; the last Delta has finish_reason and usage."""
+    import httpx
+
+    url, headers, extra = _endpoint(model)
+    body = {**request_body(model, messages, params, stream=True), **extra}
+    finish, usage = None, None
+    try:
+        with (
+            httpx.Client(timeout=httpx.Timeout(timeout, connect=10.0)) as client,
+            client.stream("POST", url, json=body, headers=headers) as response,
+        ):
+            _raise_for(model, response)
+            for line in response.iter_lines():
+                if not line.startswith("data:"):
+                    continue
+                data = line[5:].strip()
+                if data == "[DONE]":
+                    break
+                chunk = json.loads(data)
+                if chunk.get("error"):
+                    raise Unavailable(f"{model.name} failed: {chunk['error']}")
+                if chunk.get("usage"):
+                    usage = chunk["usage"]
+                for choice in chunk.get("choices") or []:
+                    text = (choice.get("delta") or {}).get("content") or ""
+                    finish = choice.get("finish_reason") or finish
+                    if text:
+                        yield Delta(text)
+    except httpx.TransportError as exc:
+        where = "the inference process" if model.local is not None else url.split("/v1")[0]
+        raise Unavailable(f"Cannot reach {where} for {model.name}: {exc}") from None
+    except (ValueError, KeyError) as exc:
+        raise Unavailable(f"{model.name} sent a malformed stream: {exc}") from None
+    yield Delta("", finish or "stop", usage or {})
+
+
+def complete_chat(
+    model: ChatModel, messages: list[dict], params: dict[str, Any]
+) -> tuple[str, str, dict[str, Any], float]:
+    """The whole answer: (text, finish_reason, usage, seconds to the first token)."""
+    started = time.monotonic()
+    first: float | None = None
+    parts: list[str] = []
+    finish, usage = "stop", {}
+    for delta in stream_chat(model, messages, params):
+        if delta.text and first is None:
+            first = time.monotonic() - started
+        parts.append(delta.text)
+        if delta.finish_reason:
+            finish, usage = delta.finish_reason, delta.usage or {}
+    return "".join(parts), finish, usage, first if first is not None else 0.0

@@ -1,0 +1,215 @@
+"""The OpenAI-compatible gateway: /v1/models and /v1/chat/completions over every model of the
+caller's project, by lifecycle name, so any OpenAI client can use the yard unchanged."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import or_, select
+from sqlalchemy.orm import Session
+
+from tuneyard.auth.service import Principal
+from tuneyard.chat.backends import resolve_model, stream_chat
+from tuneyard.deps import CurrentPrincipal, DbSession
+from tuneyard.errors import AppError, Invalid
+from tuneyard.models import BaseModel as BaseModelRow
+from tuneyard.models import CompleteModel, CustomizedModel, LiveModel, ThirdPartyModel
+
+router = APIRouter(prefix="/v1", tags=["OpenAI-compatible gateway"])
+
+
+class GatewayRequest(BaseModel):
+    """The parts of OpenAI's chat completions request the gateway passes on."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: str
+    messages: list[dict[str, Any]] = Field(min_length=1)
+    stream: bool = False
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, gt=0, le=1)
+    top_k: int | None = Field(None, ge=1)
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    stop: str | list[str] | None = None
+    seed: int | None = None
+
+
+def _openai_error(exc: AppError) -> JSONResponse:
+    kinds = {404: "model_not_found", 401: "invalid_api_key", 422: "invalid_request_error"}
+    return JSONResponse(
+        {
+            "error": {
+                "message": exc.message,
+                "type": kinds.get(exc.status, "api_error"),
+                "code": type(exc).__name__,
+            }
+        },
+        status_code=exc.status,
+    )
+
+
+def usable_models(session: Session, principal: Principal) -> list[dict[str, Any]]:
+    """Every model the caller can chat with, under its lifecycle name."""
+    project = principal.project_id
+    rows: list[tuple[str, str, str, Any]] = []
+    for base in session.scalars(
+        select(BaseModelRow).where(
+            BaseModelRow.project_id == project, BaseModelRow.status == "ready"
+        )
+    ):
+        rows.append((base.technical_name, "base", base.id, base.created_at))
+    for model in session.scalars(
+        select(CustomizedModel).where(CustomizedModel.project_id == project)
+    ):
+        rows.append((model.name, "customized", model.id, model.created_at))
+    for model in session.scalars(
+        select(CompleteModel).where(
+            CompleteModel.project_id == project, CompleteModel.status == "ready"
+        )
+    ):
+        rows.append((model.name, "complete", model.id, model.created_at))
+    for model in session.scalars(
+        select(LiveModel).where(LiveModel.project_id == project, LiveModel.status == "live")
+    ):
+        rows.append((model.name, "live", model.id, model.created_at))
+    for model in session.scalars(
+        select(ThirdPartyModel).where(
+            ThirdPartyModel.project_id == project,
+            ThirdPartyModel.model_type == "chat",
+            or_(
+                ThirdPartyModel.private.is_(False), ThirdPartyModel.created_by == principal.user_id
+            ),
+        )
+    ):
+        rows.append((model.name, "third-party", model.id, model.created_at))
+    return [
+        {
+            "id": name,
+            "object": "model",
+            "created": int(created.timestamp()),
+            "owned_by": "tuneyard",
+            "tuneyard_kind": kind,
+            "tuneyard_ref": f"{kind}:{model_id}",
+        }
+        for name, kind, model_id, created in rows
+    ]
+
+
+@router.get("/models")
+def list_models(principal: CurrentPrincipal, session: DbSession):
+    return {"object": "list", "data": usable_models(session, principal)}
+
+
+def _params(body: GatewayRequest) -> dict[str, Any]:
+    stop = [body.stop] if isinstance(body.stop, str) else body.stop
+    return {
+        "temperature": body.temperature,
+        "top_p": body.top_p,
+        "top_k": body.top_k,
+        "max_tokens": body.max_completion_tokens or body.max_tokens,
+        "stop": stop,
+        "seed": body.seed,
+    }
+
+
+def _messages(body: GatewayRequest) -> list[dict[str, str]]:
+    out = []
+    for message in body.messages:
+        content = message.get("content")
+        if isinstance(content, list):  # content parts: keep the text ones
+            content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
+        if message.get("role") not in ("system", "user", "assistant") or content is None:
+            raise Invalid("Each message needs a role (system, user, assistant) and text content.")
+        out.append({"role": message["role"], "content": str(content)})
+    return out
+
+
+@router.post("/chat/completions")
+async def chat_completions(request: Request, principal: CurrentPrincipal, session: DbSession):
+    try:
+        body = GatewayRequest.model_validate(await request.json())
+        model = resolve_model(session, principal, body.model)
+        messages, params = _messages(body), _params(body)
+    except AppError as exc:
+        return _openai_error(exc)
+    except ValueError as exc:
+        return _openai_error(Invalid(f"Invalid chat completion request: {exc}"))
+    completion_id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
+    created = int(time.time())
+    if body.stream:
+        return StreamingResponse(
+            _stream(completion_id, created, body.model, model, messages, params),
+            media_type="text/event-stream",
+        )
+    from starlette.concurrency import run_in_threadpool
+
+    try:
+        text, finish, usage = await run_in_threadpool(_collect, model, messages, params)
+    except AppError as exc:
+        return _openai_error(exc)
+    return {
+        "id": completion_id,
+        "object": "chat.completion",
+        "created": created,
+        "model": body.model,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": text},
+                "finish_reason": finish,
+            }
+        ],
+        "usage": usage,
+    }
+
+
+def _collect(model, messages, params) -> tuple[str, str, dict[str, Any]]:
+    parts, finish, usage = [], "stop", {}
+    for delta in stream_chat(model, messages, params):
+        parts.append(delta.text)
+        if delta.finish_reason:
+            finish, usage = delta.finish_reason, delta.usage or {}
+    return "".join(parts), finish, _usage(usage)
+
+
+def _usage(usage: dict[str, Any]) -> dict[str, int]:
+    prompt = int(usage.get("prompt_tokens") or 0)
+    completion = int(usage.get("completion_tokens") or 0)
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+    }
+
+
+def _stream(completion_id, created, name, model, messages, params):
+    def chunk(delta: dict[str, Any], finish: str | None = None, usage=None) -> str:
+        payload: dict[str, Any] = {
+            "id": completion_id,
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": name,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+        }
+        if usage is not None:
+            payload["usage"] = usage
+        return f"data: {json.dumps(payload)}\n\n"
+
+    yield chunk({"role": "assistant", "content": ""})
+    try:
+        for delta in stream_chat(model, messages, params):
+            if delta.text:
+                yield chunk({"content": delta.text})
+            if delta.finish_reason:
+                yield chunk({}, delta.finish_reason, _usage(delta.usage or {}))
+    except AppError as exc:
+        error = {"message": exc.message, "type": "api_error", "code": type(exc).__name__}
+        yield f"data: {json.dumps({'error': error})}\n\n"
+    yield "data: [DONE]\n\n"
