@@ -181,9 +181,8 @@ def _endpoint(model: ChatModel) -> tuple[str, dict[str, str], dict[str, Any]]:
             {"Authorization": f"Bearer {token}"},
             {"tuneyard_model": model.local},
         )
+    # Stored base URLs already end where the API's paths begin (often /v1, not always).
     base = model.base_url.rstrip("/")
-    if not base.endswith("/v1"):
-        base += "/v1"
     headers = {"Authorization": f"Bearer {model.api_key}"} if model.api_key else {}
     return f"{base}/chat/completions", headers, {}
 

@@ -15,11 +15,12 @@ from tuneyard.deploy.schemas import (
     LiveModelOut,
     LiveModelSummary,
     RegisterRequest,
-    ThirdPartyModelOut,
 )
 from tuneyard.deps import CurrentPrincipal, DbSession, Paging
 from tuneyard.jobs.schemas import JobAccepted
 from tuneyard.pagination import Page
+from tuneyard.thirdparty.schemas import ThirdPartyOut
+from tuneyard.thirdparty.service import third_party_out
 
 router = APIRouter()
 
@@ -160,7 +161,7 @@ def check_live(live_id: str, principal: CurrentPrincipal, session: DbSession):
 
 @router.post(
     "/live-models/{live_id}/register",
-    response_model=ThirdPartyModelOut,
+    response_model=ThirdPartyOut,
     status_code=status.HTTP_201_CREATED,
     tags=["live models"],
 )
@@ -172,9 +173,10 @@ def register_live(
 ):
     """Make a third-party model entry from the live model's OpenAI-compatible endpoint."""
     body = body or RegisterRequest()
-    return service.register_live(
+    entry = service.register_live(
         session, principal, live_id, body.name, body.description, body.private
     )
+    return third_party_out(entry)
 
 
 @router.delete(

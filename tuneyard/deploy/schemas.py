@@ -136,18 +136,3 @@ class RegisterRequest(BaseModel):
     )
     description: str | None = None
     private: bool = False
-
-
-class ThirdPartyModelOut(BaseModel):
-    model_config = ConfigDict(from_attributes=True)
-
-    id: str
-    name: str
-    provider: str
-    model_type: str
-    model_name: str
-    base_url: str
-    description: str
-    private: bool
-    live_model_id: str | None
-    created_at: datetime

@@ -1,0 +1,1 @@
+"""Third-party models: external chat and embedding endpoints, with their keys kept encrypted."""

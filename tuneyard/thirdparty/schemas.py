@@ -1,0 +1,81 @@
+"""API shapes for third-party models."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from pydantic import BaseModel, ConfigDict, Field
+
+# Known providers and the base URL each gets when none is given; openai-compatible has none.
+PROVIDER_BASE_URLS: dict[str, str | None] = {
+    "openai": "https://api.openai.com/v1",
+    "deepseek": "https://api.deepseek.com/v1",
+    "dashscope": "https://dashscope.aliyuncs.com/compatible-mode/v1",
+    "siliconflow": "https://api.siliconflow.cn/v1",
+    "ollama": "http://127.0.0.1:11434/v1",
+    "openai-compatible": None,
+}
+PROVIDERS = tuple(PROVIDER_BASE_URLS)
+MODEL_TYPES = ("chat", "embedding")
+
+
+class ThirdPartyCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(
+        description="Unique in the project; letters, digits and . _ : / - (at most 200)."
+    )
+    provider: str = Field(description="One of: " + ", ".join(PROVIDERS) + ".")
+    model_type: str = Field("chat", description="chat or embedding.")
+    model_name: str = Field(description="The model id the endpoint expects, e.g. gpt-4o-mini.")
+    base_url: str | None = Field(
+        None,
+        description="The OpenAI-compatible base URL, e.g. https://api.deepseek.com/v1. Known "
+        "providers have a default; openai-compatible needs one.",
+    )
+    api_key: str | None = Field(
+        None, description="Sent as a bearer token; stored encrypted, never returned."
+    )
+    description: str = ""
+    private: bool = Field(False, description="Only its creator sees and uses it.")
+
+
+class ThirdPartyUpdate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str | None = None
+    provider: str | None = Field(
+        None, description="A new provider; without base_url, it brings its default base URL."
+    )
+    model_type: str | None = None
+    model_name: str | None = None
+    base_url: str | None = None
+    api_key: str | None = Field(None, description="A new key; an empty string removes it.")
+    description: str | None = None
+    private: bool | None = Field(None, description="Only its creator can make it private.")
+
+
+class ThirdPartyOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: str
+    name: str
+    provider: str
+    model_type: str
+    model_name: str
+    base_url: str
+    has_api_key: bool = Field(description="Whether a key is stored; the key is never returned.")
+    description: str
+    private: bool
+    created_by: str | None = Field(description="The id of the user who added it.")
+    live_model_id: str | None = Field(description="The live model it was registered from.")
+    created_at: datetime
+    updated_at: datetime
+
+
+class ThirdPartyTest(BaseModel):
+    ok: bool
+    detail: str = Field(description="What answered, or why the test failed.")
+    latency_ms: int | None = Field(
+        description="How long the model took to answer the test request; null without one."
+    )
