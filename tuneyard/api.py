@@ -49,6 +49,7 @@ def install_error_handlers(app: FastAPI) -> None:
 def api_router() -> APIRouter:
     from tuneyard.auth.routes import router as auth_router
     from tuneyard.basemodels.routes import router as base_router
+    from tuneyard.chat.routes import router as chat_router
     from tuneyard.complete.routes import router as complete_router
     from tuneyard.customized.routes import router as customized_router
     from tuneyard.datasets.routes import router as datasets_router
@@ -79,6 +80,7 @@ def api_router() -> APIRouter:
         complete_router,
         deploy_router,
         thirdparty_router,
+        chat_router,
     ):
         router.include_router(sub)
     return router
