@@ -1,0 +1,45 @@
+"""`tuneyard chat`: one-shot and interactive, with the inference process started and stopped."""
+
+from __future__ import annotations
+
+from typer.testing import CliRunner
+
+from tests.test_complete_cli import flat
+from tuneyard.cli import app
+
+runner = CliRunner()
+
+
+def test_interactive_conversation_is_stored_and_the_process_stopped(tiny_base):
+    from tuneyard.inference.process import running_inference
+
+    result = runner.invoke(
+        app,
+        ["chat", "tiny", "--temperature", "0", "--max-tokens", "6"],
+        input="Hello there\nAnd again\n/exit\n",
+    )
+    assert result.exit_code == 0, result.output
+    assert "Chatting with tiny" in flat(result.output)
+    assert flat(result.output).count("tokens, first after") == 2
+    assert running_inference() is None
+
+    sessions = runner.invoke(app, ["chat", "nope", "--prompt", "hi"])
+    assert sessions.exit_code == 1
+    assert "No model 'nope'" in flat(sessions.output)
+
+
+def test_one_shot_prints_the_answer(tiny_base):
+    from tuneyard.auth.service import local_principal
+    from tuneyard.chat.service import list_sessions, session_messages
+    from tuneyard.db import session_scope
+
+    result = runner.invoke(
+        app,
+        ["chat", "base:tiny", "--prompt", "Hello there", "--temperature", "0", "--max-tokens", "6"],
+    )
+    assert result.exit_code == 0, result.output
+    with session_scope() as session:
+        [chat], _ = list_sessions(session, local_principal(session))
+        messages = session_messages(session, chat)
+        assert [m.role for m in messages] == ["user", "assistant"]
+        assert messages[1].content in result.stdout
