@@ -122,6 +122,11 @@ def create_app(run_worker: bool = False) -> FastAPI:
         if executor is not None:
             executor.stop()
             supervisor.stop()
+        # Chats start the inference process on demand; it ends with the server.
+        from tuneyard.inference.process import running_inference, stop_inference
+
+        if running_inference() is not None:
+            stop_inference()
 
     app = FastAPI(
         title="Tuneyard",

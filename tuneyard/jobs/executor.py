@@ -68,6 +68,9 @@ def child_environment(settings: Settings) -> dict[str, str]:
             value = "true" if value else "false"
         env[f"TUNEYARD_{name.upper()}"] = str(value)
     env["PYTHONUNBUFFERED"] = "1"
+    # Spinning OpenMP threads crowd out the ones doing work when a job shares its cores
+    # (see tuneyard.inference.process.OPENMP_ENV for the measurement).
+    env.setdefault("GOMP_SPINCOUNT", "10000")
     return env
 
 
