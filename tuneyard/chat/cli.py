@@ -93,6 +93,8 @@ def _print_answer(events) -> bool:
         elif event.get("done"):
             sys.stdout.write("\n")
             seconds = event["first_token_seconds"]
-            tokens = event["usage"].get("completion_tokens", "?")
-            err_console.print(f"[dim]{tokens} tokens, first after {seconds:.2f} s[/]")
+            tokens = event["usage"].get("completion_tokens")
+            # Some servers (llama.cpp) send no token counts when streaming.
+            counted = f"{tokens} tokens, first" if tokens is not None else "first token"
+            err_console.print(f"[dim]{counted} after {seconds:.2f} s[/]")
     return False
