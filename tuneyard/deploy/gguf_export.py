@@ -272,14 +272,23 @@ def rotary_interleaved(tensor, heads: int):
     )
 
 
-def _as_ggml_array(tensor, ggml_type: str):
+def _as_ggml_array(tensor, ggml_type: str, name: str):
     """A numpy array of the tensor's bytes as the GGUF file stores them."""
     import torch
 
     if ggml_type == "BF16":
         return tensor.to(torch.bfloat16).contiguous().view(torch.int16).numpy()
-    dtype = torch.float32 if ggml_type == "F32" else torch.float16
-    return tensor.to(dtype).contiguous().numpy()
+    if ggml_type == "F32":
+        return tensor.to(torch.float32).contiguous().numpy()
+    half = tensor.to(torch.float16).contiguous()
+    # float16 tops out at 65504, where bfloat16 and float32 weights can go far beyond.
+    if not bool(torch.isfinite(half).all()):
+        if bool(torch.isfinite(tensor).all()):
+            raise Invalid(
+                f"Weight {name} holds values beyond float16's range; export as bf16 or f32."
+            )
+        raise Invalid(f"Weight {name} holds inf or NaN: the model is broken.")
+    return half.numpy()
 
 
 def _llama3_rope_factors(hp: Hyperparameters) -> list[float]:
@@ -474,7 +483,7 @@ def _write_tensor_data(writer, planned: list[PlannedTensor], report: Progress) -
             data = read_tensor(handles[tensor.source], tensor.info)
             if tensor.permute_heads:
                 data = rotary_interleaved(data, tensor.permute_heads)
-            writer.write_tensor_data(_as_ggml_array(data, tensor.ggml_type))
+            writer.write_tensor_data(_as_ggml_array(data, tensor.ggml_type, tensor.gguf_name))
             del data
             done += tensor.nbytes
             report(done / total, f"Writing {tensor.gguf_name}")

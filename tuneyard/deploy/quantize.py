@@ -6,23 +6,15 @@ from pathlib import Path
 
 from tuneyard.basemodels.gguf_import import GGUF_MAGIC
 from tuneyard.deploy.gguf_export import staged_file
+from tuneyard.deploy.service import check_quantization
 from tuneyard.errors import Invalid
 
-QUANTIZATIONS = ("no_quantization", "q8_0", "q4_K_M", "q4_K_S")
 # The llama_ftype of each quantization (llama.h's LLAMA_FTYPE_MOSTLY_*).
 LLAMA_FTYPES = {
     "q8_0": "LLAMA_FTYPE_MOSTLY_Q8_0",
     "q4_K_M": "LLAMA_FTYPE_MOSTLY_Q4_K_M",
     "q4_K_S": "LLAMA_FTYPE_MOSTLY_Q4_K_S",
 }
-
-
-def check_quantization(value: str) -> str:
-    """The quantization, spelled as QUANTIZATIONS spells it (any case is accepted)."""
-    for name in QUANTIZATIONS:
-        if value.lower() == name.lower():
-            return name
-    raise Invalid(f"Unknown quantization '{value}'; choose one of: {', '.join(QUANTIZATIONS)}.")
 
 
 def _check_source(src: Path) -> None:
@@ -45,7 +37,7 @@ def quantize_gguf(src: Path, dst: Path, quantization: str, threads: int | None =
 
     import llama_cpp
 
-    quantization = check_quantization(quantization)
+    check_quantization(quantization)
     if quantization == "no_quantization":
         raise Invalid(
             "no_quantization needs no quantize step: export the model as an f16 GGUF instead."
