@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import time
 
 import pytest
 
@@ -35,6 +36,21 @@ def llama_env(client, auth, stop_servers) -> dict:
     return add_env(client, auth, name="local", kind="llama.cpp")
 
 
+def wait_until_gone(pid: int, timeout: float = 10.0) -> None:
+    """SIGKILL is asynchronous: wait until the process is really gone (or a zombie)."""
+    import psutil
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+                return
+        except psutil.NoSuchProcess:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"process {pid} outlived SIGKILL for {timeout} s")
+
+
 def chat(live: dict, messages=HELLO, max_tokens: int = 12) -> str:
     client = OpenAICompatClient(live["endpoint_url"])
     return client.chat(live["model_id"], messages, max_tokens=max_tokens)
@@ -59,9 +75,11 @@ class TestLlamaCpp:
 
         # The server dies; a health check restarts it on the same port.
         server = ManagedServer(Layout().environment_dir(env["id"]))
-        os.kill(int((server.state_dir / "server.pid").read_text()), signal.SIGKILL)
+        pid = int((server.state_dir / "server.pid").read_text())
+        os.kill(pid, signal.SIGKILL)
+        wait_until_gone(pid)
         check = client.post(f"{LIVE}/{live['id']}/check", headers=auth).json()
-        assert check["ok"] is True and "restarted" in check["detail"]
+        assert check["ok"] is True and "restarted" in check["detail"], check
         assert isinstance(chat(live), str)
 
         assert client.delete(f"{LIVE}/{live['id']}", headers=auth).status_code == 204

@@ -39,6 +39,8 @@ SERVER_MODULE = "llama_cpp.server"
 STOP_GRACE_SECONDS = 10.0
 LOG_TAIL_LINES = 25
 LOG_TAIL_CHARS = 4000
+# How long a port may stay held by a just-killed server's closing connections.
+PORT_FREE_WAIT_SECONDS = 15.0
 # llama_cpp.server's entry point prefers these environment variables to the config file.
 OVERRIDING_ENV = ("HOST", "PORT", "CONFIG_FILE")
 # The address that means "every interface": clients reach such a server on the loopback.
@@ -278,17 +280,25 @@ class ManagedServer:
                 pass
         self.pid_path.unlink(missing_ok=True)
 
-    def _check_port_free(self) -> None:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-            # As uvicorn binds: a port that our stopped server left in TIME_WAIT is free.
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                probe.bind((self.host, self.port))
-            except OSError as exc:
+    def _check_port_free(self, wait: float = PORT_FREE_WAIT_SECONDS) -> None:
+        # A server that was just killed leaves its connections closing for a moment, and
+        # they hold the port; wait that out before blaming another program.
+        deadline = time.monotonic() + wait
+        while True:
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+                # As uvicorn binds: a port our stopped server left in TIME_WAIT is free.
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                try:
+                    probe.bind((self.host, self.port))
+                    return
+                except OSError as exc:
+                    reason = exc.strerror
+            if time.monotonic() >= deadline:
                 raise Unavailable(
                     f"Port {self.port} on {self.host} is taken by another program "
-                    f"({exc.strerror}): stop that program, or give this environment another port."
-                ) from None
+                    f"({reason}): stop that program, or give this environment another port."
+                )
+            time.sleep(0.25)
 
     # -- the folder --------------------------------------------------------------------------
 
