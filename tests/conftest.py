@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import uuid
 from pathlib import Path
 
@@ -257,3 +258,34 @@ def smollm2_folder(tmp_path_factory, smollm2_gguf) -> Path:
     out = tmp_path_factory.mktemp("smollm2") / "model"
     convert_gguf(smollm2_gguf, out, "chat", lambda _pct, _message: None)
     return out
+
+
+# -- serving tools ----------------------------------------------------------------------------
+
+
+def closed_port() -> int:
+    """A port nothing listens on (bound once, then released)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture
+def ollama(tmp_path):
+    """The Ollama protocol double on a free port."""
+    from tests.ollama_double import OllamaDouble
+
+    with OllamaDouble(tmp_path) as double:
+        yield double
+
+
+@pytest.fixture
+def stop_servers(data_dir):
+    """Stop every llama.cpp server the test's environments started."""
+    from tuneyard.deploy.llamacpp import ManagedServer
+    from tuneyard.storage import Layout
+
+    yield
+    root = Layout().environment_dir("x").parent
+    for folder in root.iterdir() if root.exists() else ():
+        ManagedServer(folder).stop()

@@ -6,13 +6,13 @@ import json
 
 import pytest
 
+from tests.conftest import closed_port
 from tests.test_complete import make_customized, saved
-from tests.test_deploy import add_env, closed_port
+from tests.test_deploy import add_env
 from tests.test_deploy_ollama_jobs import deployed
 from tests.test_training import CHAT, FAST, finish, start, upload
 from tests.vllm_double import VllmDouble
 from tuneyard.config import Settings
-from tuneyard.storage import Layout
 
 CHAT_API = "/api/v1/chat"
 GREEDY = {"temperature": 0, "max_tokens": 12}
@@ -35,16 +35,6 @@ def use_inference(inference, monkeypatch):
     import tuneyard.inference.process as process
 
     monkeypatch.setattr(process, "ensure_inference", lambda settings=None: inference)
-
-
-@pytest.fixture
-def stop_servers(data_dir):
-    from tuneyard.deploy.llamacpp import ManagedServer
-
-    yield
-    root = Layout().environment_dir("x").parent
-    for folder in root.iterdir() if root.exists() else ():
-        ManagedServer(folder).stop()
 
 
 def ask(client, auth, model: str, text: str, **params) -> dict:

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import socket
-
 import pytest
 
-from tests.conftest import login
+from tests.conftest import closed_port, login
 from tuneyard.db import session_scope
 from tuneyard.deploy.parity import check_parity, render_go_template
 from tuneyard.deploy.service import live_model_name
@@ -14,12 +12,6 @@ from tuneyard.models import DeployEnvironment, LiveModel
 
 ENVS = "/api/v1/deploy-environments"
 LIVE = "/api/v1/live-models"
-
-
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def add_env(client, auth, **body):

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import json
 
-import pytest
 from typer.testing import CliRunner
 
-from tests.ollama_double import OllamaDouble
+from tests.conftest import closed_port
 from tests.test_complete_cli import flat
-from tests.test_deploy import closed_port
 from tuneyard.cli import app
 
 runner = CliRunner()
@@ -17,12 +15,6 @@ runner = CliRunner()
 
 def invoke(*args: str):
     return runner.invoke(app, list(args))
-
-
-@pytest.fixture
-def ollama(tmp_path):
-    with OllamaDouble(tmp_path) as double:
-        yield double
 
 
 class TestEnvCommands:

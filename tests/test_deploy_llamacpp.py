@@ -15,6 +15,7 @@ import httpx
 import psutil
 import pytest
 
+from tests.conftest import closed_port
 from tuneyard.deploy.llamacpp import ManagedServer, ServedModel, list_served_models
 from tuneyard.deploy.openai_compat import OpenAICompatClient
 from tuneyard.errors import Invalid, Unavailable
@@ -36,12 +37,6 @@ def served_pid(server: ManagedServer) -> int:
 def answer(server: ManagedServer, alias: str) -> str:
     """A real chat completion (POST /v1/chat/completions, max_tokens 8, temperature 0)."""
     return OpenAICompatClient(server.base_url).chat(alias, QUESTION, max_tokens=8)
-
-
-def closed_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def assert_stopped(server: ManagedServer, pid: int | None = None) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import socket
 import struct
 import time
 import tracemalloc
@@ -14,6 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.conftest import closed_port
 from tests.ollama_double import OllamaDouble
 from tuneyard.deploy import ollama as ollama_module
 from tuneyard.deploy.ollama import (
@@ -26,12 +26,6 @@ from tuneyard.deploy.ollama import (
 from tuneyard.errors import Invalid, NotFound, Unavailable
 
 CHATML = "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
-
-
-@pytest.fixture
-def ollama(tmp_path):
-    with OllamaDouble(tmp_path) as double:
-        yield double
 
 
 @pytest.fixture
@@ -378,9 +372,7 @@ class TestReachingOllama:
         assert ollama_client.version() == ollama.version
 
     def test_ping_on_a_closed_port_is_unavailable_at_once(self):
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
+        port = closed_port()
         client = OllamaClient(f"http://127.0.0.1:{port}", timeout=5)
 
         started = time.monotonic()
@@ -399,9 +391,7 @@ class TestReachingOllama:
             client.ping()
 
     def test_messages_never_carry_the_password_of_the_address(self):
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
+        port = closed_port()
         client = OllamaClient(f"http://admin:s3cret@127.0.0.1:{port}")
 
         with pytest.raises(Unavailable) as unreachable:

@@ -7,20 +7,13 @@ import shutil
 
 import pytest
 
-from tests.conftest import wait_for_job
-from tests.ollama_double import OllamaDouble
+from tests.conftest import closed_port, wait_for_job
 from tests.test_complete import make_customized, saved
-from tests.test_deploy import add_env, closed_port
+from tests.test_deploy import add_env
 from tuneyard.db import session_scope
 from tuneyard.models import LiveModel, ThirdPartyModel
 
 LIVE = "/api/v1/live-models"
-
-
-@pytest.fixture
-def ollama(tmp_path):
-    with OllamaDouble(tmp_path) as double:
-        yield double
 
 
 @pytest.fixture

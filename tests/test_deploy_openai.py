@@ -9,6 +9,7 @@ import time
 import httpx
 import pytest
 
+from tests.conftest import closed_port
 from tests.vllm_double import VllmDouble
 from tuneyard.deploy.openai_compat import OpenAICompatClient
 from tuneyard.errors import Invalid, Unavailable
@@ -40,12 +41,6 @@ def vllm(tiny_model_dir):
 @pytest.fixture
 def client(vllm) -> OpenAICompatClient:
     return OpenAICompatClient(vllm.url)
-
-
-def closed_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 class TestModels:

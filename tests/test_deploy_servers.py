@@ -23,15 +23,6 @@ HELLO = [{"role": "user", "content": "Hello! Who are you?"}]
 
 
 @pytest.fixture
-def stop_servers(data_dir):
-    """Stop every llama.cpp server the test's environments started."""
-    yield
-    root = Layout().environment_dir("x").parent
-    for folder in root.iterdir() if root.exists() else ():
-        ManagedServer(folder).stop()
-
-
-@pytest.fixture
 def llama_env(client, auth, stop_servers) -> dict:
     return add_env(client, auth, name="local", kind="llama.cpp")
 

@@ -12,8 +12,7 @@ import pytest
 from fastapi import Request
 from starlette.concurrency import run_in_threadpool
 
-from tests.conftest import login
-from tests.test_deploy import closed_port
+from tests.conftest import closed_port, login
 from tests.vllm_double import VllmDouble, _error
 from tuneyard.db import session_scope
 from tuneyard.models import ThirdPartyModel, User

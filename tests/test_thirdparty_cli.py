@@ -7,8 +7,8 @@ import json
 import pytest
 from typer.testing import CliRunner
 
+from tests.conftest import closed_port
 from tests.test_complete_cli import flat
-from tests.test_deploy import closed_port
 from tests.vllm_double import VllmDouble
 from tuneyard.cli import app
 

@@ -92,6 +92,28 @@ def atomic_file(target: Path, mode: str = "wb") -> Iterator:
         raise
 
 
+@contextmanager
+def atomic_path(target: Path) -> Iterator[Path]:
+    """Like atomic_file, for writers that open files by name (GGUFWriter, llama.cpp): yield a
+    temp path beside `target`; on success it is fsynced and renamed over it, else removed."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    os.close(fd)
+    staging = Path(name)
+    try:
+        yield staging
+        fd = os.open(staging, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(staging, target)
+        _fsync_dir(target.parent)
+    except BaseException:
+        staging.unlink(missing_ok=True)
+        raise
+
+
 def partial_path(target: Path) -> Path:
     """Where atomic_dir stages `target`: beside it (same file system), under a dot-name."""
     return target.parent / f".{target.name}.partial"

@@ -129,7 +129,7 @@ def _pattern_value(patterns: dict[str, Any], module: str, default):
     return default
 
 
-def _read_json(path: Path, what: str) -> dict[str, Any]:
+def read_json(path: Path, what: str) -> dict[str, Any]:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -140,7 +140,7 @@ def _read_json(path: Path, what: str) -> dict[str, Any]:
 
 def read_adapter(folder: Path) -> LoraAdapter:
     """The adapter's config and LoRA pairs; Invalid for anything a merge cannot take."""
-    config = _read_json(folder / ADAPTER_CONFIG, "it is not a PEFT adapter folder.")
+    config = read_json(folder / ADAPTER_CONFIG, "it is not a PEFT adapter folder.")
     kind = config.get("peft_type")
     if kind != "LORA":
         raise Invalid(f"The adapter is a {kind} adapter; save merges LoRA adapters only.")
@@ -210,7 +210,7 @@ def base_weight_files(base_dir: Path) -> list[Path]:
     """The base's safetensors files: one model.safetensors, or those its index names."""
     index = base_dir / INDEX_FILE
     if index.exists():
-        weight_map = _read_json(index, "").get("weight_map")
+        weight_map = read_json(index, "").get("weight_map")
         if not isinstance(weight_map, dict) or not weight_map:
             raise Invalid(f"{index} has no weight_map.")
         files = sorted(set(weight_map.values()))
@@ -227,7 +227,7 @@ def base_weight_files(base_dir: Path) -> list[Path]:
 
 
 def read_base_config(base_dir: Path) -> dict[str, Any]:
-    config = _read_json(base_dir / "config.json", "it is not an HF model folder.")
+    config = read_json(base_dir / "config.json", "it is not an HF model folder.")
     if config.get("quantization_config"):
         method = config["quantization_config"].get("quant_method", "quantized")
         raise Invalid(

@@ -7,19 +7,22 @@ and written on its own; memory stays near the largest tensor, not the model.
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import tempfile
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tuneyard.complete.merge import ADAPTER_CONFIG, ADAPTER_WEIGHTS, base_weight_files, read_adapter
+from tuneyard.complete.merge import (
+    ADAPTER_CONFIG,
+    ADAPTER_WEIGHTS,
+    base_weight_files,
+    read_adapter,
+    read_json,
+)
 from tuneyard.complete.safetensors_io import FLOAT_DTYPES, TensorInfo, read_header, read_tensor
 from tuneyard.errors import Invalid
+from tuneyard.storage import atomic_path
 
 Progress = Callable[[float, str], None]
 
@@ -71,17 +74,8 @@ class Hyperparameters:
     tied_embeddings: bool
 
 
-def _read_json(path: Path, what: str) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise Invalid(f"{path.parent} has no {path.name}: {what}") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise Invalid(f"{path} cannot be read as JSON ({exc}).") from None
-
-
 def _model_config(model_dir: Path) -> dict[str, Any]:
-    return _read_json(model_dir / "config.json", "it is not a Hugging Face model folder.")
+    return read_json(model_dir / "config.json", "it is not a Hugging Face model folder.")
 
 
 def _architecture_of(config: dict[str, Any]) -> str:
@@ -150,34 +144,6 @@ def read_hyperparameters(model_dir: Path) -> Hyperparameters:
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise Invalid(f"{model_dir}/config.json lacks or garbles {exc}.") from None
-
-
-@contextmanager
-def staged_file(target: Path) -> Iterator[Path]:
-    """A temp path beside `target` for a writer that opens files by name; renamed on success.
-
-    Like tuneyard.storage.atomic_file, for writers (GGUFWriter, llama.cpp) that take a path.
-    """
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    os.close(fd)
-    staging = Path(name)
-    try:
-        yield staging
-        fd = os.open(staging, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(staging, target)
-        fd = os.open(target.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except BaseException:
-        staging.unlink(missing_ok=True)
-        raise
 
 
 # -- tensors ----------------------------------------------------------------------------------
@@ -383,7 +349,7 @@ def _byte_level_vocab(tokenizer: dict[str, Any], rows: int) -> tuple[list[str], 
 def _write_tokenizer(writer, model_dir: Path, arch: str, rows: int) -> None:
     import gguf
 
-    tokenizer = _read_json(
+    tokenizer = read_json(
         model_dir / "tokenizer.json",
         "GGUF export reads the tokenizer from tokenizer.json; save the tokenizer with "
         "transformers (a fast tokenizer) into the model folder.",
@@ -437,7 +403,7 @@ def export_gguf(
     rows = next(t.info.shape[0] for t in planned if t.gguf_name == "token_embd.weight")
     rope_factors = _llama3_rope_factors(hp) if hp.rope.get("rope_type") == "llama3" else None
     report(0.0, f"Writing {out_file.name}: metadata and tokenizer")
-    with staged_file(out_file) as staging:
+    with atomic_path(out_file) as staging:
         writer = gguf.GGUFWriter(staging, hp.arch)
         try:
             writer.add_type(gguf.GGUFType.MODEL)
@@ -509,7 +475,7 @@ UNEXPRESSIBLE_SETTINGS = {
 
 def lora_exportable(adapter_dir: Path) -> str | None:
     """None if the adapter can be written as a GGUF LoRA; else why (the caller merges first)."""
-    config = _read_json(adapter_dir / ADAPTER_CONFIG, "it is not a PEFT adapter folder.")
+    config = read_json(adapter_dir / ADAPTER_CONFIG, "it is not a PEFT adapter folder.")
     kind = config.get("peft_type")
     if kind != "LORA":
         return f"it is a {kind} adapter, and llama.cpp takes LoRA adapters only"
@@ -595,7 +561,7 @@ def export_lora_gguf(
     gguf_alpha = _gguf_lora_alpha(adapter.config)
     pairs = _lora_pairs(adapter, base_dir, hp, gguf_alpha)
     report(0.0, f"Writing {out_file.name}")
-    with staged_file(out_file) as staging:
+    with atomic_path(out_file) as staging:
         writer = gguf.GGUFWriter(staging, hp.arch)
         try:
             writer.add_type(gguf.GGUFType.ADAPTER)

@@ -29,6 +29,7 @@ import psutil
 
 from tuneyard.deploy.openai_compat import OpenAICompatClient
 from tuneyard.errors import AppError, Invalid, Unavailable
+from tuneyard.processes import stop_process
 from tuneyard.storage import atomic_file
 
 CONFIG_FILE = "config.json"
@@ -36,7 +37,6 @@ PID_FILE = "server.pid"
 LOG_FILE = "server.log"
 LOCK_FILE = ".lock"
 SERVER_MODULE = "llama_cpp.server"
-STOP_GRACE_SECONDS = 10.0
 LOG_TAIL_LINES = 25
 LOG_TAIL_CHARS = 4000
 # How long a port may stay held by a just-killed server's closing connections.
@@ -270,14 +270,7 @@ class ManagedServer:
     def _stop(self) -> None:
         process = self._process()
         if process is not None:
-            try:
-                process.terminate()
-                process.wait(STOP_GRACE_SECONDS)
-            except psutil.TimeoutExpired:
-                process.kill()
-                process.wait(STOP_GRACE_SECONDS)
-            except psutil.NoSuchProcess:
-                pass
+            stop_process(process)
         self.pid_path.unlink(missing_ok=True)
 
     def _check_port_free(self, wait: float = PORT_FREE_WAIT_SECONDS) -> None:

@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from tuneyard.basemodels.gguf_import import GGUF_MAGIC
-from tuneyard.deploy.gguf_export import staged_file
 from tuneyard.deploy.service import check_quantization
 from tuneyard.errors import Invalid
+from tuneyard.storage import atomic_path
 
 # The llama_ftype of each quantization (llama.h's LLAMA_FTYPE_MOSTLY_*).
 LLAMA_FTYPES = {
@@ -46,7 +46,7 @@ def quantize_gguf(src: Path, dst: Path, quantization: str, threads: int | None =
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = getattr(llama_cpp, LLAMA_FTYPES[quantization])
     params.nthread = threads or 0  # 0: llama.cpp uses every core
-    with staged_file(dst) as staging:
+    with atomic_path(dst) as staging:
         status = llama_cpp.llama_model_quantize(
             str(src).encode(), str(staging).encode(), ctypes.byref(params)
         )

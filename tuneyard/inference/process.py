@@ -21,13 +21,13 @@ import psutil
 
 from tuneyard.config import Settings, get_settings
 from tuneyard.errors import Unavailable
+from tuneyard.processes import stop_process
 
 SERVER_MODULE = "tuneyard.inference.server"
 STATE_FILE = "state.json"
 LOG_FILE = "server.log"
 LOCK_FILE = ".lock"
 HEALTH_TIMEOUT_SECONDS = 5.0
-STOP_GRACE_SECONDS = 10.0
 LOG_TAIL_CHARS = 4000
 # torch's OpenMP threads spin 300,000 rounds waiting for work by default. When other processes
 # want the same cores (the API, a training job), the spinning threads crowd out the one they
@@ -162,19 +162,8 @@ def _stop_recorded(settings: Settings) -> None:
     state = _read_state(settings)
     process = _server_process(state) if state is not None else None
     if process is not None:
-        _stop_process(process)
+        stop_process(process)
     inference_state_file(settings).unlink(missing_ok=True)
-
-
-def _stop_process(process: psutil.Process) -> None:
-    try:
-        process.terminate()
-        process.wait(STOP_GRACE_SECONDS)
-    except psutil.TimeoutExpired:
-        process.kill()
-        process.wait(STOP_GRACE_SECONDS)
-    except psutil.NoSuchProcess:
-        pass
 
 
 @contextmanager
