@@ -17,9 +17,7 @@ import dataclasses
 import hashlib
 import json
 import re
-import socket
 import struct
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -27,11 +25,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
+
+from tests.http_double import BackgroundServer
 
 VERSION = "0.6.8"
 DIGEST = re.compile(r"sha256[:-][0-9a-fA-F]{64}")
@@ -174,8 +173,7 @@ class OllamaDouble:
         self.blob_uploads: list[dict[str, Any]] = []
         self.loaded: set[str] = set()
         self.port = 0
-        self._server: uvicorn.Server | None = None
-        self._thread: threading.Thread | None = None
+        self._background: BackgroundServer | None = None
         self._app = Starlette(
             routes=[
                 Route("/", self._root, methods=["GET", "HEAD"]),
@@ -203,29 +201,12 @@ class OllamaDouble:
         self.stop()
 
     def start(self) -> None:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", 0))
-        self.port = sock.getsockname()[1]
-        config = uvicorn.Config(
-            self._asgi, interface="asgi3", log_level="warning", lifespan="off", access_log=False
-        )
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(
-            target=self._server.run, kwargs={"sockets": [sock]}, daemon=True
-        )
-        self._thread.start()
-        deadline = time.monotonic() + 10
-        while not self._server.started:
-            if time.monotonic() > deadline or not self._thread.is_alive():
-                raise RuntimeError("the Ollama double did not start")
-            time.sleep(0.01)
+        self._background = BackgroundServer(self._asgi, "Ollama double", interface="asgi3")
+        self.port = self._background.start()
 
     def stop(self) -> None:
-        if self._server is not None and self._thread is not None:
-            self._server.should_exit = True
-            self._thread.join(timeout=10)
-        self._server = self._thread = None
+        if self._background is not None:
+            self._background.stop()
 
     def blob_path(self, digest: str) -> Path:
         """Where a blob lies, named as Ollama names its blob files (sha256-<hex>)."""

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import copy
 import json
-import socket
 import threading
 import time
 import uuid
@@ -26,10 +25,11 @@ from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 
-import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
+
+from tests.http_double import BackgroundServer
 
 
 class VllmDouble:
@@ -59,8 +59,7 @@ class VllmDouble:
         self._models: dict[str, Any] = {}
         self._tokenizer: Any = None
         self._generate_lock = threading.Lock()
-        self._server: uvicorn.Server | None = None
-        self._thread: threading.Thread | None = None
+        self._background: BackgroundServer | None = None
         self._app = self._build_app()
 
     @property
@@ -81,27 +80,12 @@ class VllmDouble:
         self._tokenizer = AutoTokenizer.from_pretrained(self.base_model_dir)
         base = AutoModelForCausalLM.from_pretrained(self.base_model_dir, dtype=torch.float32)
         self._models = {self.model_id: base.eval()}
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", 0))
-        self.port = sock.getsockname()[1]
-        config = uvicorn.Config(self._app, log_level="warning", lifespan="off", access_log=False)
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(
-            target=self._server.run, kwargs={"sockets": [sock]}, daemon=True
-        )
-        self._thread.start()
-        deadline = time.monotonic() + 10
-        while not self._server.started:
-            if time.monotonic() > deadline or not self._thread.is_alive():
-                raise RuntimeError("the vLLM double did not start")
-            time.sleep(0.01)
+        self._background = BackgroundServer(self._app, "vLLM double")
+        self.port = self._background.start()
 
     def stop(self) -> None:
-        if self._server is not None and self._thread is not None:
-            self._server.should_exit = True
-            self._thread.join(timeout=10)
-        self._server = self._thread = None
+        if self._background is not None:
+            self._background.stop()
 
     # -- the app -------------------------------------------------------------------------
 
