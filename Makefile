@@ -1,12 +1,13 @@
 # The commands the README shows. `make run` installs and starts Tuneyard; `make test` installs
-# and runs every test on SQLite and again on PostgreSQL.
+# (with Debian's chromium for the console's browser tests) and runs every test on SQLite and
+# again on PostgreSQL.
 
 PYTHON ?= python3.11
 VENV ?= .venv
 BIN := $(VENV)/bin
 PG_TEST_URL ?= postgresql+psycopg://postgres@127.0.0.1:5432/test
 
-.PHONY: run install install-dev serve demo test test-sqlite test-postgres test-fast lint clean
+.PHONY: run install install-dev browser serve demo test test-sqlite test-postgres test-fast lint clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -15,8 +16,12 @@ $(BIN)/python:
 install: $(BIN)/python
 	$(BIN)/pip install --quiet -e '.[train,llama,demo]'
 
-install-dev: $(BIN)/python
+install-dev: $(BIN)/python browser
 	$(BIN)/pip install --quiet -e '.[train,llama,demo,dev]'
+
+## Debian's chromium, which the console's browser tests drive.
+browser:
+	bash scripts/ensure-chromium.sh
 
 demo:
 	$(BIN)/tuneyard base add-demo
@@ -24,7 +29,7 @@ demo:
 serve:
 	$(BIN)/tuneyard serve
 
-## Install, register the demo model, and serve the API on 127.0.0.1:8000.
+## Install, register the demo model, and serve the console and API on 127.0.0.1:8000.
 run: install demo serve
 
 ## Install, then run the whole suite on SQLite and on PostgreSQL.
@@ -33,9 +38,11 @@ test: install-dev lint test-sqlite test-postgres
 test-sqlite:
 	$(BIN)/python -m pytest -q
 
+# The console's pages call the same services the API tests run on PostgreSQL; of the browser
+# tests, the new user's journey runs here too (the rest run on SQLite), which keeps CI short.
 test-postgres:
 	bash scripts/ensure-postgres.sh
-	TUNEYARD_TEST_DATABASE_URL=$(PG_TEST_URL) $(BIN)/python -m pytest -q
+	TUNEYARD_TEST_DATABASE_URL=$(PG_TEST_URL) $(BIN)/python -m pytest -q -m "not console or journey"
 
 ## The quick loop while developing: SQLite, no slow end-to-end tests.
 test-fast:

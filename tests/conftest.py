@@ -289,3 +289,57 @@ def stop_servers(data_dir):
     root = Layout().environment_dir("x").parent
     for folder in root.iterdir() if root.exists() else ():
         ManagedServer(folder).stop()
+
+
+# -- the web console in a real browser ---------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """Debian's chromium, headless, driven by Playwright (installed by the test command)."""
+    from playwright.sync_api import sync_playwright
+
+    from tests.console_harness import CHROMIUM, CHROMIUM_ARGS
+
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield launched
+        launched.close()
+
+
+@pytest.fixture
+def console_server(admin_password, tmp_path):
+    """`tuneyard serve` on this test's data dir and database; its log is printed on failure."""
+    from tests.console_harness import ConsoleServer
+
+    server = ConsoleServer(closed_port(), tmp_path / "serve.log")
+    try:
+        server.wait_ready()
+        yield server
+    finally:
+        server.stop()
+        print(server.log())
+
+
+@pytest.fixture
+def page(browser):
+    """A fresh browser tab at 1280x800; NiceGUI's errors in the page fail the test."""
+    from tests.console_harness import WIDE
+
+    context = browser.new_context(viewport=WIDE)
+    context.set_default_timeout(15_000)
+    tab = context.new_page()
+    errors: list[str] = []
+    tab.on("pageerror", lambda error: errors.append(str(error)))
+    yield tab
+    context.close()
+    assert not errors, f"errors in the page: {errors}"
+
+
+@pytest.fixture
+def signed_in(page, console_server, admin_password):
+    """The page, signed in as the first admin."""
+    from tests.console_harness import log_in
+
+    log_in(page, console_server, admin_password)
+    return page

@@ -114,7 +114,7 @@ class TestLlamaCpp:
 
 @pytest.mark.slow
 class TestSmolLM2OnLlamaCpp:
-    """The real demo model at q8_0 and q4_K_M answers chat completions from llama.cpp."""
+    """The real demo model, as f16, q8_0 and q4_K_M, answers chat completions from llama.cpp."""
 
     def test_quantized_deploys_answer(self, client, auth, worker, llama_env, smollm2_folder):
         response = client.post(
@@ -126,16 +126,18 @@ class TestSmolLM2OnLlamaCpp:
         base_id = response.json()["id"]
         question = [{"role": "user", "content": "What is the capital of France?"}]
         sizes = {}
-        for quantization in ("q8_0", "q4_K_M"):
+        for quantization in ("no_quantization", "q8_0", "q4_K_M"):
             live = deployed(
                 client, auth, "base", base_id, llama_env["id"], quantization=quantization
             )
             sizes[quantization] = live["size_bytes"]
             answer = chat(live, question, max_tokens=24)
             assert len(answer.split()) >= 3, (quantization, answer)
-            if quantization == "q8_0":
-                # At 4 bits this 135M model loses the fact; at 8 bits it keeps it.
+            if quantization == "no_quantization":
+                # The f16 file generates what transformers does; quantized, this 135M model
+                # may lose the fact (how much depends on the llama.cpp release).
                 assert "Paris" in answer, answer
+        assert sizes["q8_0"] < 0.6 * sizes["no_quantization"]
         assert sizes["q4_K_M"] < 0.8 * sizes["q8_0"]
 
 

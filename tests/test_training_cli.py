@@ -81,6 +81,10 @@ def test_compare_and_promote_checkpoint(client, auth, worker, tiny_base):
     assert [t["name"] for t in compared["trainings"]] == ["a", "b"]
     assert all(None not in t["values"] for t in compared["trainings"])
 
+    kept = client.get(f"/api/v1/trainings/{second['id']}/checkpoints", headers=auth)
+    assert kept.json() == [2, 4, 6]
+    last = client.get(f"/api/v1/trainings/{first['id']}/checkpoints", headers=auth)
+    assert last.json() == [6]  # the last step is always kept
     missing = client.post(
         f"/api/v1/trainings/{second['id']}/checkpoints/promote", json={"step": 3}, headers=auth
     )

@@ -52,6 +52,7 @@ def api_router() -> APIRouter:
     from tuneyard.chat.routes import router as chat_router
     from tuneyard.complete.routes import router as complete_router
     from tuneyard.customized.routes import router as customized_router
+    from tuneyard.dashboard.routes import router as dashboard_router
     from tuneyard.datasets.routes import router as datasets_router
     from tuneyard.deploy.routes import router as deploy_router
     from tuneyard.jobs.routes import router as jobs_router
@@ -81,6 +82,7 @@ def api_router() -> APIRouter:
         deploy_router,
         thirdparty_router,
         chat_router,
+        dashboard_router,
     ):
         router.include_router(sub)
     return router
@@ -103,8 +105,9 @@ def prepare(announce=print) -> None:
         )
 
 
-def create_app(run_worker: bool = False) -> FastAPI:
-    """The API (and, with run_worker, a job executor in the same process)."""
+def create_app(run_worker: bool = False, console: bool = False) -> FastAPI:
+    """The API (and, with run_worker, a job executor in the same process; with console, the
+    web console at /console: once per process, NiceGUI is global)."""
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
@@ -139,4 +142,8 @@ def create_app(run_worker: bool = False) -> FastAPI:
     from tuneyard.chat.gateway import router as gateway_router
 
     app.include_router(gateway_router)
+    if console:
+        from tuneyard.console.app import mount_console
+
+        mount_console(app)
     return app

@@ -62,7 +62,7 @@ def serve(
     port: int = typer.Option(None, help="Port (default from TUNEYARD_PORT, 8000)."),
     worker: bool = typer.Option(True, help="Run a job worker in the same process."),
 ):
-    """Start the API (and a job worker) on HOST:PORT."""
+    """Start the web console, the API (and a job worker) on HOST:PORT."""
     import uvicorn
 
     from tuneyard.api import create_app, prepare
@@ -72,8 +72,12 @@ def serve(
     prepare()
     host = host or settings.host
     port = port or settings.port
-    console.print(f"Tuneyard on http://{host}:{port}  (API docs at /docs, mode {settings.mode})")
-    uvicorn.run(create_app(run_worker=worker), host=host, port=port, log_level="info")
+    console.print(
+        f"Tuneyard console on http://{host}:{port}/console  (API at /api/v1, docs at /docs, "
+        f"mode {settings.mode})"
+    )
+    application = create_app(run_worker=worker, console=True)
+    uvicorn.run(application, host=host, port=port, log_level="info")
 
 
 @app.command()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from functools import lru_cache
 from pathlib import Path
@@ -10,8 +11,8 @@ from tuneyard.errors import Conflict
 from tuneyard.storage import Layout
 
 
-@lru_cache(maxsize=4)
-def _fernet(key_file: Path):
+def _key(key_file: Path) -> bytes:
+    """The data dir's key, made on first use."""
     from cryptography.fernet import Fernet
 
     if not key_file.exists():
@@ -26,7 +27,20 @@ def _fernet(key_file: Path):
                 handle.write(Fernet.generate_key())
                 handle.flush()
                 os.fsync(handle.fileno())
-    return Fernet(key_file.read_bytes().strip())
+    return key_file.read_bytes().strip()
+
+
+@lru_cache(maxsize=4)
+def _fernet(key_file: Path):
+    from cryptography.fernet import Fernet
+
+    return Fernet(_key(key_file))
+
+
+def derived_secret(purpose: str) -> str:
+    """A secret for `purpose` (signing cookies, say) that stays the same across restarts and
+    never equals the key itself."""
+    return hashlib.sha256(purpose.encode() + b":" + _key(Layout().secret_key_file)).hexdigest()
 
 
 def encrypt_secret(value: str | None) -> str | None:

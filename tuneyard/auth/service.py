@@ -185,6 +185,13 @@ def revoke_token(session: Session, principal: Principal, token_id: str) -> ApiTo
     return row
 
 
+def logout(session: Session, token: str) -> None:
+    """Revoke a session token (signing out); an unknown token is already signed out."""
+    row = session.scalar(select(ApiToken).where(ApiToken.token_hash == _hash_token(token)))
+    if row is not None and row.revoked_at is None:
+        row.revoked_at = utcnow()
+
+
 def authenticate(session: Session, token: str) -> Principal:
     row = session.scalar(select(ApiToken).where(ApiToken.token_hash == _hash_token(token)))
     now = utcnow()

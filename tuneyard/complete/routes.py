@@ -24,7 +24,8 @@ router = APIRouter(tags=["complete models"])
 ArchiveFormat = Annotated[str, Query(alias="format", description="tar (default) or tar.gz")]
 
 
-def _archive_response(folder: Path, name: str, fmt: str) -> StreamingResponse:
+def archive_response(folder: Path, name: str, fmt: str) -> StreamingResponse:
+    """A model folder as a tar (with its length) or tar.gz stream, written as it is sent."""
     from tuneyard.complete.archive import tar_size, tar_stream
 
     headers = {"Content-Disposition": f'attachment; filename="{name}.{fmt}"'}
@@ -57,7 +58,7 @@ def customized_archive(
     """The adapter folder as a tar stream."""
     service.check_archive_format(fmt)
     folder, name = service.adapter_archive(session, principal, model_id)
-    return _archive_response(folder, name, fmt)
+    return archive_response(folder, name, fmt)
 
 
 @router.get("/complete-models", response_model=Page[CompleteModelSummary])
@@ -90,7 +91,7 @@ def complete_archive(
     """The model folder as a tar stream, written as it is sent."""
     service.check_archive_format(fmt)
     folder, name = service.complete_archive(session, principal, model_id)
-    return _archive_response(folder, name, fmt)
+    return archive_response(folder, name, fmt)
 
 
 @router.post(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -163,3 +164,19 @@ def _run_on_failure(session: Session, job: Job) -> None:
     kind = get_kind(job.kind)
     if kind.on_failure is not None:
         kind.on_failure(session, job)
+
+
+def finished_since(session: Session, principal: Principal, since: datetime) -> list[Job]:
+    """The user's jobs that ended after `since`, oldest first (for "job finished" notices)."""
+    stmt = (
+        select(Job)
+        .where(
+            Job.project_id == principal.project_id,
+            Job.created_by == principal.user_id,
+            Job.status.in_(FINISHED),
+            Job.finished_at > since,
+        )
+        .order_by(Job.finished_at)
+        .limit(20)
+    )
+    return list(session.scalars(stmt))

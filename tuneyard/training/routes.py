@@ -72,6 +72,12 @@ def training_metrics(training_id: str, principal: CurrentPrincipal, session: DbS
     return service.metrics(session, principal, training_id)
 
 
+@router.get("/trainings/{training_id}/checkpoints", response_model=list[int])
+def training_checkpoints(training_id: str, principal: CurrentPrincipal, session: DbSession):
+    """The steps with a kept checkpoint; promote one with POST .../checkpoints/promote."""
+    return service.checkpoint_steps(session, principal, training_id)
+
+
 @router.get("/trainings/{training_id}/copy", response_model=TrainingCreate)
 def copy_training(training_id: str, principal: CurrentPrincipal, session: DbSession):
     return service.copy_settings(session, principal, training_id)

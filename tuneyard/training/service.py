@@ -325,6 +325,17 @@ def compare(session: Session, principal: Principal, training_ids: list[str], met
     }
 
 
+def checkpoint_steps(session: Session, principal: Principal, training_id: str) -> list[int]:
+    """The steps at which the training kept a checkpoint (to resume, or to promote one)."""
+    from tuneyard.training.runner import CHECKPOINT_PREFIX, checkpoints
+
+    training = get_training(session, principal, training_id)
+    return [
+        int(path.name.removeprefix(CHECKPOINT_PREFIX))
+        for path in checkpoints(Layout().training_dir(training.id))
+    ]
+
+
 def cancel_training(session: Session, principal: Principal, training_id: str) -> Training:
     principal.require("member")
     training = get_training(session, principal, training_id)

@@ -1,0 +1,142 @@
+"""The frame every console page shares: header, the lifecycle navigation, job notices."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from fastapi.responses import RedirectResponse
+from nicegui import ui
+
+from tuneyard.console.session import SignedOut, current_principal, fetch, sign_out
+from tuneyard.errors import AppError
+from tuneyard.models import utcnow
+
+
+@dataclass(frozen=True)
+class NavItem:
+    label: str
+    path: str
+    icon: str
+
+
+# In the order of the lifecycle: models and data in, training, results, serving, use.
+NAV = (
+    NavItem("Dashboard", "/", "dashboard"),
+    NavItem("Base Models", "/base-models", "inventory_2"),
+    NavItem("Datasets", "/datasets", "table_chart"),
+    NavItem("Training", "/trainings", "model_training"),
+    NavItem("Customized Models", "/customized-models", "tune"),
+    NavItem("Complete Models", "/complete-models", "widgets"),
+    NavItem("Live Models", "/live-models", "cloud_done"),
+    NavItem("Third-party Models", "/third-party-models", "hub"),
+    NavItem("Deployment Environments", "/deploy-environments", "dns"),
+    NavItem("DeepText", "/deeptext", "forum"),
+    NavItem("Users", "/users", "group"),
+)
+
+TRAINING_TABS = (
+    ("Runs", "/trainings"),
+    ("Compare", "/trainings/compare"),
+    ("Profiles", "/training/profiles"),
+    ("Methods", "/training/methods"),
+)
+
+NOTICE_SECONDS = 3.0
+
+
+def _logout() -> None:
+    sign_out()
+    ui.navigate.to("/login")
+
+
+def _job_notices() -> None:
+    """Tell the user when one of their jobs ends, on whatever page they are."""
+    from tuneyard.jobs.pages import job_label
+    from tuneyard.jobs.service import finished_since
+
+    state = {"since": utcnow()}
+
+    async def poll() -> None:
+        try:
+            jobs = await fetch(
+                lambda session, principal: finished_since(session, principal, state["since"])
+            )
+        except (SignedOut, AppError):
+            return
+        for job in jobs:
+            state["since"] = max(state["since"], job.finished_at)
+            label = job_label(job.kind)
+            if job.status == "succeeded":
+                ui.notify(f"Job {label} succeeded", type="positive")
+            elif job.status == "failed":
+                ui.notify(
+                    f"Job {label} failed: {job.error or job.message}",
+                    type="negative",
+                    multi_line=True,
+                    close_button=True,
+                )
+            else:
+                ui.notify(f"Job {label} was cancelled", type="warning")
+
+    ui.timer(NOTICE_SECONDS, poll)
+
+
+def _shell(title: str, section: str, principal) -> None:
+    ui.colors(primary="#2f5d50", secondary="#8a6d3b", accent="#c2703d")
+    ui.query("body").classes("bg-grey-1")
+    with ui.header(elevated=True).classes("items-center gap-2 px-3 py-2 bg-primary"):
+        menu = ui.button(icon="menu").props("flat round color=white aria-label=Menu")
+        ui.link("Tuneyard", "/").classes("text-white text-lg font-bold no-underline")
+        ui.label(title).classes("text-white opacity-80 truncate").props('data-testid="page-title"')
+        ui.space()
+        who = f"{principal.username} · {principal.role} · project {principal.project_code}"
+        ui.label(who).classes("text-white text-sm gt-xs")
+        ui.button("Log out", on_click=_logout).props("flat color=white no-caps no-wrap")
+    with ui.left_drawer(bordered=True).props("breakpoint=1000 width=256") as drawer:
+        drawer.classes("bg-white")
+        with ui.column().classes("gap-0 w-full"):
+            for item in NAV:
+                active = item.path == section
+                with ui.link(target=item.path).classes(
+                    "w-full no-underline rounded px-3 py-2 flex flex-nowrap items-center gap-3 "
+                    + ("bg-primary text-white" if active else "text-grey-9 hover:bg-grey-2")
+                ):
+                    ui.icon(item.icon).classes("text-lg shrink-0")
+                    ui.label(item.label).classes("whitespace-nowrap")
+    menu.on_click(drawer.toggle)
+    _job_notices()
+
+
+def console_page(path: str, title: str, section: str) -> Callable:
+    """Register a signed-in page: `build(**path_params)` fills the page's main column.
+
+    Not signed in -> the login page. An AppError while building (an unknown id, say) is shown
+    in place of the page with the service's message.
+    """
+
+    def decorate(build: Callable) -> Callable:
+        @ui.page(path, title=f"{title} · Tuneyard")
+        @functools.wraps(build)
+        async def page(*args, **kwargs):
+            try:
+                principal = current_principal()
+            except SignedOut:
+                from tuneyard.console.app import MOUNT_PATH
+
+                return RedirectResponse(f"{MOUNT_PATH}/login")
+            _shell(title, section, principal)
+            with ui.column().classes("w-full max-w-6xl mx-auto p-2 sm:p-4 gap-4"):
+                try:
+                    result = build(*args, **kwargs)
+                    if hasattr(result, "__await__"):
+                        await result
+                except AppError as exc:
+                    with ui.card().classes("w-full"):
+                        ui.label(exc.message).classes("text-negative")
+                        ui.link("Back", section)
+
+        return page
+
+    return decorate

@@ -1,0 +1,1 @@
+"""The project at a glance: counts, recent trainings, which base models are used."""
