@@ -6,6 +6,8 @@ PYTHON ?= python3.11
 VENV ?= .venv
 BIN := $(VENV)/bin
 PG_TEST_URL ?= postgresql+psycopg://postgres@127.0.0.1:5432/test
+# The slowest tests, listed after each run: where CI's time goes.
+DURATIONS ?= --durations=15
 
 .PHONY: run install install-dev browser serve demo test test-sqlite test-postgres test-fast lint clean
 
@@ -36,13 +38,16 @@ run: install demo serve
 test: install-dev lint test-sqlite test-postgres
 
 test-sqlite:
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q $(DURATIONS)
 
-# The console's pages call the same services the API tests run on PostgreSQL; of the browser
-# tests, the new user's journey runs here too (the rest run on SQLite), which keeps CI short.
+# Every test that reaches the database runs again on PostgreSQL. Tests marked `nodb` (export,
+# merge, inference numerics; the database is out of their reach) ran on SQLite's pass already.
+# The console's pages call the same services the API tests run here; of the browser tests, the
+# new user's journey runs here too (the rest run on SQLite), which keeps CI short.
 test-postgres:
 	bash scripts/ensure-postgres.sh
-	TUNEYARD_TEST_DATABASE_URL=$(PG_TEST_URL) $(BIN)/python -m pytest -q -m "not console or journey"
+	TUNEYARD_TEST_DATABASE_URL=$(PG_TEST_URL) $(BIN)/python -m pytest -q $(DURATIONS) \
+		-m "not nodb and (not console or journey)"
 
 ## The quick loop while developing: SQLite, no slow end-to-end tests.
 test-fast:

@@ -58,7 +58,7 @@ def template_db(tmp_path_factory):
 
 
 @pytest.fixture(autouse=True)
-def data_dir(tmp_path, template_db, monkeypatch) -> Path:
+def data_dir(request, tmp_path, template_db, monkeypatch) -> Path:
     """Point Tuneyard at a new data dir and database for this test."""
     data = tmp_path / "data"
     data.mkdir()
@@ -67,7 +67,10 @@ def data_dir(tmp_path, template_db, monkeypatch) -> Path:
     monkeypatch.setenv("TUNEYARD_PLUGINS", "tests.jobkinds")
     monkeypatch.setenv("TUNEYARD_JOB_CANCEL_GRACE_SECONDS", "3")
     database = None
-    if PG_URL:
+    if request.node.get_closest_marker("nodb"):
+        # A database that cannot be opened: a `nodb` test that reaches for one fails.
+        monkeypatch.setenv("TUNEYARD_DATABASE_URL", f"sqlite:///{tmp_path}/absent/no.db")
+    elif PG_URL:
         database = f"ty_{uuid.uuid4().hex[:12]}"
         admin = _pg_admin_engine()
         with admin.connect() as conn:

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import httpx
+from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
 CHROMIUM = os.environ.get("TUNEYARD_TEST_CHROMIUM", "/usr/bin/chromium")
 ARTIFACTS = Path(os.environ.get("TUNEYARD_TEST_ARTIFACTS", "test-artifacts")) / "console"
@@ -112,11 +113,17 @@ def screenshot(page, name: str) -> Path:
     return path
 
 
-def no_horizontal_scroll(page) -> bool:
-    """True when the page fits its window's width (reads well on a narrow window)."""
-    return page.evaluate(
-        "document.documentElement.scrollWidth <= document.documentElement.clientWidth + 1"
-    )
+def no_horizontal_scroll(page, timeout_ms: float = 3000) -> bool:
+    """True when the page fits its window's width (reads well on a narrow window), once the
+    layout has settled after a resize (the drawer slides, the grid reflows)."""
+    try:
+        page.wait_for_function(
+            "document.documentElement.scrollWidth <= document.documentElement.clientWidth + 1",
+            timeout=timeout_ms,
+        )
+    except PlaywrightTimeout:
+        return False
+    return True
 
 
 def check_narrow(page, name: str) -> None:

@@ -17,6 +17,9 @@ from tuneyard.basemodels.card import (
 from tuneyard.basemodels.template import FALLBACK_TEMPLATE, derive_template
 from tuneyard.errors import Invalid
 
+# Computation alone: runs once, on SQLite's run; the database is out of reach.
+pytestmark = pytest.mark.nodb
+
 
 def write_safetensors(path, tensors: dict[str, tuple[str, list[int]]]) -> None:
     """A safetensors file with these (dtype, shape) entries and zeroed data."""

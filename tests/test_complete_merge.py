@@ -20,6 +20,9 @@ from tuneyard.complete.merge import (
 from tuneyard.complete.safetensors_io import PlannedTensor, SafetensorsWriter, read_header
 from tuneyard.errors import Invalid
 
+# Computation alone: runs once, on SQLite's run; the database is out of reach.
+pytestmark = pytest.mark.nodb
+
 
 def nonzero_lora(peft_model, seed: int = 0) -> None:
     """LoRA B starts at zero; give it values so a merge changes the weights."""

@@ -166,8 +166,10 @@ def test_side_by_side_streams_two_answers(
     assert page.get_by_test_id("column-1").get_by_text("Base: tiny-two").is_visible()
     screenshot(page, "deeptext-compare")
 
-    # The answers stay on the page: the navigation is closed first, as on a phone.
+    # The answers stay on the page: the navigation is closed first, as on a phone. An answer
+    # with a long run of characters and no space (models write such) wraps inside its column.
     page.get_by_role("button", name="Menu").click()
+    page.get_by_test_id("answer-0-text").evaluate("node => { node.textContent += 'x'.repeat(300) }")
     page.set_viewport_size(NARROW)
     assert no_horizontal_scroll(page)
     screenshot(page, "deeptext-compare-narrow")

@@ -22,6 +22,9 @@ from tuneyard.deploy.schemas import QUANTIZATIONS
 from tuneyard.deploy.service import check_quantization
 from tuneyard.errors import Invalid
 
+# Computation alone: runs once, on SQLite's run; the database is out of reach.
+pytestmark = pytest.mark.nodb
+
 PROMPT = "Hello world, the 123 numbers: <|im_start|> and café!"
 TOKENIZER_TEXTS = (
     PROMPT,

@@ -20,6 +20,9 @@ from tuneyard.deploy.llamacpp import ManagedServer, ServedModel, list_served_mod
 from tuneyard.deploy.openai_compat import OpenAICompatClient
 from tuneyard.errors import Invalid, Unavailable
 
+# Computation alone: runs once, on SQLite's run; the database is out of reach.
+pytestmark = pytest.mark.nodb
+
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 
 

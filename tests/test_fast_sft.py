@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
+
+# Computation alone: runs once, on SQLite's run; the database is out of reach.
+pytestmark = pytest.mark.nodb
 
 
 def test_packed_loss_and_gradients_match_padded(tiny_model_dir):

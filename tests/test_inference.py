@@ -23,6 +23,9 @@ from tuneyard.inference.process import (
     stop_inference,
 )
 
+# Computation alone: runs once, on SQLite's run; the database is out of reach.
+pytestmark = pytest.mark.nodb
+
 HELLO = [{"role": "user", "content": "Hello, who are you?"}]
 # The tiny model takes about 6.4 MB in bf16 and the small one about 3.2 MB: each fits alone,
 # both together do not.

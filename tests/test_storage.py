@@ -6,6 +6,9 @@ import pytest
 
 from tuneyard.storage import atomic_dir, atomic_file, discard, partial_path
 
+# Computation alone: runs once, on SQLite's run; the database is out of reach.
+pytestmark = pytest.mark.nodb
+
 
 def test_atomic_file_replaces_only_on_success(tmp_path):
     tmp_path = tmp_path / "w"

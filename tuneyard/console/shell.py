@@ -86,6 +86,9 @@ def _job_notices() -> None:
 def _shell(title: str, section: str, principal) -> None:
     ui.colors(primary="#2f5d50", secondary="#8a6d3b", accent="#c2703d")
     ui.query("body").classes("bg-grey-1")
+    # Model output can hold long runs without spaces: let them break anywhere, so a column's
+    # narrowest width is never one long word (which would push a phone's page sideways).
+    ui.add_css(".break-words { overflow-wrap: anywhere; }")
     with ui.header(elevated=True).classes("items-center gap-2 px-3 py-2 bg-primary"):
         menu = ui.button(icon="menu").props("flat round color=white aria-label=Menu")
         ui.link("Tuneyard", "/").classes("text-white text-lg font-bold no-underline")
