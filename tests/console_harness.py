@@ -126,14 +126,36 @@ def no_horizontal_scroll(page, timeout_ms: float = 3000) -> bool:
     return True
 
 
+# Resolves once the page's content stops moving: no CSS transition or animation running (a
+# spinner's never ends, so at most about a second) and the same content box two frames running.
+_SETTLED = """async () => {
+    let last = null;
+    for (let frame = 0; frame < 60; frame++) {
+        await new Promise((resolve) => requestAnimationFrame(resolve));
+        const box = document.querySelector('.q-page-container')?.getBoundingClientRect();
+        const now = box ? `${box.left},${box.width}` : '';
+        const moving = document.getAnimations()
+            .some((a) => a.effect?.getTiming().iterations !== Infinity);
+        if (now === last && !moving) return;
+        last = now;
+    }
+}"""
+
+
+def resize(page, size: dict) -> None:
+    """A new window size, once the layout has settled (the drawer slides in or out): a click
+    right after a resize could land where a moving button was."""
+    page.set_viewport_size(size)
+    page.evaluate(_SETTLED)
+
+
 def check_narrow(page, name: str) -> None:
     """The page as it is fits a phone-sized window: a screenshot NAME-narrow (from the top),
     then back to 1280x800."""
-    page.set_viewport_size(NARROW)
-    page.wait_for_timeout(300)
+    resize(page, NARROW)
     screenshot(page, f"{name}-narrow")
     assert no_horizontal_scroll(page), f"{name} scrolls sideways at 390 px"
-    page.set_viewport_size(WIDE)
+    resize(page, WIDE)
 
 
 def choose(page, testid: str, option: str) -> None:

@@ -18,6 +18,7 @@ from tests.console_harness import (
     console_url,
     log_in,
     no_horizontal_scroll,
+    resize,
     screenshot,
 )
 
@@ -170,10 +171,10 @@ def test_side_by_side_streams_two_answers(
     # with a long run of characters and no space (models write such) wraps inside its column.
     page.get_by_role("button", name="Menu").click()
     page.get_by_test_id("answer-0-text").evaluate("node => { node.textContent += 'x'.repeat(300) }")
-    page.set_viewport_size(NARROW)
+    resize(page, NARROW)
     assert no_horizontal_scroll(page)
     screenshot(page, "deeptext-compare-narrow")
-    page.set_viewport_size(WIDE)
+    resize(page, WIDE)
     # Each answer is a chat of its own that can be continued.
     page.get_by_test_id("column-1").get_by_text("Continue as a chat").click()
     page.wait_for_url(re.compile(r".*/deeptext\?session=.+"))
@@ -204,7 +205,7 @@ def test_users_and_tokens(signed_in, console_server):
     )
     assert me.status_code == 200 and me.json()["username"] == "admin"
     page.get_by_test_id("close-token").click()
-    assert page.get_by_test_id("token-secret").count() == 0
+    page.get_by_test_id("token-secret").wait_for(state="detached")
     tokens = page.get_by_test_id("tokens")
     tokens.get_by_text("ci script").wait_for()
     assert token[:10] in tokens.inner_text() and token not in page.content()
@@ -242,7 +243,7 @@ def test_users_and_tokens(signed_in, console_server):
     page.get_by_test_id("confirm").get_by_text("are kept in the project").wait_for()
     page.get_by_test_id("confirm").get_by_role("button", name="Delete").click()
     page.get_by_text("User mia deleted").wait_for()
-    assert users.get_by_text("mia", exact=True).count() == 0
+    users.get_by_text("mia", exact=True).wait_for(state="detached")
 
 
 def test_guidance_without_models_and_for_members(page, console_server, admin_password):
@@ -269,5 +270,5 @@ def test_guidance_without_models_and_for_members(page, console_server, admin_pas
     assert page.get_by_test_id("add-user").count() == 0
     assert page.get_by_test_id("users").get_by_text("admin", exact=True).first.is_visible()
     screenshot(page, "users-member")
-    page.set_viewport_size(NARROW)
+    resize(page, NARROW)
     assert no_horizontal_scroll(page)
