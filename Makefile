@@ -35,7 +35,11 @@ serve:
 run: install demo serve
 
 ## Install, then run the whole suite on SQLite and on PostgreSQL.
-test: install-dev lint test-sqlite test-postgres
+# The two passes run side by side (each its own databases and temporary folders): much of a
+# test's time is spent waiting on job processes, servers and the browser, so together they take
+# about the time of the longer one. Each pass's output is printed whole when it ends.
+test: install-dev lint
+	$(MAKE) --no-print-directory --output-sync=target -j2 test-sqlite test-postgres
 
 test-sqlite:
 	$(BIN)/python -m pytest -q $(DURATIONS)

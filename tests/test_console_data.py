@@ -75,11 +75,11 @@ def test_register_folder_edit_and_delete(signed_in, console_server, tiny_model_d
     train = page.get_by_role("link", name="Train on this model")
     assert "/trainings/new?base_model_id=" in train.get_attribute("href")
     screenshot(page, "base-model")
-    check_narrow(page, "base-model")
 
     page.get_by_test_id("display-name").fill("Tiny llama v2")
     page.get_by_role("button", name="Save", exact=True).click()
     page.get_by_text("Display name saved").wait_for()
+    check_narrow(page, "base-model")
 
     page.goto(console_url(console_server, "/base-models"))
     row = page.get_by_role("row").filter(has_text="Tiny llama v2")
@@ -88,6 +88,8 @@ def test_register_folder_edit_and_delete(signed_in, console_server, tiny_model_d
     screenshot(page, "base-models")
     check_narrow(page, "base-models")
 
+    # A fresh list after the resizes: the row is opened as a user would come to it.
+    page.goto(console_url(console_server, "/base-models"))
     row.click()
     page.wait_for_url(MODEL_PAGE)
     page.get_by_test_id("delete").click()
