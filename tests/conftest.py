@@ -180,6 +180,175 @@ def wait_for_job(
     raise AssertionError(f"job {job_id} did not reach {statuses} in {timeout} s: {job.status}")
 
 
+# -- a project with one row of every kind -------------------------------------------------------
+
+
+def _files(folder: Path, name: str = "weights.bin") -> Path:
+    folder.mkdir(parents=True)
+    (folder / name).write_bytes(b"x" * 16)
+    return folder
+
+
+@pytest.fixture
+def project_world(admin_password):
+    """A project with one real row of every kind (and their files), an admin and a viewer."""
+    from types import SimpleNamespace
+
+    from tuneyard.auth import service as auth_service
+    from tuneyard.db import session_scope
+    from tuneyard.models import (
+        BaseModel,
+        ChatSession,
+        CompleteModel,
+        CustomizedModel,
+        Dataset,
+        DeployEnvironment,
+        Job,
+        LiveModel,
+        ThirdPartyModel,
+        Training,
+        TrainingMethodScript,
+        TrainingProfile,
+    )
+    from tuneyard.storage import Layout
+
+    layout = Layout()
+    port = closed_port()  # where a server would be: nothing answers
+    with session_scope() as session:
+        admin = auth_service.local_principal(session)
+        vera = auth_service.create_user(session, admin, "vera", "viewer-pass-1", "viewer")
+        project = {"project_id": admin.project_id}
+        base = BaseModel(
+            **project,
+            technical_name="tiny",
+            model_name="tiny",
+            source="gguf",
+            source_ref="/models/tiny.gguf",
+            managed=True,
+        )
+        dataset = Dataset(
+            **project,
+            name="qa",
+            status="ready",
+            file_type="jsonl",
+            original_filename="qa.jsonl",
+            format="prompt_completion",
+            fields=["prompt", "completion"],
+            record_count=1,
+        )
+        session.add_all([base, dataset])
+        session.flush()
+        base.path = str(_files(layout.base_model_dir(base.id), "config.json"))
+        _files(layout.dataset_dir(dataset.id), "records.jsonl")
+        training = Training(
+            **project,
+            name="run",
+            method="sft",
+            base_model_id=base.id,
+            base_model_name="tiny",
+            dataset_id=dataset.id,
+            dataset_name="qa",
+            status="queued",
+            created_by=admin.user_id,
+        )
+        session.add(training)
+        session.flush()
+        job = Job(
+            **project,
+            kind="training.run",
+            params={"training_id": training.id},
+            uses=[f"training:{training.id}"],
+            created_by=admin.user_id,
+        )
+        session.add(job)
+        session.flush()
+        training.job_id = job.id
+        customized = CustomizedModel(
+            **project,
+            name="tiny_run_20250101_abcd",
+            training_id=training.id,
+            base_model_id=base.id,
+            train_name="run",
+            path="",
+        )
+        complete = CompleteModel(
+            **project,
+            name="tiny_run_20250101_abcd_s_ef01",
+            source="saved",
+            base_model_id=base.id,
+            path="",
+            dtype="bf16",
+        )
+        environment = DeployEnvironment(
+            **project, name="ollama", kind="ollama", url=f"http://127.0.0.1:{port}"
+        )
+        managed = DeployEnvironment(**project, name="local", kind="llama.cpp")
+        profile = TrainingProfile(**project, name="quick", params={"max_steps": 1})
+        third_party = ThirdPartyModel(
+            **project,
+            name="remote",
+            provider="openai-compatible",
+            model_name="m",
+            base_url=f"http://127.0.0.1:{port}/v1",
+            created_by=admin.user_id,
+        )
+        chat = ChatSession(
+            **project, user_id=admin.user_id, title="hello", model="third-party:remote"
+        )
+        session.add_all([customized, complete, environment, managed, profile, third_party, chat])
+        session.flush()
+        _files(layout.environment_dir(managed.id), "server.log")
+        customized.path = str(_files(layout.customized_model_dir(customized.id)))
+        complete.customized_model_id = customized.id
+        complete.path = str(_files(layout.complete_model_dir(complete.id)))
+        live = LiveModel(
+            **project,
+            name=f"{complete.name}_d_1234_no_quantization",
+            tag="tiny-live",
+            environment_id=environment.id,
+            source_kind="complete",
+            source_id=complete.id,
+            source_name=complete.name,
+            quantization="no_quantization",
+            status="live",
+            endpoint_url=f"{environment.url}/v1",
+            model_id="tiny-live",
+        )
+        script = TrainingMethodScript(
+            **project,
+            name="loop",
+            description="A loop.",
+            formats=["chat"],
+            result="adapter",
+            path="",
+            digest="0" * 64,
+            created_by=admin.user_id,
+        )
+        session.add_all([live, script])
+        session.flush()
+        _files(layout.live_model_dir(live.id), "model.gguf")
+        script.path = str(layout.method_script(admin.project_id, script.id))
+        Path(script.path).parent.mkdir(parents=True)
+        Path(script.path).write_text("def train(config, output_dir, report):\n    pass\n")
+        return SimpleNamespace(
+            admin=admin,
+            viewer=auth_service.Principal.of(vera),
+            base=base.id,
+            dataset=dataset.id,
+            training=training.id,
+            job=job.id,
+            customized=customized.id,
+            complete=complete.id,
+            environment=environment.id,
+            managed_environment=managed.id,
+            live=live.id,
+            script=script.id,
+            profile=profile.id,
+            third_party=third_party.id,
+            chat=chat.id,
+        )
+
+
 # -- real models: the demo GGUF and tiny models built from it -------------------------------
 
 

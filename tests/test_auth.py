@@ -12,10 +12,10 @@ from tuneyard.auth import service
 from tuneyard.db import session_scope
 
 
-def make_project_user(code: str, username: str, password: str, role: str = "admin"):
+def make_project_user(code: str, username: str, password: str):
+    """A new project whose first admin is `username`."""
     with session_scope() as session:
-        project = service.create_project(session, code)
-        service.create_user(session, project, username, password, role)
+        service.create_project(session, code, username, password)
 
 
 class TestBootstrap:

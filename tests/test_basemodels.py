@@ -206,8 +206,8 @@ class TestRegisterPathRefused:
 
     def test_viewer_cannot_register(self, client, tiny_model_dir):
         with session_scope() as session:
-            project = auth_service.get_project_by_code(session, "1001")
-            auth_service.create_user(session, project, "vera", "viewer-pass-1", role="viewer")
+            admin = auth_service.local_principal(session)
+            auth_service.create_user(session, admin, "vera", "viewer-pass-1", role="viewer")
         headers = login(client, "viewer-pass-1", username="vera")
         response = register(client, headers, tiny_model_dir)
         assert response.status_code == 403
@@ -365,8 +365,7 @@ class TestProjects:
     def test_another_project_sees_nothing(self, client, auth, tiny_model_dir):
         model_id = register(client, auth, tiny_model_dir).json()["id"]
         with session_scope() as session:
-            project = auth_service.create_project(session, "2002")
-            auth_service.create_user(session, project, "bob", "bob-password", role="admin")
+            auth_service.create_project(session, "2002", "bob", "bob-password")
         other = login(client, "bob-password", username="bob", project="2002")
         assert client.get(f"{API}/{model_id}", headers=other).status_code == 404
         assert client.get(API, headers=other).json() == {"items": [], "total": 0}
@@ -381,8 +380,7 @@ class TestProjects:
         with session_scope() as session:
             model_id = service.register_path(session, principal, "tiny", str(tiny_model_dir)).id
         with session_scope() as session:
-            project = auth_service.create_project(session, "2002")
-            user = auth_service.create_user(session, project, "bob", "bob-password", role="admin")
+            user = auth_service.create_project(session, "2002", "bob", "bob-password")
             stranger = auth_service.Principal.of(user)
         with session_scope() as session:
             assert service.get_base_model(session, principal, model_id).status == "ready"

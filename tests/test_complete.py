@@ -20,7 +20,7 @@ import pytest
 
 from tests.conftest import login, wait_for_job
 from tests.test_training import CHAT, finish, start, upload
-from tuneyard.auth.service import create_project, create_user, get_project_by_code
+from tuneyard.auth.service import create_project, create_user, get_project_by_code, local_principal
 from tuneyard.cards import file_digest, folder_size, read_front_matter
 from tuneyard.config import reset_settings
 from tuneyard.db import session_scope
@@ -380,9 +380,7 @@ class TestSaveRefused:
 
     def test_viewer_cannot_save(self, client, auth, made, admin_password):
         with session_scope() as session:
-            create_user(
-                session, get_project_by_code(session, "1001"), "vera", "vera-pass", "viewer"
-            )
+            create_user(session, local_principal(session), "vera", "vera-pass", "viewer")
         viewer = login(client, "vera-pass", username="vera")
         response = save(client, viewer, made["id"])
         assert response.status_code == 403
@@ -708,8 +706,7 @@ class TestIsolation:
     def test_another_project_sees_nothing(self, client, auth, worker, made):
         model = saved(client, auth, made["id"])
         with session_scope() as session:
-            project = create_project(session, "2002")
-            create_user(session, project, "bob", "bob-password", role="admin")
+            create_project(session, "2002", "bob", "bob-password")
         other = login(client, "bob-password", username="bob", project="2002")
         assert client.get(API, headers=other).json() == {"items": [], "total": 0}
         for path in (

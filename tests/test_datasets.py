@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from tests.conftest import login, wait_for_job
-from tuneyard.auth.service import create_project, create_user, get_project_by_code
+from tuneyard.auth.service import create_project, create_user, get_project_by_code, local_principal
 from tuneyard.config import reset_settings
 from tuneyard.datasets import service
 from tuneyard.db import session_scope
@@ -201,10 +201,10 @@ def user_in(client, project_code: str, username: str, role: str = "member") -> d
     """Log in as a new user of the project (created if missing)."""
     with session_scope() as session:
         try:
-            project = get_project_by_code(session, project_code)
+            get_project_by_code(session, project_code)
         except NotFound:
-            project = create_project(session, project_code)
-        create_user(session, project, username, "password-123", role)
+            create_project(session, project_code, "admin", "password-123")
+        create_user(session, local_principal(session, project_code), username, "password-123", role)
     return login(client, "password-123", username, project_code)
 
 

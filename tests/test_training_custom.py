@@ -394,8 +394,7 @@ class TestUpload:
 
         added(client, auth, "loop", LOOP_SCRIPT)
         with session_scope() as session:
-            project = auth_service.create_project(session, "2002")
-            auth_service.create_user(session, project, "boss", "correct-horse", "admin")
+            auth_service.create_project(session, "2002", "boss", "correct-horse")
         other = login(client, "correct-horse", "boss", project="2002")
         assert "loop" not in methods(client, other)
         gone = client.delete("/api/v1/training-methods/loop", headers=other)

@@ -89,15 +89,17 @@ def api_router() -> APIRouter:
 
 
 def prepare(announce=print) -> None:
-    """Migrate the database and create the first admin on a first start."""
+    """Migrate the database, create the first admin on a first start, and finish deletions
+    a crash interrupted."""
     from tuneyard.auth.service import ensure_bootstrap
     from tuneyard.db import session_scope, upgrade
-    from tuneyard.storage import Layout
+    from tuneyard.storage import Layout, finish_pending_deletions
 
     settings = get_settings()
     upgrade(settings)
     with session_scope(settings) as session:
         password = ensure_bootstrap(session, settings)
+        finish_pending_deletions(session, settings)
     if password:
         announce(
             "Created project 1001 with user 'admin', password: "

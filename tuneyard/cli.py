@@ -147,8 +147,7 @@ def users_add(
     from tuneyard.auth.schemas import UserOut
 
     with cli_session(project) as (session, principal):
-        proj = service.get_project_by_code(session, principal.project_code)
-        user = service.create_user(session, proj, username, password, role)
+        user = service.create_user(session, principal, username, password, role)
         print_record(UserOut.model_validate(user))
 
 

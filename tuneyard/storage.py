@@ -1,7 +1,10 @@
-"""The data dir layout and atomic writes: a file or folder appears complete or not at all."""
+"""The data dir layout and atomic writes: a file or folder appears complete or not at all,
+and goes only once the deletion of its row has committed."""
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import shutil
 import tempfile
@@ -10,7 +13,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from sqlalchemy import event
+from sqlalchemy.orm import Session
+
 from tuneyard.config import Settings, get_settings
+
+log = logging.getLogger(__name__)
 
 
 class Layout:
@@ -55,6 +63,11 @@ class Layout:
     def environment_dir(self, environment_id: str) -> Path:
         """State of a serving tool Tuneyard runs itself: its config, pid and log."""
         return self.root / "environments" / environment_id
+
+    @property
+    def pending_deletions(self) -> Path:
+        """One note per deletion whose files go once its transaction commits."""
+        return self.root / "pending-deletions"
 
     @property
     def admin_password_file(self) -> Path:
@@ -154,3 +167,89 @@ def discard(target: Path) -> None:
     """Remove `target` and anything a killed atomic_dir left staged for it."""
     remove_tree(target)
     shutil.rmtree(partial_path(target), ignore_errors=True)
+
+
+# -- files that follow their row's transaction ---------------------------------------------
+
+_PENDING = "tuneyard_pending_removals"
+
+
+def delete_on_commit(session: Session, row, *paths: Path) -> None:
+    """Delete `paths` (files or folders of `row`, which the caller deletes in `session`) once
+    the session commits; if it rolls back, they stay, as the row does.
+
+    A note in the data dir records the deletion until the files are gone, so a crash between
+    the commit and the removal is finished by `finish_pending_deletions` at the next start.
+    """
+    note = Layout().pending_deletions / f"{uuid.uuid4().hex}.json"
+    with atomic_file(note, "w") as handle:
+        json.dump(
+            {"table": row.__tablename__, "id": row.id, "paths": [str(p) for p in paths]}, handle
+        )
+    session.info.setdefault(_PENDING, []).append((paths, True, note))
+
+
+def discard_on_rollback(session: Session, *paths: Path) -> None:
+    """Remove `paths` (written for a row the caller creates in `session`) if the session does
+    not commit, so a failed commit leaves no files that no row points at."""
+    session.info.setdefault(_PENDING, []).append((paths, False, None))
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def _settle(session: Session, committed: bool) -> None:
+    for paths, on_commit, note in session.info.pop(_PENDING, []):
+        if on_commit == committed:
+            try:
+                for path in paths:
+                    _remove(path)
+            except OSError as exc:
+                # The transaction has ended either way; a note left behind retries at start.
+                log.warning("Could not remove %s: %s", ", ".join(map(str, paths)), exc)
+                continue
+        if note is not None:
+            note.unlink(missing_ok=True)
+
+
+@event.listens_for(Session, "after_commit")
+def _after_commit(session: Session) -> None:
+    if not session.in_nested_transaction():  # a savepoint's outer transaction may roll back
+        _settle(session, committed=True)
+
+
+@event.listens_for(Session, "after_transaction_end")
+def _after_transaction_end(session: Session, transaction) -> None:
+    # Still pending when the outermost transaction ends: it rolled back or was closed.
+    if transaction.parent is None:
+        _settle(session, committed=False)
+
+
+def finish_pending_deletions(session: Session, settings: Settings | None = None) -> int:
+    """Finish deletions a crash interrupted: where the row is gone, remove its files; where it
+    is still there, its transaction never committed, and the files stay. Returns how many
+    deletions were finished."""
+    from tuneyard.db import Base
+
+    folder = Layout(settings).pending_deletions
+    if not folder.is_dir():
+        return 0
+    tables = {mapper.local_table.name: mapper.class_ for mapper in Base.registry.mappers}
+    finished = 0
+    for note in sorted(folder.glob("*.json")):
+        try:
+            entry = json.loads(note.read_text())
+            table = tables[entry["table"]]
+        except (OSError, ValueError, KeyError) as exc:
+            log.warning("Ignoring the unreadable deletion note %s: %s", note, exc)
+            continue
+        if session.get(table, entry["id"]) is None:
+            for path in entry["paths"]:
+                _remove(Path(path))
+            finished += 1
+        note.unlink(missing_ok=True)
+    return finished

@@ -48,9 +48,7 @@ def list_users(principal: CurrentPrincipal, session: DbSession, page: Paging):
 
 @router.post("/users", response_model=UserOut, status_code=status.HTTP_201_CREATED)
 def create_user(body: UserCreate, principal: CurrentPrincipal, session: DbSession):
-    principal.require("admin")
-    project = service.get_project_by_code(session, principal.project_code)
-    return service.create_user(session, project, body.username, body.password, body.role)
+    return service.create_user(session, principal, body.username, body.password, body.role)
 
 
 @router.delete("/users/{username}", status_code=status.HTTP_204_NO_CONTENT)

@@ -1,4 +1,18 @@
-"""Projects, users, password login and API tokens. A Principal is who is asking, and where."""
+"""Projects, users, password login and API tokens. A Principal is who is asking, and where.
+
+Roles, checked by each service before it looks anything up (the API, the console and the CLI
+call the same services, so they share one rule set):
+
+- viewer: reads everything of the project, chats, and manages what is their own: their chat
+  sessions and API tokens. Changes nothing of the project's.
+- member: also creates and changes the project's models, datasets, trainings, profiles,
+  deploys and third-party entries, cancels jobs, and tests connections and live models (a
+  test may restart a server or call out with a stored key).
+- admin: also manages users and deployment environments.
+
+Job bodies and the worker act for the job's creator, whose role was checked when the job was
+queued; the CLI acts as the project's first admin (it holds the data dir).
+"""
 
 from __future__ import annotations
 
@@ -37,8 +51,11 @@ class Principal:
     project_code: str
     role: str
 
+    def allows(self, role: str) -> bool:
+        return ROLE_RANK[self.role] >= ROLE_RANK[role]
+
     def require(self, role: str) -> None:
-        if ROLE_RANK[self.role] < ROLE_RANK[role]:
+        if not self.allows(role):
             raise Forbidden(f"This needs the {role} role; you are {self.role}.")
 
     @classmethod
@@ -57,7 +74,13 @@ def get_project_by_code(session: Session, code: str) -> Project:
     return project
 
 
-def create_project(session: Session, code: str, name: str | None = None) -> Project:
+def create_project(
+    session: Session, code: str, admin_username: str, admin_password: str, name: str | None = None
+) -> User:
+    """A new project with its first admin, who adds everyone else; returns that admin.
+
+    Only whoever holds the data dir makes projects (the first start, tests): no API does.
+    """
     if not re.fullmatch(r"[A-Za-z0-9_-]{1,32}", code):
         raise Invalid("A project code is 1-32 letters, digits, '-' or '_'.")
     if session.scalar(select(Project).where(Project.code == code)):
@@ -65,12 +88,19 @@ def create_project(session: Session, code: str, name: str | None = None) -> Proj
     project = Project(code=code, name=name or f"Project {code}")
     session.add(project)
     session.flush()
-    return project
+    return _add_user(session, project, admin_username, admin_password, "admin")
 
 
 def create_user(
-    session: Session, project: Project, username: str, password: str, role: str = "member"
+    session: Session, principal: Principal, username: str, password: str, role: str = "member"
 ) -> User:
+    """A user in the admin's own project."""
+    principal.require("admin")
+    project = session.get(Project, principal.project_id)
+    return _add_user(session, project, username, password, role)
+
+
+def _add_user(session: Session, project: Project, username: str, password: str, role: str) -> User:
     if not USERNAME_RE.fullmatch(username):
         raise Invalid("A username is 1-64 letters, digits, '.', '_' or '-'.")
     if role not in ROLES:
@@ -157,7 +187,8 @@ def _issue_token(session: Session, user: User, name: str, kind: str, expires_at=
 
 
 def create_token(session: Session, principal: Principal, name: str, days: int | None = None):
-    """An API token for scripts and the CLI; the secret is shown once."""
+    """An API token for scripts and the CLI; the secret is shown once. Any role makes its own:
+    a token acts as its user, with that user's role."""
     if not name or len(name) > 100:
         raise Invalid("Give the token a name of 1-100 characters.")
     if days is not None and days < 1:
@@ -212,9 +243,8 @@ def ensure_bootstrap(session: Session, settings: Settings | None = None) -> str 
     settings = settings or get_settings()
     if session.scalar(select(Project).limit(1)) is not None:
         return None
-    project = create_project(session, DEFAULT_PROJECT_CODE, "Default project")
     password = secrets.token_urlsafe(12)
-    create_user(session, project, "admin", password, role="admin")
+    create_project(session, DEFAULT_PROJECT_CODE, "admin", password, "Default project")
     path = Layout(settings).admin_password_file
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

@@ -27,7 +27,6 @@ def create_base_model(
     body: BaseModelCreate, principal: CurrentPrincipal, session: DbSession, response: Response
 ) -> BaseModelOut | JobAccepted:
     """A folder registers at once (201); a GGUF file or hub id starts a job (202)."""
-    principal.require("member")
     model, job = service.create_base_model(
         session,
         principal,
@@ -60,7 +59,6 @@ def update_base_model(
     model_id: str, body: BaseModelUpdate, principal: CurrentPrincipal, session: DbSession
 ):
     """Rename for display, or update the deployment template."""
-    principal.require("member")
     return service.update_base_model(
         session,
         principal,
@@ -73,5 +71,4 @@ def update_base_model(
 @router.delete("/{model_id}", status_code=status.HTTP_204_NO_CONTENT)
 def delete_base_model(model_id: str, principal: CurrentPrincipal, session: DbSession):
     """Unregister; a folder registered in place stays on disk."""
-    principal.require("member")
     service.delete_base_model(session, principal, model_id)

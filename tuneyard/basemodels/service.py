@@ -21,7 +21,7 @@ from tuneyard.errors import Conflict, Invalid, NotFound, Unavailable
 from tuneyard.jobs import service as jobs
 from tuneyard.models import BaseModel, Job
 from tuneyard.pagination import paginate
-from tuneyard.storage import Layout, discard
+from tuneyard.storage import Layout, delete_on_commit, discard, partial_path
 
 TECHNICAL_NAME_RE = re.compile(r"[A-Za-z0-9._-]{1,200}")
 MODEL_TYPES = ("chat", "embedding")
@@ -81,6 +81,7 @@ def create_base_model(
     model_type: str = "chat",
 ) -> tuple[BaseModel, Job | None]:
     """Register from exactly one source; the GGUF and hub sources also return their job."""
+    principal.require("member")
     given = [
         name
         for name, value in (("path", path), ("gguf_path", gguf_path), ("hub_id", hub_id))
@@ -108,6 +109,7 @@ def register_path(
     model_type: str = "chat",
 ) -> BaseModel:
     """Register an HF folder where it is; Tuneyard never moves or deletes it."""
+    principal.require("member")
     model_name = _check_new(session, principal, technical_name, model_name, model_type)
     folder = _absolute(path, "path")
     check_model_folder(folder)
@@ -137,6 +139,7 @@ def import_gguf(
     source: str = "gguf",
 ) -> tuple[BaseModel, Job]:
     """Queue the conversion of a GGUF file into an HF folder Tuneyard owns."""
+    principal.require("member")
     model_name = _check_new(session, principal, technical_name, model_name, model_type)
     gguf_file = _absolute(gguf_path, "gguf_path")
     check_gguf_file(gguf_file)
@@ -171,6 +174,7 @@ def register_hub(
     model_type: str = "chat",
 ) -> tuple[BaseModel, Job]:
     """Queue a hub download, after a short probe so an offline machine is told at once."""
+    principal.require("member")
     model_name = _check_new(session, principal, technical_name, model_name, model_type)
     hub.check_hub_id(hub_id)
     info = hub.probe(hub_id, get_settings().hub_timeout_seconds)
@@ -215,6 +219,7 @@ def demo_gguf_file() -> Path:
 
 def add_demo(session: Session, principal: Principal) -> BaseModel:
     """Import SmolLM2-135M-Instruct from the demo package; again only if it failed before."""
+    principal.require("member")
     existing = session.scalar(
         select(BaseModel).where(
             BaseModel.project_id == principal.project_id,
@@ -245,6 +250,7 @@ def update_base_model(
     model_name: str | None = None,
     deployment_template: str | None = None,
 ) -> BaseModel:
+    principal.require("member")
     model = get_base_model(session, principal, model_id)
     if model_name is not None:
         model.model_name = _check_model_name(model_name)
@@ -273,12 +279,14 @@ def update_base_model(
 
 def delete_base_model(session: Session, principal: Principal, model_id: str) -> None:
     """Unregister; the folder goes only if Tuneyard made it (import or download)."""
+    principal.require("member")
     model = get_base_model(session, principal, model_id)
     jobs.ensure_not_in_use(session, uses_key(model.id), f"Base model '{model.technical_name}'")
     session.delete(model)
     session.flush()
     if model.managed:
-        discard(Layout().base_model_dir(model.id))
+        folder = Layout().base_model_dir(model.id)
+        delete_on_commit(session, model, folder, partial_path(folder))
 
 
 def describe_folder(model: BaseModel, folder: Path) -> None:

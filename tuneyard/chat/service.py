@@ -4,6 +4,9 @@ A turn resolves its model, stores the new user message(s) in the session (a new 
 unless one is named), and sends system prompt + history + new messages to the model's
 endpoint. The answer is stored once it is complete; a stream that fails midway stores what
 arrived with finish_reason "error", so the conversation shows what the user saw.
+
+Every role chats, viewers included: a chat session belongs to the user who started it, who
+alone sees, continues, renames and deletes it; to anyone else it reads as absent.
 """
 
 from __future__ import annotations

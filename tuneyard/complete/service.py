@@ -20,7 +20,7 @@ from tuneyard.errors import Conflict, Invalid, NotFound
 from tuneyard.jobs import service as jobs
 from tuneyard.models import BaseModel, CompleteModel, CustomizedModel, Job, new_id, utcnow
 from tuneyard.pagination import paginate
-from tuneyard.storage import Layout, discard
+from tuneyard.storage import Layout, delete_on_commit, partial_path
 
 SAVE_JOB = "complete.save"
 PUSH_JOB = "complete.push"
@@ -196,11 +196,11 @@ def delete_complete(session: Session, principal: Principal, model_id: str) -> st
     principal.require("member")
     row = get_complete(session, principal, model_id)
     jobs.ensure_not_in_use(session, uses_key(row.id), f"Complete model {row.name}")
-    name, folder = row.name, Path(row.path)
+    folder = Path(row.path)
     session.delete(row)
     session.flush()
-    discard(folder)
-    return name
+    delete_on_commit(session, row, folder, partial_path(folder))
+    return row.name
 
 
 def _ready_folder(row: CompleteModel) -> Path:

@@ -17,7 +17,7 @@ from tuneyard.errors import Conflict, Invalid, NotFound
 from tuneyard.jobs import service as jobs
 from tuneyard.models import CustomizedModel, Training, new_id, utcnow
 from tuneyard.pagination import paginate
-from tuneyard.storage import Layout, atomic_dir, remove_tree
+from tuneyard.storage import Layout, atomic_dir, delete_on_commit, discard_on_rollback
 from tuneyard.training.results import customized_model_name
 from tuneyard.training.runner import CHECKPOINT_PREFIX, checkpoints
 
@@ -74,10 +74,9 @@ def delete_customized(session: Session, principal: Principal, model_id: str) -> 
     principal.require("member")
     row = get_customized(session, principal, model_id)
     jobs.ensure_not_in_use(session, f"customized_model:{row.id}", f"Customized model {row.name}")
-    path = Path(row.path)
     session.delete(row)
     session.flush()
-    remove_tree(path)
+    delete_on_commit(session, row, Path(row.path))
 
 
 def promote_checkpoint(
@@ -151,6 +150,7 @@ def promote_checkpoint(
         model_card=card,
     )
     session.add(row)
+    discard_on_rollback(session, target)
     session.flush()
     return row
 

@@ -21,7 +21,13 @@ from tuneyard.errors import Conflict, Invalid, NotFound, TooLarge
 from tuneyard.jobs import service as jobs
 from tuneyard.models import Dataset, Job, new_id
 from tuneyard.pagination import paginate
-from tuneyard.storage import Layout, atomic_file, remove_tree
+from tuneyard.storage import (
+    Layout,
+    atomic_file,
+    delete_on_commit,
+    discard_on_rollback,
+    remove_tree,
+)
 
 PARSE_JOB = "dataset.parse"
 RECORDS_FILE = "records.jsonl"
@@ -181,7 +187,7 @@ def create_dataset(
         if previous is not None:
             session.delete(previous)
             session.flush()  # the old row must go before the new one takes its name
-            remove_tree(layout.dataset_dir(previous.id))
+            delete_on_commit(session, previous, layout.dataset_dir(previous.id))
         session.add(dataset)
         try:
             session.flush()
@@ -202,6 +208,7 @@ def create_dataset(
         raise
     dataset.job_id = job.id
     session.flush()
+    discard_on_rollback(session, folder)
     return dataset, job
 
 
@@ -278,7 +285,7 @@ def delete_dataset(session: Session, principal: Principal, dataset_id: str) -> N
     jobs.ensure_not_in_use(session, uses_key(dataset.id), f"Dataset '{dataset.name}'")
     session.delete(dataset)
     session.flush()
-    remove_tree(Layout().dataset_dir(dataset.id))
+    delete_on_commit(session, dataset, Layout().dataset_dir(dataset.id))
 
 
 # -- statistics --------------------------------------------------------------------------

@@ -7,7 +7,7 @@ from typing import Any
 
 from nicegui import ui
 
-from tuneyard.console.session import act, call, read
+from tuneyard.console.session import act, call, current_principal, read
 from tuneyard.console.shell import console_page
 from tuneyard.console.widgets import (
     PagedTable,
@@ -29,7 +29,6 @@ from tuneyard.console.widgets import (
     when,
 )
 from tuneyard.deploy import service
-from tuneyard.errors import Forbidden
 from tuneyard.thirdparty.service import THIRD_PARTY_NAME
 
 QUANTIZATION_LABELS = {
@@ -475,15 +474,6 @@ def _environment_row(row) -> dict[str, Any]:
     }
 
 
-def _require_admin(session, principal) -> str:
-    """'' for an admin, else the service's reason."""
-    try:
-        principal.require("admin")
-    except Forbidden as exc:
-        return exc.message
-    return ""
-
-
 @console_page("/deploy-environments", "Deployment Environments", "/deploy-environments")
 def environments_page():
     heading(
@@ -491,8 +481,8 @@ def environments_page():
         "The serving tools Tuneyard hands models to: Ollama, llama.cpp or an OpenAI-compatible "
         "server.",
     )
-    refused = read(_require_admin)
-    admin = not refused
+    principal = current_principal()
+    admin = principal.allows("admin")
     result_box = ui.column().classes("w-full")
     table = PagedTable(
         ENVIRONMENT_COLUMNS,
@@ -541,7 +531,7 @@ def environments_page():
     else:
         with ui.card().classes("w-full").props("flat bordered"):
             ui.label("Add a deployment environment").classes("text-lg font-semibold")
-            cannot(f"Only admins add, edit or delete environments. {refused}")
+            cannot(f"Only admins add, edit or delete environments; you are {principal.role}.")
 
 
 def _environment_page(session, principal, limit: int, offset: int):

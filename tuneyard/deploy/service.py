@@ -30,6 +30,7 @@ from tuneyard.models import (
 )
 from tuneyard.pagination import paginate
 from tuneyard.secrets import decrypt_secret, encrypt_secret
+from tuneyard.storage import Layout, delete_on_commit
 
 DEPLOY_JOB = "deploy.model"
 SOURCE_KINDS = ("base", "customized", "complete")
@@ -225,16 +226,20 @@ def delete_environment(session: Session, principal: Principal, environment_id: s
             f"Environment {row.name} still has {len(remaining)} live model(s) ({names}); "
             "delete them first with `tuneyard live rm NAME`."
         )
-    target_for(row.kind).forget_environment(row)
     session.delete(row)
     session.flush()
+    # Last, once the database has taken the delete: stopping a server cannot be undone.
+    target_for(row.kind).forget_environment(row)
+    delete_on_commit(session, row, Layout().environment_dir(row.id))
 
 
 def test_environment(session: Session, principal: Principal, environment_id: str) -> dict:
-    """Ask the tool whether it answers; the outcome is kept on the environment."""
+    """Ask the tool whether it answers; the outcome is kept on the environment. A member's:
+    the test may start a managed server, and calls out with the stored key."""
     from tuneyard.deploy.targets import target_for
     from tuneyard.errors import AppError
 
+    principal.require("member")
     row = get_environment(session, principal, environment_id)
     try:
         detail, models = target_for(row.kind).test(row)
@@ -532,10 +537,12 @@ def live_summary(session: Session, row: LiveModel) -> dict[str, Any]:
 
 
 def check_live(session: Session, principal: Principal, live_id: str) -> dict[str, Any]:
-    """Ask the serving tool whether it still serves the model; live <-> stopped follows."""
+    """Ask the serving tool whether it still serves the model; live <-> stopped follows. A
+    member's: the check may restart a managed server, and calls out with the stored key."""
     from tuneyard.deploy.targets import target_for
     from tuneyard.errors import AppError
 
+    principal.require("member")
     row = get_live(session, principal, live_id)
     if row.status in ("deploying", "failed"):
         return {"ok": False, "status": row.status, "detail": row.error or "Not deployed yet."}
@@ -552,7 +559,13 @@ def check_live(session: Session, principal: Principal, live_id: str) -> dict[str
 
 
 def delete_live(session: Session, principal: Principal, live_id: str) -> str:
-    """Remove the model from its serving tool, then forget it. Registered entries stay."""
+    """Remove the model from its serving tool and forget it. Registered entries stay.
+
+    The tool is asked last, once the database has taken the delete, and its files go after
+    the commit. Taking a model off a tool cannot be rolled back: should the commit still
+    fail, the row stays with its files, a check reports it stopped, and deleting it again
+    finishes (removing is a no-op on a tool that no longer has the model).
+    """
     from tuneyard.deploy.targets import target_for
 
     principal.require("member")
@@ -560,11 +573,11 @@ def delete_live(session: Session, principal: Principal, live_id: str) -> str:
     jobs.ensure_not_in_use(session, uses_key(row.id), f"Live model {row.name}")
     environment = session.get(DeployEnvironment, row.environment_id)
     others = [live for live in live_models_in(session, environment.id) if live.id != row.id]
-    target_for(environment.kind).remove(environment, row, others)
-    name = row.name
     session.delete(row)
     session.flush()
-    return name
+    target_for(environment.kind).remove(environment, row, others)
+    delete_on_commit(session, row, Layout().live_model_dir(row.id))
+    return row.name
 
 
 def register_live(

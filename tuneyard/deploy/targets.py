@@ -75,11 +75,13 @@ class DeployTarget:
     def remove(
         self, environment: DeployEnvironment, live: LiveModel, others: list[LiveModel]
     ) -> None:
-        """Take the model off the tool (others: the environment's other live models)."""
+        """Take the model off the tool (others: the environment's other live models). A model
+        the tool no longer has counts as removed. The live model's folder is the caller's."""
         raise NotImplementedError
 
     def forget_environment(self, environment: DeployEnvironment) -> None:
-        """The environment is being deleted: release what Tuneyard runs for it."""
+        """The environment is being deleted: stop what Tuneyard runs for it (its folder is the
+        caller's)."""
 
 
 TARGETS: dict[str, DeployTarget] = {}
@@ -390,12 +392,10 @@ class LlamaCppTarget(DeployTarget):
     def remove(self, environment, live, others):
         if environment.url is None:
             self.server(environment).apply(self._served(others))
-        discard(Layout().live_model_dir(live.id))
 
     def forget_environment(self, environment):
         if environment.url is None:
             self.server(environment).stop()
-            discard(Layout().environment_dir(environment.id))
 
 
 def _merge_for_export(base_dir: Path, adapter_dir: Path, out_dir: Path) -> None:

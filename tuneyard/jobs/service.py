@@ -32,7 +32,9 @@ def enqueue(
     uses: list[str] | None = None,
     message: str = "Waiting for a worker",
 ) -> Job:
-    """Queue a job; a worker sees it once the caller's transaction commits."""
+    """Queue a job; a worker sees it once the caller's transaction commits. Work is queued
+    by members (and admins); the caller checks its own rules first."""
+    principal.require("member")
     get_kind(kind)  # fail now, not in the worker, on an unknown kind
     job = Job(
         project_id=principal.project_id,
@@ -72,6 +74,7 @@ def list_jobs(
 
 def cancel_job(session: Session, principal: Principal, job_id: str) -> Job:
     """Cancel a queued job at once; ask the worker to stop a running one."""
+    principal.require("member")
     job = get_job(session, principal, job_id)
     if job.status in FINISHED:
         raise Conflict(f"Job {job_id} has already {job.status}; nothing to cancel.")

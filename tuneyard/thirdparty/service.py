@@ -268,7 +268,9 @@ def test_third_party(session: Session, principal: Principal, id_or_name: str) ->
     """Make a real request to the model: a 1-token chat completion, or an embedding of "ping".
 
     Answers {"ok", "detail", "latency_ms"}; the detail says what answered or why it failed.
+    A member's: the request goes out with the stored key.
     """
+    principal.require("member")
     row = get_third_party(session, principal, id_or_name)
     api_key = None
     try:

@@ -61,7 +61,7 @@ from tuneyard.datasets.parsing import FORMATS as RECORD_FORMATS
 from tuneyard.errors import Conflict, Invalid, NotFound, TooLarge
 from tuneyard.jobs import service as jobs
 from tuneyard.models import Training, TrainingMethodScript, new_id
-from tuneyard.storage import Layout, atomic_file
+from tuneyard.storage import Layout, atomic_file, delete_on_commit
 from tuneyard.training.methods import TrainingMethod, all_methods, get_method
 from tuneyard.training.params import CommonParams
 
@@ -404,7 +404,6 @@ def delete_method(session: Session, principal: Principal, name: str) -> None:
     if row is None:
         raise NotFound(f"No training method '{name}'. List them with `tuneyard train methods`.")
     jobs.ensure_not_in_use(session, f"training_method:{row.id}", f"Training method {name}")
-    path = Path(row.path)
     session.delete(row)
     session.flush()
-    path.unlink(missing_ok=True)
+    delete_on_commit(session, row, Path(row.path))
