@@ -54,9 +54,13 @@ class Principal:
     def allows(self, role: str) -> bool:
         return ROLE_RANK[self.role] >= ROLE_RANK[role]
 
+    def refusal(self, role: str) -> str:
+        """Why this principal is refused what needs `role` (for pages that say so up front)."""
+        return f"This needs the {role} role; you are {self.role}."
+
     def require(self, role: str) -> None:
         if not self.allows(role):
-            raise Forbidden(f"This needs the {role} role; you are {self.role}.")
+            raise Forbidden(self.refusal(role))
 
     @classmethod
     def of(cls, user: User) -> Principal:

@@ -531,7 +531,7 @@ def environments_page():
     else:
         with ui.card().classes("w-full").props("flat bordered"):
             ui.label("Add a deployment environment").classes("text-lg font-semibold")
-            cannot(f"Only admins add, edit or delete environments; you are {principal.role}.")
+            cannot(f"Only admins add, edit or delete environments. {principal.refusal('admin')}")
 
 
 def _environment_page(session, principal, limit: int, offset: int):
