@@ -6,6 +6,7 @@ only used to connect) and each test gets its own database, cloned from a migrate
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -155,10 +156,18 @@ def worker(admin_password):
     executor = Executor()
     executor.start()
     yield executor
+    stop_executor(executor)
+
+
+def stop_executor(executor) -> None:
+    """Stop the executor and kill the job processes it still runs (started or adopted)."""
+    import psutil
+
     executor.stop()
     for entry in list(executor.running.values()):
-        entry.process.kill()
-        entry.process.wait()
+        with contextlib.suppress(psutil.NoSuchProcess):
+            entry.process.kill()
+            entry.process.wait()
 
 
 def wait_for_job(

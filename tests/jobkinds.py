@@ -5,6 +5,7 @@ import time
 from pathlib import Path
 
 from tuneyard.jobs.registry import job_kind
+from tuneyard.storage import atomic_dir, discard
 
 
 @job_kind("test.sleep")
@@ -28,3 +29,21 @@ def events_job(ctx):
         ctx.event("metric", {"step": step, "loss": 1.0 / (step + 1)})
     ctx.progress(100, "Recorded 3 metrics")
     return {"count": 3}
+
+
+def _discard_written(session, job):
+    discard(Path(job.params["target"]))
+
+
+@job_kind("test.write", cleanup=_discard_written)
+def write_job(ctx):
+    """Writes a folder part by part (one a tenth of a second), then makes it visible."""
+    Path(ctx.params["pid_file"]).write_text(str(os.getpid()))
+    target = Path(ctx.params["target"])
+    with atomic_dir(target) as staging:
+        for step in range(int(ctx.params.get("steps", 600))):
+            (staging / f"part-{step}").write_text("x")
+            ctx.progress(step, f"wrote part {step}")
+            time.sleep(0.1)
+    with ctx.session():
+        return {"path": str(target)}

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import login, wait_for_job
+from tests.conftest import login, stop_executor, wait_for_job
 from tests.test_training import CHAT, finish, start, upload
 from tuneyard.auth.service import create_project, create_user, get_project_by_code, local_principal
 from tuneyard.cards import file_digest, folder_size, read_front_matter
@@ -401,10 +401,7 @@ def slow_worker(admin_password, monkeypatch):
     executor = Executor()
     executor.start()
     yield executor
-    executor.stop()
-    for entry in list(executor.running.values()):
-        entry.process.kill()
-        entry.process.wait()
+    stop_executor(executor)
 
 
 class TestFailedSave:

@@ -7,13 +7,17 @@ import signal
 import time
 from datetime import timedelta
 
+import psutil
 import pytest
 
-from tests.conftest import wait_for_job
+from tests.conftest import stop_executor, wait_for_job
+from tuneyard.config import reset_settings
 from tuneyard.db import session_scope
 from tuneyard.jobs import service
+from tuneyard.jobs.child import FENCED_EXIT
 from tuneyard.jobs.executor import Executor
 from tuneyard.models import Job, utcnow
+from tuneyard.storage import partial_path
 
 
 def enqueue(principal, kind, **params):
@@ -76,10 +80,11 @@ class TestCrash:
         assert first.start_job(job_id)
         os.kill(wait_for_pid(pid_file), signal.SIGKILL)
         first.running[job_id].process.wait()
+        first.stop()
         # The server died with its job: nothing reaped it. A new start must recover it.
         with session_scope() as session:
             assert session.get(Job, job_id).status == "running"
-        Executor().recover()
+        Executor().sweep()
         with session_scope() as session:
             job = session.get(Job, job_id)
         assert job.status == "failed"
@@ -92,11 +97,122 @@ class TestCrash:
             job.status = "running"
             job.worker_id = "another-host"
             job.heartbeat_at = utcnow() - timedelta(minutes=5)
-        Executor().fail_stale()
+        Executor().sweep()
         with session_scope() as session:
             job = session.get(Job, job_id)
         assert job.status == "failed"
         assert "no heartbeat" in job.error
+
+
+def job_row(job_id: str) -> Job:
+    with session_scope() as session:
+        return session.get(Job, job_id)
+
+
+def tick_until_finished(executor: Executor, job_id: str, timeout: float = 60.0) -> Job:
+    """Run the executor's loop until the job is finished and its process reaped."""
+    deadline = time.monotonic() + timeout
+    while (job := job_row(job_id)).status in service.ACTIVE or job_id in executor.running:
+        assert time.monotonic() < deadline, f"job {job_id} still {job.status}"
+        executor.tick()
+        time.sleep(0.1)
+    return job
+
+
+class TestWorkerRestart:
+    """A job's process outlives its worker; the next worker of the machine takes it over."""
+
+    @pytest.fixture
+    def left_behind(self, principal, tmp_path):
+        """A job running in its own process, whose worker has stopped."""
+        pid_file = tmp_path / "pid"
+        job_id = enqueue(principal, "test.sleep", pid_file=str(pid_file))
+        first = Executor()
+        assert first.start_job(job_id)
+        pid = wait_for_pid(pid_file)
+        # While its worker runs, another worker of the machine leaves the job alone.
+        bystander = Executor()
+        bystander.sweep()
+        assert bystander.running == {} and job_row(job_id).worker_id == first.worker_id
+        bystander.stop()
+        first.stop()
+        yield job_id, pid
+        stop_executor(first)
+
+    def test_adopted_job_counts_against_the_limit_and_can_be_cancelled(
+        self, principal, left_behind
+    ):
+        job_id, pid = left_behind
+        second = Executor(concurrency=1)
+        try:
+            second.sweep()
+            assert list(second.running) == [job_id]
+            assert job_row(job_id).status == "running"
+            assert job_row(job_id).worker_id == second.worker_id
+
+            waiting = enqueue(principal, "test.events")
+            second.claim_and_start()
+            assert job_row(waiting).status == "queued"
+
+            with session_scope() as session:
+                service.cancel_job(session, principal, job_id)
+            job = tick_until_finished(second, job_id)
+            assert job.status == "cancelled"
+            assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == "zombie"
+            assert tick_until_finished(second, waiting).status == "succeeded"
+        finally:
+            stop_executor(second)
+
+    def test_adopted_job_whose_process_dies_is_failed_with_the_reason(self, left_behind):
+        job_id, pid = left_behind
+        second = Executor()
+        try:
+            second.sweep()
+            os.kill(pid, signal.SIGKILL)
+            job = tick_until_finished(second, job_id)
+        finally:
+            stop_executor(second)
+        assert job.status == "failed"
+        assert "ended without recording an outcome" in job.error
+        assert "adopted after its worker stopped" in job.error
+
+
+class TestTakenForDead:
+    """A worker on another machine sees only heartbeats: it may fail a job that still runs."""
+
+    def test_its_files_stay_until_the_fenced_process_exits_then_go(
+        self, principal, tmp_path, monkeypatch
+    ):
+        monkeypatch.setenv("TUNEYARD_JOB_HEARTBEAT_SECONDS", "3600")  # silent from now on
+        reset_settings()
+        target, pid_file = tmp_path / "out", tmp_path / "pid"
+        job_id = enqueue(
+            principal, "test.write", target=str(target), pid_file=str(pid_file), steps=100
+        )
+        owner = Executor()
+        try:
+            assert owner.start_job(job_id)
+            pid = wait_for_pid(pid_file)
+            with session_scope() as session:
+                job = session.get(Job, job_id)
+                job.worker_id = "elsewhere:4242:1700000000.00:1"
+                job.heartbeat_at = utcnow() - timedelta(minutes=5)
+
+            Executor().sweep()
+            job = job_row(job_id)
+            assert job.status == "failed" and "no heartbeat" in job.error
+            # The process may be alive (here it is): what it writes is not removed under it.
+            assert job.pid == pid and partial_path(target).is_dir()
+
+            # At its next progress report it finds its attempt over and stops writing.
+            code = owner.running[job_id].process.wait(timeout=30)
+            assert code == FENCED_EXIT
+            owner.reap()
+        finally:
+            stop_executor(owner)
+        job = job_row(job_id)
+        assert (job.status, job.pid) == ("failed", None)
+        assert not target.exists() and not partial_path(target).exists()
 
 
 class TestCancel:

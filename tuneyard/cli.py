@@ -94,7 +94,7 @@ def worker(
 
     prepare()
     executor = Executor(concurrency=concurrency)
-    executor.recover()
+    executor.sweep()
     Supervisor().start()
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

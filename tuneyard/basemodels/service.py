@@ -314,13 +314,19 @@ def finish_folder(session: Session, model_id: str, folder: Path) -> BaseModel:
 
 
 def mark_failed(session: Session, model_id: str, error: str) -> None:
-    """A job making the model's folder ended badly: record why and remove what it wrote."""
+    """A job making the model's folder ended badly: record why."""
     model = session.get(BaseModel, model_id)
     if model is None or model.status == "ready":
         return
     model.status = "failed"
     model.error = error
-    discard(Layout().base_model_dir(model_id))
+
+
+def remove_failed_folder(session: Session, model_id: str) -> None:
+    """Remove what a job that failed to make the model's folder wrote."""
+    model = session.get(BaseModel, model_id)
+    if model is not None and model.status == "failed":
+        discard(Layout().base_model_dir(model_id))
 
 
 def _check_new(

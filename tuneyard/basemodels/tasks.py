@@ -7,7 +7,6 @@ from pathlib import Path
 from tuneyard.basemodels import hub, service
 from tuneyard.basemodels.card import check_model_folder, format_count
 from tuneyard.basemodels.gguf_import import convert_gguf
-from tuneyard.db import session_scope
 from tuneyard.jobs.registry import job_kind
 from tuneyard.storage import atomic_dir
 
@@ -20,9 +19,13 @@ def _failure_hook(action: str):
     return mark_failed
 
 
+def _remove_files(session, job) -> None:
+    service.remove_failed_folder(session, job.params["base_model_id"])
+
+
 def _finish(ctx, model_id: str, folder: Path, verb: str) -> dict:
     ctx.progress(95, "Reading the model card")
-    with session_scope(ctx.settings) as session:
+    with ctx.session() as session:
         model = service.finish_folder(session, model_id, folder)
         name, card = model.technical_name, model.model_card
     count = format_count(card["parameter_count"])
@@ -30,7 +33,7 @@ def _finish(ctx, model_id: str, folder: Path, verb: str) -> dict:
     return {"base_model_id": model_id, "path": str(folder)}
 
 
-@job_kind(service.IMPORT_GGUF, on_failure=_failure_hook("GGUF import"))
+@job_kind(service.IMPORT_GGUF, on_failure=_failure_hook("GGUF import"), cleanup=_remove_files)
 def import_gguf(ctx):
     model_id = ctx.params["base_model_id"]
     target = ctx.layout.base_model_dir(model_id)
@@ -40,7 +43,7 @@ def import_gguf(ctx):
     return _finish(ctx, model_id, target, "Imported")
 
 
-@job_kind(service.DOWNLOAD_HUB, on_failure=_failure_hook("hub download"))
+@job_kind(service.DOWNLOAD_HUB, on_failure=_failure_hook("hub download"), cleanup=_remove_files)
 def download_hub(ctx):
     model_id = ctx.params["base_model_id"]
     target = ctx.layout.base_model_dir(model_id)

@@ -19,13 +19,19 @@ PROGRESS_EVERY_SECONDS = 0.5
 
 
 def mark_save_failed(session: Session, job: Job) -> None:
-    """Whatever stopped the save, the model is failed, says why, and has no files."""
+    """Whatever stopped the save, the model is failed and says why."""
     row = session.get(CompleteModel, job.params.get("complete_model_id"))
     if row is None or row.status == "ready":
         return
     row.status = "failed"
     row.error = job.error or "The save was cancelled before it finished."
-    discard(Path(row.path))
+
+
+def remove_save_files(session: Session, job: Job) -> None:
+    """A failed model has no files, whether the save got to put them in place or not."""
+    row = session.get(CompleteModel, job.params.get("complete_model_id"))
+    if row is not None and row.status == "failed":
+        discard(Path(row.path))
 
 
 def _reporter(ctx, start: float, span: float):
@@ -42,7 +48,7 @@ def _reporter(ctx, start: float, span: float):
     return report
 
 
-@job_kind(SAVE_JOB, on_failure=mark_save_failed)
+@job_kind(SAVE_JOB, on_failure=mark_save_failed, cleanup=remove_save_files)
 def save_complete_model(ctx) -> dict:
     from tuneyard.complete.merge import (
         merge_adapter_into_base,
@@ -85,7 +91,7 @@ def save_complete_model(ctx) -> dict:
         card["sizes"] = {"bytes": folder_size(staging), "parameters": plan.parameters}
         write_readme(staging, card)
     size = folder_size(target)
-    with session_scope(ctx.settings) as session:
+    with ctx.session() as session:
         row = session.get(CompleteModel, model_id)
         row.status, row.error, row.size_bytes, row.model_card = "ready", None, size, card
     ctx.progress(100, f"Saved complete model {name} ({dtype}, {size / 1e6:.1f} MB)")

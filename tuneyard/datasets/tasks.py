@@ -18,7 +18,7 @@ PROGRESS_EVERY_SECONDS = 0.5
 
 
 def mark_parse_failed(session: Session, job: Job) -> None:
-    """Whatever stopped the parse, the dataset is failed, says why, and keeps no files."""
+    """Whatever stopped the parse, the dataset is failed and says why."""
     dataset = session.get(Dataset, job.params.get("dataset_id"))
     if dataset is None:
         return
@@ -26,10 +26,16 @@ def mark_parse_failed(session: Session, job: Job) -> None:
     if not dataset.errors:
         reason = job.error or "The parse was cancelled before it finished."
         dataset.errors = [reason]
-    remove_tree(Layout().dataset_dir(dataset.id))
 
 
-@job_kind(PARSE_JOB, on_failure=mark_parse_failed)
+def remove_parse_files(session: Session, job: Job) -> None:
+    """A failed dataset keeps no files (its upload included)."""
+    dataset = session.get(Dataset, job.params.get("dataset_id"))
+    if dataset is not None and dataset.status == "failed":
+        remove_tree(Layout().dataset_dir(dataset.id))
+
+
+@job_kind(PARSE_JOB, on_failure=mark_parse_failed, cleanup=remove_parse_files)
 def parse_dataset(ctx) -> dict:
     dataset_id = ctx.params["dataset_id"]
     with session_scope(ctx.settings) as session:
@@ -65,7 +71,7 @@ def parse_dataset(ctx) -> dict:
         with session_scope(ctx.settings) as session:
             session.get(Dataset, dataset_id).errors = failure.errors
         raise Invalid(failure.summary) from None
-    with session_scope(ctx.settings) as session:
+    with ctx.session() as session:
         dataset = session.get(Dataset, dataset_id)
         dataset.status = "ready"
         dataset.format = parsed.format

@@ -20,7 +20,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -150,6 +150,18 @@ class ManagedServer:
             except StartFailed as failure:
                 now = self._restore(previous, timeout)
                 raise StartFailed(f"{failure.reason}\n{now}", failure.log_tail) from None
+
+    def update(
+        self, change: Callable[[list[ServedModel]], list[ServedModel]], timeout: float = 120
+    ) -> None:
+        """Serve `change(the models served now)`, read and applied under the folder's lock, so
+        that changes made at once by several processes (two deploys) each keep the other's.
+        Restarts the server only when the list changes; a failure is apply's."""
+        with self._locked():
+            current = self.models()
+            wanted = change(current)
+            if wanted != current:
+                self.apply(wanted, timeout)
 
     def is_running(self) -> bool:
         return self._process() is not None

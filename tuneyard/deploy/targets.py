@@ -79,6 +79,10 @@ class DeployTarget:
         the tool no longer has counts as removed. The live model's folder is the caller's."""
         raise NotImplementedError
 
+    def withdraw(self, environment: DeployEnvironment, live: LiveModel) -> None:
+        """A deploy of `live` ended without success, its process gone (it may have been killed
+        anywhere): take back what it left with the tool and on disk."""
+
     def forget_environment(self, environment: DeployEnvironment) -> None:
         """The environment is being deleted: stop what Tuneyard runs for it (its folder is the
         caller's)."""
@@ -255,20 +259,6 @@ class LlamaCppTarget(DeployTarget):
 
         return ManagedServer(Layout().environment_dir(environment.id), port=environment.port or 0)
 
-    def _served(self, lives: list[LiveModel]):
-        from tuneyard.deploy.llamacpp import ServedModel
-
-        served = []
-        for live in lives:
-            folder = Layout().live_model_dir(live.id)
-            if live.status != "live" or not (folder / GGUF_MODEL).is_file():
-                continue
-            adapter = folder / GGUF_ADAPTER
-            served.append(
-                ServedModel(live.tag, folder / GGUF_MODEL, adapter if adapter.is_file() else None)
-            )
-        return served
-
     def preflight(self, environment, source, quantization: str) -> list[str]:
         from tuneyard.deploy.gguf_export import gguf_architecture
 
@@ -350,7 +340,7 @@ class LlamaCppTarget(DeployTarget):
         quantize_gguf(f16, out, quantization)
         f16.unlink()
 
-    def deploy(self, environment, live, source, progress, others=(), **_):
+    def deploy(self, environment, live, source, progress, **_):
         folder = Layout().live_model_dir(live.id)
         discard(folder)
         with atomic_dir(folder) as staging:
@@ -363,8 +353,10 @@ class LlamaCppTarget(DeployTarget):
         adapter = folder / GGUF_ADAPTER
         mine = ServedModel(live.tag, folder / GGUF_MODEL, adapter if adapter.is_file() else None)
         try:
-            # On failure apply() puts the environment's previous models back itself.
-            server.apply([*self._served(list(others)), mine])
+            # Added to what the server serves now, under its lock: deploys to one environment
+            # at once each keep the other's model. On failure the server goes back to what it
+            # served before.
+            server.update(lambda served: [*_without(served, folder), mine])
         except BaseException:
             discard(folder)
             raise
@@ -391,11 +383,21 @@ class LlamaCppTarget(DeployTarget):
 
     def remove(self, environment, live, others):
         if environment.url is None:
-            self.server(environment).apply(self._served(others))
+            folder = Layout().live_model_dir(live.id)
+            self.server(environment).update(lambda served: _without(served, folder))
+
+    def withdraw(self, environment, live):
+        self.remove(environment, live, [])
+        discard(Layout().live_model_dir(live.id))
 
     def forget_environment(self, environment):
         if environment.url is None:
             self.server(environment).stop()
+
+
+def _without(served: list, folder: Path) -> list:
+    """The served models, less those whose files are in `folder` (one live model's)."""
+    return [model for model in served if model.model_path.parent.resolve() != folder.resolve()]
 
 
 def _merge_for_export(base_dir: Path, adapter_dir: Path, out_dir: Path) -> None:

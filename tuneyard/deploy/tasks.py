@@ -9,12 +9,7 @@ from sqlalchemy.orm import Session
 
 from tuneyard.auth.service import Principal
 from tuneyard.db import session_scope
-from tuneyard.deploy.service import (
-    DEPLOY_JOB,
-    live_model_name,
-    live_models_in,
-    resolve_source,
-)
+from tuneyard.deploy.service import DEPLOY_JOB, live_model_name, resolve_source
 from tuneyard.deploy.targets import target_for
 from tuneyard.errors import NotFound
 from tuneyard.jobs.registry import job_kind
@@ -23,13 +18,26 @@ from tuneyard.models import DeployEnvironment, Job, LiveModel, new_id, utcnow
 PROGRESS_EVERY_SECONDS = 0.5
 
 
+def _deployed_by(session: Session, job: Job) -> list[LiveModel]:
+    """The live models the job deploys: its own, and a base it deploys first."""
+    return list(session.scalars(select(LiveModel).where(LiveModel.job_id == job.id)))
+
+
 def mark_deploy_failed(session: Session, job: Job) -> None:
-    """Whatever stopped the deploy, the live model is failed and says why."""
-    row = session.get(LiveModel, job.params.get("live_model_id"))
-    if row is None or row.status == "live":
-        return
-    row.status = "failed"
-    row.error = job.error or "The deploy was cancelled before it finished."
+    """Whatever stopped the deploy, the live models it was making are failed and say why."""
+    for row in _deployed_by(session, job):
+        if row.status != "live":
+            row.status = "failed"
+            row.error = job.error or "The deploy was cancelled before it finished."
+
+
+def withdraw_failed_deploy(session: Session, job: Job) -> None:
+    """A failed live model is served nowhere and keeps no files, even when the deploy was
+    killed after the tool took the model and before its row said live."""
+    for row in _deployed_by(session, job):
+        environment = session.get(DeployEnvironment, row.environment_id)
+        if row.status == "failed" and environment is not None:
+            target_for(environment.kind).withdraw(environment, row)
 
 
 def _job_principal(row: LiveModel, job_created_by: str | None) -> Principal:
@@ -115,7 +123,7 @@ def _deploy_base_first(ctx, session_factory, live_id: str) -> str:
             row = session.get(LiveModel, base_id)
             row.status, row.error = "failed", str(exc) or type(exc).__name__
         raise
-    with session_factory() as session:
+    with ctx.session() as session:
         row = session.get(LiveModel, base_id)
         row.status, row.error = "live", None
         row.endpoint_url, row.model_id, row.size_bytes = (
@@ -127,7 +135,7 @@ def _deploy_base_first(ctx, session_factory, live_id: str) -> str:
     return base_live.tag
 
 
-@job_kind(DEPLOY_JOB, on_failure=mark_deploy_failed)
+@job_kind(DEPLOY_JOB, on_failure=mark_deploy_failed, cleanup=withdraw_failed_deploy)
 def deploy_model(ctx) -> dict:
     live_id = ctx.params["live_model_id"]
 
@@ -143,7 +151,6 @@ def deploy_model(ctx) -> dict:
         source = resolve_source(
             session, _job_principal(live, job.created_by), live.source_kind, live.source_id
         )
-        others = [other for other in live_models_in(session, environment.id) if other.id != live.id]
         session.expunge_all()
     target = target_for(environment.kind)
     start, extra = 0.0, {}
@@ -152,9 +159,9 @@ def deploy_model(ctx) -> dict:
         start = 45.0
     ctx.progress(start + 1, f"Deploying {live.name} to {environment.name} ({environment.kind})")
     deployed = target.deploy(
-        environment, live, source, _reporter(ctx, start + 1, 98 - start), others=others, **extra
+        environment, live, source, _reporter(ctx, start + 1, 98 - start), **extra
     )
-    with session_factory() as session:
+    with ctx.session() as session:
         row = session.get(LiveModel, live_id)
         row.status, row.error = "live", None
         row.endpoint_url, row.model_id = deployed.endpoint_url, deployed.model_id

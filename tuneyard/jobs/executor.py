@@ -3,15 +3,39 @@
 One loop, run in a thread of `tuneyard serve` or alone by `tuneyard worker`:
 - reap finished processes; a process that ended without recording an outcome crashed;
 - forward cancel requests (SIGTERM to the job's process group, SIGKILL after a grace period);
-- fail running jobs whose heartbeat went stale (their worker or machine died);
+- sweep the jobs other workers left: adopt or fail those of dead workers on this machine, fail
+  those whose heartbeat went stale elsewhere;
 - claim queued jobs up to the concurrency limit.
 The database is the only channel between API, workers and jobs, so several workers (and the
 CLI running a job in the foreground) can share one queue.
+
+Each executor has an identity of its own, `host:pid:start:n` (its process's pid and start
+time, and a count within the process), kept in `jobs.worker_id`: it tells whether the worker
+that runs a job is alive, and the host part whether the job runs on this machine.
+
+Who ends a job whose worker is gone, and who removes its files:
+- Job processes run in sessions of their own, so they outlive their worker (a restart, a
+  crash, kill -9). On the job's own machine its process is checked directly: by its pid, a
+  start time no earlier than the job's claim, and a command line naming the job. A worker
+  adopts the running jobs of a dead worker of its machine whose process is alive (tracked
+  with psutil: cancel signals it, the concurrency limit counts it, its end is reaped); one
+  whose process is gone is failed. Heartbeats do not matter there.
+- A worker on another machine sees only the heartbeat. After `job_stale_after_seconds` of
+  silence it fails the job (only if the heartbeat is still that old when it writes), and the
+  domain rows follow (the kind's on_failure); but the job may be alive, cut off from the
+  database or just slow, so its files are left and `pid` stays set to say so. The job process
+  is fenced: its heartbeat, progress reports and result writes (JobContext.session) hold only
+  while its attempt is still running, so once failed it stops writing and exits. A worker of
+  its machine (its own, or the next to start there) then sees the process gone and removes
+  the files (the kind's cleanup).
+- Everywhere else (the job's own process, the worker that reaps it) the process has ended,
+  and on_failure and cleanup run together.
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import os
 import signal
@@ -24,7 +48,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 
 import psutil
-from sqlalchemy import select, update
+from sqlalchemy import and_, or_, select, update
 
 from tuneyard.config import Settings, get_settings
 from tuneyard.db import session_scope
@@ -36,18 +60,109 @@ from tuneyard.storage import Layout
 log = logging.getLogger(__name__)
 
 HOST = socket.gethostname()
+CHILD_MODULE = "tuneyard.jobs.child"
+# How far a process's start time (whole clock ticks after a boot time in whole seconds) may
+# fall before the job's claim time and still be the process started for that claim.
+START_TIME_SLACK_SECONDS = 2.0
+
+_executor_numbers = itertools.count(1)
+# Executors of this process that run (constructed and not stopped): a stopped one is dead to
+# the others even though its process lives on.
+_live_here: set[str] = set()
+
+
+def _process_start(process: psutil.Process) -> str:
+    return f"{process.create_time():.2f}"
+
+
+def new_worker_id() -> str:
+    return f"{HOST}:{os.getpid()}:{_process_start(psutil.Process())}:{next(_executor_numbers)}"
+
+
+def worker_host(worker_id: str) -> str:
+    """The machine of a worker id (an id written before ids had parts is a host name)."""
+    return worker_id.split(":", 1)[0]
+
+
+def worker_alive(worker_id: str) -> bool:
+    """Whether the worker with this id still runs (on this machine; False for another's)."""
+    parts = worker_id.split(":")
+    if len(parts) != 4 or parts[0] != HOST:
+        return False
+    pid, started = int(parts[1]), parts[2]
+    if pid == os.getpid():
+        return worker_id in _live_here
+    try:
+        process = psutil.Process(pid)
+        return _process_start(process) == started and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def job_process(job: Job) -> psutil.Process | None:
+    """The live process of `job` on this machine, if any: its recorded pid (or, before the
+    process recorded it, a search), a command line naming the job, started after the claim."""
+    if job.pid is not None:
+        candidates = [job.pid]
+    else:
+        candidates = [
+            process.pid
+            for process in psutil.process_iter(["cmdline"])
+            if (process.info["cmdline"] or [])[-2:] == [CHILD_MODULE, job.id]
+        ]
+    for pid in candidates:
+        try:
+            process = psutil.Process(pid)
+            if process.status() == psutil.STATUS_ZOMBIE:
+                continue
+            if process.cmdline()[-2:] != [CHILD_MODULE, job.id]:
+                continue  # the pid now belongs to another program
+            claimed = job.started_at.timestamp() if job.started_at else 0.0
+            if process.create_time() >= claimed - START_TIME_SLACK_SECONDS:
+                return process
+        except psutil.Error:
+            continue
+    return None
+
+
+# Stands for the exit code of an adopted process, which is not ours to know.
+ADOPTED_EXIT = -1000
 
 
 @dataclass
 class _Running:
     job_id: str
-    process: subprocess.Popen
+    # Popen for a process this executor started; psutil.Process for one it adopted.
+    process: subprocess.Popen | psutil.Process
     grace_seconds: float
     term_sent_at: float | None = None
     log_handle: object = field(default=None, repr=False)
 
+    def exit_code(self) -> int | None:
+        """None while it runs; its exit code once ended (for an adopted process, which is not
+        our child, the code is unknown: ADOPTED_EXIT)."""
+        if isinstance(self.process, subprocess.Popen):
+            return self.process.poll()
+        try:
+            if self.process.is_running() and self.process.status() != psutil.STATUS_ZOMBIE:
+                return None
+        except psutil.NoSuchProcess:
+            pass
+        return ADOPTED_EXIT
+
+    def signal_group(self, sig: signal.Signals) -> None:
+        # psutil's is_running also compares start times: a reused pid is not signalled.
+        if isinstance(self.process, psutil.Process) and not self.process.is_running():
+            return
+        _signal_group(self.process.pid, sig)
+
 
 def describe_exit(returncode: int) -> str:
+    if returncode == ADOPTED_EXIT:
+        return (
+            "The job's process ended without recording an outcome (it was adopted after its "
+            "worker stopped, so how it ended is unknown; its log may say)."
+        )
     if returncode < 0:
         try:
             name = signal.Signals(-returncode).name
@@ -79,6 +194,8 @@ class Executor:
         self.settings = settings or get_settings()
         self.concurrency = concurrency or self.settings.job_concurrency
         self.layout = Layout(self.settings)
+        self.worker_id = new_worker_id()
+        _live_here.add(self.worker_id)
         self.running: dict[str, _Running] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -86,14 +203,17 @@ class Executor:
     # -- lifecycle -------------------------------------------------------------------------
 
     def start(self) -> None:
-        self.recover()
+        self.sweep()
         self._thread = threading.Thread(target=self.loop, name="tuneyard-executor", daemon=True)
         self._thread.start()
 
     def stop(self, timeout: float = 10.0) -> None:
+        """Stop the loop. Running jobs go on in their own processes; the next executor to start
+        on this machine adopts them."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout)
+        _live_here.discard(self.worker_id)
 
     def loop(self, poll_seconds: float = 0.5) -> None:
         while not self._stop.is_set():
@@ -106,52 +226,100 @@ class Executor:
     def tick(self) -> None:
         self.reap()
         self.forward_cancels()
-        self.fail_stale()
+        self.sweep()
         self.claim_and_start()
 
-    # -- recovery --------------------------------------------------------------------------
+    # -- jobs other workers left -----------------------------------------------------------
 
-    def recover(self) -> None:
-        """At start: fail jobs this host left running whose process is gone."""
-        with session_scope(self.settings) as session:
-            jobs = session.scalars(
-                select(Job).where(Job.status == "running", Job.worker_id == HOST)
-            ).all()
-            for job in jobs:
-                if job.pid is None or not _alive(job.pid):
-                    log.warning("job %s was left running by a previous start; failing it", job.id)
-                    service.finish(
-                        session,
-                        job,
-                        "failed",
-                        message="Failed",
-                        error="Tuneyard stopped while this job ran, and its process is gone. "
-                        "Start the job again.",
-                    )
-
-    def fail_stale(self) -> None:
+    def sweep(self) -> None:
+        """Settle the jobs of other workers that cannot settle them (see the module's notes):
+        at start, and on every tick (a worker beside this one may die)."""
         cutoff = utcnow() - timedelta(seconds=self.settings.job_stale_after_seconds)
         with session_scope(self.settings) as session:
-            stale = session.scalars(
-                select(Job).where(Job.status == "running", Job.heartbeat_at < cutoff)
-            ).all()
-            for job in stale:
-                if job.id in self.running:
-                    continue  # ours and alive; reap() decides
-                service.finish(
-                    session,
-                    job,
-                    "failed",
-                    message="Failed",
-                    error=f"The job stopped reporting (no heartbeat for "
-                    f"{self.settings.job_stale_after_seconds:.0f} s); its worker died.",
+            jobs = session.scalars(
+                select(Job).where(
+                    Job.worker_id != self.worker_id,
+                    or_(
+                        Job.status == "running",
+                        and_(
+                            Job.status.in_(service.FINISHED),
+                            Job.pid.is_not(None),
+                            Job.worker_id.startswith(f"{HOST}:", autoescape=True),
+                        ),
+                    ),
                 )
+            ).all()
+            session.expunge_all()
+        for job in jobs:
+            if worker_host(job.worker_id or "") != HOST:
+                if job.heartbeat_at is not None and job.heartbeat_at < cutoff:
+                    self._fail_silent(job, cutoff)
+            elif worker_alive(job.worker_id):
+                continue  # its worker reaps it
+            elif job.status != "running":
+                if job_process(job) is None:
+                    self._clean_up(job)
+            else:
+                process = job_process(job)
+                if process is None:
+                    self._fail_orphan(job)
+                else:
+                    self._adopt(job, process)
+
+    def _adopt(self, job: Job, process: psutil.Process) -> None:
+        with session_scope(self.settings) as session:
+            taken = session.execute(
+                update(Job)
+                .where(Job.id == job.id, Job.status == "running", Job.worker_id == job.worker_id)
+                .values(worker_id=self.worker_id)
+            ).rowcount
+        if not taken:
+            return  # another worker of this machine adopted it first, or it ended
+        grace = get_kind(job.kind).cancel_grace_seconds or self.settings.job_cancel_grace_seconds
+        self.running[job.id] = _Running(job.id, process, grace)
+        log.warning(
+            "adopted job %s (process %s) from stopped worker %s", job.id, process.pid, job.worker_id
+        )
+
+    def _fail_orphan(self, job: Job) -> None:
+        log.warning("job %s was left running by a stopped worker; its process is gone", job.id)
+        with session_scope(self.settings) as session:
+            row = session.get(Job, job.id)
+            if row.worker_id != job.worker_id:
+                return  # adopted meanwhile
+            service.finish(
+                session,
+                row,
+                "failed",
+                message="Failed",
+                error="Tuneyard stopped while this job ran, and its process is gone. "
+                "Start the job again.",
+            )
+
+    def _fail_silent(self, job: Job, cutoff) -> None:
+        with session_scope(self.settings) as session:
+            failed = service.finish(
+                session,
+                session.get(Job, job.id),
+                "failed",
+                message="Failed",
+                error=f"The job stopped reporting (no heartbeat for "
+                f"{self.settings.job_stale_after_seconds:.0f} s); its worker died.",
+                process_may_live=True,
+                stale_before=cutoff,
+            )
+        if failed:
+            log.warning("job %s on %s went silent; failed it", job.id, job.worker_id)
+
+    def _clean_up(self, job: Job) -> None:
+        with session_scope(self.settings) as session:
+            service.clean_up(session, session.get(Job, job.id))
 
     # -- running ---------------------------------------------------------------------------
 
     def reap(self) -> None:
         for job_id, entry in list(self.running.items()):
-            code = entry.process.poll()
+            code = entry.exit_code()
             if code is None:
                 continue
             del self.running[job_id]
@@ -159,9 +327,12 @@ class Executor:
                 entry.log_handle.close()
             with session_scope(self.settings) as session:
                 job = session.get(Job, job_id)
-                if job is None or job.status not in service.ACTIVE:
+                if job is None:
                     continue
-                if job.cancel_requested:
+                if job.status not in service.ACTIVE:
+                    if job.pid is not None:  # failed elsewhere while it ran: clean up now
+                        service.clean_up(session, job)
+                elif job.cancel_requested:
                     service.finish(session, job, "cancelled", message="Cancelled")
                 else:
                     service.finish(
@@ -183,10 +354,10 @@ class Executor:
         for job_id in wanted:
             entry = self.running[job_id]
             if entry.term_sent_at is None:
-                _signal_group(entry.process.pid, signal.SIGTERM)
+                entry.signal_group(signal.SIGTERM)
                 entry.term_sent_at = now
             elif now - entry.term_sent_at > entry.grace_seconds:
-                _signal_group(entry.process.pid, signal.SIGKILL)
+                entry.signal_group(signal.SIGKILL)
 
     def claim_and_start(self) -> None:
         free = self.concurrency - len(self.running)
@@ -208,17 +379,19 @@ class Executor:
                 .where(Job.id == job_id, Job.status == "queued")
                 .values(
                     status="running",
-                    worker_id=HOST,
+                    worker_id=self.worker_id,
                     started_at=now,
                     heartbeat_at=now,
                     attempt=Job.attempt + 1,
+                    pid=None,
                     message="Starting",
                 )
             ).rowcount
             return session.get(Job, job_id).kind if claimed else None
 
     def start_job(self, job_id: str) -> bool:
-        """Claim a queued job and start its process; False if another worker took it."""
+        """Claim a queued job and start its process (which records its own pid); False if
+        another worker took it."""
         kind_name = self.claim(job_id)
         if kind_name is None:
             return False
@@ -227,7 +400,7 @@ class Executor:
         handle = log_path.open("ab")
         try:
             process = subprocess.Popen(
-                [sys.executable, "-m", "tuneyard.jobs.child", job_id],
+                [sys.executable, "-m", CHILD_MODULE, job_id],
                 stdin=subprocess.DEVNULL,
                 stdout=handle,
                 stderr=subprocess.STDOUT,
@@ -248,8 +421,6 @@ class Executor:
         kind = get_kind(kind_name)
         grace = kind.cancel_grace_seconds or self.settings.job_cancel_grace_seconds
         self.running[job_id] = _Running(job_id, process, grace, log_handle=handle)
-        with session_scope(self.settings) as session:
-            session.execute(update(Job).where(Job.id == job_id).values(pid=process.pid))
         log.info("started job %s in process %s", job_id, process.pid)
         return True
 
@@ -266,14 +437,6 @@ class Executor:
             if job.status in service.FINISHED:
                 return job
             time.sleep(poll_seconds)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        process = psutil.Process(pid)
-        return process.status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
 
 
 def _signal_group(pid: int, sig: signal.Signals) -> None:

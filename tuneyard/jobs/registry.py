@@ -1,8 +1,12 @@
 """Job kinds, keyed by name. Domains register their job bodies here, as a plugin would.
 
 A job body receives a JobContext and returns a JSON-able result (or None). It runs in its own
-process. `on_failure` runs wherever the job is found failed (in the job's process after an
-exception, or in the worker after the process died) so the domain can mark its entity failed.
+process. `on_failure` runs wherever the job is found failed or cancelled (in the job's process
+after an exception, in a worker after the process died, in a worker on another machine that
+took it for dead) so the domain can mark its entity failed. `cleanup` removes what the run
+left on disk (partial folders, a result whose row never said ready); it runs only where no
+process of the job can still be writing, which a worker on another machine cannot know, so
+there it waits until the job's own machine sees the process gone (see tuneyard.jobs.executor).
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ class JobKind:
     name: str
     run: Callable[..., Any]
     on_failure: Callable[..., None] | None = None
+    cleanup: Callable[..., None] | None = None
     # True when the body stops by itself at a safe point after a cancel request (it polls
     # `ctx.cancel_requested`); otherwise a cancel interrupts it at once.
     cooperative_cancel: bool = False
@@ -43,6 +48,7 @@ def job_kind(
     name: str,
     *,
     on_failure=None,
+    cleanup=None,
     cooperative_cancel: bool = False,
     cancel_grace_seconds: float | None = None,
 ):
@@ -51,7 +57,9 @@ def job_kind(
     def register(func):
         if name in _KINDS and _KINDS[name].run is not func:
             raise ValueError(f"Job kind '{name}' is registered twice.")
-        _KINDS[name] = JobKind(name, func, on_failure, cooperative_cancel, cancel_grace_seconds)
+        _KINDS[name] = JobKind(
+            name, func, on_failure, cleanup, cooperative_cancel, cancel_grace_seconds
+        )
         return func
 
     return register

@@ -92,6 +92,7 @@ def cancel_job(session: Session, principal: Principal, job_id: str) -> Job:
         # No process will ever report this job, so its domain settles here (an import that
         # never started is marked failed, not left "importing").
         _run_on_failure(session, job)
+        clean_up(session, job)
     return job
 
 
@@ -137,11 +138,18 @@ def finish(
     message: str | None = None,
     error: str | None = None,
     result: dict[str, Any] | None = None,
+    process_may_live: bool = False,
+    stale_before: datetime | None = None,
 ) -> bool:
     """Move a running job to a final status, once. Returns False if it was already final.
 
     Running the kind's on_failure hook here keeps the domain entity in step with the job
-    (a dataset whose parse died is marked failed, not left "parsing").
+    (a dataset whose parse died is marked failed, not left "parsing"). Its files are removed
+    (the kind's cleanup) only when no process of the job can still be writing them: with
+    `process_may_live` (a worker on another machine saw only its heartbeat stop) they are left,
+    and `pid` stays set to say so, until the job's own machine sees the process gone
+    (clean_up). `stale_before` fails the job only if its heartbeat is still older than that
+    when the row is written: a job that just reported keeps running.
     """
     values: dict[str, Any] = {"status": status, "finished_at": utcnow()}
     if message is not None:
@@ -152,14 +160,19 @@ def finish(
         values["result"] = result
     if status == "succeeded":
         values["progress"] = 100.0
-    changed = session.execute(
-        update(Job).where(Job.id == job.id, Job.status.in_(ACTIVE)).values(**values)
-    ).rowcount
+    if not process_may_live:
+        values["pid"] = None
+    where = [Job.id == job.id, Job.status.in_(ACTIVE)]
+    if stale_before is not None:
+        where.append(Job.heartbeat_at < stale_before)
+    changed = session.execute(update(Job).where(*where).values(**values)).rowcount
     if not changed:
         return False
     session.refresh(job)
     if status in ("failed", "cancelled"):
         _run_on_failure(session, job)
+        if not process_may_live:
+            clean_up(session, job)
     return True
 
 
@@ -167,6 +180,24 @@ def _run_on_failure(session: Session, job: Job) -> None:
     kind = get_kind(job.kind)
     if kind.on_failure is not None:
         kind.on_failure(session, job)
+
+
+def clean_up(session: Session, job: Job) -> None:
+    """No process of this finished job is left: remove what a failed or cancelled run left on
+    disk (the kind's cleanup), and clear `pid`, which said that one might still be writing.
+
+    A cleanup reads rows and removes files; one that fails is logged, not raised: the job
+    stays failed, and what is left on disk is a leftover, never a model that looks whole.
+    """
+    if job.status in ("failed", "cancelled"):
+        kind = get_kind(job.kind)
+        if kind.cleanup is not None:
+            try:
+                kind.cleanup(session, job)
+            except Exception:
+                log.exception("could not remove what job %s (%s) left", job.id, job.kind)
+    job.pid = None
+    session.flush()
 
 
 def finished_since(session: Session, principal: Principal, since: datetime) -> list[Job]:

@@ -6,15 +6,17 @@ from __future__ import annotations
 
 import json
 import os
+import uuid
 from pathlib import Path
 from typing import Any
 
 from tuneyard.cards import file_digest, folder_size, write_readme
 from tuneyard.db import session_scope
-from tuneyard.models import CompleteModel, CustomizedModel, Training, new_id, utcnow
-from tuneyard.storage import atomic_dir, remove_tree
+from tuneyard.models import CompleteModel, CustomizedModel, Training, utcnow
+from tuneyard.storage import Layout, atomic_dir, discard, remove_tree
 
 RESULT_FOLDER = "result"
+RESULT_ID_NAMESPACE = uuid.UUID("0b7e3c52-5d1e-4a8e-9a40-6f1f2d8e3c11")
 DTYPE_NAMES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
 
 
@@ -71,6 +73,21 @@ def result_dir(work_dir: Path) -> Path:
     return work_dir / RESULT_FOLDER
 
 
+def result_model_id(training_id: str) -> str:
+    """The id of the model a training makes, fixed in advance: a folder put in place by a run
+    killed before it recorded the model is found again, to be removed or replaced."""
+    return str(uuid.uuid5(RESULT_ID_NAMESPACE, training_id))
+
+
+def discard_unrecorded_result(session, layout: Layout, training_id: str) -> None:
+    """Remove the model folder of a training that a run put in place but never recorded."""
+    model_id = result_model_id(training_id)
+    if session.get(CustomizedModel, model_id) is None:
+        discard(layout.customized_model_dir(model_id))
+    if session.get(CompleteModel, model_id) is None:
+        discard(layout.complete_model_dir(model_id))
+
+
 def fresh_result_dir(work_dir: Path) -> Path:
     """An empty result folder (a killed earlier attempt may have left one half-written)."""
     folder = result_dir(work_dir)
@@ -109,10 +126,11 @@ def write_result(
         if done_id:  # a resumed run whose first attempt had already written its result
             remove_tree(produced)
             return {"message": "Done", "model_id": done_id}
+        discard_unrecorded_result(session, ctx.layout, training_id)
     name = customized_model_name(
         training.base_model_name, training.name, training.created_at, training_id
     )
-    model_id = new_id()
+    model_id = result_model_id(training_id)
     target = (
         ctx.layout.complete_model_dir(model_id)
         if full
@@ -137,7 +155,7 @@ def write_result(
         )
         write_readme(staging, card)
     produced.rmdir()
-    with session_scope(ctx.settings) as session:
+    with ctx.session() as session:
         training = session.get(Training, training_id)
         if full:
             session.add(
