@@ -9,12 +9,12 @@ import time
 
 import pytest
 
-from tests.conftest import wait_for_job
+from tests.conftest import stop_executor, wait_for_job
 from tests.test_complete import make_customized
 from tests.test_deploy import add_env
 from tests.test_deploy_ollama_jobs import deploy, deployed
 from tests.vllm_double import VllmDouble
-from tuneyard.deploy.llamacpp import ManagedServer
+from tuneyard.deploy.llamacpp import ManagedServer, list_served_models
 from tuneyard.deploy.openai_compat import OpenAICompatClient
 from tuneyard.storage import Layout
 
@@ -87,6 +87,27 @@ class TestLlamaCpp:
         assert {"model.gguf", "adapter.gguf"} <= {p.name for p in folder.iterdir()}
         # Both stay served by the one server; the adapter changes the greedy answer.
         assert chat(live, max_tokens=16) != chat(base_live, max_tokens=16)
+
+    def test_two_deploys_at_once_are_both_served(
+        self, client, auth, admin_password, llama_env, tiny_base
+    ):
+        from tuneyard.jobs.executor import Executor
+
+        executor = Executor(concurrency=2)  # both deploy jobs run at the same time
+        executor.start()
+        try:
+            accepted = [deploy(client, auth, "base", tiny_base, llama_env["id"]) for _ in "ab"]
+            jobs = [wait_for_job(each["job_id"], timeout=240) for each in accepted]
+        finally:
+            stop_executor(executor)
+        assert [job.status for job in jobs] == ["succeeded", "succeeded"], [j.error for j in jobs]
+        lives = [client.get(f"{LIVE}/{each['id']}", headers=auth).json() for each in accepted]
+        assert [live["status"] for live in lives] == ["live", "live"]
+        server = ManagedServer(Layout().environment_dir(llama_env["id"]))
+        assert sorted(list_served_models(server.base_url)) == sorted(
+            live["model_id"] for live in lives
+        )
+        assert all(isinstance(chat(live), str) for live in lives)
 
     def test_failed_export_leaves_nothing(
         self, client, auth, worker, llama_env, tiny_model_dir, tmp_path
