@@ -396,8 +396,13 @@ class LlamaCppTarget(DeployTarget):
 
 
 def _without(served: list, folder: Path) -> list:
-    """The served models, less those whose files are in `folder` (one live model's)."""
-    return [model for model in served if model.model_path.parent.resolve() != folder.resolve()]
+    """The served models, less those whose files are in `folder` (one live model's) or gone
+    (a server restarted with them would not start)."""
+    return [
+        model
+        for model in served
+        if model.model_path.parent.resolve() != folder.resolve() and model.model_path.is_file()
+    ]
 
 
 def _merge_for_export(base_dir: Path, adapter_dir: Path, out_dir: Path) -> None:
