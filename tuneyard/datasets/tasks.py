@@ -18,9 +18,9 @@ PROGRESS_EVERY_SECONDS = 0.5
 
 
 def mark_parse_failed(session: Session, job: Job) -> None:
-    """Whatever stopped the parse, the dataset is failed and says why."""
+    """Whatever stopped the parse before the dataset was ready, it is failed and says why."""
     dataset = session.get(Dataset, job.params.get("dataset_id"))
-    if dataset is None:
+    if dataset is None or dataset.status == "ready":
         return
     dataset.status = "failed"
     if not dataset.errors:
