@@ -87,7 +87,7 @@ def worker_host(worker_id: str) -> str:
 def worker_alive(worker_id: str) -> bool:
     """Whether the worker with this id still runs (on this machine; False for another's)."""
     parts = worker_id.split(":")
-    if len(parts) != 4 or parts[0] != HOST:
+    if len(parts) != 4 or parts[0] != HOST or not parts[1].isdigit():
         return False
     pid, started = int(parts[1]), parts[2]
     if pid == os.getpid():
@@ -304,7 +304,8 @@ class Executor:
                 "failed",
                 message="Failed",
                 error=f"The job stopped reporting (no heartbeat for "
-                f"{self.settings.job_stale_after_seconds:.0f} s); its worker died.",
+                f"{self.settings.job_stale_after_seconds:.0f} s): its machine "
+                f"{worker_host(job.worker_id)} died or lost the database. Start the job again.",
                 process_may_live=True,
                 stale_before=cutoff,
             )
