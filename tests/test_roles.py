@@ -121,6 +121,7 @@ WITHOUT_PRINCIPAL = {
         "describe_folder",
         "finish_folder",
         "mark_failed",
+        "remove_failed_folder",
         "uses_key",
     },
     "tuneyard.chat.service": {"record_answer", "run_compare", "run_turn"},
@@ -150,7 +151,7 @@ WITHOUT_PRINCIPAL = {
         "source_uses_key",
         "uses_key",
     },
-    "tuneyard.jobs.service": {"finish"},
+    "tuneyard.jobs.service": {"clean_up", "finish"},
     "tuneyard.thirdparty.service": {"third_party_api_key", "third_party_out", "uses_key"},
     "tuneyard.training.custom": {"params_model", "read_script"},
     "tuneyard.training.service": {
