@@ -19,8 +19,8 @@ log = logging.getLogger(__name__)
 API_PREFIX = "/api/v1"
 
 
-def _error(status: int, error: str, detail) -> JSONResponse:
-    return JSONResponse({"error": error, "detail": detail}, status_code=status)
+def _error(status: int, error: str, detail, headers=None) -> JSONResponse:
+    return JSONResponse({"error": error, "detail": detail}, status_code=status, headers=headers)
 
 
 def _validation_detail(exc: RequestValidationError) -> str:
@@ -32,18 +32,24 @@ def _validation_detail(exc: RequestValidationError) -> str:
 
 
 def install_error_handlers(app: FastAPI) -> None:
+    from tuneyard.gate import Refused
+
     @app.exception_handler(AppError)
     async def app_error(_request: Request, exc: AppError):
-        return _error(exc.status, type(exc).__name__, exc.message)
+        return _error(exc.status, type(exc).__name__, exc.message, exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(_request: Request, exc: RequestValidationError):
         return _error(422, "Invalid", _validation_detail(exc))
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(_request: Request, exc: StarletteHTTPException):
-        names = {404: "NotFound", 405: "MethodNotAllowed", 401: "Unauthorized"}
-        return _error(exc.status_code, names.get(exc.status_code, "HTTPError"), exc.detail)
+    async def http_error(request: Request, exc: StarletteHTTPException):
+        if isinstance(exc, Refused):
+            return await app_error(request, exc.error)
+        names = {404: "NotFound", 405: "MethodNotAllowed", 401: "Unauthorized", 413: "TooLarge"}
+        return _error(
+            exc.status_code, names.get(exc.status_code, "HTTPError"), exc.detail, exc.headers
+        )
 
 
 def api_router() -> APIRouter:
@@ -140,6 +146,9 @@ def create_app(run_worker: bool = False, console: bool = False) -> FastAPI:
         lifespan=lifespan,
     )
     install_error_handlers(app)
+    from tuneyard.gate import RequestGate
+
+    app.add_middleware(RequestGate)
     app.include_router(api_router())
     from tuneyard.chat.gateway import router as gateway_router
 

@@ -163,6 +163,26 @@ def users_list(project: str = ProjectOption, as_json: bool = JsonOption):
     print_json(rows) if as_json else print_table(rows, ["username", "role", "created_at"])
 
 
+@users_app.command("passwd")
+def users_passwd(
+    username: str,
+    password: str = typer.Option(
+        ...,
+        prompt="New password",
+        hide_input=True,
+        confirmation_prompt=True,
+        envvar="TUNEYARD_NEW_PASSWORD",
+    ),
+    project: str = ProjectOption,
+):
+    """Set a user's password (the first admin's too, when it is lost); their sessions end."""
+    from tuneyard.auth import service
+
+    with cli_session(project) as (session, principal):
+        service.reset_password(session, principal, username, password)
+    console.print(f"Changed the password of {username}; their sessions have ended.")
+
+
 @users_app.command("rm")
 def users_rm(username: str, project: str = ProjectOption):
     """Remove a user from the project."""

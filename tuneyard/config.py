@@ -30,8 +30,16 @@ class Settings(BaseSettings):
         30.0, gt=0, description="A running job whose heartbeat is older is taken as dead."
     )
     job_cancel_grace_seconds: float = Field(10.0, ge=0)
-    dataset_max_line_chars: int = Field(4000, ge=1, description="Longest accepted JSONL line.")
+    dataset_max_line_chars: int = Field(
+        4000, ge=1, description="Longest accepted record: a JSONL line, a JSON array item."
+    )
     dataset_max_file_bytes: int = Field(200 * 1024 * 1024, ge=1)
+    dataset_max_records: int = Field(
+        1_000_000, ge=1, description="Most records a dataset file may hold."
+    )
+    max_request_bytes: int = Field(
+        16 * 1024 * 1024, ge=1, description="Largest API request body but an upload's."
+    )
     dataset_max_errors: int = Field(20, ge=1, description="Errors reported for a failed parse.")
     hub_timeout_seconds: float = Field(5.0, gt=0)
     token_ttl_hours: int = Field(24 * 7, ge=1, description="Lifetime of a login token.")

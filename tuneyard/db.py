@@ -11,6 +11,7 @@ from sqlalchemy import Engine, MetaData, create_engine, event
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
 from tuneyard.config import Settings, get_settings
+from tuneyard.storage import Layout
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -48,8 +49,8 @@ def engine_for(url: str) -> Engine:
 
 def get_engine(settings: Settings | None = None) -> Engine:
     settings = settings or get_settings()
-    if settings.db_url.startswith("sqlite"):
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
+    if not settings.data_dir.is_dir():
+        Layout(settings).ensure_root()
     return engine_for(settings.db_url)
 
 
@@ -75,7 +76,7 @@ def alembic_config(settings: Settings | None = None):
     from alembic.config import Config
 
     settings = settings or get_settings()
-    get_engine(settings)  # creates the data dir for SQLite
+    get_engine(settings)  # creates the data dir
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
     config.set_main_option("sqlalchemy.url", settings.db_url.replace("%", "%%"))

@@ -13,6 +13,9 @@ from tuneyard.db import session_scope
 from tuneyard.errors import Unauthorized
 from tuneyard.pagination import MAX_LIMIT
 
+# Where the request gate (tuneyard/gate.py) keeps the principal it settled before the body.
+PRINCIPAL_KEY = "tuneyard.principal"
+
 
 def _session() -> Iterator[Session]:
     # Ends before the response is sent, so a 2xx means the change is committed.
@@ -23,17 +26,35 @@ def _session() -> Iterator[Session]:
 DbSession = Annotated[Session, Depends(_session, scope="function")]
 
 
-def _principal(request: Request, session: DbSession) -> Principal:
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token:
+def principal_from_header(authorization: str) -> Principal:
+    """Who sends this Authorization header, settled in a short unit of work of its own: the
+    request's own may go on to slow work, and must not hold the token's write meanwhile."""
+    scheme, _, token = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
         raise Unauthorized(
             "Send 'Authorization: Bearer <token>'; get a token from POST /api/v1/auth/login."
         )
-    return authenticate(session, token.strip())
+    with session_scope() as session:
+        return authenticate(session, token.strip())
+
+
+def _principal(request: Request) -> Principal:
+    principal = request.scope.get(PRINCIPAL_KEY)
+    if principal is None:
+        principal = principal_from_header(request.headers.get("authorization", ""))
+        request.scope[PRINCIPAL_KEY] = principal
+    return principal
 
 
 CurrentPrincipal = Annotated[Principal, Depends(_principal)]
+
+
+def client_address(request: Request) -> str:
+    """The caller's address, as the server sees it (a proxy's, unless it forwards it)."""
+    return request.client.host if request.client else "unknown"
+
+
+ClientAddress = Annotated[str, Depends(client_address)]
 
 
 class PageParams:

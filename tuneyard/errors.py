@@ -9,6 +9,7 @@ class AppError(Exception):
     def __init__(self, message: str, status: int | None = None):
         super().__init__(message)
         self.message = message
+        self.headers: dict[str, str] = {}
         if status is not None:
             self.status = status
 
@@ -39,3 +40,14 @@ class TooLarge(AppError):
 
 class Unavailable(AppError):
     status = 503
+
+
+class TooManyRequests(AppError):
+    """Refused for now; the Retry-After header says in how many seconds to try again."""
+
+    status = 429
+
+    def __init__(self, message: str, retry_after: int):
+        super().__init__(message)
+        self.retry_after = max(1, int(retry_after))
+        self.headers = {"Retry-After": str(self.retry_after)}

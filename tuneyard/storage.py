@@ -27,6 +27,11 @@ class Layout:
     def __init__(self, settings: Settings | None = None):
         self.root = (settings or get_settings()).data_dir
 
+    def ensure_root(self) -> Path:
+        """The data dir, created readable by its owner only (it holds keys and passwords)."""
+        self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        return self.root
+
     def job_dir(self, job_id: str) -> Path:
         return self.root / "jobs" / job_id
 

@@ -9,25 +9,42 @@ from tuneyard.auth.schemas import (
     LoginIn,
     LoginOut,
     MeOut,
+    PasswordChange,
+    PasswordReset,
     TokenCreate,
     TokenCreated,
     TokenOut,
     UserCreate,
     UserOut,
 )
-from tuneyard.deps import CurrentPrincipal, DbSession, Paging
+from tuneyard.deps import ClientAddress, CurrentPrincipal, DbSession, Paging
 from tuneyard.pagination import Page
 
 router = APIRouter(tags=["auth"])
 
 
-@router.post("/auth/login", response_model=LoginOut)
-def login(body: LoginIn, session: DbSession):
-    token = service.login(session, body.project_code, body.username, body.password)
-    principal = service.authenticate(session, token)
+@router.post(
+    "/auth/login",
+    response_model=LoginOut,
+    responses={429: {"description": "Too many failed logins; see the Retry-After header"}},
+)
+def login(body: LoginIn, session: DbSession, address: ClientAddress):
+    """A session token for the project code, username and password. Repeated failures for a
+    user or from an address are refused for a while (429, with Retry-After)."""
+    token, principal = service.login(
+        session, body.project_code, body.username, body.password, address
+    )
     return LoginOut(
         token=token, project_code=body.project_code, username=body.username, role=principal.role
     )
+
+
+@router.post("/auth/password", status_code=status.HTTP_204_NO_CONTENT)
+def change_password(
+    body: PasswordChange, principal: CurrentPrincipal, session: DbSession, address: ClientAddress
+):
+    """Change your own password. Your other sessions end; this one and your API tokens stay."""
+    service.change_password(session, principal, body.current_password, body.new_password, address)
 
 
 @router.get("/auth/me", response_model=MeOut)
@@ -49,6 +66,14 @@ def list_users(principal: CurrentPrincipal, session: DbSession, page: Paging):
 @router.post("/users", response_model=UserOut, status_code=status.HTTP_201_CREATED)
 def create_user(body: UserCreate, principal: CurrentPrincipal, session: DbSession):
     return service.create_user(session, principal, body.username, body.password, body.role)
+
+
+@router.post("/users/{username}/password", status_code=status.HTTP_204_NO_CONTENT)
+def reset_password(
+    username: str, body: PasswordReset, principal: CurrentPrincipal, session: DbSession
+):
+    """Set a user's password (admin); that user's sessions end."""
+    service.reset_password(session, principal, username, body.new_password)
 
 
 @router.delete("/users/{username}", status_code=status.HTTP_204_NO_CONTENT)

@@ -26,6 +26,15 @@ class UserCreate(BaseModel):
     role: str = Field("member", pattern="^(admin|member|viewer)$")
 
 
+class PasswordChange(BaseModel):
+    current_password: str = Field(min_length=1, max_length=1024)
+    new_password: str = Field(min_length=8, max_length=1024)
+
+
+class PasswordReset(BaseModel):
+    new_password: str = Field(min_length=8, max_length=1024)
+
+
 class UserOut(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 

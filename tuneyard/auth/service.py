@@ -1,4 +1,4 @@
-"""Projects, users, password login and API tokens. A Principal is who is asking, and where.
+"""Projects, users, passwords, login and API tokens. A Principal is who is asking, and where.
 
 Roles, checked by each service before it looks anything up (the API, the console and the CLI
 call the same services, so they share one rule set):
@@ -24,10 +24,11 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from argon2 import PasswordHasher
-from argon2.exceptions import VerificationError
-from sqlalchemy import select
+from argon2.exceptions import InvalidHashError, VerificationError
+from sqlalchemy import and_, delete, event, or_, select, update
 from sqlalchemy.orm import Session
 
+from tuneyard.auth.throttle import throttle
 from tuneyard.config import Settings, get_settings
 from tuneyard.errors import Conflict, Forbidden, Invalid, NotFound, Unauthorized
 from tuneyard.models import ApiToken, Project, User, utcnow
@@ -37,8 +38,15 @@ from tuneyard.storage import Layout
 ROLES = ("admin", "member", "viewer")
 ROLE_RANK = {"viewer": 0, "member": 1, "admin": 2}
 DEFAULT_PROJECT_CODE = "1001"
+FIRST_ADMIN = "admin"
 USERNAME_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+PASSWORD_MIN = 8
+PASSWORD_MAX = 1024
 TOKEN_PREFIX = "ty_"
+# A token's last use is written at most this often, so reads stay reads.
+TOKEN_USE_INTERVAL = timedelta(minutes=1)
+# Revoked and expired API tokens stay listed this long, then go.
+ENDED_API_TOKENS_KEPT = timedelta(days=30)
 
 _hasher = PasswordHasher()
 
@@ -50,6 +58,7 @@ class Principal:
     project_id: str
     project_code: str
     role: str
+    token_id: str | None = None  # the token the request came with, if any
 
     def allows(self, role: str) -> bool:
         return ROLE_RANK[self.role] >= ROLE_RANK[role]
@@ -63,12 +72,32 @@ class Principal:
             raise Forbidden(self.refusal(role))
 
     @classmethod
-    def of(cls, user: User) -> Principal:
-        return cls(user.id, user.username, user.project_id, user.project.code, user.role)
+    def of(cls, user: User, token_id: str | None = None) -> Principal:
+        return cls(user.id, user.username, user.project_id, user.project.code, user.role, token_id)
 
 
 def _hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
+
+
+def _hash_password(password: str) -> str:
+    with throttle.hashing():
+        return _hasher.hash(password)
+
+
+def _password_matches(password_hash: str, password: str) -> bool:
+    with throttle.hashing():
+        try:
+            return _hasher.verify(password_hash, password)
+        except (VerificationError, InvalidHashError):
+            return False
+
+
+def _check_password_rules(password: str) -> None:
+    if len(password) < PASSWORD_MIN:
+        raise Invalid(f"A password needs at least {PASSWORD_MIN} characters.")
+    if len(password) > PASSWORD_MAX:
+        raise Invalid(f"A password is at most {PASSWORD_MAX:,} characters.")
 
 
 def get_project_by_code(session: Session, code: str) -> Project:
@@ -109,15 +138,14 @@ def _add_user(session: Session, project: Project, username: str, password: str, 
         raise Invalid("A username is 1-64 letters, digits, '.', '_' or '-'.")
     if role not in ROLES:
         raise Invalid(f"Unknown role '{role}'; choose one of: {', '.join(ROLES)}.")
-    if len(password) < 8:
-        raise Invalid("A password needs at least 8 characters.")
+    _check_password_rules(password)
     exists = session.scalar(
         select(User).where(User.project_id == project.id, User.username == username)
     )
     if exists:
         raise Conflict(f"User '{username}' already exists in project {project.code}.")
     user = User(
-        project_id=project.id, username=username, password_hash=_hasher.hash(password), role=role
+        project_id=project.id, username=username, password_hash=_hash_password(password), role=role
     )
     session.add(user)
     session.flush()
@@ -153,26 +181,107 @@ def delete_user(session: Session, principal: Principal, username: str) -> None:
     session.delete(user)
 
 
-def login(session: Session, project_code: str, username: str, password: str) -> str:
-    """Check a password and return a new session token. One message for every failure."""
-    failure = Unauthorized("Wrong project code, username or password.")
+def login(
+    session: Session, project_code: str, username: str, password: str, address: str = "unknown"
+) -> tuple[str, Principal]:
+    """Check a password; return a new session token and who it is. One message for every
+    failure; too many failures for the user or from the address are refused for a while."""
+    throttle.check(project_code, username, address)
     user = session.scalar(
         select(User)
         .join(Project, User.project_id == Project.id)
         .where(Project.code == project_code, User.username == username)
     )
     if user is None:
-        _hasher.hash(password)  # spend the same time as a real check
-        raise failure
-    try:
-        _hasher.verify(user.password_hash, password)
-    except VerificationError:
-        raise failure from None
+        _hash_password(password)  # spend the same time as a real check
+        matches = False
+    else:
+        matches = _password_matches(user.password_hash, password)
+    if not matches:
+        throttle.failed(project_code, username, address)
+        raise Unauthorized("Wrong project code, username or password.")
+    throttle.succeeded(project_code, username)
+    remove_ended_tokens(session)
     settings = get_settings()
-    token, _ = _issue_token(
+    token, row = _issue_token(
         session, user, "login", "session", utcnow() + timedelta(hours=settings.token_ttl_hours)
     )
-    return token
+    return token, Principal.of(user, row.id)
+
+
+def remove_ended_tokens(session: Session) -> int:
+    """Delete session tokens that expired or were revoked (signed out, password changed), and
+    API tokens that ended over ENDED_API_TOKENS_KEPT ago. Returns how many went."""
+    now = utcnow()
+    long_ago = now - ENDED_API_TOKENS_KEPT
+    result = session.execute(
+        delete(ApiToken)
+        .where(
+            or_(
+                and_(
+                    ApiToken.kind == "session",
+                    or_(ApiToken.revoked_at.is_not(None), ApiToken.expires_at < now),
+                ),
+                ApiToken.revoked_at < long_ago,
+                ApiToken.expires_at < long_ago,
+            )
+        )
+        .execution_options(synchronize_session=False)
+    )
+    return result.rowcount
+
+
+# -- passwords ---------------------------------------------------------------------------
+
+
+def change_password(
+    session: Session,
+    principal: Principal,
+    current_password: str,
+    new_password: str,
+    address: str = "unknown",
+) -> None:
+    """Change your own password, given the current one. Your other sessions end; your API
+    tokens keep working. Wrong current passwords count as failed logins."""
+    throttle.check(principal.project_code, principal.username, address)
+    user = session.get(User, principal.user_id)
+    if user is None:
+        raise Unauthorized("Your user no longer exists; ask an admin of the project.")
+    if not _password_matches(user.password_hash, current_password):
+        throttle.failed(principal.project_code, principal.username, address)
+        raise Forbidden("The current password is wrong; type the one you log in with.")
+    _check_password_rules(new_password)
+    if new_password == current_password:
+        raise Invalid("The new password is the same as the current one; choose another.")
+    _set_password(session, user, new_password, keep_token_id=principal.token_id)
+
+
+def reset_password(
+    session: Session, principal: Principal, username: str, new_password: str
+) -> None:
+    """An admin sets a user's password without the old one; that user's sessions end (but
+    the admin's own current one, when it is their own password)."""
+    principal.require("admin")
+    user = get_user(session, principal, username)
+    _check_password_rules(new_password)
+    keep = principal.token_id if user.id == principal.user_id else None
+    _set_password(session, user, new_password, keep_token_id=keep)
+
+
+def _set_password(session: Session, user: User, password: str, keep_token_id: str | None):
+    user.password_hash = _hash_password(password)
+    ended = update(ApiToken).where(
+        ApiToken.user_id == user.id, ApiToken.kind == "session", ApiToken.revoked_at.is_(None)
+    )
+    if keep_token_id is not None:
+        ended = ended.where(ApiToken.id != keep_token_id)
+    session.execute(ended.values(revoked_at=utcnow()).execution_options(synchronize_session=False))
+    if user.username == FIRST_ADMIN and user.project.code == DEFAULT_PROJECT_CODE:
+        # The first start's password file would now be wrong; it goes once the change is in.
+        path = Layout().admin_password_file
+        event.listen(
+            session, "after_commit", lambda _session: path.unlink(missing_ok=True), once=True
+        )
 
 
 def _issue_token(session: Session, user: User, name: str, kind: str, expires_at=None):
@@ -228,29 +337,34 @@ def logout(session: Session, token: str) -> None:
 
 
 def authenticate(session: Session, token: str) -> Principal:
+    """Who holds `token`. Its use is recorded at most once a TOKEN_USE_INTERVAL: run this in a
+    short unit of work of its own, never in one that goes on to slow work."""
     row = session.scalar(select(ApiToken).where(ApiToken.token_hash == _hash_token(token)))
     now = utcnow()
     if row is None or row.revoked_at is not None:
         raise Unauthorized("Invalid or revoked token; log in again or create a new token.")
     if row.expires_at is not None and row.expires_at < now:
         raise Unauthorized("This token has expired; log in again.")
-    row.last_used_at = now
-    return Principal.of(row.user)
+    if row.last_used_at is None or row.last_used_at <= now - TOKEN_USE_INTERVAL:
+        row.last_used_at = now
+    return Principal.of(row.user, row.id)
 
 
 def ensure_bootstrap(session: Session, settings: Settings | None = None) -> str | None:
     """First start: create project 1001 and user admin with a random password.
 
     The password is written to <data dir>/admin-password.txt (mode 0600) and returned so the
-    caller can print it once; later starts return None.
+    caller can print it once; later starts return None. Changing that password removes the
+    file.
     """
     settings = settings or get_settings()
     if session.scalar(select(Project).limit(1)) is not None:
         return None
     password = secrets.token_urlsafe(12)
-    create_project(session, DEFAULT_PROJECT_CODE, "admin", password, "Default project")
-    path = Layout(settings).admin_password_file
-    path.parent.mkdir(parents=True, exist_ok=True)
+    create_project(session, DEFAULT_PROJECT_CODE, FIRST_ADMIN, password, "Default project")
+    layout = Layout(settings)
+    layout.ensure_root()
+    path = layout.admin_password_file
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as handle:
         handle.write(password + "\n")

@@ -6,16 +6,17 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from tuneyard.auth.service import Principal
 from tuneyard.chat.backends import resolve_model, stream_chat
+from tuneyard.chat.schemas import MAX_CONTENT_CHARS, MAX_MESSAGES, MAX_STOP, MAX_TOKENS, MAX_TOP_K
 from tuneyard.deps import CurrentPrincipal, DbSession
 from tuneyard.errors import AppError, Invalid
 from tuneyard.models import BaseModel as BaseModelRow
@@ -25,19 +26,20 @@ router = APIRouter(prefix="/v1", tags=["OpenAI-compatible gateway"])
 
 
 class GatewayRequest(BaseModel):
-    """The parts of OpenAI's chat completions request the gateway passes on."""
+    """The parts of OpenAI's chat completions request the gateway passes on, with the chat
+    API's caps."""
 
     model_config = ConfigDict(extra="ignore")
 
-    model: str
-    messages: list[dict[str, Any]] = Field(min_length=1)
+    model: str = Field(max_length=500)
+    messages: list[dict[str, Any]] = Field(min_length=1, max_length=MAX_MESSAGES)
     stream: bool = False
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)
-    top_k: int | None = Field(None, ge=1)
-    max_tokens: int | None = Field(None, ge=1)
-    max_completion_tokens: int | None = Field(None, ge=1)
-    stop: str | list[str] | None = None
+    top_k: int | None = Field(None, ge=1, le=MAX_TOP_K)
+    max_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS)
+    max_completion_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS)
+    stop: str | Annotated[list[str], Field(max_length=MAX_STOP)] | None = None
     seed: int | None = None
 
 
@@ -121,13 +123,19 @@ def _params(body: GatewayRequest) -> dict[str, Any]:
 
 def _messages(body: GatewayRequest) -> list[dict[str, str]]:
     out = []
-    for message in body.messages:
+    for index, message in enumerate(body.messages):
         content = message.get("content")
         if isinstance(content, list):  # content parts: keep the text ones
-            content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
+            content = "".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
         if message.get("role") not in ("system", "user", "assistant") or content is None:
             raise Invalid("Each message needs a role (system, user, assistant) and text content.")
-        out.append({"role": message["role"], "content": str(content)})
+        content = str(content)
+        if len(content) > MAX_CONTENT_CHARS:
+            raise Invalid(
+                f"messages[{index}] has {len(content):,} characters; a message holds at most "
+                f"{MAX_CONTENT_CHARS:,}."
+            )
+        out.append({"role": message["role"], "content": content})
     return out
 
 
@@ -139,8 +147,16 @@ async def chat_completions(request: Request, principal: CurrentPrincipal, sessio
         messages, params = _messages(body), _params(body)
     except AppError as exc:
         return _openai_error(exc)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in error['loc']) or 'request'}: {error['msg']}"
+            for error in exc.errors()
+        )
+        return _openai_error(Invalid(f"Invalid chat completion request: {problems}"))
     except ValueError as exc:
         return _openai_error(Invalid(f"Invalid chat completion request: {exc}"))
+    # Nothing to keep: the connection goes back before the model's (maybe slow) answer.
+    session.commit()
     completion_id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
     created = int(time.time())
     if body.stream:

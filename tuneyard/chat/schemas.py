@@ -8,6 +8,12 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 DEFAULT_SYSTEM_PROMPT = "I am an AI assistant."
+# Caps every way in to a model shares (the chat API and the OpenAI-compatible gateway).
+MAX_TOKENS = 32768
+MAX_MESSAGES = 1000
+MAX_CONTENT_CHARS = 200_000
+MAX_STOP = 8
+MAX_TOP_K = 1000
 
 
 class ChatParams(BaseModel):
@@ -18,9 +24,11 @@ class ChatParams(BaseModel):
     system: str | None = Field(None, description="System prompt, sent first.")
     temperature: float = Field(0.7, ge=0, le=2, description="0 answers greedily.")
     top_p: float = Field(1.0, gt=0, le=1)
-    top_k: int | None = Field(None, ge=1, le=1000, description="Ignored by OpenAI's own API.")
-    max_tokens: int = Field(256, ge=1, le=32768)
-    stop: list[str] | None = Field(None, max_length=8, description="Strings that end the answer.")
+    top_k: int | None = Field(None, ge=1, le=MAX_TOP_K, description="Ignored by OpenAI's own API.")
+    max_tokens: int = Field(256, ge=1, le=MAX_TOKENS)
+    stop: list[str] | None = Field(
+        None, max_length=MAX_STOP, description="Strings that end the answer."
+    )
     seed: int | None = Field(None, description="Makes sampling repeatable where supported.")
 
     @field_validator("stop")
@@ -35,7 +43,7 @@ class Message(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     role: Literal["system", "user", "assistant"]
-    content: str = Field(max_length=200_000)
+    content: str = Field(max_length=MAX_CONTENT_CHARS)
 
 
 class ChatRequest(BaseModel):
@@ -45,7 +53,9 @@ class ChatRequest(BaseModel):
         description="base:<id>, customized:<id>, complete:<id>, live:<id>, third-party:<id>, "
         "or a model's name."
     )
-    messages: list[Message] = Field(min_length=1, description="The new turn(s) to send.")
+    messages: list[Message] = Field(
+        min_length=1, max_length=MAX_MESSAGES, description="The new turn(s) to send."
+    )
     params: ChatParams | None = None
     session_id: str | None = Field(
         None, description="Continue a stored session: its history goes first. Default: a new one."
@@ -57,7 +67,7 @@ class CompareRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     models: list[str] = Field(min_length=2, max_length=4, description="Two to four models.")
-    messages: list[Message] = Field(min_length=1)
+    messages: list[Message] = Field(min_length=1, max_length=MAX_MESSAGES)
     params: ChatParams | None = Field(None, description="For every model (copy parameters).")
     params_per_model: list[ChatParams | None] | None = Field(
         None, description="One entry per model; an entry overrides `params` for its model."

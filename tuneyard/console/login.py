@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
+from fastapi import Request
 from fastapi.responses import RedirectResponse
 from nicegui import ui
 
 from tuneyard.auth.service import DEFAULT_PROJECT_CODE
 from tuneyard.console.session import SignedOut, current_principal, sign_in
 from tuneyard.errors import AppError
-from tuneyard.storage import Layout
 
 
 @ui.page("/login", title="Log in · Tuneyard")
-def login_page():
+def login_page(request: Request):
     try:
         current_principal()
     except SignedOut:
@@ -21,6 +21,7 @@ def login_page():
         from tuneyard.console.app import MOUNT_PATH
 
         return RedirectResponse(f"{MOUNT_PATH}/")
+    address = request.client.host if request.client else "unknown"
     ui.colors(primary="#2f5d50")
     ui.query("body").classes("bg-grey-2")
     with ui.card().classes("absolute-center w-full max-w-sm p-6 gap-3").props("flat bordered"):
@@ -42,7 +43,9 @@ def login_page():
                 error.text = "Fill in the project code, username and password."
                 return
             try:
-                await sign_in(project.value.strip(), username.value.strip(), password.value)
+                await sign_in(
+                    project.value.strip(), username.value.strip(), password.value, address
+                )
             except AppError as exc:
                 error.text = exc.message
                 return
@@ -51,6 +54,6 @@ def login_page():
         password.on("keydown.enter", submit)
         ui.button("Log in", on_click=submit).classes("w-full")
         ui.label(
-            "First start: user admin's password is in "
-            f"{Layout().admin_password_file} (the server also printed it)."
+            "First start: the server printed user admin's password; it is also in "
+            "admin-password.txt in the server's data directory until it is changed."
         ).classes("text-xs text-grey-7")

@@ -27,14 +27,17 @@ class SignedOut(Exception):
     """No valid console session; the page sends the browser to the login page."""
 
 
-def _login(project_code: str, username: str, password: str) -> str:
+def _login(project_code: str, username: str, password: str, address: str) -> str:
     with session_scope() as session:
-        return auth_service.login(session, project_code, username, password)
+        token, _principal = auth_service.login(session, project_code, username, password, address)
+        return token
 
 
-async def sign_in(project_code: str, username: str, password: str) -> None:
+async def sign_in(project_code: str, username: str, password: str, address: str) -> None:
     """Check the password (off the loop: hashing is slow on purpose) and keep the token."""
-    app.storage.user[TOKEN_KEY] = await run.io_bound(_login, project_code, username, password)
+    app.storage.user[TOKEN_KEY] = await run.io_bound(
+        _login, project_code, username, password, address
+    )
 
 
 def sign_out() -> None:
@@ -53,12 +56,17 @@ def browser_token() -> str:
 
 
 def run_signed_in(fn: Callable[[Session, Principal], T], token: str) -> T:
-    """`fn(session, principal)` in one unit of work as the holder of `token`."""
-    with session_scope() as session:
-        try:
+    """`fn(session, principal)` in one unit of work as the holder of `token`.
+
+    The token is checked (and its use recorded) in a short unit of work of its own, so `fn`
+    may do slow work without holding that write.
+    """
+    try:
+        with session_scope() as session:
             principal = auth_service.authenticate(session, token)
-        except Unauthorized:
-            raise SignedOut from None
+    except Unauthorized:
+        raise SignedOut from None
+    with session_scope() as session:
         return fn(session, principal)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import csv
 import hashlib
@@ -15,6 +16,9 @@ from typing import Any, BinaryIO
 from tuneyard.storage import atomic_file
 
 FILE_TYPES = {".jsonl": "jsonl", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
+# Files are read this much at a time; a JSON array item is read whole, up to the record limit.
+READ_CHUNK = 1 << 20
+PARQUET_BATCH_ROWS = 256
 CHAT_ROLES = ("system", "user", "assistant")
 MAPPING_EXAMPLE = '{"question": "prompt", "answer": "completion"}'
 
@@ -107,14 +111,18 @@ def parse_file(
     column_mapping: Mapping[str, str],
     max_errors: int,
     max_line_chars: int,
+    max_records: int,
     on_progress: ProgressCallback | None = None,
 ) -> Parsed:
     """Validate `source` and write its normalised records, one JSON object a line, to `target`.
 
-    Raises ParseFailed, leaving `target` untouched, when the file has any problem.
+    Memory stays bounded whatever the file: it is read a record (or a Parquet batch) at a
+    time, a record is at most `max_line_chars` long (JSONL and JSON), and a file of more than
+    `max_records` records is refused. Raises ParseFailed, leaving `target` untouched, when
+    the file has any problem.
     """
     problems = Problems(max_errors)
-    items = _read_items(source, file_type, problems, column_mapping, max_line_chars)
+    items = _read_items(source, file_type, problems, column_mapping, max_line_chars, max_records)
     digest = hashlib.sha256()
     count = 0
     reference: tuple[str, list[str]] | None = None
@@ -149,6 +157,9 @@ def parse_file(
                 for problem in _value_problems(fmt, record):
                     problems.add(f"{where}: {problem}")
             count += 1
+            if count > max_records:
+                problems.add(_too_many(max_records))
+                break
             if on_progress is not None:
                 on_progress(fraction, count)
             if problems:
@@ -266,17 +277,25 @@ def _read_items(
     problems: Problems,
     column_mapping: Mapping[str, str],
     max_line_chars: int,
+    max_records: int,
 ) -> Iterator[Item]:
     size = max(source.stat().st_size, 1)
     if file_type == "jsonl":
         return _jsonl_items(source, size, problems, max_line_chars)
     if file_type == "json":
-        return _json_items(source, problems)
+        return _json_items(source, size, problems, max_line_chars)
     if file_type == "csv":
         return _csv_items(source, size, problems, set(CANONICAL_FIELDS) | set(column_mapping))
     if file_type == "parquet":
-        return _parquet_items(source, problems)
+        return _parquet_items(source, problems, max_records)
     raise ValueError(f"unknown file type {file_type!r}")
+
+
+def _too_many(max_records: int) -> str:
+    return (
+        f"The file has more than {max_records:,} records; split it into smaller files, or "
+        "raise the limit with TUNEYARD_DATASET_MAX_RECORDS"
+    )
 
 
 def _lines(
@@ -327,9 +346,36 @@ def _too_long(number: int, max_chars: int | None, length: int | None = None) -> 
 
 
 def _check_utf8(source: Path, problems: Problems) -> None:
+    """Report each line that is not valid UTF-8, reading a chunk at a time."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    offset = 0  # bytes read before this piece
+    number = 1
+    reported = False  # this line's first bad byte is reported; the rest of it is skipped
     with source.open("rb") as handle:
-        for _ in _lines(handle, problems):
-            pass
+        while piece := handle.readline(READ_CHUNK):
+            ends_line = piece.endswith(b"\n")
+            if not reported:
+                pending = len(decoder.getstate()[0])
+                try:
+                    decoder.decode(piece, final=ends_line)
+                except UnicodeDecodeError as exc:
+                    problems.add(
+                        f"Line {number}: not valid UTF-8 (byte 0x{exc.object[exc.start]:02x} at "
+                        f"byte offset {offset - pending + exc.start}); save the file as UTF-8"
+                    )
+                    reported = True
+            offset += len(piece)
+            if ends_line:
+                number += 1
+                reported = False
+                decoder.reset()
+        if not reported:
+            pending = decoder.getstate()[0]
+            if pending:  # the file ends inside a character
+                problems.add(
+                    f"Line {number}: not valid UTF-8 (byte 0x{pending[0]:02x} at byte offset "
+                    f"{offset - len(pending)}); save the file as UTF-8"
+                )
 
 
 def _jsonl_items(source: Path, size: int, problems: Problems, max_chars: int) -> Iterator[Item]:
@@ -345,26 +391,145 @@ def _jsonl_items(source: Path, size: int, problems: Problems, max_chars: int) ->
             yield f"Line {number}", value, offset / size
 
 
-def _json_items(source: Path, problems: Problems) -> Iterator[Item]:
+_JSON_STARTS = {"{": "an object", '"': "a string", "t": "a boolean", "f": "a boolean"}
+_JSON_STARTS |= {"n": "null", "-": "a number"} | dict.fromkeys("0123456789", "a number")
+
+
+class _JsonText:
+    """A JSON file's text, read a chunk at a time and forgotten once consumed; positions in
+    it become the line and column a person finds them at."""
+
+    def __init__(self, handle: BinaryIO, size: int):
+        self.handle = handle
+        self.size = size
+        self.decoder = codecs.getincrementaldecoder("utf-8-sig")()
+        self.text = ""
+        self.pos = 0
+        self.bytes_read = 0
+        self.eof = False
+        self.lines_before = 0  # line breaks in the text already dropped
+        self.column_before = 0  # characters after the last of them
+
+    def more(self) -> bool:
+        """Read another chunk, forgetting what was consumed; False (nothing changed) at the
+        end of the file."""
+        chunk = b"" if self.eof else self.handle.read(READ_CHUNK)
+        if not chunk:
+            self.eof = True
+            return False
+        self.bytes_read += len(chunk)
+        self._drop_consumed()
+        self.text += self.decoder.decode(chunk)
+        return True
+
+    def _drop_consumed(self) -> None:
+        consumed = self.text[: self.pos]
+        breaks = consumed.count("\n")
+        self.lines_before += breaks
+        if breaks:
+            self.column_before = len(consumed) - consumed.rfind("\n") - 1
+        else:
+            self.column_before += len(consumed)
+        self.text = self.text[self.pos :]
+        self.pos = 0
+
+    def next_char(self) -> str:
+        """The next character that is not white space ("" at the end), left unconsumed."""
+        while True:
+            while self.pos < len(self.text) and self.text[self.pos] in " \t\r\n":
+                self.pos += 1
+            if self.pos < len(self.text) or not self.more():
+                return self.text[self.pos : self.pos + 1]
+
+    def where(self, index: int) -> str:
+        before = self.text[:index]
+        breaks = before.count("\n")
+        line = self.lines_before + breaks + 1
+        column = index - before.rfind("\n") if breaks else self.column_before + index + 1
+        return f"Line {line}, column {column}"
+
+    def error(self, index: int, message: str) -> str:
+        return f"{self.where(index)}: not valid JSON ({message})"
+
+    @property
+    def fraction(self) -> float:
+        return min(1.0, self.bytes_read / self.size)
+
+
+_TOO_LONG = object()
+_NUMBER_CHARS = frozenset("0123456789.eE+-")
+
+
+def _next_value(decoder: json.JSONDecoder, text: _JsonText, max_chars: int):
+    """(the value, its end) at the text's position, reading on while it may go on past what
+    was read; (the JSONDecodeError, -1) for a syntax error; (_TOO_LONG, -1) when it is longer
+    than `max_chars`."""
+    while True:
+        try:
+            value, end = decoder.raw_decode(text.text, text.pos)
+            # Whole once something follows that cannot carry a number on.
+            if end < len(text.text) and text.text[end] not in _NUMBER_CHARS:
+                return value, end
+        except json.JSONDecodeError as exc:
+            # The text read so far may end inside the value: such an error sits at its end, or
+            # is a string still open. Any other is the file's own.
+            cut = exc.pos >= len(text.text) - 8 or exc.msg.startswith("Unterminated")
+            if not cut:
+                return exc, -1
+            value, end = exc, -1
+        if len(text.text) - text.pos > max_chars:
+            return _TOO_LONG, -1
+        if not text.more():
+            return value, end
+
+
+def _json_items(source: Path, size: int, problems: Problems, max_chars: int) -> Iterator[Item]:
+    """The items of a JSON array, one at a time: the file is never held whole."""
     _check_utf8(source, problems)
     if problems:
         return
-    text = source.read_text(encoding="utf-8-sig")
-    if not text.strip():
-        return
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        problems.add(f"Line {exc.lineno}, column {exc.colno}: not valid JSON ({exc.msg})")
-        return
-    if not isinstance(data, list):
-        problems.add(
-            f"The file is not a JSON array (got {json_type(data)}); a .json file holds an "
-            "array of records, [{...}, {...}]; for one record a line, name the file .jsonl"
-        )
-        return
-    for index, value in enumerate(data):
-        yield f"Item {index + 1} (index {index})", value, (index + 1) / len(data)
+    decoder = json.JSONDecoder()
+    with source.open("rb") as handle:
+        text = _JsonText(handle, size)
+        first = text.next_char()
+        if not first:
+            return
+        if first != "[":
+            if first in _JSON_STARTS:
+                problems.add(
+                    f"The file is not a JSON array (got {_JSON_STARTS[first]}); a .json file "
+                    "holds an array of records, [{...}, {...}]; for one record a line, name "
+                    "the file .jsonl"
+                )
+            else:
+                problems.add(text.error(text.pos, "Expecting value"))
+            return
+        text.pos += 1
+        index = 0
+        while text.next_char() != "]" or index > 0:
+            value, end = _next_value(decoder, text, max_chars)
+            if value is _TOO_LONG or end - text.pos > max_chars:
+                problems.add(
+                    f"Item {index + 1} (index {index}): longer than {max_chars} characters; "
+                    "shorten the record, or raise the limit with TUNEYARD_DATASET_MAX_LINE_CHARS"
+                )
+                return
+            if isinstance(value, json.JSONDecodeError):
+                problems.add(text.error(value.pos, value.msg))
+                return
+            text.pos = end
+            yield f"Item {index + 1} (index {index})", value, text.fraction
+            index += 1
+            after = text.next_char()
+            if after == "]":
+                break
+            if after != ",":
+                problems.add(text.error(text.pos, "Expecting ',' delimiter"))
+                return
+            text.pos += 1
+        text.pos += 1  # the closing bracket
+        if text.next_char():
+            problems.add(text.error(text.pos, "Extra data"))
 
 
 def _csv_items(source: Path, size: int, problems: Problems, known: set[str]) -> Iterator[Item]:
@@ -427,19 +592,24 @@ def _header_ok(
     return ok
 
 
-def _parquet_items(source: Path, problems: Problems) -> Iterator[Item]:
+def _parquet_items(source: Path, problems: Problems, max_records: int) -> Iterator[Item]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     try:
-        parquet = pq.ParquetFile(source)
+        # Read through a small buffer, not a whole row group at once: memory then stays near
+        # one batch, however the file was written.
+        parquet = pq.ParquetFile(source, buffer_size=READ_CHUNK, pre_buffer=False)
     except (pa.ArrowException, OSError) as exc:
         problems.add(f"The file is not a readable Parquet file ({exc})")
+        return
+    if parquet.metadata.num_rows > max_records:
+        problems.add(_too_many(max_records))
         return
     total = max(parquet.metadata.num_rows, 1)
     row = 0
     try:
-        for batch in parquet.iter_batches(batch_size=1024):
+        for batch in parquet.iter_batches(batch_size=PARQUET_BATCH_ROWS):
             for value in batch.to_pylist():
                 row += 1
                 yield f"Row {row}", value, row / total

@@ -9,6 +9,7 @@ from fastapi import APIRouter, File, Form, Query, UploadFile, status
 from tuneyard.datasets import service
 from tuneyard.datasets.schemas import DatasetOut, DatasetRecord, DatasetStats
 from tuneyard.deps import CurrentPrincipal, DbSession, Paging
+from tuneyard.gate import body_limit
 from tuneyard.jobs.schemas import JobAccepted
 from tuneyard.pagination import Page
 
@@ -16,6 +17,7 @@ router = APIRouter(prefix="/datasets", tags=["datasets"])
 
 
 @router.post("", response_model=JobAccepted, status_code=status.HTTP_202_ACCEPTED)
+@body_limit(lambda settings: settings.dataset_max_file_bytes, service.TOO_LARGE)
 def upload_dataset(
     principal: CurrentPrincipal,
     session: DbSession,

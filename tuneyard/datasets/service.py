@@ -36,6 +36,10 @@ DESCRIPTION_MAX = 10_000
 COPY_CHUNK = 1024 * 1024
 TOKEN_BUCKETS = 10
 TOKENIZE_BATCH = 512
+TOO_LARGE = (
+    "The file is larger than the limit of {limit}; split it into smaller files, or raise "
+    "TUNEYARD_DATASET_MAX_FILE_BYTES."
+)
 
 
 def uses_key(dataset_id: str) -> str:
@@ -131,10 +135,7 @@ def _save_upload(content: BinaryIO, target: Path, limit: int) -> int:
         while chunk := content.read(COPY_CHUNK):
             size += len(chunk)
             if size > limit:
-                raise TooLarge(
-                    f"The file is larger than the limit of {_size_text(limit)}; split it into "
-                    "smaller files, or raise TUNEYARD_DATASET_MAX_FILE_BYTES."
-                )
+                raise TooLarge(TOO_LARGE.format(limit=_size_text(limit)))
             out.write(chunk)
     return size
 

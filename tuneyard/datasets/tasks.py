@@ -64,6 +64,7 @@ def parse_dataset(ctx) -> dict:
             column_mapping=mapping,
             max_errors=ctx.settings.dataset_max_errors,
             max_line_chars=ctx.settings.dataset_max_line_chars,
+            max_records=ctx.settings.dataset_max_records,
             on_progress=report,
         )
     except ParseFailed as failure:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, File, Form, UploadFile, status
 
 from tuneyard.deps import CurrentPrincipal, DbSession, Paging
+from tuneyard.gate import body_limit
 from tuneyard.jobs.schemas import JobAccepted
 from tuneyard.pagination import Page
 from tuneyard.training import custom, service
@@ -27,6 +28,10 @@ def list_methods(principal: CurrentPrincipal, session: DbSession):
 
 
 @router.post("/training-methods", response_model=MethodOut, status_code=status.HTTP_201_CREATED)
+@body_limit(
+    lambda _settings: custom.MAX_SCRIPT_BYTES,
+    "A training method script is at most {limit} of Python.",
+)
 def add_method(
     principal: CurrentPrincipal,
     session: DbSession,
@@ -134,6 +139,7 @@ def list_reward_files(principal: CurrentPrincipal):
 
 
 @router.post("/reward-files", status_code=status.HTTP_201_CREATED)
+@body_limit(lambda _settings: 1_000_000, "A reward file is at most {limit} of Python.")
 def upload_reward_file(
     principal: CurrentPrincipal, name: str = Form(...), file: UploadFile = File(...)
 ):
