@@ -91,6 +91,14 @@ def data_dir(request, tmp_path, template_db, monkeypatch) -> Path:
         admin.dispose()
 
 
+@pytest.fixture(autouse=True)
+def fresh_login_counts():
+    """Failed logins are counted per server process; each test starts as a new one would."""
+    from tuneyard.auth.throttle import throttle
+
+    throttle.forget()
+
+
 @pytest.fixture
 def admin_password(data_dir) -> str:
     from tuneyard.api import prepare

@@ -7,6 +7,7 @@ import json
 import pytest
 
 from tests.test_datasets import CHAT, QA, add_and_parse, jsonl, parquet, stored_files
+from tuneyard.config import reset_settings
 from tuneyard.datasets.parsing import accepted_formats
 
 
@@ -161,6 +162,77 @@ class TestJson:
             "Item 2 (index 1): not a JSON object (got a string)",
             "Item 4 (index 3): not a JSON object (got null)",
         ]
+
+    def test_an_item_longer_than_the_record_limit(self, client, auth, worker):
+        long_item = {"prompt": "x" * 4000, "completion": "y"}
+        content = json.dumps([QA[0], long_item, QA[1]], indent=2).encode()
+        errors, _ = failed_parse(client, auth, "qa.json", content)
+        assert errors == [
+            "Item 2 (index 1): longer than 4000 characters; shorten the record, or raise the "
+            "limit with TUNEYARD_DATASET_MAX_LINE_CHARS"
+        ]
+
+
+@pytest.fixture
+def two_records_at_most(monkeypatch):
+    """TUNEYARD_DATASET_MAX_RECORDS=2, set before the worker starts (its jobs get its settings)."""
+    monkeypatch.setenv("TUNEYARD_DATASET_MAX_RECORDS", "2")
+    reset_settings()
+
+
+class TestRecordLimit:
+    @pytest.mark.parametrize(
+        "filename,content",
+        [
+            ("qa.jsonl", jsonl(*QA)),
+            ("qa.json", json.dumps(QA).encode()),
+            ("qa.csv", b"prompt,completion\na,b\nc,d\ne,f\n"),
+            ("qa.parquet", parquet(QA)),
+        ],
+    )
+    def test_more_records_than_the_limit(
+        self, two_records_at_most, client, auth, worker, filename, content
+    ):
+        errors, _ = failed_parse(client, auth, filename, content)
+        assert errors == [
+            "The file has more than 2 records; split it into smaller files, or raise the "
+            "limit with TUNEYARD_DATASET_MAX_RECORDS"
+        ]
+
+    def test_up_to_the_limit_is_fine(self, two_records_at_most, client, auth, worker):
+        dataset, job = add_and_parse(client, auth, "qa", "qa.json", json.dumps(QA[:2]).encode())
+        assert job.status == "succeeded", job.error
+        assert dataset["record_count"] == 2
+
+
+@pytest.mark.nodb
+@pytest.mark.parametrize("chunk", [1, 7, 64])
+def test_a_json_array_read_in_pieces_reads_as_a_whole(tmp_path, monkeypatch, chunk):
+    """However the reads cut the file (inside a string, a character, a number), the records
+    are those of json.loads."""
+    from tuneyard.datasets import parsing
+
+    records = [
+        {"prompt": f'Question {i} \u00e9\u20ac\U0001f600 \\ "quoted"', "completion": "42"}
+        for i in range(12)
+    ]
+    records[3]["completion"] = "a, b ] } [ {"
+    text = "\ufeff" + json.dumps(records, indent=2, ensure_ascii=False)
+    source = tmp_path / "qa.json"
+    source.write_bytes(text.encode())
+    monkeypatch.setattr(parsing, "READ_CHUNK", chunk)
+    parsed = parsing.parse_file(
+        source,
+        "json",
+        tmp_path / "records.jsonl",
+        column_mapping={},
+        max_errors=20,
+        max_line_chars=4000,
+        max_records=100,
+    )
+    assert parsed.record_count == 12
+    lines = (tmp_path / "records.jsonl").read_text(encoding="utf-8").splitlines()
+    assert [json.loads(line) for line in lines] == records
 
 
 class TestCsv:

@@ -1,4 +1,4 @@
-"""The Users page: your own API tokens, and (for admins) the project's users."""
+"""The Users page: your password and API tokens, and (for admins) the project's users."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 from nicegui import ui
 
 from tuneyard.auth import service
-from tuneyard.auth.service import ROLES, USERNAME_RE
+from tuneyard.auth.service import PASSWORD_MIN, ROLES, USERNAME_RE
 from tuneyard.console.session import act, call, read
 from tuneyard.console.shell import console_page
 from tuneyard.console.widgets import (
@@ -22,7 +22,6 @@ from tuneyard.console.widgets import (
 from tuneyard.models import utcnow
 
 SECTION = "/users"
-PASSWORD_MIN = 8
 TOKEN_DAYS_MAX = 3650
 # Columns a phone-sized window leaves out (wide_only), so the rest fits.
 TOKEN_COLUMNS = [
@@ -120,6 +119,93 @@ def show_secret(name: str, token: str) -> None:
                 'no-caps data-testid="copy-token"'
             )
             ui.button("I stored it", on_click=close).props('flat no-caps data-testid="close-token"')
+    dialog.open()
+
+
+def _password_input(label: str, testid: str, rules: dict) -> ui.input:
+    field = (
+        ui.input(label, password=True, password_toggle_button=True, validation=rules)
+        .props(f'outlined dense data-testid="{testid}"')
+        .classes("w-full sm:w-56")
+    )
+    field.without_auto_validation()
+    return field
+
+
+def password_section() -> None:
+    address = ui.context.client.ip or "unknown"
+    long_enough = {f"At least {PASSWORD_MIN} characters": lambda v: len(v or "") >= PASSWORD_MIN}
+    with ui.card().classes("w-full gap-3").props('data-testid="password"'):
+        ui.label("Your password").classes("text-lg font-semibold")
+        ui.label(
+            "Changing it signs you out everywhere else; this browser and your API tokens "
+            "keep working."
+        ).classes("text-grey-8 -mt-2")
+        with ui.row().classes("w-full items-start gap-2 flex-wrap"):
+            current = _password_input(
+                "Current password", "current-password", {"Required": lambda v: bool(v)}
+            )
+            new = _password_input("New password", "change-password", long_enough)
+            again = _password_input(
+                "New password again",
+                "change-password-again",
+                {"Not the same as the new password": lambda v: v == new.value},
+            )
+            change = ui.button("Change password", icon="lock_reset").props(
+                'no-caps data-testid="change-password-button"'
+            )
+
+    async def change_password() -> None:
+        if not all([current.validate(), new.validate(), again.validate()]):
+            return
+        changed = await act(
+            lambda session, principal: (
+                service.change_password(session, principal, current.value, new.value, address)
+                or True
+            ),
+            done="Password changed; your other sessions have ended.",
+        )
+        if changed:
+            for field in (current, new, again):
+                field.value = ""
+
+    change.on_click(change_password)
+    again.on("keydown.enter", change_password)
+
+
+def reset_password_dialog(username: str) -> None:
+    """An admin sets another user's password; their sessions end."""
+    with ui.dialog() as dialog, ui.card().classes("w-full max-w-md gap-3"):
+        dialog.props('data-testid="reset-password-dialog"')
+        ui.label(f"New password for {username}").classes("text-lg font-semibold")
+        ui.label(
+            f"{username} is signed out everywhere and logs in with the new password; tell "
+            "them what it is. Their API tokens keep working."
+        ).classes("text-grey-8")
+        password = _password_input(
+            "New password",
+            "reset-password",
+            {f"At least {PASSWORD_MIN} characters": lambda v: len(v or "") >= PASSWORD_MIN},
+        )
+        password.classes("w-full")
+
+        async def save() -> None:
+            if not password.validate():
+                return
+            done = await act(
+                call(service.reset_password, username, password.value),
+                done=f"Password of {username} changed",
+            )
+            if done is not None:
+                dialog.close()
+                dialog.delete()
+
+        password.on("keydown.enter", save)
+        with ui.row().classes("w-full justify-end gap-2"):
+            ui.button("Cancel", on_click=dialog.close).props("flat no-caps")
+            ui.button("Set password", on_click=save).props(
+                'no-caps data-testid="reset-password-button"'
+            )
     dialog.open()
 
 
@@ -262,9 +348,14 @@ def users_section(principal) -> None:
                 r"""
                 <q-td :props="props">
                   <span v-if="props.row.me" class="text-grey-7 text-xs">you</span>
-                  <q-btn v-else flat dense no-caps color="negative" label="Delete"
-                         :data-testid="'delete-user-' + props.row.username"
-                         @click.stop="() => $parent.$emit('delete_user', props.row)" />
+                  <template v-else>
+                    <q-btn flat dense no-caps label="Password"
+                           :data-testid="'reset-password-' + props.row.username"
+                           @click.stop="() => $parent.$emit('reset_password', props.row)" />
+                    <q-btn flat dense no-caps color="negative" label="Delete"
+                           :data-testid="'delete-user-' + props.row.username"
+                           @click.stop="() => $parent.$emit('delete_user', props.row)" />
+                  </template>
                 </q-td>
                 """,
             )
@@ -300,11 +391,13 @@ def users_section(principal) -> None:
     add.on_click(add_user)
     password.on("keydown.enter", add_user)
     table.table.on("delete_user", delete_user)
+    table.table.on("reset_password", lambda event: reset_password_dialog(event.args["username"]))
 
 
 @console_page("/users", "Users", SECTION)
 def users_page():
     principal = read(lambda _session, principal: principal)
-    heading("Users", "Your API tokens, and who can use this project.")
+    heading("Users", "Your password and API tokens, and who can use this project.")
+    password_section()
     tokens_section()
     users_section(principal)

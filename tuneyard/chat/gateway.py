@@ -143,8 +143,8 @@ def _messages(body: GatewayRequest) -> list[dict[str, str]]:
 async def chat_completions(request: Request, principal: CurrentPrincipal, session: DbSession):
     try:
         body = GatewayRequest.model_validate(await request.json())
-        model = resolve_model(session, principal, body.model)
         messages, params = _messages(body), _params(body)
+        model = resolve_model(session, principal, body.model)
     except AppError as exc:
         return _openai_error(exc)
     except ValidationError as exc:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from fastapi import Request
 from fastapi.responses import RedirectResponse
 from nicegui import ui
 
@@ -12,7 +11,7 @@ from tuneyard.errors import AppError
 
 
 @ui.page("/login", title="Log in · Tuneyard")
-def login_page(request: Request):
+def login_page():
     try:
         current_principal()
     except SignedOut:
@@ -21,7 +20,7 @@ def login_page(request: Request):
         from tuneyard.console.app import MOUNT_PATH
 
         return RedirectResponse(f"{MOUNT_PATH}/")
-    address = request.client.host if request.client else "unknown"
+    address = ui.context.client.ip or "unknown"
     ui.colors(primary="#2f5d50")
     ui.query("body").classes("bg-grey-2")
     with ui.card().classes("absolute-center w-full max-w-sm p-6 gap-3").props("flat bordered"):
