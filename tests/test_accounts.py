@@ -140,6 +140,7 @@ class TestResetPassword:
             "/api/v1/users/nobody/password", json={"new_password": "whatever1"}, headers=auth
         )
         assert response.status_code == 404
+        assert response.json()["detail"] == "No user 'nobody' in project 1001."
 
     def test_cli_sets_the_first_admins_password(self, client, admin_password, data_dir):
         from tuneyard.cli import app
@@ -175,8 +176,11 @@ class TestLoginThrottle:
             try_login(client, "wrong-password")
         login(client, admin_password)
         for _ in range(4):
-            try_login(client, "wrong-password")
+            assert try_login(client, "wrong-password").status_code == 401
         login(client, admin_password)
+        for _ in range(5):
+            assert try_login(client, "wrong-password").status_code == 401
+        assert try_login(client, admin_password).status_code == 429
 
     def test_an_address_is_locked_after_twenty_failures(self, client, auth):
         add_user(client, auth, "ana", "ana-password")
