@@ -23,10 +23,12 @@ pytestmark = pytest.mark.console
 
 
 class TestSignIn:
-    def test_wrong_password_then_in_and_out(self, page, console_server, admin_password):
+    def test_wrong_password_then_in_and_out(self, page, console_server, admin_password, data_dir):
         page.goto(console_url(console_server, "/datasets"))
-        # Signed out: any page leads to the login page.
+        # Signed out: any page leads to the login page, which shows no path of the server.
         page.wait_for_url(re.compile(r".*/console/login$"))
+        page.get_by_text("First start: the server printed user admin's password").wait_for()
+        assert str(data_dir) not in page.content()
         page.get_by_label("Username").fill("admin")
         page.get_by_label("Password").fill("not-the-password")
         page.get_by_role("button", name="Log in").click()

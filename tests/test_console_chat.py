@@ -183,7 +183,7 @@ def test_side_by_side_streams_two_answers(
     assert sessions["total"] == 2
 
 
-def test_users_and_tokens(signed_in, console_server):
+def test_users_and_tokens(signed_in, console_server, admin_password):
     page = signed_in
     page.context.grant_permissions(["clipboard-read", "clipboard-write"])
     page.goto(console_url(console_server, "/users"))
@@ -239,11 +239,34 @@ def test_users_and_tokens(signed_in, console_server):
 
     check_narrow(page, "users")
 
+    # An admin sets mia's password; she logs in with it.
+    page.get_by_test_id("reset-password-mia").click()
+    page.get_by_test_id("reset-password").fill("short")
+    page.get_by_test_id("reset-password-button").click()
+    page.get_by_text("At least 8 characters").wait_for()
+    page.get_by_test_id("reset-password").fill("mias-new-password")
+    page.get_by_test_id("reset-password-button").click()
+    page.get_by_text("Password of mia changed").wait_for()
+    api_headers(console_server, "mias-new-password", username="mia")
+
     page.get_by_test_id("delete-user-mia").click()
     page.get_by_test_id("confirm").get_by_text("are kept in the project").wait_for()
     page.get_by_test_id("confirm").get_by_role("button", name="Delete").click()
     page.get_by_text("User mia deleted").wait_for()
     users.get_by_text("mia", exact=True).wait_for(state="detached")
+
+    # Your own password: the current one is checked; this browser stays signed in.
+    page.get_by_test_id("current-password").fill("not-the-password")
+    page.get_by_test_id("change-password").fill("admins-new-password")
+    page.get_by_test_id("change-password-again").fill("admins-new-password")
+    page.get_by_test_id("change-password-button").click()
+    page.get_by_text("The current password is wrong; type the one you log in with.").wait_for()
+    page.get_by_test_id("current-password").fill(admin_password)
+    page.get_by_test_id("change-password-button").click()
+    page.get_by_text("Password changed; your other sessions have ended.").wait_for()
+    api_headers(console_server, "admins-new-password")
+    page.reload()
+    page.get_by_test_id("password").wait_for()
 
 
 def test_guidance_without_models_and_for_members(page, console_server, admin_password):

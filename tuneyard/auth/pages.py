@@ -192,11 +192,13 @@ def reset_password_dialog(username: str) -> None:
         async def save() -> None:
             if not password.validate():
                 return
-            done = await act(
-                call(service.reset_password, username, password.value),
+            changed = await act(
+                lambda session, principal: (
+                    service.reset_password(session, principal, username, password.value) or True
+                ),
                 done=f"Password of {username} changed",
             )
-            if done is not None:
+            if changed:
                 dialog.close()
                 dialog.delete()
 
