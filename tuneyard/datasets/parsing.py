@@ -8,6 +8,7 @@ import csv
 import hashlib
 import io
 import json
+import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -348,6 +349,18 @@ def _too_long(number: int, max_chars: int | None, length: int | None = None) -> 
 def _check_utf8(source: Path, problems: Problems) -> None:
     """Report each line that is not valid UTF-8, reading a chunk at a time."""
     decoder = codecs.getincrementaldecoder("utf-8")()
+    try:
+        with source.open("rb") as handle:
+            while chunk := handle.read(READ_CHUNK):
+                decoder.decode(chunk)
+            decoder.decode(b"", final=True)
+        return
+    except UnicodeDecodeError:
+        _report_bad_utf8_lines(source, problems)
+
+
+def _report_bad_utf8_lines(source: Path, problems: Problems) -> None:
+    decoder = codecs.getincrementaldecoder("utf-8")()
     offset = 0  # bytes read before this piece
     number = 1
     reported = False  # this line's first bad byte is reported; the rest of it is skipped
@@ -391,6 +404,7 @@ def _jsonl_items(source: Path, size: int, problems: Problems, max_chars: int) ->
             yield f"Line {number}", value, offset / size
 
 
+_NOT_SPACE = re.compile(r"[^ \t\r\n]")
 _JSON_STARTS = {"{": "an object", '"': "a string", "t": "a boolean", "f": "a boolean"}
 _JSON_STARTS |= {"n": "null", "-": "a number"} | dict.fromkeys("0123456789", "a number")
 
@@ -436,9 +450,9 @@ class _JsonText:
     def next_char(self) -> str:
         """The next character that is not white space ("" at the end), left unconsumed."""
         while True:
-            while self.pos < len(self.text) and self.text[self.pos] in " \t\r\n":
-                self.pos += 1
-            if self.pos < len(self.text) or not self.more():
+            found = _NOT_SPACE.search(self.text, self.pos)
+            self.pos = found.start() if found else len(self.text)
+            if found or not self.more():
                 return self.text[self.pos : self.pos + 1]
 
     def where(self, index: int) -> str:
