@@ -185,6 +185,15 @@ class TestUploads:
             assert "larger than the limit of 1,000 bytes" in response.json()["detail"]
 
 
+    def test_a_login_takes_a_small_body(self, client):
+        response = client.post(
+            "/api/v1/auth/login",
+            json={"project_code": "1001", "username": "admin", "password": "x" * MiB},
+        )
+        assert response.status_code == 413
+        assert response.json()["detail"] == "A login is at most 8,192 bytes."
+
+
 class TestGatewayCaps:
     @pytest.mark.parametrize(
         "change,needle",

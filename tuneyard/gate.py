@@ -22,7 +22,7 @@ from tuneyard.deps import PRINCIPAL_KEY, _principal, principal_from_header
 from tuneyard.errors import AppError, TooLarge
 
 API_PREFIXES = ("/api/v1/", "/v1/")
-# Room around an upload's file for the form's other fields and the multipart framing.
+# Room around what a route takes: an upload's other form fields and multipart framing.
 FORM_OVERHEAD = 64 * 1024
 DEFAULT_TOO_LARGE = (
     "The request body is larger than the limit of {limit}; send less, or raise "
@@ -31,8 +31,9 @@ DEFAULT_TOO_LARGE = (
 
 
 def body_limit(limit: Callable[[Settings], int], too_large: str):
-    """Give an upload route its own limit on the file (the form around it gets
-    FORM_OVERHEAD more); `too_large` says what to do, with {limit} for the limit."""
+    """Give a route its own limit on what it takes (an upload's file, a login's fields) in
+    place of TUNEYARD_MAX_REQUEST_BYTES; the body may be FORM_OVERHEAD more, for the form or
+    the JSON around it. `too_large` says what to do, with {limit} for the limit."""
 
     def mark(endpoint):
         endpoint.body_limit = (limit, too_large)

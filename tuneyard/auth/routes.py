@@ -18,6 +18,7 @@ from tuneyard.auth.schemas import (
     UserOut,
 )
 from tuneyard.deps import ClientAddress, CurrentPrincipal, DbSession, Paging
+from tuneyard.gate import body_limit
 from tuneyard.pagination import Page
 
 router = APIRouter(tags=["auth"])
@@ -28,6 +29,7 @@ router = APIRouter(tags=["auth"])
     response_model=LoginOut,
     responses={429: {"description": "Too many failed logins; see the Retry-After header"}},
 )
+@body_limit(lambda _settings: 8 * 1024, "A login is at most {limit}.")
 def login(body: LoginIn, session: DbSession, address: ClientAddress):
     """A session token for the project code, username and password. Repeated failures for a
     user or from an address are refused for a while (429, with Retry-After)."""
