@@ -184,7 +184,6 @@ class TestUploads:
             assert response.status_code == 413, url
             assert "larger than the limit of 1,000 bytes" in response.json()["detail"]
 
-
     def test_a_login_takes_a_small_body(self, client):
         response = client.post(
             "/api/v1/auth/login",
