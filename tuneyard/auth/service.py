@@ -20,7 +20,7 @@ import hashlib
 import os
 import re
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 
 from argon2 import PasswordHasher
@@ -58,7 +58,8 @@ class Principal:
     project_id: str
     project_code: str
     role: str
-    token_id: str | None = None  # the token the request came with, if any
+    # The token the request came with, if any: which, not who, so not part of equality.
+    token_id: str | None = field(default=None, compare=False)
 
     def allows(self, role: str) -> bool:
         return ROLE_RANK[self.role] >= ROLE_RANK[role]
