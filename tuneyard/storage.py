@@ -54,8 +54,12 @@ class Layout:
     def complete_model_dir(self, model_id: str) -> Path:
         return self.root / "models" / "complete" / model_id
 
+    def reward_dir(self, project_id: str) -> Path:
+        """A project's uploaded GRPO reward files."""
+        return self.root / "rewards" / project_id
+
     def reward_file(self, project_id: str, name: str) -> Path:
-        return self.root / "rewards" / project_id / f"{name}.py"
+        return entry_path(self.reward_dir(project_id), f"{name}.py")
 
     def method_script(self, project_id: str, script_id: str) -> Path:
         """An uploaded training method's Python file, by its row's id (names can be reused)."""
@@ -82,6 +86,14 @@ class Layout:
     def secret_key_file(self) -> Path:
         """The key that encrypts API keys of serving tools and third-party models at rest."""
         return self.root / "secret.key"
+
+
+def entry_path(folder: Path, name: str) -> Path:
+    """`folder / name` for a name that must stay one entry of `folder`: no separators, no
+    parent references, so a user-given name never leads out of its folder."""
+    if name in ("", ".", "..") or any(c in name for c in "/\\\0"):
+        raise ValueError(f"{name!r} is not a plain file name")
+    return folder / name
 
 
 def _fsync_dir(path: Path) -> None:

@@ -55,6 +55,7 @@ def me(principal: CurrentPrincipal):
         user_id=principal.user_id,
         username=principal.username,
         role=principal.role,
+        operator=principal.operator,
         project_code=principal.project_code,
     )
 

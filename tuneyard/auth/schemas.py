@@ -41,6 +41,7 @@ class UserOut(BaseModel):
     id: str
     username: str
     role: str
+    operator: bool = Field(description="The server's operator: may upload code it runs.")
     created_at: datetime
 
 
@@ -69,4 +70,5 @@ class MeOut(BaseModel):
     user_id: str
     username: str
     role: str
+    operator: bool
     project_code: str

@@ -16,6 +16,7 @@ queued; the CLI acts as the project's first admin (it holds the data dir).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import re
@@ -58,6 +59,9 @@ class Principal:
     project_id: str
     project_code: str
     role: str
+    # The server's operator (site-wide, whatever the project role): trusted with what runs
+    # on the server itself, such as uploaded code.
+    operator: bool = False
     # The token the request came with, if any: which, not who, so not part of equality.
     token_id: str | None = field(default=None, compare=False)
 
@@ -72,9 +76,24 @@ class Principal:
         if not self.allows(role):
             raise Forbidden(self.refusal(role))
 
+    def require_operator(self) -> None:
+        if not self.operator:
+            raise Forbidden(
+                "This needs the server's operator; ask whoever runs the server "
+                "(`tuneyard users operator NAME` on its machine)."
+            )
+
     @classmethod
     def of(cls, user: User, token_id: str | None = None) -> Principal:
-        return cls(user.id, user.username, user.project_id, user.project.code, user.role, token_id)
+        return cls(
+            user.id,
+            user.username,
+            user.project_id,
+            user.project.code,
+            user.role,
+            user.operator,
+            token_id,
+        )
 
 
 def _hash_token(token: str) -> str:
@@ -362,7 +381,8 @@ def ensure_bootstrap(session: Session, settings: Settings | None = None) -> str 
     if session.scalar(select(Project).limit(1)) is not None:
         return None
     password = secrets.token_urlsafe(12)
-    create_project(session, DEFAULT_PROJECT_CODE, FIRST_ADMIN, password, "Default project")
+    admin = create_project(session, DEFAULT_PROJECT_CODE, FIRST_ADMIN, password, "Default project")
+    admin.operator = True  # whoever started the server is its operator
     layout = Layout(settings)
     layout.ensure_root()
     path = layout.admin_password_file
@@ -374,7 +394,8 @@ def ensure_bootstrap(session: Session, settings: Settings | None = None) -> str 
 
 
 def local_principal(session: Session, project_code: str | None = None) -> Principal:
-    """The CLI's identity: the project's first admin (the CLI has the data dir, so full trust)."""
+    """The CLI's identity: the project's first admin, with the operator's trust (whoever runs
+    the CLI has the server's data dir and database, so full trust)."""
     project = get_project_by_code(session, project_code or DEFAULT_PROJECT_CODE)
     user = session.scalar(
         select(User)
@@ -384,4 +405,14 @@ def local_principal(session: Session, project_code: str | None = None) -> Princi
     )
     if user is None:
         raise NotFound(f"Project {project.code} has no admin user.")
-    return Principal.of(user)
+    return dataclasses.replace(Principal.of(user), operator=True)
+
+
+def set_operator(session: Session, principal: Principal, username: str, operator: bool) -> User:
+    """Make a user of the principal's project the server's operator, or stop them being one.
+    Only an operator does (in practice the CLI, on the server's machine)."""
+    principal.require_operator()
+    user = get_user(session, principal, username)
+    user.operator = operator
+    session.flush()
+    return user

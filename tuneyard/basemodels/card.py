@@ -12,6 +12,7 @@ import yaml
 
 from tuneyard.cards import folder_size
 from tuneyard.errors import Invalid
+from tuneyard.storage import entry_path
 
 FOLDER_CONTENTS = (
     "an HF-format model folder holds config.json, a tokenizer (tokenizer.json, or "
@@ -83,7 +84,13 @@ def weight_files(folder: Path) -> list[Path]:
     index = folder / "model.safetensors.index.json"
     if index.is_file():
         names = sorted(set(_read_json(index).get("weight_map", {}).values()))
-        return [folder / name for name in names]
+        try:
+            return [entry_path(folder, str(name)) for name in names]
+        except ValueError:
+            raise Invalid(
+                f"{index} lists weight files outside its folder; each shard must be a file "
+                "name in the folder."
+            ) from None
     found = sorted(folder.glob("*.safetensors"))
     return found or sorted(folder.glob("pytorch_model*.bin"))
 

@@ -111,8 +111,9 @@ def register_path(
     """Register an HF folder where it is; Tuneyard never moves or deletes it."""
     principal.require("member")
     model_name = _check_new(session, principal, technical_name, model_name, model_type)
-    folder = _absolute(path, "path")
+    folder = server_path(path, "path")
     check_model_folder(folder)
+    _check_links_stay_inside(folder, path)
     model = BaseModel(
         project_id=principal.project_id,
         technical_name=technical_name,
@@ -136,13 +137,26 @@ def import_gguf(
     gguf_path: str,
     model_name: str | None = None,
     model_type: str = "chat",
-    source: str = "gguf",
 ) -> tuple[BaseModel, Job]:
     """Queue the conversion of a GGUF file into an HF folder Tuneyard owns."""
     principal.require("member")
     model_name = _check_new(session, principal, technical_name, model_name, model_type)
-    gguf_file = _absolute(gguf_path, "gguf_path")
+    gguf_file = server_path(gguf_path, "gguf_path")
     check_gguf_file(gguf_file)
+    return _queue_gguf_import(
+        session, principal, technical_name, gguf_file, model_name, model_type, "gguf"
+    )
+
+
+def _queue_gguf_import(
+    session: Session,
+    principal: Principal,
+    technical_name: str,
+    gguf_file: Path,
+    model_name: str,
+    model_type: str,
+    source: str,
+) -> tuple[BaseModel, Job]:
     model = BaseModel(
         project_id=principal.project_id,
         technical_name=technical_name,
@@ -230,8 +244,12 @@ def add_demo(session: Session, principal: Principal) -> BaseModel:
         if existing.status != "failed":
             return existing
         delete_base_model(session, principal, existing.id)
-    model, _job = import_gguf(
-        session, principal, DEMO_NAME, str(demo_gguf_file()), DEMO_NAME, "chat", source="demo"
+    _check_new(session, principal, DEMO_NAME, DEMO_NAME, "chat")
+    # The demo file is the package's, not a path someone gave: no model roots apply.
+    gguf_file = demo_gguf_file()
+    check_gguf_file(gguf_file)
+    model, _job = _queue_gguf_import(
+        session, principal, DEMO_NAME, gguf_file, DEMO_NAME, "chat", "demo"
     )
     return model
 
@@ -386,10 +404,44 @@ def _add(session: Session, principal: Principal, model: BaseModel) -> None:
         raise _duplicate(principal, model.technical_name) from None
 
 
-def _absolute(raw: str, field: str) -> Path:
+def server_path(raw: str, field: str) -> Path:
+    """A path on the server a model is read from, links resolved: it must lie inside a model
+    root (TUNEYARD_MODEL_ROOTS, by default the data dir's import folder) and outside the data
+    dir's own folders (other projects' models, keys, the database). The refusal says the same
+    whether or not the path exists."""
     path = Path(raw).expanduser()
     if not path.is_absolute():
         raise Invalid(
             f"Give {field} as an absolute path (got '{raw}'): it is read on the server's machine."
         )
-    return Path(os.path.normpath(path))
+    resolved = path.resolve()
+    if not may_read_models_from(resolved):
+        raise Invalid(
+            f"{field} '{raw}' is outside the folders models are registered from "
+            f"({', '.join(str(root) for root in get_settings().model_root_paths)}). Put the "
+            "model there, or ask the server's operator to add its folder to "
+            "TUNEYARD_MODEL_ROOTS."
+        )
+    return resolved
+
+
+def may_read_models_from(resolved: Path) -> bool:
+    """Whether a resolved path lies inside a model root and outside the data dir's folders
+    (its import folder aside)."""
+    settings = get_settings()
+    data_dir, import_dir = settings.data_dir.resolve(), settings.import_dir.resolve()
+    if resolved.is_relative_to(data_dir) and not resolved.is_relative_to(import_dir):
+        return False
+    return any(resolved.is_relative_to(root) for root in settings.model_root_paths)
+
+
+def _check_links_stay_inside(folder: Path, raw: str) -> None:
+    """A file of the folder that is a link must lead inside the model roots as well."""
+    for parent, dirs, files in os.walk(folder):
+        for name in [*dirs, *files]:
+            entry = Path(parent) / name
+            if entry.is_symlink() and not may_read_models_from(entry.resolve()):
+                raise Invalid(
+                    f"{entry.relative_to(folder)} in {raw} links outside the folders models are "
+                    "registered from; copy the file into the folder instead."
+                )

@@ -144,7 +144,7 @@ def _resolve_kind(session: Session, principal: Principal, kind: str, key: str) -
             row.name,
             row.base_url,
             row.model_name,
-            third_party_api_key(row),
+            third_party_api_key(session, row),
         )
     raise Invalid(f"Unknown model kind '{kind}'; use one of: {', '.join(REFERENCE_KINDS)}.")
 

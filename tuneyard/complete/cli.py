@@ -120,14 +120,18 @@ def export(
 def push(
     model: str,
     repo_id: str = typer.Argument(..., help="The hub repository, owner/name."),
+    public: bool = typer.Option(
+        False, "--public", help="Create the repository public (by default it is private)."
+    ),
     wait: bool = WaitOption,
     project: str = ProjectOption,
 ):
-    """Upload a complete model to the model hub (HF_ENDPOINT, token from HF_TOKEN)."""
+    """Upload a complete model to the model hub (HF_ENDPOINT, token from HF_TOKEN); a
+    repository it creates is private unless --public."""
     from tuneyard.complete import service
 
     with cli_session(project) as (session, principal):
-        row, job = service.start_push(session, principal, model, repo_id)
+        row, job = service.start_push(session, principal, model, repo_id, public)
         name, job_id = row.name, job.id
     console.print(f"Pushing {name} to {repo_id} (job {job_id}).")
     if wait:

@@ -38,13 +38,20 @@ def probe_for_push(timeout: float) -> None:
         )
 
 
-def upload(folder: Path, repo_id: str, name: str, progress: Callable[[float, str], None]) -> str:
-    """Create the repository if needed and upload the folder as one commit; its URL."""
+def upload(
+    folder: Path,
+    repo_id: str,
+    name: str,
+    progress: Callable[[float, str], None],
+    public: bool = False,
+) -> str:
+    """Create the repository if needed (private unless `public`) and upload the folder as one
+    commit; its URL. An existing repository keeps its visibility."""
     from huggingface_hub import HfApi
 
     api = HfApi(endpoint=hub_endpoint())
     progress(5, f"Creating {repo_id} on {hub_endpoint()}")
-    api.create_repo(repo_id, repo_type="model", exist_ok=True)
+    api.create_repo(repo_id, repo_type="model", exist_ok=True, private=not public)
     progress(10, f"Uploading {name} to {repo_id}")
     api.upload_folder(
         folder_path=folder,

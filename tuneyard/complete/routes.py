@@ -102,6 +102,7 @@ def complete_archive(
 def push_complete(
     model_id: str, body: PushRequest, principal: CurrentPrincipal, session: DbSession
 ):
-    """Upload the model folder to the hub (HF_ENDPOINT); 503 at once if it cannot be reached."""
-    row, job = service.start_push(session, principal, model_id, body.repo_id)
+    """Upload the model folder to the hub (HF_ENDPOINT); 503 at once if it cannot be reached.
+    A repository the push creates is private unless `public` is true."""
+    row, job = service.start_push(session, principal, model_id, body.repo_id, body.public)
     return JobAccepted(id=row.id, job_id=job.id)

@@ -21,6 +21,9 @@ class PushRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     repo_id: str = Field(description="The hub repository, owner/name; created if missing.")
+    public: bool = Field(
+        False, description="Create the repository public; by default a new one is private."
+    )
 
 
 class CompleteModelOut(BaseModel):

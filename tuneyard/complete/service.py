@@ -236,9 +236,10 @@ def adapter_archive(session: Session, principal: Principal, model_id: str) -> tu
 
 
 def start_push(
-    session: Session, principal: Principal, model_id: str, repo_id: str
+    session: Session, principal: Principal, model_id: str, repo_id: str, public: bool = False
 ) -> tuple[CompleteModel, Job]:
-    """Queue an upload to the hub, after a probe so an offline machine is told at once."""
+    """Queue an upload to the hub, after a probe so an offline machine is told at once. A
+    repository the push creates is private unless `public` is asked for."""
     from tuneyard.basemodels.hub import check_hub_id
     from tuneyard.complete.push import probe_for_push
 
@@ -251,7 +252,7 @@ def start_push(
         session,
         principal,
         PUSH_JOB,
-        {"complete_model_id": row.id, "repo_id": repo_id},
+        {"complete_model_id": row.id, "repo_id": repo_id, "public": public},
         uses=[uses_key(row.id)],
         message=f"Waiting for a worker to push {row.name} to {repo_id}",
     )

@@ -108,6 +108,6 @@ def push_complete_model(ctx) -> dict:
         if row is None:
             raise NotFound("The complete model was deleted before it was pushed.")
         name, folder = row.name, Path(row.path)
-    url = upload(folder, repo_id, name, ctx.progress)
+    url = upload(folder, repo_id, name, ctx.progress, public=ctx.params.get("public", False))
     ctx.progress(100, f"Pushed {name} to {url}")
     return {"repo_id": repo_id, "url": url}

@@ -2,9 +2,11 @@
 
 One llama-cpp-python server (`python -m llama_cpp.server --config_file config.json`) serves
 every live model of the environment, each under its alias. Its state lives in one folder:
-config.json (host, port and models, in the server's own config format), server.pid and
-server.log. The server runs detached in its own session, so it outlives the job that started
-it; a supervisor calls `ensure_running` to bring it back after a crash, on the same port.
+config.json (host, port, API key and models, in the server's own config format; readable by
+its owner only), server.pid and server.log. With an API key the server answers only requests
+that carry it (`Authorization: Bearer <key>`), so other users of the machine cannot use it.
+The server runs detached in its own session, so it outlives the job that started it; a
+supervisor calls `ensure_running` to bring it back after a crash, on the same port.
 
 The server loads only the first model at start and the others when first asked for, so
 `apply` asks every model for one token before it reports success: a model that does not load
@@ -92,11 +94,14 @@ class ManagedServer:
     """A llama.cpp server Tuneyard runs for one environment: its config, process and log live in
     state_dir (config.json, server.pid, server.log)."""
 
-    def __init__(self, state_dir: Path, host: str = "127.0.0.1", port: int = 0):
+    def __init__(
+        self, state_dir: Path, host: str = "127.0.0.1", port: int = 0, api_key: str | None = None
+    ):
         # Resolved: the path is how is_running recognises the server in its command line.
         self.state_dir = Path(state_dir).resolve()
         self.host = host
         self._port = port
+        self._api_key = api_key
         self._lock_held = False
 
     @property
@@ -122,6 +127,11 @@ class ManagedServer:
                 self._port = self._read_config().get("port") or _free_port(self.host)
                 self._write_config(self.models())
         return self._port
+
+    @property
+    def api_key(self) -> str | None:
+        """The key clients send: the one given, else the one the server was configured with."""
+        return self._api_key or self._read_config().get("api_key")
 
     @property
     def base_url(self) -> str:
@@ -174,6 +184,8 @@ class ManagedServer:
             if not models or self.is_running():
                 return False
             self._stop()
+            if self._api_key and self._read_config().get("api_key") != self._api_key:
+                self._write_config(models)  # a server configured before it had its key
             self._start(models, timeout)
             return True
 
@@ -222,7 +234,7 @@ class ManagedServer:
         self, process: subprocess.Popen, models: list[ServedModel], timeout: float
     ) -> None:
         wanted = {model.alias for model in models}
-        client = OpenAICompatClient(self.base_url, timeout=2)
+        client = OpenAICompatClient(self.base_url, self.api_key, timeout=2)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             code = process.poll()
@@ -243,7 +255,7 @@ class ManagedServer:
 
     def _load_each(self, models: list[ServedModel], timeout: float) -> None:
         """Ask each model for one token, the first model last so it stays loaded."""
-        client = OpenAICompatClient(self.base_url, timeout=timeout)
+        client = OpenAICompatClient(self.base_url, self.api_key, timeout=timeout)
         for model in [*models[1:], models[0]]:
             try:
                 client.chat(model.alias, PROBE, max_tokens=1)
@@ -331,11 +343,11 @@ class ManagedServer:
             return {}
 
     def _write_config(self, models: list[ServedModel]) -> None:
-        config = {
-            "host": self.host,
-            "port": self.port,
-            "models": [model.to_config() for model in models],
-        }
+        config = {"host": self.host, "port": self.port}
+        if self.api_key:
+            config["api_key"] = self.api_key
+        config["models"] = [model.to_config() for model in models]
+        # atomic_file creates the file readable by its owner only: it holds the key.
         with atomic_file(self.config_path, "w") as handle:
             json.dump(config, handle, indent=2)
 
@@ -349,10 +361,13 @@ class ManagedServer:
         return tail[-LOG_TAIL_CHARS:] or "(the server wrote nothing)"
 
 
-def list_served_models(base_url: str, timeout: float = 5.0) -> list[str]:
+def list_served_models(
+    base_url: str, api_key: str | None = None, timeout: float = 5.0
+) -> list[str]:
     """The model ids a server lists at GET /v1/models; Unavailable says why if it does not
     answer."""
-    return [entry.get("id", "") for entry in OpenAICompatClient(base_url, timeout=timeout).models()]
+    client = OpenAICompatClient(base_url, api_key, timeout=timeout)
+    return [entry.get("id", "") for entry in client.models()]
 
 
 def _check_aliases(models: list[ServedModel]) -> None:

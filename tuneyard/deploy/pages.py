@@ -633,17 +633,24 @@ def _edit_environment_dialog(row: dict[str, Any], table: PagedTable) -> None:
                     )
                 },
             ).classes("w-full")
-        api_key = (
-            ui.input("New API key", password=True, password_toggle_button=True)
-            .classes("w-full")
-            .props("autocomplete=new-password")
-        )
-        ui.label(
-            "A key is stored; leave this empty to keep it."
-            if row["has_api_key"]
-            else "No key is stored."
-        ).classes("text-sm text-grey-8")
-        remove_key = ui.checkbox("Remove the stored key") if row["has_api_key"] else None
+        api_key = remove_key = None
+        if row["managed"]:
+            ui.label(
+                "Its server answers only Tuneyard: Tuneyard makes and keeps its API key."
+            ).classes("text-sm text-grey-8")
+        else:
+            api_key = (
+                ui.input("New API key", password=True, password_toggle_button=True)
+                .classes("w-full")
+                .props("autocomplete=new-password")
+            )
+            ui.label(
+                "A key is stored; leave this empty to keep it."
+                if row["has_api_key"]
+                else "No key is stored."
+            ).classes("text-sm text-grey-8")
+            if row["has_api_key"]:
+                remove_key = ui.checkbox("Remove the stored key")
         description = ui.input("Description", value=row["description"]).classes("w-full")
 
         async def save() -> None:
@@ -654,7 +661,7 @@ def _edit_environment_dialog(row: dict[str, Any], table: PagedTable) -> None:
                 changes["name"] = name.value.strip()
             if url is not None and url.value.strip() != row["url"]:
                 changes["url"] = url.value.strip()
-            if api_key.value:
+            if api_key is not None and api_key.value:
                 changes["api_key"] = api_key.value
             elif remove_key is not None and remove_key.value:
                 changes["api_key"] = ""

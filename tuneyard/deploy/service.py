@@ -9,6 +9,7 @@ to the serving tool. The live model is "live" only once the tool answers for it.
 from __future__ import annotations
 
 import re
+import secrets
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -165,9 +166,18 @@ def create_environment(
         api_key_encrypted=encrypt_secret(api_key),
         description=description,
     )
+    ensure_managed_key(row)
     session.add(row)
     session.flush()
     return row
+
+
+def ensure_managed_key(row: DeployEnvironment) -> None:
+    """A llama.cpp server Tuneyard runs answers only requests with its environment's key, so
+    nobody else on the machine can use it; the key is made here (an environment made before
+    servers had keys gets one on its next deploy)."""
+    if is_managed(row) and not row.api_key_encrypted:
+        row.api_key_encrypted = encrypt_secret(secrets.token_urlsafe(32))
 
 
 def update_environment(
@@ -190,8 +200,16 @@ def update_environment(
                 f"Environment {row.name} runs its own llama.cpp server and has no address to "
                 "change; create an environment with a url to attach to another server."
             )
-        row.url = _check_url(url, row.kind)
+        new_url = _check_url(url, row.kind)
+        if new_url != row.url and api_key is None:
+            row.api_key_encrypted = None  # the key was meant for the old address only
+        row.url = new_url
     if api_key is not None:
+        if is_managed(row):
+            raise Invalid(
+                f"Environment {row.name} runs its own llama.cpp server, whose key Tuneyard makes "
+                "and keeps; there is no key to set."
+            )
         row.api_key_encrypted = encrypt_secret(api_key)
     if description is not None:
         row.description = description
@@ -427,6 +445,7 @@ def start_deploy(
     check_quantization(quantization)
     parameters = _check_parameters(parameters)
     environment = get_environment(session, principal, environment_id)
+    ensure_managed_key(environment)
     source = resolve_source(session, principal, source_kind, source_id)
     target = target_for(environment.kind)
     warnings = target.preflight(environment, source, quantization)
@@ -588,7 +607,10 @@ def register_live(
     description: str | None = None,
     private: bool = False,
 ) -> ThirdPartyModel:
-    """A third-party model entry for the live model's OpenAI-compatible endpoint."""
+    """A third-party model entry for the live model's OpenAI-compatible endpoint.
+
+    The entry stores no key: while it points at this live model, requests take the key of the
+    environment (see tuneyard.thirdparty.service.third_party_api_key)."""
     principal.require("member")
     row = get_live(session, principal, live_id)
     if row.status != "live" or not row.endpoint_url or not row.model_id:
@@ -609,7 +631,6 @@ def register_live(
         model_type="chat",
         model_name=row.model_id,
         base_url=row.endpoint_url,
-        api_key_encrypted=environment.api_key_encrypted,
         description=description
         if description is not None
         else f"Registered from live model {row.name} on {environment.name}.",

@@ -256,8 +256,13 @@ class LlamaCppTarget(DeployTarget):
 
     def server(self, environment: DeployEnvironment):
         from tuneyard.deploy.llamacpp import ManagedServer
+        from tuneyard.deploy.service import environment_api_key
 
-        return ManagedServer(Layout().environment_dir(environment.id), port=environment.port or 0)
+        return ManagedServer(
+            Layout().environment_dir(environment.id),
+            port=environment.port or 0,
+            api_key=environment_api_key(environment),
+        )
 
     def preflight(self, environment, source, quantization: str) -> list[str]:
         from tuneyard.deploy.gguf_export import gguf_architecture
@@ -290,9 +295,10 @@ class LlamaCppTarget(DeployTarget):
 
     def test(self, environment):
         from tuneyard.deploy.llamacpp import list_served_models
+        from tuneyard.deploy.service import environment_api_key
 
         if environment.url is not None:
-            models = list_served_models(environment.url)
+            models = list_served_models(environment.url, environment_api_key(environment))
             return f"The llama.cpp server at {environment.url} answers.", models
         import importlib.util
 
@@ -306,7 +312,7 @@ class LlamaCppTarget(DeployTarget):
             return "Ready: a llama.cpp server starts here when a model is deployed.", []
         server.ensure_running()
         return f"The llama.cpp server at {server.base_url} answers.", list_served_models(
-            server.base_url
+            server.base_url, server.api_key
         )
 
     def _export(self, live: LiveModel, source, staging: Path, progress: Progress) -> None:
@@ -375,7 +381,7 @@ class LlamaCppTarget(DeployTarget):
         if not (Layout().live_model_dir(live.id) / GGUF_MODEL).is_file():
             return False, "The model's GGUF file is gone."
         restarted = server.ensure_running()
-        served = list_served_models(server.base_url)
+        served = list_served_models(server.base_url, server.api_key)
         if live.tag not in served:
             return False, f"The llama.cpp server at {server.base_url} does not list {live.tag}."
         note = " (restarted it)" if restarted else ""

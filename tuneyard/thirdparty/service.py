@@ -2,7 +2,13 @@
 
 An entry's API key is encrypted at rest and leaves this module only through
 `third_party_api_key`, for code that makes requests; no message carries it. A private entry
-exists for its creator alone: to anyone else it reads as absent.
+exists for its creator alone: to anyone else it reads as absent. Only its creator or an admin
+changes or deletes an entry, and a change of where requests go (base URL or provider) drops
+the stored key unless the same change brings one.
+
+An entry registered from a live model keeps no key of its own: while that live model exists,
+the entry's address follows it (it cannot be changed) and each request takes the key of the
+live model's deployment environment, only while the entry points at that live model's endpoint.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ from sqlalchemy.orm import Session
 from tuneyard.auth.service import Principal
 from tuneyard.errors import AppError, Conflict, Forbidden, Invalid, NotFound, Unavailable
 from tuneyard.jobs import service as jobs
-from tuneyard.models import ThirdPartyModel
+from tuneyard.models import DeployEnvironment, LiveModel, ThirdPartyModel
 from tuneyard.pagination import paginate
 from tuneyard.secrets import decrypt_secret, encrypt_secret
 from tuneyard.thirdparty.schemas import MODEL_TYPES, PROVIDER_BASE_URLS, PROVIDERS
@@ -76,9 +82,27 @@ def list_third_party(
     return paginate(session, stmt.order_by(ThirdPartyModel.name, ThirdPartyModel.id), limit, offset)
 
 
-def third_party_api_key(row: ThirdPartyModel) -> str | None:
-    """The decrypted key, for code that calls the model; never show or log it."""
-    return decrypt_secret(row.api_key_encrypted)
+def third_party_api_key(session: Session, row: ThirdPartyModel) -> str | None:
+    """The decrypted key, for code that calls the model; never show or log it.
+
+    The entry's own key, or for an entry registered from a live model that still points at
+    that model's endpoint, the key of the live model's environment.
+    """
+    if row.api_key_encrypted:
+        return decrypt_secret(row.api_key_encrypted)
+    live = linked_live_model(session, row)
+    if live is None or live.endpoint_url != row.base_url:
+        return None
+    environment = session.get(DeployEnvironment, live.environment_id)
+    return decrypt_secret(environment.api_key_encrypted) if environment is not None else None
+
+
+def linked_live_model(session: Session, row: ThirdPartyModel) -> LiveModel | None:
+    """The live model the entry was registered from, while it exists."""
+    if row.live_model_id is None:
+        return None
+    live = session.get(LiveModel, row.live_model_id)
+    return live if live is not None and live.project_id == row.project_id else None
 
 
 def third_party_out(row: ThirdPartyModel) -> dict[str, Any]:
@@ -178,6 +202,16 @@ def _base_url(provider: str, url: str | None) -> str:
 # -- writing --------------------------------------------------------------------------------
 
 
+def _check_may_change(principal: Principal, row: ThirdPartyModel) -> None:
+    """A shared entry is used by everyone, and its key is someone's: only the one who added it
+    or an admin changes or deletes it."""
+    if row.created_by != principal.user_id and principal.role != "admin":
+        raise Forbidden(
+            f"Only the user who added {row.name} or an admin can change or delete it; add a "
+            "third-party model of your own instead."
+        )
+
+
 def create_third_party(
     session: Session,
     principal: Principal,
@@ -223,23 +257,39 @@ def update_third_party(
     private: bool | None = None,
 ) -> ThirdPartyModel:
     """Change what is given. A new provider without a base_url brings its default URL; an
-    empty base_url means the provider's default; an empty api_key removes the key."""
+    empty base_url means the provider's default; an empty api_key removes the key.
+
+    Only the entry's creator or an admin changes it. A new base URL or provider drops the
+    stored key unless api_key comes with it: a key is never sent somewhere it was not meant
+    for. An entry registered from a live model keeps its address while the live model exists.
+    """
     principal.require("member")
     row = get_third_party(session, principal, id_or_name)
-    if name is not None:
-        row.name = _check_name_free(session, principal, name, row.id)
+    _check_may_change(principal, row)
+    new_provider = row.provider
     if provider is not None and provider != row.provider:
-        row.provider = _check_provider(provider)
+        new_provider = _check_provider(provider)
         if base_url is None:
             base_url = ""
-    if base_url is not None:
-        row.base_url = _base_url(row.provider, base_url)
+    new_base_url = _base_url(new_provider, base_url) if base_url is not None else row.base_url
+    redirected = (new_provider, new_base_url) != (row.provider, row.base_url)
+    live = linked_live_model(session, row)
+    if live is not None and (redirected or api_key is not None):
+        raise Conflict(
+            f"{row.name} was registered from live model {live.name}: its address and key follow "
+            "that live model. Add a third-party model of your own for another address."
+        )
+    if name is not None:
+        row.name = _check_name_free(session, principal, name, row.id)
+    row.provider, row.base_url = new_provider, new_base_url
     if model_type is not None:
         row.model_type = _check_model_type(model_type)
     if model_name is not None:
         row.model_name = _check_model_name(model_name)
     if api_key is not None:
         row.api_key_encrypted = encrypt_secret(api_key.strip())
+    elif redirected:
+        row.api_key_encrypted = None
     if description is not None:
         row.description = description
     if private is not None:
@@ -254,6 +304,7 @@ def delete_third_party(session: Session, principal: Principal, id_or_name: str) 
     """Forget the entry (refused while a job uses it); returns its name."""
     principal.require("member")
     row = get_third_party(session, principal, id_or_name)
+    _check_may_change(principal, row)
     jobs.ensure_not_in_use(session, uses_key(row.id), f"Third-party model {row.name}")
     name = row.name
     session.delete(row)
@@ -274,7 +325,7 @@ def test_third_party(session: Session, principal: Principal, id_or_name: str) ->
     row = get_third_party(session, principal, id_or_name)
     api_key = None
     try:
-        api_key = third_party_api_key(row)
+        api_key = third_party_api_key(session, row)
         endpoint = _Endpoint(row.base_url, api_key)
         if row.model_type == "embedding":
             detail, latency_ms = _test_embedding(endpoint, row.model_name)

@@ -1,4 +1,9 @@
-"""Custom training methods: Python scripts an admin uploads, run as jobs like the built-ins.
+"""Custom training methods: Python scripts the operator uploads, run as jobs like the built-ins.
+
+Uploaded code (methods, and GRPO reward files) is a server operator's decision: uploading or
+deleting it needs TUNEYARD_ALLOW_CODE_UPLOADS=true and a user marked as the operator, and a
+training runs it only while the setting is on, in a process of its own
+(tuneyard.training.code_process says what that process can and cannot reach).
 
 The contract. A method script is one Python file. Tuneyard reads four module-level literals
 from it without running it (each must be a plain literal that `ast.literal_eval` accepts):
@@ -13,11 +18,11 @@ from it without running it (each must be a plain literal that `ast.literal_eval`
         "rank": {"default": 8, "description": "LoRA rank r."},  # default's: bool, int,
     }                                                            # float, str or list
 
-and defines `def train(config, output_dir, report):`, which a training job calls in its own
-process. A training of the method accepts every common parameter (the loop, the optimiser,
-data limits, the adapter and LoRA fields; see GET /api/v1/training-methods) plus PARAMETERS,
-each type-checked; unknown names are refused before any job starts. `adapter` is "lora" or
-"qlora" for an adapter method and "full" for a full one.
+and defines `def train(config, output_dir, report):`, which a training job calls in a
+process of its own. A training of the method accepts every common parameter (the loop, the
+optimiser, data limits, the adapter and LoRA fields; see GET /api/v1/training-methods) plus
+PARAMETERS, each type-checked; unknown names are refused before any job starts. `adapter` is
+"lora" or "qlora" for an adapter method and "full" for a full one.
 
 `config` is a dict: "params" (every parameter, defaults filled in), "base_model_path" (the
 base model's HF folder), "records_path" (the dataset's normalised records, one JSON object a
@@ -36,7 +41,11 @@ none. The folder then becomes the training's model, named and carded like a buil
 - `report.progress(percent, message=None)` sets the progress bar and the ETA;
 - `report.should_stop()` is True once a cancel was asked for: return soon after (a script still
   running two minutes after a cancel is stopped); the training ends cancelled;
-- `report.log` is a `logging.Logger` writing to the job's log.
+- `report.log` is a `logging.Logger` writing to the job's log (so do print and stderr).
+
+The script runs in a process of its own with a scrubbed environment (no Tuneyard settings, no
+database address); it reports through `report`, and only the job process writes to the
+database. Its working directory and HOME are a scratch folder that is removed afterwards.
 
 An exception in the script fails the training with the exception's message, and whatever it
 wrote is removed. Custom methods keep no checkpoints: resuming one runs `train` from the start.
@@ -57,8 +66,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from tuneyard.auth.service import Principal
+from tuneyard.config import Settings, get_settings
 from tuneyard.datasets.parsing import FORMATS as RECORD_FORMATS
-from tuneyard.errors import Conflict, Invalid, NotFound, TooLarge
+from tuneyard.errors import Conflict, Forbidden, Invalid, NotFound, TooLarge
 from tuneyard.jobs import service as jobs
 from tuneyard.models import Training, TrainingMethodScript, new_id
 from tuneyard.storage import Layout, atomic_file, delete_on_commit
@@ -300,6 +310,41 @@ def params_model(name: str, result: str, parameters: dict[str, dict[str, Any]]):
     return create_model(f"{name}Params", __base__=CommonParams, **fields)
 
 
+# -- who may upload code, and whether it runs -------------------------------------------------
+
+
+def code_upload_refusal(principal: Principal) -> str | None:
+    """Why `principal` may not upload or delete code (methods, reward files); None if they may."""
+    if not get_settings().allow_code_uploads:
+        return (
+            "Uploading code is turned off on this server: uploaded training methods and reward "
+            "files run as code on the machine that trains. The server's operator can turn it "
+            "on with TUNEYARD_ALLOW_CODE_UPLOADS=true."
+        )
+    if not principal.operator:
+        return (
+            "Uploading code needs the server's operator, not a project role: uploaded code runs "
+            "with the server's rights. Ask the operator to upload it, or to make you an "
+            "operator with `tuneyard users operator NAME`."
+        )
+    return None
+
+
+def require_code_uploads(principal: Principal) -> None:
+    reason = code_upload_refusal(principal)
+    if reason is not None:
+        raise Forbidden(reason)
+
+
+def require_code_runs(settings: Settings, what: str) -> None:
+    """Uploaded code runs only while the server allows code uploads."""
+    if not settings.allow_code_uploads:
+        raise Forbidden(
+            f"{what} is uploaded code, and this server runs no uploaded code "
+            "(TUNEYARD_ALLOW_CODE_UPLOADS is off). The server's operator can turn it on."
+        )
+
+
 # -- the service -----------------------------------------------------------------------------
 
 
@@ -358,8 +403,9 @@ def list_methods(session: Session, principal: Principal) -> list[TrainingMethod 
 
 
 def add_method(session: Session, principal: Principal, name: str, source: bytes) -> CustomMethod:
-    """Store a method script (admin only: it runs as code in training jobs)."""
-    principal.require("admin")
+    """Store a method script (the operator only, with code uploads on: it runs as code in
+    training jobs)."""
+    require_code_uploads(principal)
     if len(source) > MAX_SCRIPT_BYTES:
         raise TooLarge("A training method script is at most 1 MB of Python.")
     if not NAME_RE.fullmatch(name or ""):
@@ -397,7 +443,7 @@ def add_method(session: Session, principal: Principal, name: str, source: bytes)
 
 
 def delete_method(session: Session, principal: Principal, name: str) -> None:
-    principal.require("admin")
+    require_code_uploads(principal)
     if name in _builtin_names():
         raise Invalid(f"'{name}' is a built-in training method; only uploaded ones are deleted.")
     row = _script(session, principal.project_id, name)

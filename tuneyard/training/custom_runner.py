@@ -1,5 +1,7 @@
-"""The job body of a custom training method: import the uploaded script in this process, call
-its `train(config, output_dir, report)`, check what it wrote, and keep that as the model.
+"""The job body of a custom training method: run the uploaded script's
+`train(config, output_dir, report)` in a process of its own (see
+tuneyard.training.code_process), record what it reports, check what it wrote, and keep that as
+the model.
 
 The contract the script follows is in tuneyard.training.custom.
 """
@@ -7,13 +9,9 @@ The contract the script follows is in tuneyard.training.custom.
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
-import logging
 import math
-import sys
 import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,95 +23,164 @@ from tuneyard.jobs.context import JobCancelled, JobContext
 from tuneyard.models import Training, TrainingMetric
 from tuneyard.storage import remove_tree
 from tuneyard.training import results
-from tuneyard.training.custom import CustomMethod, custom_method_of
+from tuneyard.training.code_process import CodeProcess, scratch_dir
+from tuneyard.training.custom import CustomMethod, custom_method_of, require_code_runs
 from tuneyard.training.runner import RunInputs, hardware, load_inputs
 
 PEFT_PREFIX = "base_model.model."
+MAX_METRICS = 100
+MAX_MESSAGE = 500
 
 
-class Report:
-    """What the script gets as `report`: its records, and ways to report back."""
+class TrainingReporter:
+    """Writes what the script reports (progress, metrics) to the training and its job."""
 
     def __init__(self, ctx: JobContext, inputs: RunInputs):
         self._ctx = ctx
-        self._inputs = inputs
+        self._training_id = inputs.training_id
         self._started = time.monotonic()
         self._percent = 0.0
-        self.log = logging.getLogger(f"tuneyard.job.{inputs.method.name}")
 
-    def records(self) -> Iterator[dict]:
-        """The dataset's normalised records, in file order; at most max_samples when set."""
-        limit = self._inputs.params.max_samples
-        count = 0
-        with self._inputs.records_path.open(encoding="utf-8") as handle:
-            for line in handle:
-                if not line.strip():
-                    continue
-                if 0 < limit <= count:
-                    return
-                count += 1
-                yield json.loads(line)
-
-    def progress(self, percent: float, message: str | None = None) -> None:
-        """Progress 0-100 of the training (99 at most: writing the model is the last step)."""
-        percent = min(max(float(percent), 0.0), 99.0)
+    def progress(self, percent: float, message: str | None) -> None:
         elapsed = time.monotonic() - self._started
         eta = elapsed * (100.0 - percent) / percent if percent > 0 else None
         with session_scope(self._ctx.settings) as session:
-            training = session.get(Training, self._inputs.training_id)
+            training = session.get(Training, self._training_id)
             training.progress = percent
             training.eta_seconds = eta
         self._percent = percent
         self._ctx.progress(percent, message)
 
-    def metrics(self, step: int, **values: float) -> None:
-        """Record one step's numbers (loss, learning_rate...) as the built-in methods do."""
-        if isinstance(step, bool) or not isinstance(step, int) or step < 0:
-            raise TypeError(f"report.metrics: step must be a whole number >= 0, not {step!r}")
-        data: dict[str, float | int] = {}
-        for key, value in values.items():
-            if isinstance(value, bool | str):
-                raise TypeError(f"report.metrics: {key} must be a number, not {value!r}")
-            try:
-                number = float(value)  # numpy and 0-d torch numbers too
-            except (TypeError, ValueError):
-                raise TypeError(f"report.metrics: {key} must be a number, not {value!r}") from None
-            if not math.isfinite(number):
-                self.log.warning("step %d: %s is %s; not recorded", step, key, number)
-                continue
-            data[key] = value if type(value) is int else number
-        training_id = self._inputs.training_id
+    def metrics(self, step: int, data: dict[str, float | int]) -> None:
         with session_scope(self._ctx.settings) as session:
             session.execute(
                 delete(TrainingMetric).where(
-                    TrainingMetric.training_id == training_id,
+                    TrainingMetric.training_id == self._training_id,
                     TrainingMetric.step == step,
                     TrainingMetric.kind == "train",
                 )
             )
-            session.add(TrainingMetric(training_id=training_id, step=step, kind="train", data=data))
+            session.add(
+                TrainingMetric(training_id=self._training_id, step=step, kind="train", data=data)
+            )
         if "loss" in data:
             self._ctx.progress(self._percent, f"Step {step} · loss {data['loss']:.4f}")
 
-    def should_stop(self) -> bool:
-        """True once a cancel was asked for: return from train() soon."""
-        return self._ctx.cancel_requested
+
+class BadRequest(Exception):
+    """A request of the script's process that is not answered (its reason goes back)."""
 
 
-def load_train_function(method: CustomMethod) -> Callable[..., Any]:
-    """Import the stored script (as uploaded: its digest is checked) and return its train."""
+def _number(value: Any, what: str) -> float | int:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise BadRequest(f"{what} must be a finite number, not {value!r}")
+    return value
+
+
+def _progress_request(message: dict[str, Any]) -> tuple[float, str | None]:
+    percent = min(max(float(_number(message.get("percent"), "percent")), 0.0), 99.0)
+    text = message.get("message")
+    if text is not None and not isinstance(text, str):
+        raise BadRequest("a progress message must be text")
+    return percent, text[:MAX_MESSAGE] if text else text
+
+
+def _metrics_request(message: dict[str, Any]) -> tuple[int, dict[str, float | int]]:
+    step, values = message.get("step"), message.get("values")
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        raise BadRequest(f"step must be a whole number >= 0, not {step!r}")
+    if not isinstance(values, dict) or len(values) > MAX_METRICS:
+        raise BadRequest(f"metrics are at most {MAX_METRICS} names with numbers")
+    data = {}
+    for key, value in values.items():
+        if not isinstance(key, str) or not key or len(key) > 100:
+            raise BadRequest(f"a metric name is 1-100 characters, not {key!r}")
+        data[key] = _number(value, key)
+    return step, data
+
+
+def _answer(ctx: JobContext, reporter: TrainingReporter, message: dict[str, Any]) -> Any:
+    op = message.get("op")
+    if op == "should_stop":
+        return ctx.cancel_requested
+    if op == "progress":
+        reporter.progress(*_progress_request(message))
+        return None
+    if op == "metrics":
+        reporter.metrics(*_metrics_request(message))
+        return None
+    raise BadRequest(f"unknown request {op!r}")
+
+
+def verified_script(method: CustomMethod, scratch: Path) -> Path:
+    """A copy of the stored script, checked to be the one uploaded (its digest), for the
+    code's process to import."""
     if not method.path.exists():
         raise Invalid(f"The script of {method.name} is missing from the data dir; upload it again.")
-    if hashlib.sha256(method.path.read_bytes()).hexdigest() != method.digest:
+    source = method.path.read_bytes()
+    if hashlib.sha256(source).hexdigest() != method.digest:
         raise Invalid(
             f"The script of {method.name} changed on disk since it was uploaded; upload it again."
         )
-    module_name = f"tuneyard_method_{method.name.replace('-', '_')}"
-    spec = importlib.util.spec_from_file_location(module_name, method.path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[module_name] = module  # dataclasses and pickling in the script look it up
-    spec.loader.exec_module(module)
-    return module.train
+    copy = scratch / f"{method.name.replace('-', '_')}.py"
+    copy.parent.mkdir(parents=True, exist_ok=True)
+    copy.write_bytes(source)
+    return copy
+
+
+def run_script(
+    ctx: JobContext,
+    method: CustomMethod,
+    inputs: RunInputs,
+    config: dict[str, Any],
+    output_dir: Path,
+) -> None:
+    """Run the script's train in its own process and answer its reports until it ends."""
+    scratch = scratch_dir(ctx.work_dir)
+    script = verified_script(method, scratch)
+    reporter = TrainingReporter(ctx, inputs)
+    process = CodeProcess("method", scratch, f"method {method.name}")
+    try:
+        process.start(
+            {
+                "name": method.name,
+                "module": f"tuneyard_method_{method.name.replace('-', '_')}",
+                "script": str(script),
+                "config": config,
+                "output_dir": str(output_dir),
+                "max_samples": inputs.params.max_samples,
+            }
+        )
+        while True:
+            message = process.receive()
+            if message.get("op") == "done":
+                return
+            if message.get("op") == "failed":
+                if ctx.cancel_requested:
+                    raise JobCancelled()
+                raise AppError(f"{method.name} failed: {str(message.get('error'))[:2000]}")
+            try:
+                process.send({"value": _answer(ctx, reporter, message)})
+            except BadRequest as exc:
+                process.send({"error": f"report: {exc}"})
+    except AppError:
+        if ctx.cancel_requested:
+            raise JobCancelled() from None
+        raise
+    finally:
+        process.close()
+        remove_tree(scratch)
+
+
+def refuse_links(method: CustomMethod, folder: Path) -> None:
+    """The model folder must hold files, not links to files elsewhere (which an archive or a
+    deploy of the model would follow)."""
+    for path in folder.rglob("*"):
+        if path.is_symlink():
+            raise Invalid(
+                f"{method.name} wrote a link ({path.relative_to(folder)}) into output_dir; "
+                "write the files themselves."
+            )
 
 
 def check_adapter(method: CustomMethod, folder: Path, inputs: RunInputs) -> None:
@@ -224,10 +291,10 @@ def add_base_tokenizer(folder: Path, base_path: Path) -> None:
 def run_custom_training(ctx: JobContext) -> dict[str, Any]:
     inputs = load_inputs(ctx, custom_method_of)
     method: CustomMethod = inputs.method
+    require_code_runs(ctx.settings, f"Training method {method.name}")
     ctx.progress(1, f"Loading the {method.name} script")
     produced = results.fresh_result_dir(inputs.work_dir)
     try:
-        report = Report(ctx, inputs)
         config = {
             "params": inputs.params.model_dump(mode="json"),
             "base_model_path": str(inputs.base_path),
@@ -236,20 +303,12 @@ def run_custom_training(ctx: JobContext) -> dict[str, Any]:
             "seed": inputs.params.seed,
         }
         started = time.monotonic()
-        try:
-            train = load_train_function(method)
-            ctx.progress(2, f"Running {method.name}")
-            train(config, produced, report)
-        except Exception as exc:
-            if ctx.cancel_requested:
-                raise JobCancelled() from exc
-            if isinstance(exc, AppError):
-                raise
-            raise AppError(f"{method.name} failed: {type(exc).__name__}: {exc}") from exc
+        run_script(ctx, method, inputs, config, produced)
         duration = time.monotonic() - started
         if ctx.cancel_requested:
             raise JobCancelled()
         ctx.progress(99, "Checking the model it wrote")
+        refuse_links(method, produced)
         if method.result == "adapter":
             check_adapter(method, produced, inputs)
         else:

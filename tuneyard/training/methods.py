@@ -251,7 +251,9 @@ def _grpo_trainer(
     )
     return GRPOTrainer(
         model=model,
-        reward_funcs=build_reward_functions(params, extra.get("reward_files", {})),
+        reward_funcs=build_reward_functions(
+            params, extra.get("reward_files", {}), extra["code_dir"]
+        ),
         args=config,
         train_dataset=train,
         eval_dataset=evaluation,

@@ -5,6 +5,7 @@ Every field here is read by the runner; nothing is accepted and ignored.
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -126,6 +127,10 @@ class KTOParams(CommonParams):
 
 
 BUILTIN_REWARDS = ("answer_match", "numeric_match", "format_regex", "length_penalty")
+REWARD_FILE_PREFIX = "file:"
+# A reward file's name: it becomes a file name, so nothing that could leave its folder.
+REWARD_NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+REWARD_NAME_RULE = "1-64 letters, digits, '_' or '-'"
 
 
 class GRPOParams(CommonParams):
@@ -162,9 +167,16 @@ class GRPOParams(CommonParams):
                 "share it)"
             )
         for name in self.rewards:
-            if name not in BUILTIN_REWARDS and not name.startswith("file:"):
+            if name in BUILTIN_REWARDS:
+                continue
+            if not name.startswith(REWARD_FILE_PREFIX):
                 raise ValueError(
                     f"unknown reward '{name}'; use {', '.join(BUILTIN_REWARDS)} or 'file:<name>'"
+                )
+            if not REWARD_NAME_RE.fullmatch(name.removeprefix(REWARD_FILE_PREFIX)):
+                raise ValueError(
+                    f"'{name}' does not name a reward file: a reward file's name is "
+                    f"{REWARD_NAME_RULE} (see GET /api/v1/reward-files)"
                 )
         if (self.batch_size * self.grad_accum_steps) % self.num_generations:
             raise ValueError(

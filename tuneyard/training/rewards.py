@@ -1,17 +1,23 @@
-"""GRPO reward functions: the built-ins, and a user's function loaded from an uploaded file.
+"""GRPO reward functions: the built-ins, and a user's function from an uploaded file.
 
 A reward function gets the sampled completions (and the dataset's columns as keyword lists,
 e.g. `answer`) and returns one float per completion. An uploaded file defines
-`def reward(completions: list[str], **columns) -> list[float]`.
+`def reward(completions: list[str], **columns) -> list[float]`; it runs in a process of its
+own (tuneyard.training.code_process) and gets the completions' text and the columns that are
+plain data (the prompts, the dataset's fields).
 """
 
 from __future__ import annotations
 
-import importlib.util
+import json
 import re
+import shutil
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+from tuneyard.errors import AppError
+from tuneyard.training.code_process import CodeProcess
 from tuneyard.training.params import GRPOParams
 
 NUMBER = re.compile(r"-?\d+(?:[.,]\d+)?")
@@ -74,26 +80,73 @@ def length_penalty(target: int) -> Callable:
     return reward
 
 
-def load_reward_file(path: Path) -> Callable:
-    spec = importlib.util.spec_from_file_location(f"tuneyard_reward_{path.stem}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    func = getattr(module, "reward", None)
-    if not callable(func):
-        raise ValueError(f"{path.name} defines no function `reward(completions, **columns)`")
+def _plain(value: Any) -> bool:
+    try:
+        json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError, RecursionError):
+        return False
+    return True
 
-    def reward(completions, **columns):
+
+class UploadedReward:
+    """A reward file's `reward`, called in a process of its own that lives as long as the
+    training; the scores it sends are checked before the trainer sees them."""
+
+    def __init__(self, path: Path, scratch: Path):
+        self.path = path
+        self.scratch = scratch
+        self.__name__ = f"file_{path.stem}"
+        self._process: CodeProcess | None = None
+
+    def _started(self) -> CodeProcess:
+        if self._process is None:
+            script = self.scratch / "rewards" / self.path.name
+            script.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(self.path, script)
+            process = CodeProcess("reward", self.scratch, f"reward file {self.path.stem}")
+            self._process = process
+            process.start(
+                {
+                    "name": self.path.stem,
+                    "module": f"tuneyard_reward_{self.path.stem}",
+                    "script": str(script),
+                }
+            )
+            ready = process.receive()
+            if "error" in ready:
+                raise AppError(f"Reward file {self.path.stem}: {str(ready['error'])[:2000]}")
+        return self._process
+
+    def __call__(self, completions, **columns) -> list[float]:
         texts = [completion_text(c) for c in completions]
-        scores = [float(s) for s in func(texts, **columns)]
-        if len(scores) != len(texts):
-            raise ValueError(f"{path.name}: reward returned {len(scores)} scores for {len(texts)}")
-        return scores
+        process = self._started()
+        plain = {name: value for name, value in columns.items() if _plain(value)}
+        process.send({"completions": texts, "columns": plain})
+        reply = process.receive()
+        if "error" in reply:
+            raise AppError(f"Reward file {self.path.stem} failed: {str(reply['error'])[:2000]}")
+        scores = reply.get("value")
+        if (
+            not isinstance(scores, list)
+            or len(scores) != len(texts)
+            or not all(isinstance(s, int | float) and not isinstance(s, bool) for s in scores)
+        ):
+            count = len(scores) if isinstance(scores, list) else "no"
+            raise AppError(
+                f"Reward file {self.path.stem} must return one number per completion; "
+                f"it returned {count} values for {len(texts)} completions."
+            )
+        return [float(s) for s in scores]
 
-    reward.__name__ = f"file_{path.stem}"
-    return reward
+    def close(self) -> None:
+        if self._process is not None:
+            self._process.close()
+            self._process = None
 
 
-def build_reward_functions(params: GRPOParams, reward_files: dict[str, str]) -> list[Callable]:
+def build_reward_functions(
+    params: GRPOParams, reward_files: dict[str, str], scratch: Path
+) -> list[Callable]:
     functions = []
     for name in params.rewards:
         if name == "answer_match":
@@ -105,5 +158,13 @@ def build_reward_functions(params: GRPOParams, reward_files: dict[str, str]) -> 
         elif name == "length_penalty":
             functions.append(length_penalty(params.length_target))
         else:
-            functions.append(load_reward_file(Path(reward_files[name.removeprefix("file:")])))
+            path = Path(reward_files[name.removeprefix("file:")])
+            functions.append(UploadedReward(path, scratch))
     return functions
+
+
+def close_uploaded_rewards(functions: list[Callable]) -> None:
+    """End the processes of the uploaded reward functions among `functions`."""
+    for function in functions:
+        if isinstance(function, UploadedReward):
+            function.close()

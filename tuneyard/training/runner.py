@@ -21,9 +21,12 @@ from tuneyard.db import session_scope
 from tuneyard.errors import Invalid
 from tuneyard.jobs.context import JobCancelled, JobContext
 from tuneyard.models import BaseModel, Dataset, Training, TrainingMetric, utcnow
+from tuneyard.storage import remove_tree
+from tuneyard.training.code_process import scratch_dir
 from tuneyard.training.custom import CustomMethod
 from tuneyard.training.methods import TrainingMethod, get_method
 from tuneyard.training.params import CommonParams
+from tuneyard.training.rewards import close_uploaded_rewards
 
 CHECKPOINT_PREFIX = "checkpoint-"
 
@@ -315,10 +318,12 @@ def run_training(ctx: JobContext) -> dict[str, Any]:
     from datasets import Dataset as HFDataset
     from transformers import AutoTokenizer, set_seed
 
-    from tuneyard.training import results
-
     inputs = load_inputs(ctx)
     params = inputs.params
+    if inputs.reward_files:
+        from tuneyard.training.custom import require_code_runs
+
+        require_code_runs(ctx.settings, f"Reward file {', '.join(sorted(inputs.reward_files))}")
     set_seed(params.seed)
     ctx.progress(1, "Loading the dataset")
     records = read_records(inputs.records_path)
@@ -351,9 +356,18 @@ def run_training(ctx: JobContext) -> dict[str, Any]:
         training_arguments(inputs, precision, autocast, bool(eval_rows)),
         build_peft_config(params),
         params,
-        {"reward_files": inputs.reward_files},
+        {"reward_files": inputs.reward_files, "code_dir": scratch_dir(ctx.work_dir)},
     )
     trainer.add_callback(make_reporting_callback(ctx, inputs.training_id))
+    try:
+        return _train_and_keep(ctx, inputs, trainer, tokenizer, precision)
+    finally:
+        close_uploaded_rewards(getattr(trainer, "reward_funcs", []))
+        remove_tree(scratch_dir(ctx.work_dir))
+
+
+def _train_and_keep(ctx: JobContext, inputs: RunInputs, trainer, tokenizer, precision: str):
+    from tuneyard.training import results
 
     existing = checkpoints(inputs.work_dir)
     resume_from = existing[-1] if existing else None
@@ -374,7 +388,7 @@ def run_training(ctx: JobContext) -> dict[str, Any]:
         ctx,
         inputs.training_id,
         produced,
-        full=params.adapter == "full",
+        full=inputs.params.adapter == "full",
         duration=time.monotonic() - started,
         hw={**hardware(), "precision": precision},
     )

@@ -29,9 +29,20 @@ from tuneyard.models import (
 )
 from tuneyard.pagination import paginate
 from tuneyard.storage import Layout, atomic_file
-from tuneyard.training.custom import CustomMethod, find_method
+from tuneyard.training.custom import (
+    CustomMethod,
+    find_method,
+    require_code_runs,
+    require_code_uploads,
+)
 from tuneyard.training.methods import TrainingMethod
-from tuneyard.training.params import CommonParams, GRPOParams
+from tuneyard.training.params import (
+    REWARD_FILE_PREFIX,
+    REWARD_NAME_RE,
+    REWARD_NAME_RULE,
+    CommonParams,
+    GRPOParams,
+)
 
 NAME_RE = re.compile(r"^[A-Za-z0-9._-]{1,100}$")
 ACTIVE = ("queued", "running")
@@ -155,19 +166,27 @@ def get_profile(session: Session, principal: Principal, profile_id: str) -> Trai
     )
 
 
+def reward_file_path(project_id: str, name: str) -> Path:
+    """The project's uploaded reward file `name`: a name by the rule, a file that lies in the
+    project's reward folder (a link leading elsewhere is no reward file)."""
+    if not REWARD_NAME_RE.fullmatch(name or ""):
+        raise Invalid(f"'{name}' is not a reward file name: use {REWARD_NAME_RULE}.")
+    folder = Layout().reward_dir(project_id)
+    path = folder / f"{name}.py"
+    if not path.is_file() or path.resolve().parent != folder.resolve():
+        raise Invalid(f"No reward file '{name}'. Upload one with POST /api/v1/reward-files.")
+    return path
+
+
 def resolve_reward_files(principal: Principal, params: CommonParams) -> dict[str, str]:
     if not isinstance(params, GRPOParams):
         return {}
     found = {}
     for reward in params.rewards:
-        if reward.startswith("file:"):
-            name = reward.removeprefix("file:")
-            path = Layout().reward_file(principal.project_id, name)
-            if not path.exists():
-                raise Invalid(
-                    f"No reward file '{name}'. Upload one with POST /api/v1/reward-files."
-                )
-            found[name] = str(path)
+        if reward.startswith(REWARD_FILE_PREFIX):
+            name = reward.removeprefix(REWARD_FILE_PREFIX)
+            require_code_runs(get_settings(), f"Reward file {name}")
+            found[name] = str(reward_file_path(principal.project_id, name))
     return found
 
 
@@ -187,6 +206,8 @@ def start_training(
     if not NAME_RE.fullmatch(name or ""):
         raise Invalid("A train name is 1-100 letters, digits, '.', '_' or '-'.")
     chosen = find_method(session, principal, method)
+    if isinstance(chosen, CustomMethod):
+        require_code_runs(get_settings(), f"Training method {chosen.name}")
     merged: dict[str, Any] = {}
     if profile_id:
         profile = get_profile(session, principal, profile_id)
@@ -359,6 +380,8 @@ def resume_training(session: Session, principal: Principal, training_id: str) ->
     if training.base_model_id is None or training.dataset_id is None:
         raise Conflict("The base model or dataset of this training was deleted; it cannot resume.")
     method = find_method(session, principal, training.method)
+    if isinstance(method, CustomMethod):
+        require_code_runs(get_settings(), f"Training method {method.name}")
     params = validate_params(method, training.params)
     _enqueue_run(session, principal, training, method, resolve_reward_files(principal, params))
     return training
@@ -446,14 +469,13 @@ def delete_profile(session, principal, profile_id) -> None:
 
 # -- reward files -----------------------------------------------------------------------------
 
-REWARD_NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-
 
 def save_reward_file(principal: Principal, name: str, source: bytes) -> str:
-    """Store a GRPO reward function file (admin only: it runs as code in training jobs)."""
-    principal.require("admin")
+    """Store a GRPO reward function file (the operator only, with code uploads on: it runs as
+    code in training jobs)."""
+    require_code_uploads(principal)
     if not REWARD_NAME_RE.fullmatch(name or ""):
-        raise Invalid("A reward file name is 1-64 letters, digits, '_' or '-'.")
+        raise Invalid(f"A reward file name is {REWARD_NAME_RULE}.")
     try:
         text = source.decode("utf-8")
         tree = compile(text, f"{name}.py", "exec", dont_inherit=True, flags=0x400)  # ast only
@@ -468,5 +490,5 @@ def save_reward_file(principal: Principal, name: str, source: bytes) -> str:
 
 
 def list_reward_files(principal: Principal) -> list[str]:
-    folder = Layout().reward_file(principal.project_id, "x").parent
+    folder = Layout().reward_dir(principal.project_id)
     return sorted(p.stem for p in folder.glob("*.py")) if folder.exists() else []
