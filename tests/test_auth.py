@@ -41,6 +41,7 @@ class TestLogin:
             "user_id": me["user_id"],
             "username": "admin",
             "role": "admin",
+            "operator": True,
             "project_code": "1001",
         }
 

@@ -214,6 +214,77 @@ class TestRegisterPathRefused:
         assert count_rows() == (0, 0)
 
 
+def outside_roots(field: str, raw) -> str:
+    from tuneyard.config import get_settings
+
+    roots = ", ".join(str(root) for root in get_settings().model_root_paths)
+    return (
+        f"{field} '{raw}' is outside the folders models are registered from ({roots}). Put the "
+        "model there, or ask the server's operator to add its folder to TUNEYARD_MODEL_ROOTS."
+    )
+
+
+class TestModelRoots:
+    def test_paths_outside_the_roots_are_refused_alike_whether_they_exist_or_not(
+        self, client, auth
+    ):
+        for path in ("/etc", "/usr/lib", "/nowhere/at/all", "/etc/../etc/ssl"):
+            response = register(client, auth, path)
+            assert response.status_code == 422
+            assert response.json()["detail"] == outside_roots("path", path)
+        gguf = client.post(
+            API, json={"technical_name": "g", "gguf_path": "/etc/hostname"}, headers=auth
+        )
+        assert gguf.status_code == 422
+        assert gguf.json()["detail"] == outside_roots("gguf_path", "/etc/hostname")
+        assert count_rows() == (0, 0)
+
+    def test_another_projects_model_in_the_data_dir_is_refused(
+        self, client, auth, data_dir, tiny_model_dir
+    ):
+        # The data dir lies inside this test's roots; its folders are still nobody's to name.
+        folder = Layout().base_model_dir("4f1c2d3e-0000-4000-8000-000000000003")
+        shutil.copytree(tiny_model_dir, folder)
+        for path in (folder, data_dir, data_dir / "secret.key"):
+            response = register(client, auth, path)
+            assert response.status_code == 422
+            assert response.json()["detail"] == outside_roots("path", path)
+        assert count_rows() == (0, 0)
+
+    def test_a_link_that_leads_out_of_the_roots_is_refused(
+        self, client, auth, model_copy, tmp_path
+    ):
+        link = tmp_path / "innocent"
+        link.symlink_to("/etc")
+        response = register(client, auth, link)
+        assert response.json()["detail"] == outside_roots("path", link)
+        (model_copy / "config.json").unlink()
+        (model_copy / "config.json").symlink_to("/etc/hostname")
+        inside = register(client, auth, model_copy)
+        assert inside.status_code == 422
+        assert inside.json()["detail"] == (
+            f"config.json in {model_copy} links outside the folders models are registered from; "
+            "copy the file into the folder instead."
+        )
+        assert count_rows() == (0, 0)
+
+    def test_by_default_models_come_from_the_import_folder(
+        self, client, auth, tiny_model_dir, data_dir, monkeypatch
+    ):
+        from tuneyard.config import reset_settings
+
+        monkeypatch.delenv("TUNEYARD_MODEL_ROOTS")
+        reset_settings()
+        refused = register(client, auth, tiny_model_dir)
+        assert refused.status_code == 422
+        assert refused.json()["detail"] == outside_roots("path", tiny_model_dir)
+        assert f"({data_dir / 'import'})" in refused.json()["detail"]
+        imported = shutil.copytree(tiny_model_dir, data_dir / "import" / "tiny")
+        response = register(client, auth, imported)
+        assert response.status_code == 201, response.text
+        assert response.json()["path"] == str(imported)
+
+
 class TestSources:
     def test_none_given(self, client, auth):
         response = client.post(API, json={"technical_name": "x"}, headers=auth)

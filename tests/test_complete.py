@@ -623,13 +623,46 @@ class TestFullFineTune:
 
 
 class _Hub(BaseHTTPRequestHandler):
-    def do_GET(self):  # noqa: N802
-        body = json.dumps({"name": "me"}).encode()
-        self.send_response(200 if self.path == "/api/whoami-v2" else 404)
+    """The hub's whoami, and as much of repository creation, card checks and commits (files
+    sent inline, as the hub asks for small files) as a push uses; `server.created` keeps each create
+    request, `server.committed` the paths of each commit."""
+
+    def _reply(self, status: int, payload: dict) -> None:
+        body = json.dumps(payload).encode()
+        self.send_response(status)
         self.send_header("content-type", "application/json")
         self.send_header("content-length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
+
+    def do_GET(self):  # noqa: N802
+        self._reply(200 if self.path == "/api/whoami-v2" else 404, {"name": "me"})
+
+    def do_POST(self):  # noqa: N802
+        sent = self.rfile.read(int(self.headers.get("content-length") or 0))
+        endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
+        if self.path == "/api/repos/create":
+            created = json.loads(sent)
+            self.server.created.append(created)
+            self._reply(200, {"url": f"{endpoint}/{created['organization']}/{created['name']}"})
+        elif self.path == "/api/validate-yaml":  # the model card's front matter
+            self._reply(200, {"errors": [], "warnings": []})
+        elif "/preupload/" in self.path:
+            files = [
+                {"path": f["path"], "uploadMode": "regular", "shouldIgnore": False}
+                for f in json.loads(sent)["files"]
+            ]
+            self._reply(200, {"files": files})
+        elif "/commit/" in self.path:
+            lines = [json.loads(line) for line in sent.splitlines() if line.strip()]
+            self.server.committed.append(
+                sorted(line["value"]["path"] for line in lines if line["key"] == "file")
+            )
+            repo = self.path.split("/api/models/")[1].split("/commit/")[0]
+            oid = "0" * 40
+            self._reply(200, {"commitUrl": f"{endpoint}/{repo}/commit/{oid}", "commitOid": oid})
+        else:
+            self._reply(404, {"error": "not here"})
 
     def log_message(self, *_args):
         pass
@@ -637,8 +670,9 @@ class _Hub(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def hub(monkeypatch, tmp_path):
-    """A local HTTP server answering the hub's whoami, as HF_ENDPOINT, with a token set."""
+    """A local HTTP server answering as the hub, as HF_ENDPOINT, with a token set."""
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Hub)
+    server.created, server.committed = [], []
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{server.server_address[1]}")
@@ -685,6 +719,25 @@ class TestPush:
         assert deleted.json()["detail"].startswith(
             f"Complete model {model['name']} is in use by complete.push job"
         )
+
+    def test_a_push_creates_a_private_repository_unless_asked(
+        self, client, auth, worker, made, hub
+    ):
+        model = saved(client, auth, made["id"])
+        for body, visibility in (({}, "private"), ({"public": True}, "public")):
+            response = client.post(
+                f"{API}/{model['id']}/push", json={"repo_id": "me/tiny", **body}, headers=auth
+            )
+            assert response.status_code == 202, response.text
+            job = wait_for_job(response.json()["job_id"])
+            assert job.status == "succeeded", job.error
+            assert hub.created[-1] == {
+                "name": "tiny",
+                "organization": "me",
+                "visibility": visibility,
+                "type": "model",
+            }
+        assert hub.committed[-1] == sorted(folder_files(Path(model["path"])))
 
     def test_no_token(self, client, auth, worker, made, hub, monkeypatch):
         model = saved(client, auth, made["id"])

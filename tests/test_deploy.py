@@ -75,6 +75,24 @@ class TestEnvironments:
         assert words in response.json()["detail"]
         assert client.get(ENVS, headers=auth).json()["total"] == 0
 
+    def test_keys_stay_with_the_address_they_were_given_for(self, client, auth):
+        remote = add_env(
+            client, auth, name="vllm", kind="openai", url="http://127.0.0.1:8000/v1", api_key="k"
+        )
+        moved = client.patch(
+            f"{ENVS}/{remote['id']}", json={"url": "http://10.0.0.9:8000/v1"}, headers=auth
+        )
+        assert moved.status_code == 200 and moved.json()["has_api_key"] is False
+        # Tuneyard makes the key of a llama.cpp server it runs, and keeps it.
+        managed = add_env(client, auth, name="here", kind="llama.cpp")
+        assert managed["has_api_key"] is True
+        refused = client.patch(f"{ENVS}/{managed['id']}", json={"api_key": "mine"}, headers=auth)
+        assert refused.status_code == 422
+        assert refused.json()["detail"] == (
+            "Environment here runs its own llama.cpp server, whose key Tuneyard makes and keeps; "
+            "there is no key to set."
+        )
+
     def test_duplicate_name_is_a_conflict(self, client, auth):
         add_env(client, auth, name="one", kind="llama.cpp")
         response = client.post(ENVS, json={"name": "one", "kind": "llama.cpp"}, headers=auth)

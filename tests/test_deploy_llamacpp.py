@@ -163,6 +163,39 @@ class TestApply:
         assert not managed.is_running()
 
 
+class TestApiKey:
+    def test_a_server_with_a_key_answers_only_requests_that_carry_it(self, tmp_path, smollm2_gguf):
+        keyed = ManagedServer(tmp_path / "environment", api_key="k-0815-secret")
+        try:
+            keyed.apply([ServedModel("smol", smollm2_gguf)])
+            body = {"model": "smol", "messages": QUESTION, "max_tokens": 1}
+            for headers in ({}, {"Authorization": "Bearer guessed"}):
+                assert httpx.get(f"{keyed.base_url}/v1/models", headers=headers).status_code == 401
+                refused = httpx.post(
+                    f"{keyed.base_url}/v1/chat/completions", json=body, headers=headers, timeout=60
+                )
+                assert refused.status_code == 401
+            with pytest.raises(Invalid, match="wants an API key"):
+                list_served_models(keyed.base_url)
+            assert list_served_models(keyed.base_url, "k-0815-secret") == ["smol"]
+            client = OpenAICompatClient(keyed.base_url, "k-0815-secret")
+            assert client.chat("smol", QUESTION, max_tokens=8).strip()
+            # The key is in the server's own config, which its owner alone can read.
+            assert json.loads(keyed.config_path.read_text())["api_key"] == "k-0815-secret"
+            assert keyed.config_path.stat().st_mode & 0o077 == 0
+
+            # A supervisor that knows only the folder brings it back with its key.
+            pid = served_pid(keyed)
+            os.kill(pid, signal.SIGKILL)
+            psutil.Process(pid).wait(10)
+            supervisor = ManagedServer(keyed.state_dir)
+            assert supervisor.ensure_running() is True
+            assert httpx.get(f"{keyed.base_url}/v1/models").status_code == 401
+            assert list_served_models(keyed.base_url, "k-0815-secret") == ["smol"]
+        finally:
+            keyed.stop()
+
+
 class TestSupervision:
     def test_killed_server_restarts_on_the_same_port(self, server, smollm2_gguf):
         server.apply([ServedModel("smol", smollm2_gguf)])

@@ -7,6 +7,7 @@ import shutil
 import signal
 import time
 
+import httpx
 import pytest
 
 from tests.conftest import stop_executor, wait_for_job
@@ -16,6 +17,7 @@ from tests.test_deploy_ollama_jobs import deploy, deployed
 from tests.vllm_double import VllmDouble
 from tuneyard.deploy.llamacpp import ManagedServer, list_served_models
 from tuneyard.deploy.openai_compat import OpenAICompatClient
+from tuneyard.errors import Invalid
 from tuneyard.storage import Layout
 
 LIVE = "/api/v1/live-models"
@@ -43,8 +45,16 @@ def wait_until_gone(pid: int, timeout: float = 10.0) -> None:
 
 
 def chat(live: dict, messages=HELLO, max_tokens: int = 12) -> str:
-    client = OpenAICompatClient(live["endpoint_url"])
-    return client.chat(live["model_id"], messages, max_tokens=max_tokens)
+    """A greedy answer by Tuneyard's own client of the live model: its endpoint, with the key
+    of its environment."""
+    from tuneyard.auth.service import local_principal
+    from tuneyard.chat.backends import complete_chat, resolve_model
+    from tuneyard.db import session_scope
+
+    with session_scope() as session:
+        model = resolve_model(session, local_principal(session), f"live:{live['id']}")
+    params = {"max_tokens": max_tokens, "temperature": 0.0, "seed": 0}
+    return complete_chat(model, messages, params)[0]
 
 
 class TestLlamaCpp:
@@ -63,6 +73,26 @@ class TestLlamaCpp:
         assert env["port"] == int(live["endpoint_url"].rsplit(":", 1)[1].split("/")[0])
         tested = client.post(f"/api/v1/deploy-environments/{env['id']}/test", headers=auth)
         assert tested.json()["models"] == [live["model_id"]]
+
+        # The server answers Tuneyard alone: a request without its key is refused.
+        assert env["has_api_key"] is True
+        for request in (
+            lambda: httpx.get(f"{live['endpoint_url']}/models", timeout=10),
+            lambda: httpx.post(
+                f"{live['endpoint_url']}/chat/completions",
+                json={"model": live["model_id"], "messages": HELLO, "max_tokens": 1},
+                headers={"Authorization": "Bearer guessed"},
+                timeout=10,
+            ),
+        ):
+            assert request().status_code == 401
+        with pytest.raises(Invalid, match="wants an API key"):
+            OpenAICompatClient(live["endpoint_url"]).models()
+        registered = client.post(f"{LIVE}/{live['id']}/register", json={}, headers=auth).json()
+        entry_test = client.post(
+            f"/api/v1/third-party-models/{registered['id']}/test", headers=auth
+        ).json()
+        assert entry_test["ok"] is True, entry_test
 
         # The server dies; a health check restarts it on the same port.
         server = ManagedServer(Layout().environment_dir(env["id"]))

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
+import threading
 import time
 from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 import pytest
@@ -229,13 +232,13 @@ class TestEntries:
         with session_scope() as session:
             row = session.get(ThirdPartyModel, created.json()["id"])
             assert row.api_key_encrypted and KEY not in row.api_key_encrypted
-            assert service.third_party_api_key(row) == KEY
+            assert service.third_party_api_key(session, row) == KEY
 
         replaced = client.patch(f"{TP}/m", json={"api_key": "sk-new-0815"}, headers=auth)
         assert "sk-new-0815" not in replaced.text and replaced.json()["has_api_key"] is True
         with session_scope() as session:
             row = session.get(ThirdPartyModel, created.json()["id"])
-            assert service.third_party_api_key(row) == "sk-new-0815"
+            assert service.third_party_api_key(session, row) == "sk-new-0815"
 
     def test_an_entry_registered_from_a_live_model_shows_it(self, client, auth):
         with session_scope() as session:
@@ -273,13 +276,25 @@ class TestWhoMaySee:
             assert client.delete(path, headers=mia).status_code == 404
         assert client.get(f"{TP}/mine", headers=auth).json()["private"] is True
 
-        # The shared entry is anyone's to change, but only its creator may hide it.
-        edited = client.patch(f"{TP}/shared", json={"description": "by mia"}, headers=mia)
-        assert edited.status_code == 200
-        hidden = client.patch(f"{TP}/shared", json={"private": True}, headers=mia)
-        assert hidden.status_code == 403 and "Only the user who added" in hidden.text
-        assert client.delete(f"{TP}/{shared['id']}", headers=mia).status_code == 204
-        assert client.get(TP, headers=auth).json()["total"] == 1
+        # The shared entry is everyone's to use; only its creator or an admin changes it.
+        for refused in (
+            client.patch(f"{TP}/shared", json={"description": "by mia"}, headers=mia),
+            client.patch(f"{TP}/shared", json={"private": True}, headers=mia),
+            client.delete(f"{TP}/{shared['id']}", headers=mia),
+        ):
+            assert refused.status_code == 403
+            assert refused.json()["detail"] == (
+                "Only the user who added shared or an admin can change or delete it; add a "
+                "third-party model of your own instead."
+            )
+        assert client.get(f"{TP}/shared", headers=auth).json() == shared
+        own = add(client, mia, name="mias", provider="openai", model_name="gpt-4o")
+        edited = client.patch(f"{TP}/mias", json={"description": "by mia"}, headers=mia)
+        assert edited.status_code == 200 and edited.json()["description"] == "by mia"
+        by_admin = client.patch(f"{TP}/mias", json={"description": "tidied"}, headers=auth)
+        assert by_admin.status_code == 200
+        assert client.delete(f"{TP}/{own['id']}", headers=auth).status_code == 204
+        assert client.get(TP, headers=auth).json()["total"] == 2
 
     def test_viewers_read_but_neither_test_nor_change(self, client, auth):
         entry = add(
@@ -304,6 +319,143 @@ class TestWhoMaySee:
         assert patch.status_code == 403
         assert client.delete(f"{TP}/down", headers=viewer).status_code == 403
         assert client.get(f"{TP}/down", headers=auth).json() == entry
+
+
+class Capture:
+    """An HTTP server on loopback that answers every request as an OpenAI-compatible server
+    would and keeps the Authorization header each one carried."""
+
+    def __init__(self):
+        seen = self.authorizations = []
+
+        class Handler(BaseHTTPRequestHandler):
+            def _answer(self):
+                length = int(self.headers.get("content-length") or 0)
+                self.rfile.read(length)
+                seen.append(self.headers.get("authorization"))
+                body = {"object": "list", "data": [{"id": "m"}]}
+                if self.path.endswith("/chat/completions"):
+                    body = {"choices": [{"index": 0, "message": {"content": "hi"}}]}
+                data = json.dumps(body).encode()
+                self.send_response(200)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            do_GET = do_POST = _answer  # noqa: N815
+
+            def log_message(self, *_args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
+@pytest.fixture
+def capture():
+    server = Capture()
+    yield server
+    server.server.shutdown()
+
+
+def live_model_of(environment_url: str, api_key: str, model_id: str) -> str:
+    """A live model on an OpenAI-compatible environment with a key, as a deploy leaves it."""
+    from tuneyard.models import DeployEnvironment, LiveModel
+    from tuneyard.secrets import encrypt_secret
+
+    with session_scope() as session:
+        admin = session.query(User).filter_by(username="admin").one()
+        environment = DeployEnvironment(
+            project_id=admin.project_id,
+            name="vllm",
+            kind="openai",
+            url=environment_url,
+            api_key_encrypted=encrypt_secret(api_key),
+        )
+        session.add(environment)
+        session.flush()
+        live = LiveModel(
+            project_id=admin.project_id,
+            name="tiny_d_ab12_no_quantization",
+            tag="tiny_d_ab12_no_quantization",
+            environment_id=environment.id,
+            source_kind="complete",
+            source_id="4f1c2d3e-0000-4000-8000-000000000002",
+            source_name="tiny",
+            quantization="no_quantization",
+            status="live",
+            endpoint_url=environment_url,
+            model_id=model_id,
+        )
+        session.add(live)
+        session.flush()
+        return live.id
+
+
+class TestKeysGoOnlyWhereTheyWereMeantFor:
+    def test_a_member_cannot_redirect_a_shared_entry(self, client, auth, capture):
+        add(client, auth, name="gpt", provider="openai", model_name="gpt-4o", api_key=KEY)
+        mia = add_user(client, auth, "mia", "member")
+        for change in ({"base_url": capture.url}, {"provider": "ollama"}):
+            refused = client.patch(f"{TP}/gpt", json=change, headers=mia)
+            assert refused.status_code == 403
+        shown = client.get(f"{TP}/gpt", headers=auth).json()
+        assert (shown["base_url"], shown["has_api_key"]) == ("https://api.openai.com/v1", True)
+        assert capture.authorizations == []
+
+    def test_a_new_address_drops_the_key_unless_one_comes_with_it(self, client, auth, capture):
+        mia = add_user(client, auth, "mia", "member")
+        add(client, mia, name="gpt", provider="openai", model_name="m", api_key=KEY)
+        moved = client.patch(f"{TP}/gpt", json={"base_url": capture.url}, headers=mia)
+        assert moved.status_code == 200 and moved.json()["has_api_key"] is False
+        assert run_test(client, mia, moved.json())["ok"] is True
+        assert capture.authorizations and set(capture.authorizations) == {None}
+
+        add(client, auth, name="ds", provider="deepseek", model_name="m", api_key=KEY)
+        switched = client.patch(
+            f"{TP}/ds",
+            json={"provider": "openai-compatible", "base_url": capture.url},
+            headers=auth,
+        )
+        assert switched.json()["has_api_key"] is False
+        rekeyed = client.patch(
+            f"{TP}/ds",
+            json={"base_url": capture.url + "/", "api_key": "sk-for-capture"},
+            headers=auth,
+        )
+        assert rekeyed.json()["has_api_key"] is True
+        run_test(client, auth, rekeyed.json())
+        assert f"Bearer {KEY}" not in capture.authorizations
+        assert "Bearer sk-for-capture" in capture.authorizations
+
+    def test_a_registered_live_model_lends_its_environments_key_only_to_its_endpoint(
+        self, client, auth, vllm, capture
+    ):
+        live_id = live_model_of(vllm.url, "secret", vllm.model_id)
+        mia = add_user(client, auth, "mia", "member")
+        registered = client.post(f"/api/v1/live-models/{live_id}/register", json={}, headers=mia)
+        assert registered.status_code == 201, registered.text
+        entry = registered.json()
+        with session_scope() as session:
+            assert session.get(ThirdPartyModel, entry["id"]).api_key_encrypted is None
+        assert run_test(client, mia, entry)["ok"] is True  # the double wants "secret"
+
+        for who in (mia, auth):
+            for change in ({"base_url": capture.url}, {"provider": "ollama"}, {"api_key": "x"}):
+                refused = client.patch(f"{TP}/{entry['id']}", json=change, headers=who)
+                assert refused.status_code == 409
+                assert refused.json()["detail"] == (
+                    f"{entry['name']} was registered from live model {entry['name']}: its "
+                    "address and key follow that live model. Add a third-party model of your "
+                    "own for another address."
+                )
+        assert client.delete(f"/api/v1/live-models/{live_id}", headers=mia).status_code == 204
+        moved = client.patch(f"{TP}/{entry['id']}", json={"base_url": capture.url}, headers=mia)
+        assert moved.status_code == 200, moved.text
+        run_test(client, mia, moved.json())
+        assert capture.authorizations and set(capture.authorizations) == {None}
 
 
 class TestConnection:

@@ -343,6 +343,44 @@ class TestOtherMethods:
         series = client.get(f"/api/v1/trainings/{training['id']}/metrics", headers=auth).json()
         assert "rewards/file_mod3/mean" in series["series"]["train"]
 
+    def test_a_reward_that_names_a_file_elsewhere_is_refused_before_any_job(
+        self, code_uploads, client, auth, worker, tiny_base, tmp_path
+    ):
+        from tuneyard.auth.service import local_principal
+        from tuneyard.db import session_scope
+        from tuneyard.storage import Layout
+
+        source = "def reward(completions, **_):\n    return [1.0 for _ in completions]\n"
+        (tmp_path / "placed.py").write_text(source)  # anywhere a member can put a file
+        data = Path(os.environ["TUNEYARD_DATA_DIR"])
+        (data / "placed.py").write_text(source)
+        with session_scope() as session:
+            folder = Layout().reward_dir(local_principal(session).project_id)
+        folder.mkdir(parents=True)
+        (folder / "linked.py").symlink_to(tmp_path / "placed.py")
+        dataset = upload(client, auth, "prompts", PROMPTS)
+        grpo = {**FAST, "num_generations": 2, "max_completion_length": 8}
+        rule = "a reward file's name is 1-64 letters, digits, '_' or '-'"
+        for reward, detail in (
+            (
+                f"file:{tmp_path / 'placed'}",
+                f"Invalid parameters for grpo: 'file:{tmp_path / 'placed'}' does not name a "
+                f"reward file: {rule} (see GET /api/v1/reward-files). See GET "
+                "/api/v1/training-methods for every parameter.",
+            ),
+            (
+                "file:../../placed",
+                "Invalid parameters for grpo: 'file:../../placed' does not name a reward file: "
+                f"{rule} (see GET /api/v1/reward-files). See GET /api/v1/training-methods for "
+                "every parameter.",
+            ),
+            ("file:linked", "No reward file 'linked'. Upload one with POST /api/v1/reward-files."),
+        ):
+            response = start(client, auth, tiny_base, dataset, "grpo", rewards=[reward], **grpo)
+            assert response.status_code == 422, response.text
+            assert response.json()["detail"] == detail
+        assert client.get("/api/v1/trainings", headers=auth).json()["total"] == 0
+
     def test_reward_file_errors(self, code_uploads, client, auth):
         bad = client.post(
             "/api/v1/reward-files",

@@ -112,8 +112,8 @@ def register_path(
     principal.require("member")
     model_name = _check_new(session, principal, technical_name, model_name, model_type)
     folder = server_path(path, "path")
-    check_model_folder(folder)
     _check_links_stay_inside(folder, path)
+    check_model_folder(folder)
     model = BaseModel(
         project_id=principal.project_id,
         technical_name=technical_name,
