@@ -32,7 +32,11 @@ serve:
 	$(BIN)/tuneyard serve
 
 ## Install, register the demo model, and serve the console and API on 127.0.0.1:8000.
-run: install demo serve
+# One person on their own machine is the project's admin and the server's operator, so code
+# uploads (custom training methods, GRPO reward files) are on; a team's server decides itself.
+run: install demo
+	@echo "make run: code uploads are on (TUNEYARD_ALLOW_CODE_UPLOADS=true); you are this server's operator."
+	TUNEYARD_ALLOW_CODE_UPLOADS=true $(BIN)/tuneyard serve
 
 ## Install, then run the whole suite on SQLite and on PostgreSQL.
 # The two passes run side by side (each its own databases and temporary folders): much of a

@@ -95,7 +95,7 @@ def test_empty_project_says_what_training_needs(signed_in, console_server):
     assert "Comparing needs at least two trainings." in page.get_by_test_id("needs").inner_text()
 
 
-def test_profiles_and_methods(signed_in, console_server):
+def test_profiles_and_methods(code_uploads, signed_in, console_server):
     page = signed_in
     page.goto(console_url(console_server, "/training/profiles"))
     page.get_by_text("No profiles yet").wait_for()

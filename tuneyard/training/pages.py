@@ -1313,7 +1313,7 @@ def methods_page():
         "Training methods",
         "The built-in methods and the ones uploaded to this project, with their parameters.",
     )
-    is_admin = read(lambda _s, principal: principal.role == "admin")
+    refusal = read(lambda _s, principal: custom.code_upload_refusal(principal))
 
     with (
         ui.expansion("Parameters every method shares", icon="list")
@@ -1327,7 +1327,7 @@ def methods_page():
         methods = read(_methods)
         with ui.element("div").classes("grid grid-cols-1 md:grid-cols-2 gap-3 w-full"):
             for method in methods:
-                method_card(method, ask_delete if is_admin else None)
+                method_card(method, ask_delete if refusal is None else None)
 
     def ask_delete(name: str) -> None:
         async def go() -> None:
@@ -1351,8 +1351,8 @@ def methods_page():
             "literals and defines train(config, output_dir, report). See the README's custom "
             "methods section."
         ).classes("text-sm text-grey-8")
-        if not is_admin:
-            cannot("Only admins upload training methods: a method runs as code in training jobs.")
+        if refusal is not None:
+            cannot(refusal)
         else:
             method_name = (
                 ui.input(
@@ -1393,12 +1393,12 @@ def methods_page():
                 method_uploaded,
             )
 
-    reward_files()
+    reward_files(refusal)
 
 
-def reward_files() -> None:
-    """GRPO reward files: Python functions a grpo training names as rewards=['file:NAME']."""
-    is_admin = read(lambda _s, principal: principal.role == "admin")
+def reward_files(refusal: str | None) -> None:
+    """GRPO reward files: Python functions a grpo training names as rewards=['file:NAME'].
+    `refusal` says why this user may not upload them (None: they may)."""
     with ui.card().classes("w-full").props('data-testid="reward-files"'):
         ui.label("GRPO reward files").classes("text-lg font-semibold")
         ui.label(
@@ -1417,8 +1417,8 @@ def reward_files() -> None:
                     ui.chip(f"file:{name}", icon="functions").props("outline")
 
         listing()
-        if not is_admin:
-            cannot("Only admins upload reward files: they run as code in training jobs.")
+        if refusal is not None:
+            cannot(refusal)
             return
         reward_name = (
             ui.input(
