@@ -178,6 +178,20 @@ def train(config, output_dir, report):
     raise RuntimeError("done looking")
 """
 
+LINK_SCRIPT = """
+import os
+
+DESCRIPTION = "Writes an adapter whose weights are a link to a file elsewhere."
+FORMATS = ["chat"]
+RESULT = "adapter"
+PARAMETERS = {"target": {"default": "", "description": "What the link leads to."}}
+
+
+def train(config, output_dir, report):
+    (output_dir / "adapter_config.json").write_text("{}")
+    os.symlink(config["params"]["target"], output_dir / "adapter_model.safetensors")
+"""
+
 QUICK = {"max_steps": 4, "learning_rate": 1e-2}
 NOT_OPERATOR = (
     "Uploading code needs the server's operator, not a project role: uploaded code runs with "
@@ -742,6 +756,19 @@ class TestFailures:
             "lazy returned without writing adapter_config.json and adapter_model.safetensors "
             'to output_dir (RESULT is "adapter"; PeftModel.save_pretrained(output_dir) writes '
             "both)."
+        )
+        assert model_folders() == [] and not result_folder(response.json()["id"]).exists()
+
+    def test_links_in_the_output_fail(self, client, auth, tiny_base, chat_dataset):
+        # An archive or a deploy of the model would follow the link to the file it names.
+        target = str(data_dir() / "secret.key")
+        added(client, auth, "linker", LINK_SCRIPT)
+        response = start(client, auth, tiny_base, chat_dataset, "linker", target=target)
+        job = wait_for_job(response.json()["job_id"])
+        assert job.status == "failed"
+        assert job.error == (
+            "linker wrote a link (adapter_model.safetensors) into output_dir; write the files "
+            "themselves."
         )
         assert model_folders() == [] and not result_folder(response.json()["id"]).exists()
 

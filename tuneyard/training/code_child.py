@@ -160,8 +160,8 @@ def main(mode: str, in_fd: int, out_fd: int, parent_pid: int) -> int:
     # A cancel reaches the job's whole process group: the job process decides (the script
     # sees it through report.should_stop()); a kill of the group still ends this process.
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    # If the job process dies, so does its code.
-    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if sys.platform == "linux":  # if the job process dies, so does its code
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() != parent_pid:
         return 1  # it died before that was set
     logging.basicConfig(
