@@ -78,7 +78,12 @@ READS = {
         "read_log",
     },
     "tuneyard.thirdparty.service": {"get_third_party", "list_third_party"},
-    "tuneyard.training.custom": {"custom_method_of", "find_method", "list_methods"},
+    "tuneyard.training.custom": {
+        "code_upload_refusal",
+        "custom_method_of",
+        "find_method",
+        "list_methods",
+    },
     "tuneyard.training.service": {
         "checkpoint_steps",
         "compare",
@@ -154,7 +159,7 @@ WITHOUT_PRINCIPAL = {
     },
     "tuneyard.jobs.service": {"clean_up", "finish"},
     "tuneyard.thirdparty.service": {"third_party_api_key", "third_party_out", "uses_key"},
-    "tuneyard.training.custom": {"params_model", "read_script"},
+    "tuneyard.training.custom": {"params_model", "read_script", "require_code_runs"},
     "tuneyard.training.service": {
         "check_dataset_fits",
         "check_hardware",

@@ -194,7 +194,7 @@ def train(config, output_dir, report):
 
 QUICK = {"max_steps": 4, "learning_rate": 1e-2}
 NOT_OPERATOR = (
-    "Uploading code needs the server's operator, not a project role: uploaded code runs with "
+    "Uploading code needs an admin who is also the server's operator: uploaded code runs with "
     "the server's rights. Ask the operator to upload it, or to make you an operator with "
     "`tuneyard users operator NAME`."
 )
@@ -312,7 +312,7 @@ class TestUpload:
     def test_member_cannot_upload(self, client, auth, member):
         response = add_method(client, member, "lora-loop", LORA_SCRIPT)
         assert response.status_code == 403
-        assert response.json()["detail"] == NOT_OPERATOR
+        assert response.json()["detail"] == "This needs the admin role; you are member."
         assert "lora-loop" not in methods(client, auth) and stored_scripts() == []
 
     @pytest.mark.parametrize(
@@ -473,8 +473,7 @@ class TestTheOperatorDecides:
         from tuneyard.db import session_scope
 
         with session_scope() as session:
-            project = auth_service.create_project(session, "2002")
-            auth_service.create_user(session, project, "boss", "correct-horse", "admin")
+            auth_service.create_project(session, "2002", "boss", "correct-horse")
         boss = login(client, "correct-horse", "boss", project="2002")
         for refused in (
             add_method(client, boss, "loop", LOOP_SCRIPT),

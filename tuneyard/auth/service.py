@@ -410,7 +410,8 @@ def local_principal(session: Session, project_code: str | None = None) -> Princi
 
 def set_operator(session: Session, principal: Principal, username: str, operator: bool) -> User:
     """Make a user of the principal's project the server's operator, or stop them being one.
-    Only an operator does (in practice the CLI, on the server's machine)."""
+    Only an admin who is an operator does (in practice the CLI, on the server's machine)."""
+    principal.require("admin")
     principal.require_operator()
     user = get_user(session, principal, username)
     user.operator = operator

@@ -111,7 +111,7 @@ def register_path(
     """Register an HF folder where it is; Tuneyard never moves or deletes it."""
     principal.require("member")
     model_name = _check_new(session, principal, technical_name, model_name, model_type)
-    folder = server_path(path, "path")
+    folder = _server_path(path, "path")
     _check_links_stay_inside(folder, path)
     check_model_folder(folder)
     model = BaseModel(
@@ -141,7 +141,7 @@ def import_gguf(
     """Queue the conversion of a GGUF file into an HF folder Tuneyard owns."""
     principal.require("member")
     model_name = _check_new(session, principal, technical_name, model_name, model_type)
-    gguf_file = server_path(gguf_path, "gguf_path")
+    gguf_file = _server_path(gguf_path, "gguf_path")
     check_gguf_file(gguf_file)
     return _queue_gguf_import(
         session, principal, technical_name, gguf_file, model_name, model_type, "gguf"
@@ -404,7 +404,7 @@ def _add(session: Session, principal: Principal, model: BaseModel) -> None:
         raise _duplicate(principal, model.technical_name) from None
 
 
-def server_path(raw: str, field: str) -> Path:
+def _server_path(raw: str, field: str) -> Path:
     """A path on the server a model is read from, links resolved: it must lie inside a model
     root (TUNEYARD_MODEL_ROOTS, by default the data dir's import folder) and outside the data
     dir's own folders (other projects' models, keys, the database). The refusal says the same
@@ -415,7 +415,7 @@ def server_path(raw: str, field: str) -> Path:
             f"Give {field} as an absolute path (got '{raw}'): it is read on the server's machine."
         )
     resolved = path.resolve()
-    if not may_read_models_from(resolved):
+    if not _may_read_models_from(resolved):
         raise Invalid(
             f"{field} '{raw}' is outside the folders models are registered from "
             f"({', '.join(str(root) for root in get_settings().model_root_paths)}). Put the "
@@ -425,7 +425,7 @@ def server_path(raw: str, field: str) -> Path:
     return resolved
 
 
-def may_read_models_from(resolved: Path) -> bool:
+def _may_read_models_from(resolved: Path) -> bool:
     """Whether a resolved path lies inside a model root and outside the data dir's folders
     (its import folder aside)."""
     settings = get_settings()
@@ -440,7 +440,7 @@ def _check_links_stay_inside(folder: Path, raw: str) -> None:
     for parent, dirs, files in os.walk(folder):
         for name in [*dirs, *files]:
             entry = Path(parent) / name
-            if entry.is_symlink() and not may_read_models_from(entry.resolve()):
+            if entry.is_symlink() and not _may_read_models_from(entry.resolve()):
                 raise Invalid(
                     f"{entry.relative_to(folder)} in {raw} links outside the folders models are "
                     "registered from; copy the file into the folder instead."

@@ -166,13 +166,13 @@ def create_environment(
         api_key_encrypted=encrypt_secret(api_key),
         description=description,
     )
-    ensure_managed_key(row)
+    _ensure_managed_key(row)
     session.add(row)
     session.flush()
     return row
 
 
-def ensure_managed_key(row: DeployEnvironment) -> None:
+def _ensure_managed_key(row: DeployEnvironment) -> None:
     """A llama.cpp server Tuneyard runs answers only requests with its environment's key, so
     nobody else on the machine can use it; the key is made here (an environment made before
     servers had keys gets one on its next deploy)."""
@@ -445,7 +445,7 @@ def start_deploy(
     check_quantization(quantization)
     parameters = _check_parameters(parameters)
     environment = get_environment(session, principal, environment_id)
-    ensure_managed_key(environment)
+    _ensure_managed_key(environment)
     source = resolve_source(session, principal, source_kind, source_id)
     target = target_for(environment.kind)
     warnings = target.preflight(environment, source, quantization)

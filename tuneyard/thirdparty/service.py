@@ -90,14 +90,14 @@ def third_party_api_key(session: Session, row: ThirdPartyModel) -> str | None:
     """
     if row.api_key_encrypted:
         return decrypt_secret(row.api_key_encrypted)
-    live = linked_live_model(session, row)
+    live = _linked_live_model(session, row)
     if live is None or live.endpoint_url != row.base_url:
         return None
     environment = session.get(DeployEnvironment, live.environment_id)
     return decrypt_secret(environment.api_key_encrypted) if environment is not None else None
 
 
-def linked_live_model(session: Session, row: ThirdPartyModel) -> LiveModel | None:
+def _linked_live_model(session: Session, row: ThirdPartyModel) -> LiveModel | None:
     """The live model the entry was registered from, while it exists."""
     if row.live_model_id is None:
         return None
@@ -273,7 +273,7 @@ def update_third_party(
             base_url = ""
     new_base_url = _base_url(new_provider, base_url) if base_url is not None else row.base_url
     redirected = (new_provider, new_base_url) != (row.provider, row.base_url)
-    live = linked_live_model(session, row)
+    live = _linked_live_model(session, row)
     if live is not None and (redirected or api_key is not None):
         raise Conflict(
             f"{row.name} was registered from live model {live.name}: its address and key follow "

@@ -1,8 +1,8 @@
-"""Custom training methods: Python scripts the operator uploads, run as jobs like the built-ins.
+"""Custom training methods: Python scripts an operator uploads, run as jobs like the built-ins.
 
 Uploaded code (methods, and GRPO reward files) is a server operator's decision: uploading or
-deleting it needs TUNEYARD_ALLOW_CODE_UPLOADS=true and a user marked as the operator, and a
-training runs it only while the setting is on, in a process of its own
+deleting it needs TUNEYARD_ALLOW_CODE_UPLOADS=true and a project admin who is also marked as the
+server's operator, and a training runs it only while the setting is on, in a process of its own
 (tuneyard.training.code_process says what that process can and cannot reach).
 
 The contract. A method script is one Python file. Tuneyard reads four module-level literals
@@ -314,7 +314,10 @@ def params_model(name: str, result: str, parameters: dict[str, dict[str, Any]]):
 
 
 def code_upload_refusal(principal: Principal) -> str | None:
-    """Why `principal` may not upload or delete code (methods, reward files); None if they may."""
+    """Why `principal` may not upload or delete code (methods, reward files); None if they may:
+    a project's admin who is also the server's operator, on a server that allows code uploads."""
+    if not principal.allows("admin"):
+        return principal.refusal("admin")
     if not get_settings().allow_code_uploads:
         return (
             "Uploading code is turned off on this server: uploaded training methods and reward "
@@ -323,14 +326,15 @@ def code_upload_refusal(principal: Principal) -> str | None:
         )
     if not principal.operator:
         return (
-            "Uploading code needs the server's operator, not a project role: uploaded code runs "
-            "with the server's rights. Ask the operator to upload it, or to make you an "
+            "Uploading code needs an admin who is also the server's operator: uploaded code "
+            "runs with the server's rights. Ask the operator to upload it, or to make you an "
             "operator with `tuneyard users operator NAME`."
         )
     return None
 
 
 def require_code_uploads(principal: Principal) -> None:
+    principal.require("admin")
     reason = code_upload_refusal(principal)
     if reason is not None:
         raise Forbidden(reason)
@@ -403,8 +407,8 @@ def list_methods(session: Session, principal: Principal) -> list[TrainingMethod 
 
 
 def add_method(session: Session, principal: Principal, name: str, source: bytes) -> CustomMethod:
-    """Store a method script (the operator only, with code uploads on: it runs as code in
-    training jobs)."""
+    """Store a method script (an admin who is the operator, with code uploads on: it runs as
+    code in training jobs)."""
     require_code_uploads(principal)
     if len(source) > MAX_SCRIPT_BYTES:
         raise TooLarge("A training method script is at most 1 MB of Python.")

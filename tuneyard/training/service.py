@@ -166,7 +166,7 @@ def get_profile(session: Session, principal: Principal, profile_id: str) -> Trai
     )
 
 
-def reward_file_path(project_id: str, name: str) -> Path:
+def _reward_file_path(project_id: str, name: str) -> Path:
     """The project's uploaded reward file `name`: a name by the rule, a file that lies in the
     project's reward folder (a link leading elsewhere is no reward file)."""
     if not REWARD_NAME_RE.fullmatch(name or ""):
@@ -186,7 +186,7 @@ def resolve_reward_files(principal: Principal, params: CommonParams) -> dict[str
         if reward.startswith(REWARD_FILE_PREFIX):
             name = reward.removeprefix(REWARD_FILE_PREFIX)
             require_code_runs(get_settings(), f"Reward file {name}")
-            found[name] = str(reward_file_path(principal.project_id, name))
+            found[name] = str(_reward_file_path(principal.project_id, name))
     return found
 
 
@@ -471,8 +471,8 @@ def delete_profile(session, principal, profile_id) -> None:
 
 
 def save_reward_file(principal: Principal, name: str, source: bytes) -> str:
-    """Store a GRPO reward function file (the operator only, with code uploads on: it runs as
-    code in training jobs)."""
+    """Store a GRPO reward function file (an admin who is the operator, with code uploads on:
+    it runs as code in training jobs)."""
     require_code_uploads(principal)
     if not REWARD_NAME_RE.fullmatch(name or ""):
         raise Invalid(f"A reward file name is {REWARD_NAME_RULE}.")
