@@ -95,8 +95,8 @@ def api_router() -> APIRouter:
 
 
 def prepare(announce=print) -> None:
-    """Migrate the database, create the first admin on a first start, and finish deletions
-    a crash interrupted."""
+    """Migrate the database, create the first admin on a first start, finish deletions a
+    crash interrupted, and make the import folder models are registered from by default."""
     from tuneyard.auth.service import ensure_bootstrap
     from tuneyard.db import session_scope, upgrade
     from tuneyard.storage import Layout, finish_pending_deletions
@@ -106,6 +106,7 @@ def prepare(announce=print) -> None:
     with session_scope(settings) as session:
         password = ensure_bootstrap(session, settings)
         finish_pending_deletions(session, settings)
+    settings.import_dir.mkdir(parents=True, exist_ok=True)
     if password:
         announce(
             "Created project 1001 with user 'admin', password: "
