@@ -134,7 +134,7 @@ class TestLlamaCpp:
         lives = [client.get(f"{LIVE}/{each['id']}", headers=auth).json() for each in accepted]
         assert [live["status"] for live in lives] == ["live", "live"]
         server = ManagedServer(Layout().environment_dir(llama_env["id"]))
-        assert sorted(list_served_models(server.base_url)) == sorted(
+        assert sorted(list_served_models(server.base_url, server.api_key)) == sorted(
             live["model_id"] for live in lives
         )
         assert all(isinstance(chat(live), str) for live in lives)

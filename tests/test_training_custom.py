@@ -170,7 +170,7 @@ def train(config, output_dir, report):
         "cwd": os.getcwd(),
         "home": os.path.expanduser("~"),
         "pid": os.getpid(),
-        "parent": os.getppid(),
+        "parent": Path(f"/proc/{os.getppid()}/cmdline").read_text().rstrip("\\0").split("\\0"),
         "modules": sorted(name for name in sys.modules if name.startswith("tuneyard")),
     }
     Path(config["params"]["seen"]).write_text(json.dumps(seen))
@@ -556,7 +556,7 @@ class TestIsolation:
         assert set(naming) == {"HOME", "TMPDIR", "HF_HOME"}
         assert all(Path(value).is_relative_to(scratch) for value in naming.values())
         # A process of its own, started by the job's, working in that scratch folder.
-        assert seen["parent"] == job.pid and seen["pid"] != job.pid
+        assert seen["parent"][-2:] == ["tuneyard.jobs.child", job.id]
         assert Path(seen["cwd"]) == scratch and Path(seen["home"]) == scratch / "home"
         assert not scratch.exists()  # removed once the script ended
         # It never loaded the database layer; its report still reached the training.

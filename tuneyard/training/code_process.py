@@ -33,13 +33,20 @@ CHILD_MODULE = "tuneyard.training.code_child"
 # Variables the code's process keeps: what Python, the libraries and the hardware need.
 KEPT_VARIABLES = (
     "PATH",
+    "LD_LIBRARY_PATH",  # where GPU containers put the driver's libraries
     "LANG",
     "LANGUAGE",
     "TZ",
     "PYTHONPATH",
     "PYTHONHASHSEED",
+    "CUDA_HOME",
+    "CUDA_PATH",
+    "CUDA_DEVICE_ORDER",
     "CUDA_VISIBLE_DEVICES",
     "NVIDIA_VISIBLE_DEVICES",
+    "HIP_VISIBLE_DEVICES",
+    "ROCR_VISIBLE_DEVICES",
+    "PYTORCH_CUDA_ALLOC_CONF",
     "OMP_NUM_THREADS",
     "MKL_NUM_THREADS",
     "GOMP_SPINCOUNT",
