@@ -8,18 +8,30 @@ from contextlib import asynccontextmanager
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tuneyard import __version__
 from tuneyard.config import get_settings
-from tuneyard.errors import AppError
+from tuneyard.errors import AppError, error_responses
 
 log = logging.getLogger(__name__)
 
 API_PREFIX = "/api/v1"
 
 
-def _error(status: int, error: str, detail, headers=None) -> JSONResponse:
+class ErrorOut(BaseModel):
+    """What every error of the API answers."""
+
+    error: str = Field(description="The kind of error, e.g. NotFound, Invalid, Conflict.")
+    detail: str = Field(description="What went wrong and what to do about it.")
+
+
+def _error(request: Request, status: int, error: str, detail: str, headers=None) -> JSONResponse:
+    from tuneyard.chat.gateway import GATEWAY_PREFIX, openai_error
+
+    if request.url.path.startswith(f"{GATEWAY_PREFIX}/"):
+        return openai_error(status, error, detail, headers)
     return JSONResponse({"error": error, "detail": detail}, status_code=status, headers=headers)
 
 
@@ -27,7 +39,8 @@ def _validation_detail(exc: RequestValidationError) -> str:
     parts = []
     for err in exc.errors():
         where = ".".join(str(p) for p in err.get("loc", ()) if p not in ("body", "query", "path"))
-        parts.append(f"{where or 'request'}: {err.get('msg')}")
+        message = str(err.get("msg")).removeprefix("Value error, ")
+        parts.append(f"{where or 'request'}: {message}")
     return "; ".join(parts)
 
 
@@ -35,20 +48,25 @@ def install_error_handlers(app: FastAPI) -> None:
     from tuneyard.gate import Refused
 
     @app.exception_handler(AppError)
-    async def app_error(_request: Request, exc: AppError):
-        return _error(exc.status, type(exc).__name__, exc.message, exc.headers)
+    async def app_error(request: Request, exc: AppError):
+        return _error(request, exc.status, type(exc).__name__, exc.message, exc.headers)
 
     @app.exception_handler(RequestValidationError)
-    async def invalid_request(_request: Request, exc: RequestValidationError):
-        return _error(422, "Invalid", _validation_detail(exc))
+    async def invalid_request(request: Request, exc: RequestValidationError):
+        return _error(request, 422, "Invalid", _validation_detail(exc))
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException):
         if isinstance(exc, Refused):
             return await app_error(request, exc.error)
-        names = {404: "NotFound", 405: "MethodNotAllowed", 401: "Unauthorized", 413: "TooLarge"}
+        names = {cls.status: cls.__name__ for cls in AppError.__subclasses__()}
+        names[405] = "MethodNotAllowed"
         return _error(
-            exc.status_code, names.get(exc.status_code, "HTTPError"), exc.detail, exc.headers
+            request,
+            exc.status_code,
+            names.get(exc.status_code, "HTTPError"),
+            str(exc.detail),
+            exc.headers,
         )
 
 
@@ -65,7 +83,8 @@ def api_router() -> APIRouter:
     from tuneyard.thirdparty.routes import router as thirdparty_router
     from tuneyard.training.routes import router as training_router
 
-    router = APIRouter(prefix=API_PREFIX)
+    # Every route answers its errors in one shape, documented here once.
+    router = APIRouter(prefix=API_PREFIX, responses=error_responses(ErrorOut))
 
     @router.get("/health", tags=["system"])
     def health():

@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 from tuneyard.auth.service import Principal, authenticate
 from tuneyard.db import session_scope
 from tuneyard.errors import Unauthorized
-from tuneyard.pagination import MAX_LIMIT
+from tuneyard.pagination import MAX_LIMIT, MAX_OFFSET
 
 # Where the request gate (tuneyard/gate.py) keeps the principal it settled before the body.
 PRINCIPAL_KEY = "tuneyard.principal"
@@ -61,7 +61,7 @@ class PageParams:
     def __init__(
         self,
         limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 50,
-        offset: Annotated[int, Query(ge=0)] = 0,
+        offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
     ):
         self.limit = limit
         self.offset = offset

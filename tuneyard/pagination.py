@@ -8,9 +8,12 @@ from pydantic import BaseModel
 from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session
 
+from tuneyard.bounds import INT64_MAX
+
 T = TypeVar("T")
 
 MAX_LIMIT = 500
+MAX_OFFSET = INT64_MAX
 
 
 class Page(BaseModel, Generic[T]):

@@ -15,7 +15,8 @@ from tuneyard.auth.service import Principal
 from tuneyard.basemodels import hub
 from tuneyard.basemodels.card import check_model_folder, read_chat_template, read_model_card
 from tuneyard.basemodels.gguf_import import check_gguf_file
-from tuneyard.basemodels.template import derive_template
+from tuneyard.basemodels.schemas import MAX_MODEL_NAME, TECHNICAL_NAME_PATTERN
+from tuneyard.basemodels.template import derive_template, template_size_problem
 from tuneyard.config import get_settings
 from tuneyard.errors import Conflict, Invalid, NotFound, Unavailable
 from tuneyard.jobs import service as jobs
@@ -23,9 +24,8 @@ from tuneyard.models import BaseModel, Job
 from tuneyard.pagination import paginate
 from tuneyard.storage import Layout, delete_on_commit, discard, partial_path
 
-TECHNICAL_NAME_RE = re.compile(r"[A-Za-z0-9._-]{1,200}")
+TECHNICAL_NAME_RE = re.compile(TECHNICAL_NAME_PATTERN)
 MODEL_TYPES = ("chat", "embedding")
-MAX_MODEL_NAME = 200
 IMPORT_GGUF = "base_model.import_gguf"
 DOWNLOAD_HUB = "base_model.download_hub"
 DEMO_NAME = "SmolLM2-135M-Instruct"
@@ -278,6 +278,8 @@ def update_base_model(
                 "The deployment template is empty: give the Ollama TEMPLATE text, "
                 "like '{{ .System }} {{ .Prompt }}'."
             )
+        if problem := template_size_problem(deployment_template):
+            raise Invalid(problem)
         if model.status != "ready":
             raise Conflict(
                 f"Base model '{model.technical_name}' is {model.status}; "

@@ -9,6 +9,20 @@ from datetime import datetime
 from tuneyard.errors import Invalid
 
 FALLBACK_TEMPLATE = "{{ .System }} {{ .Prompt }}"
+# Real templates are a few hundred bytes; the cap keeps a pasted file or a hostile request
+# from becoming a stored template every deploy has to read and render.
+MAX_TEMPLATE_BYTES = 64 * 1024
+
+
+def template_size_problem(text: str) -> str | None:
+    """Why a deployment template is too long, or None when it fits."""
+    size = len(text.encode("utf-8"))
+    if size <= MAX_TEMPLATE_BYTES:
+        return None
+    return (
+        f"The deployment template is {size} bytes; the limit is {MAX_TEMPLATE_BYTES} bytes "
+        "(64 KiB). Keep only the Ollama TEMPLATE text."
+    )
 
 
 @dataclass(frozen=True)

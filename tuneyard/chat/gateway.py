@@ -6,23 +6,59 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from tuneyard.auth.service import Principal
+from tuneyard.bounds import INT64_MAX, INT64_MIN
 from tuneyard.chat.backends import resolve_model, stream_chat
 from tuneyard.chat.schemas import MAX_CONTENT_CHARS, MAX_MESSAGES, MAX_STOP, MAX_TOKENS, MAX_TOP_K
 from tuneyard.deps import CurrentPrincipal, DbSession
-from tuneyard.errors import AppError, Invalid
+from tuneyard.errors import AppError, Invalid, error_responses
 from tuneyard.models import BaseModel as BaseModelRow
 from tuneyard.models import CompleteModel, CustomizedModel, LiveModel, ThirdPartyModel
 
-router = APIRouter(prefix="/v1", tags=["OpenAI-compatible gateway"])
+GATEWAY_PREFIX = "/v1"
+
+
+class OpenAIErrorDetail(BaseModel):
+    message: str
+    type: str = Field(description="invalid_request_error, invalid_api_key, model_not_found ...")
+    code: str = Field(description="Tuneyard's kind of error, e.g. NotFound, Invalid.")
+
+
+class OpenAIErrorOut(BaseModel):
+    """The error shape OpenAI's clients read."""
+
+    error: OpenAIErrorDetail
+
+
+def openai_error(status: int, code: str, message: str, headers=None) -> JSONResponse:
+    """Every error under the gateway, shaped as OpenAI's API answers it."""
+    kinds = {404: "model_not_found", 401: "invalid_api_key", 422: "invalid_request_error"}
+    body = {"error": {"message": message, "type": kinds.get(status, "api_error"), "code": code}}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+router = APIRouter(
+    prefix=GATEWAY_PREFIX,
+    tags=["OpenAI-compatible gateway"],
+    responses=error_responses(OpenAIErrorOut),
+)
+
+
+class GatewayMessage(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    role: Literal["system", "user", "assistant"]
+    content: str | list[dict[str, Any]] = Field(
+        description="The text, or content parts of which the text ones are kept."
+    )
 
 
 class GatewayRequest(BaseModel):
@@ -32,7 +68,7 @@ class GatewayRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     model: str = Field(max_length=500)
-    messages: list[dict[str, Any]] = Field(min_length=1, max_length=MAX_MESSAGES)
+    messages: list[GatewayMessage] = Field(min_length=1, max_length=MAX_MESSAGES)
     stream: bool = False
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)
@@ -40,21 +76,7 @@ class GatewayRequest(BaseModel):
     max_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS)
     max_completion_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS)
     stop: str | Annotated[list[str], Field(max_length=MAX_STOP)] | None = None
-    seed: int | None = None
-
-
-def _openai_error(exc: AppError) -> JSONResponse:
-    kinds = {404: "model_not_found", 401: "invalid_api_key", 422: "invalid_request_error"}
-    return JSONResponse(
-        {
-            "error": {
-                "message": exc.message,
-                "type": kinds.get(exc.status, "api_error"),
-                "code": type(exc).__name__,
-            }
-        },
-        status_code=exc.status,
-    )
+    seed: int | None = Field(None, ge=INT64_MIN, le=INT64_MAX)
 
 
 def usable_models(session: Session, principal: Principal) -> list[dict[str, Any]]:
@@ -124,37 +146,26 @@ def _params(body: GatewayRequest) -> dict[str, Any]:
 def _messages(body: GatewayRequest) -> list[dict[str, str]]:
     out = []
     for index, message in enumerate(body.messages):
-        content = message.get("content")
+        content = message.content
         if isinstance(content, list):  # content parts: keep the text ones
-            content = "".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
-        if message.get("role") not in ("system", "user", "assistant") or content is None:
-            raise Invalid("Each message needs a role (system, user, assistant) and text content.")
-        content = str(content)
+            content = "".join(p["text"] for p in content if isinstance(p.get("text"), str))
         if len(content) > MAX_CONTENT_CHARS:
             raise Invalid(
                 f"messages[{index}] has {len(content):,} characters; a message holds at most "
                 f"{MAX_CONTENT_CHARS:,}."
             )
-        out.append({"role": message["role"], "content": content})
+        out.append({"role": message.role, "content": content})
     return out
 
 
-@router.post("/chat/completions")
-async def chat_completions(request: Request, principal: CurrentPrincipal, session: DbSession):
-    try:
-        body = GatewayRequest.model_validate(await request.json())
-        messages, params = _messages(body), _params(body)
-        model = resolve_model(session, principal, body.model)
-    except AppError as exc:
-        return _openai_error(exc)
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(part) for part in error['loc']) or 'request'}: {error['msg']}"
-            for error in exc.errors()
-        )
-        return _openai_error(Invalid(f"Invalid chat completion request: {problems}"))
-    except ValueError as exc:
-        return _openai_error(Invalid(f"Invalid chat completion request: {exc}"))
+@router.post(
+    "/chat/completions",
+    responses={200: {"content": {"application/json": {}, "text/event-stream": {}}}},
+)
+def chat_completions(body: GatewayRequest, principal: CurrentPrincipal, session: DbSession):
+    """OpenAI's chat completions: one JSON answer, or server-sent chunks with stream."""
+    messages, params = _messages(body), _params(body)
+    model = resolve_model(session, principal, body.model)
     # Nothing to keep: the connection goes back before the model's (maybe slow) answer.
     session.commit()
     completion_id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
@@ -164,12 +175,7 @@ async def chat_completions(request: Request, principal: CurrentPrincipal, sessio
             _stream(completion_id, created, body.model, model, messages, params),
             media_type="text/event-stream",
         )
-    from starlette.concurrency import run_in_threadpool
-
-    try:
-        text, finish, usage = await run_in_threadpool(_collect, model, messages, params)
-    except AppError as exc:
-        return _openai_error(exc)
+    text, finish, usage = _collect(model, messages, params)
     return {
         "id": completion_id,
         "object": "chat.completion",

@@ -7,6 +7,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from tuneyard.bounds import INT64_MAX, INT64_MIN
+
 DEFAULT_SYSTEM_PROMPT = "I am an AI assistant."
 # Caps every way in to a model shares (the chat API and the OpenAI-compatible gateway).
 MAX_TOKENS = 32768
@@ -29,7 +31,9 @@ class ChatParams(BaseModel):
     stop: list[str] | None = Field(
         None, max_length=MAX_STOP, description="Strings that end the answer."
     )
-    seed: int | None = Field(None, description="Makes sampling repeatable where supported.")
+    seed: int | None = Field(
+        None, ge=INT64_MIN, le=INT64_MAX, description="Makes sampling repeatable where supported."
+    )
 
     @field_validator("stop")
     @classmethod

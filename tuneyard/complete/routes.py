@@ -9,6 +9,8 @@ from fastapi import APIRouter, Query, status
 from fastapi.responses import StreamingResponse
 
 from tuneyard.complete import service
+from tuneyard.complete.archive import FORMATS as ARCHIVE_FORMATS
+from tuneyard.complete.archive import tar_size, tar_stream
 from tuneyard.complete.schemas import (
     CompleteModelOut,
     CompleteModelSummary,
@@ -21,13 +23,27 @@ from tuneyard.pagination import Page
 
 router = APIRouter(tags=["complete models"])
 
-ArchiveFormat = Annotated[str, Query(alias="format", description="tar (default) or tar.gz")]
+ArchiveFormat = Annotated[
+    str,
+    Query(
+        alias="format",
+        description="tar (default) or tar.gz",
+        json_schema_extra={"enum": list(ARCHIVE_FORMATS)},
+    ),
+]
+ARCHIVE_RESPONSES = {
+    200: {
+        "description": "The folder as a tar or tar.gz stream",
+        "content": {
+            media: {"schema": {"type": "string", "format": "binary"}}
+            for media in ("application/x-tar", "application/gzip")
+        },
+    }
+}
 
 
 def archive_response(folder: Path, name: str, fmt: str) -> StreamingResponse:
     """A model folder as a tar (with its length) or tar.gz stream, written as it is sent."""
-    from tuneyard.complete.archive import tar_size, tar_stream
-
     headers = {"Content-Disposition": f'attachment; filename="{name}.{fmt}"'}
     if fmt == "tar":
         headers["Content-Length"] = str(tar_size(folder, name))
@@ -51,7 +67,7 @@ def save_customized(
     return JobAccepted(id=row.id, job_id=row.job_id)
 
 
-@router.get("/customized-models/{model_id}/archive", response_class=StreamingResponse)
+@router.get("/customized-models/{model_id}/archive", responses=ARCHIVE_RESPONSES)
 def customized_archive(
     model_id: str, principal: CurrentPrincipal, session: DbSession, fmt: ArchiveFormat = "tar"
 ):
@@ -84,7 +100,7 @@ def delete_complete(model_id: str, principal: CurrentPrincipal, session: DbSessi
     service.delete_complete(session, principal, model_id)
 
 
-@router.get("/complete-models/{model_id}/archive", response_class=StreamingResponse)
+@router.get("/complete-models/{model_id}/archive", responses=ARCHIVE_RESPONSES)
 def complete_archive(
     model_id: str, principal: CurrentPrincipal, session: DbSession, fmt: ArchiveFormat = "tar"
 ):

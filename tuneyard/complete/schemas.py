@@ -7,6 +7,10 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from tuneyard.basemodels.hub import HUB_ID_RE
+
+DTYPES = ("bf16", "fp16", "fp32")
+
 
 class SaveRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -14,13 +18,17 @@ class SaveRequest(BaseModel):
     dtype: str = Field(
         "bf16",
         description="The saved weights' dtype: bf16, fp16 or fp32. Saving never quantizes.",
+        json_schema_extra={"enum": list(DTYPES)},
     )
 
 
 class PushRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    repo_id: str = Field(description="The hub repository, owner/name; created if missing.")
+    repo_id: str = Field(
+        description="The hub repository, owner/name; created if missing.",
+        json_schema_extra={"pattern": f"^{HUB_ID_RE.pattern}$", "maxLength": 200},
+    )
     public: bool = Field(
         False, description="Create the repository public; by default a new one is private."
     )

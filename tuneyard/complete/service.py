@@ -14,6 +14,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from tuneyard.auth.service import Principal
+from tuneyard.complete.schemas import DTYPES
 from tuneyard.config import get_settings
 from tuneyard.customized.service import get_customized
 from tuneyard.errors import Conflict, Invalid, NotFound
@@ -24,7 +25,6 @@ from tuneyard.storage import Layout, delete_on_commit, partial_path
 
 SAVE_JOB = "complete.save"
 PUSH_JOB = "complete.push"
-DTYPES = ("bf16", "fp16", "fp32")
 STATUSES = ("saving", "ready", "failed")
 
 

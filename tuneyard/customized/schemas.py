@@ -7,6 +7,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from tuneyard.bounds import INT32_MAX
+
 
 class CustomizedModelOut(BaseModel):
     model_config = ConfigDict(from_attributes=True)
@@ -38,4 +40,6 @@ class CustomizedModelSummary(BaseModel):
 
 
 class PromoteCheckpoint(BaseModel):
-    step: int = Field(ge=1, description="The checkpoint's step (see the training's card).")
+    step: int = Field(
+        ge=1, le=INT32_MAX, description="The checkpoint's step (see the training's card)."
+    )

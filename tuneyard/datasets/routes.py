@@ -6,6 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, File, Form, Query, UploadFile, status
 
+from tuneyard.bounds import INT32_MAX
 from tuneyard.datasets import service
 from tuneyard.datasets.schemas import DatasetOut, DatasetRecord, DatasetStats
 from tuneyard.deps import CurrentPrincipal, DbSession, Paging
@@ -21,7 +22,13 @@ router = APIRouter(prefix="/datasets", tags=["datasets"])
 def upload_dataset(
     principal: CurrentPrincipal,
     session: DbSession,
-    name: Annotated[str, Form(description="Unique in the project, 1-200 characters.")],
+    name: Annotated[
+        str,
+        Form(
+            description="Unique in the project, 1-200 characters.",
+            json_schema_extra={"pattern": r"\S", "maxLength": service.NAME_MAX},
+        ),
+    ],
     file: Annotated[UploadFile, File(description="A .jsonl, .json, .csv or .parquet file.")],
     description: Annotated[str, Form()] = "",
     column_mapping: Annotated[
@@ -71,7 +78,8 @@ def dataset_stats(
         str | None, Query(description="Count tokens with this base model's tokenizer.")
     ] = None,
     max_seq_length: Annotated[
-        int | None, Query(ge=1, description="Report how many records have more tokens.")
+        int | None,
+        Query(ge=1, le=INT32_MAX, description="Report how many records have more tokens."),
     ] = None,
 ):
     return service.dataset_stats(session, principal, dataset_id, base_model_id, max_seq_length)

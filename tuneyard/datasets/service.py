@@ -269,6 +269,8 @@ def preview(
     session: Session, principal: Principal, dataset_id: str, limit: int = 20, offset: int = 0
 ) -> tuple[list[dict[str, Any]], int]:
     dataset = get_dataset(session, principal, dataset_id)
+    if offset >= dataset.record_count:
+        return [], dataset.record_count
     records = iter_records(dataset)
     try:
         items = list(islice(records, offset, offset + limit))

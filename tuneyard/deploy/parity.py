@@ -10,14 +10,12 @@ reported as not checked rather than guessed at.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 SAMPLE_SYSTEM = "You are a careful assistant."
 SAMPLE_PROMPT = "What is the capital of France?"
-ACTION = re.compile(r"\{\{(-?)\s*(.*?)\s*(-?)\}\}", re.S)
 VARIABLES = ("System", "Prompt", "Response")
 
 
@@ -37,18 +35,33 @@ class Parity:
 
 
 def _tokens(template: str) -> list[tuple[str, str]]:
-    """Split into ("text", s) and ("action", s), applying {{- and -}} whitespace trimming."""
+    """Split into ("text", s) and ("action", s), applying {{- and -}} whitespace trimming.
+
+    One pass over the text: an action runs from a "{{" to the first "}}" after it, so each
+    character is looked at a bounded number of times whatever the input (a template is user
+    text, and a pattern with nested optional parts backtracks for minutes on "{{" and spaces).
+    """
     out: list[tuple[str, str]] = []
     pos, trim_next = 0, False
-    for match in ACTION.finditer(template):
-        text = template[pos : match.start()]
+    while (start := template.find("{{", pos)) >= 0:
+        end = template.find("}}", start + 2)
+        if end < 0:
+            break
+        text = template[pos:start]
         if trim_next:
             text = text.lstrip()
-        if match.group(1):
+        inner = template[start + 2 : end]
+        trim_before = inner.startswith("-")
+        if trim_before:
             text = text.rstrip()
+            inner = inner[1:]
+        inner = inner.lstrip()
+        trim_next = inner.endswith("-")
+        if trim_next:
+            inner = inner[:-1]
         out.append(("text", text))
-        out.append(("action", match.group(2)))
-        trim_next, pos = bool(match.group(3)), match.end()
+        out.append(("action", inner.rstrip()))
+        pos = end + 2
     tail = template[pos:]
     out.append(("text", tail.lstrip() if trim_next else tail))
     return out

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, status
+from typing import Annotated
+
+from fastapi import APIRouter, Query, status
 
 from tuneyard.deploy import service
 from tuneyard.deploy.schemas import (
@@ -140,7 +142,9 @@ def list_live(
     session: DbSession,
     page: Paging,
     environment_id: str | None = None,
-    status: str | None = None,
+    status: Annotated[
+        str | None, Query(json_schema_extra={"enum": list(service.LIVE_STATUSES)})
+    ] = None,
 ):
     rows, total = service.list_live(
         session, principal, environment_id, status, page.limit, page.offset

@@ -7,19 +7,30 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from tuneyard.outbound import API_KEY_PATTERN
+
 ENVIRONMENT_KINDS = ("ollama", "llama.cpp", "openai")
 QUANTIZATIONS = ("no_quantization", "q8_0", "q4_K_M", "q4_K_S")
+ENVIRONMENT_NAME_PATTERN = r"^[A-Za-z0-9._-]{1,100}$"
+URL_PATTERN = r"^\s*https?://[^\s/]+"
 
 
 class EnvironmentCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(description="Unique in the project; letters, digits, '.', '_', '-'.")
-    kind: str = Field(description="ollama, llama.cpp or openai (any OpenAI-compatible server).")
+    name: str = Field(
+        description="Unique in the project; letters, digits, '.', '_', '-'.",
+        json_schema_extra={"pattern": ENVIRONMENT_NAME_PATTERN},
+    )
+    kind: str = Field(
+        description="ollama, llama.cpp or openai (any OpenAI-compatible server).",
+        json_schema_extra={"enum": list(ENVIRONMENT_KINDS)},
+    )
     url: str | None = Field(
         None,
         description="The tool's address, e.g. http://127.0.0.1:11434 for Ollama. Leave it out "
         "for llama.cpp to have Tuneyard start and supervise a server on this machine.",
+        json_schema_extra={"pattern": URL_PATTERN},
     )
     port: int | None = Field(
         None,
@@ -27,16 +38,24 @@ class EnvironmentCreate(BaseModel):
         le=65535,
         description="For a llama.cpp server Tuneyard starts: its port (default: a free one).",
     )
-    api_key: str | None = Field(None, description="Sent as a bearer token; stored encrypted.")
+    api_key: str | None = Field(
+        None,
+        description="Sent as a bearer token; stored encrypted.",
+        json_schema_extra={"pattern": API_KEY_PATTERN},
+    )
     description: str = ""
 
 
 class EnvironmentUpdate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str | None = None
-    url: str | None = None
-    api_key: str | None = Field(None, description="A new key; an empty string removes it.")
+    name: str | None = Field(None, json_schema_extra={"pattern": ENVIRONMENT_NAME_PATTERN})
+    url: str | None = Field(None, json_schema_extra={"pattern": URL_PATTERN})
+    api_key: str | None = Field(
+        None,
+        description="A new key; an empty string removes it.",
+        json_schema_extra={"pattern": API_KEY_PATTERN},
+    )
     description: str | None = None
 
 
@@ -67,7 +86,9 @@ class DeployRequest(BaseModel):
 
     environment_id: str = Field(description="The deployment environment: id or name.")
     quantization: str = Field(
-        "no_quantization", description="One of: " + ", ".join(QUANTIZATIONS) + "."
+        "no_quantization",
+        description="One of: " + ", ".join(QUANTIZATIONS) + ".",
+        json_schema_extra={"enum": list(QUANTIZATIONS)},
     )
     system: str | None = Field(None, description="A default system prompt baked into the model.")
     parameters: dict[str, Any] | None = Field(

@@ -18,7 +18,12 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from tuneyard.auth.service import Principal
-from tuneyard.deploy.schemas import ENVIRONMENT_KINDS, QUANTIZATIONS
+from tuneyard.deploy.schemas import (
+    ENVIRONMENT_KINDS,
+    ENVIRONMENT_NAME_PATTERN,
+    QUANTIZATIONS,
+    URL_PATTERN,
+)
 from tuneyard.errors import Conflict, Invalid, NotFound
 from tuneyard.jobs import service as jobs
 from tuneyard.models import (
@@ -29,6 +34,7 @@ from tuneyard.models import (
     new_id,
     utcnow,
 )
+from tuneyard.outbound import api_key_problem, url_problem
 from tuneyard.pagination import paginate
 from tuneyard.secrets import decrypt_secret, encrypt_secret
 from tuneyard.storage import Layout, delete_on_commit
@@ -36,7 +42,7 @@ from tuneyard.storage import Layout, delete_on_commit
 DEPLOY_JOB = "deploy.model"
 SOURCE_KINDS = ("base", "customized", "complete")
 LIVE_STATUSES = ("deploying", "live", "failed", "stopped")
-ENVIRONMENT_NAME = re.compile(r"^[A-Za-z0-9._-]{1,100}$")
+ENVIRONMENT_NAME = re.compile(ENVIRONMENT_NAME_PATTERN)
 
 
 def live_model_name(source_name: str, deploy_id: str, quantization: str) -> str:
@@ -65,11 +71,20 @@ def _check_url(url: str | None, kind: str) -> str | None:
     if url is None:
         return None
     url = url.strip().rstrip("/")
-    if not re.match(r"^https?://[^\s/]+", url):
+    if not re.match(URL_PATTERN, url) or url_problem(url):
         raise Invalid(
             f"'{url}' is not an http(s) address; give one like http://127.0.0.1:11434 for {kind}."
         )
     return url
+
+
+def _check_api_key(api_key: str | None) -> str | None:
+    if api_key is None:
+        return None
+    api_key = api_key.strip()
+    if problem := api_key_problem(api_key):
+        raise Invalid(f"The API key cannot be sent: {problem}.")
+    return api_key
 
 
 def get_environment(session: Session, principal: Principal, id_or_name: str) -> DeployEnvironment:
@@ -163,7 +178,7 @@ def create_environment(
         kind=kind,
         url=url,
         port=port if url is None and kind == "llama.cpp" else None,
-        api_key_encrypted=encrypt_secret(api_key),
+        api_key_encrypted=encrypt_secret(_check_api_key(api_key)),
         description=description,
     )
     _ensure_managed_key(row)
@@ -210,7 +225,7 @@ def update_environment(
                 f"Environment {row.name} runs its own llama.cpp server, whose key Tuneyard makes "
                 "and keeps; there is no key to set."
             )
-        row.api_key_encrypted = encrypt_secret(api_key)
+        row.api_key_encrypted = encrypt_secret(_check_api_key(api_key))
     if description is not None:
         row.description = description
     return row

@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 from fastapi.responses import PlainTextResponse
 
+from tuneyard.bounds import INT64_MAX
 from tuneyard.deps import CurrentPrincipal, DbSession, Paging
 from tuneyard.errors import Invalid
 from tuneyard.jobs import service
@@ -21,7 +22,7 @@ def list_jobs(
     principal: CurrentPrincipal,
     session: DbSession,
     page: Paging,
-    status: str | None = None,
+    status: Annotated[str | None, Query(json_schema_extra={"enum": list(service.STATUSES)})] = None,
     kind: str | None = None,
 ):
     if status is not None and status not in service.STATUSES:
@@ -35,14 +36,18 @@ def get_job(job_id: str, principal: CurrentPrincipal, session: DbSession):
     return service.get_job(session, principal, job_id)
 
 
-@router.get("/{job_id}/logs", response_class=PlainTextResponse)
+@router.get(
+    "/{job_id}/logs", responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}}
+)
 def job_logs(
     job_id: str,
     principal: CurrentPrincipal,
     session: DbSession,
-    tail: Annotated[int | None, Query(ge=1, description="Only the last N bytes")] = None,
+    tail: Annotated[
+        int | None, Query(ge=1, le=INT64_MAX, description="Only the last N bytes")
+    ] = None,
 ):
-    return service.read_log(service.get_job(session, principal, job_id), tail)
+    return PlainTextResponse(service.read_log(service.get_job(session, principal, job_id), tail))
 
 
 @router.get("/{job_id}/events", response_model=list[JobEventOut])

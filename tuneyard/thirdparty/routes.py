@@ -10,6 +10,7 @@ from tuneyard.deps import CurrentPrincipal, DbSession, Paging
 from tuneyard.pagination import Page
 from tuneyard.thirdparty import service
 from tuneyard.thirdparty.schemas import (
+    MODEL_TYPES,
     ThirdPartyCreate,
     ThirdPartyOut,
     ThirdPartyTest,
@@ -24,7 +25,14 @@ def list_third_party(
     principal: CurrentPrincipal,
     session: DbSession,
     page: Paging,
-    model_type: Annotated[str | None, Query(alias="type", description="chat or embedding.")] = None,
+    model_type: Annotated[
+        str | None,
+        Query(
+            alias="type",
+            description="chat or embedding.",
+            json_schema_extra={"enum": list(MODEL_TYPES)},
+        ),
+    ] = None,
 ):
     """The project's entries and your private ones, by name."""
     rows, total = service.list_third_party(session, principal, model_type, page.limit, page.offset)

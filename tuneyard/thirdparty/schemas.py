@@ -6,6 +6,8 @@ from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from tuneyard.outbound import API_KEY_PATTERN
+
 # Known providers and the base URL each gets when none is given; openai-compatible has none.
 PROVIDER_BASE_URLS: dict[str, str | None] = {
     "openai": "https://api.openai.com/v1",
@@ -17,24 +19,40 @@ PROVIDER_BASE_URLS: dict[str, str | None] = {
 }
 PROVIDERS = tuple(PROVIDER_BASE_URLS)
 MODEL_TYPES = ("chat", "embedding")
+NAME_PATTERN = r"^[A-Za-z0-9._:/-]{1,200}$"
+# What the service checks, as documentation for clients (and the fuzzer).
+NAME = {"pattern": NAME_PATTERN}
+PROVIDER = {"enum": list(PROVIDERS)}
+MODEL_TYPE = {"enum": list(MODEL_TYPES)}
+MODEL_NAME = {"pattern": r"\S", "maxLength": 500}
+BASE_URL = {"pattern": r"^\s*(https?://[^\s/]+\S*)?\s*$"}
 
 
 class ThirdPartyCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(
-        description="Unique in the project; letters, digits and . _ : / - (at most 200)."
+        description="Unique in the project; letters, digits and . _ : / - (at most 200).",
+        json_schema_extra=NAME,
     )
-    provider: str = Field(description="One of: " + ", ".join(PROVIDERS) + ".")
-    model_type: str = Field("chat", description="chat or embedding.")
-    model_name: str = Field(description="The model id the endpoint expects, e.g. gpt-4o-mini.")
+    provider: str = Field(
+        description="One of: " + ", ".join(PROVIDERS) + ".", json_schema_extra=PROVIDER
+    )
+    model_type: str = Field("chat", description="chat or embedding.", json_schema_extra=MODEL_TYPE)
+    model_name: str = Field(
+        description="The model id the endpoint expects, e.g. gpt-4o-mini.",
+        json_schema_extra=MODEL_NAME,
+    )
     base_url: str | None = Field(
         None,
         description="The OpenAI-compatible base URL, e.g. https://api.deepseek.com/v1. Known "
         "providers have a default; openai-compatible needs one.",
+        json_schema_extra=BASE_URL,
     )
     api_key: str | None = Field(
-        None, description="Sent as a bearer token; stored encrypted, never returned."
+        None,
+        description="Sent as a bearer token; stored encrypted, never returned.",
+        json_schema_extra={"pattern": API_KEY_PATTERN},
     )
     description: str = ""
     private: bool = Field(False, description="Only its creator sees and uses it.")
@@ -43,14 +61,20 @@ class ThirdPartyCreate(BaseModel):
 class ThirdPartyUpdate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str | None = None
+    name: str | None = Field(None, json_schema_extra=NAME)
     provider: str | None = Field(
-        None, description="A new provider; without base_url, it brings its default base URL."
+        None,
+        description="A new provider; without base_url, it brings its default base URL.",
+        json_schema_extra=PROVIDER,
     )
-    model_type: str | None = None
-    model_name: str | None = None
-    base_url: str | None = None
-    api_key: str | None = Field(None, description="A new key; an empty string removes it.")
+    model_type: str | None = Field(None, json_schema_extra=MODEL_TYPE)
+    model_name: str | None = Field(None, json_schema_extra=MODEL_NAME)
+    base_url: str | None = Field(None, json_schema_extra=BASE_URL)
+    api_key: str | None = Field(
+        None,
+        description="A new key; an empty string removes it.",
+        json_schema_extra={"pattern": API_KEY_PATTERN},
+    )
     description: str | None = None
     private: bool | None = Field(None, description="Only its creator can make it private.")
 

@@ -26,11 +26,17 @@ from tuneyard.auth.service import Principal
 from tuneyard.errors import AppError, Conflict, Forbidden, Invalid, NotFound, Unavailable
 from tuneyard.jobs import service as jobs
 from tuneyard.models import DeployEnvironment, LiveModel, ThirdPartyModel
+from tuneyard.outbound import api_key_problem, url_problem
 from tuneyard.pagination import paginate
 from tuneyard.secrets import decrypt_secret, encrypt_secret
-from tuneyard.thirdparty.schemas import MODEL_TYPES, PROVIDER_BASE_URLS, PROVIDERS
+from tuneyard.thirdparty.schemas import (
+    MODEL_TYPES,
+    NAME_PATTERN,
+    PROVIDER_BASE_URLS,
+    PROVIDERS,
+)
 
-THIRD_PARTY_NAME = re.compile(r"^[A-Za-z0-9._:/-]{1,200}$")
+THIRD_PARTY_NAME = re.compile(NAME_PATTERN)
 TEST_TIMEOUT_S = 10.0
 # Paths people paste with the base URL; each means the base URL is the part before it.
 ENDPOINT_SUFFIXES = ("/chat/completions", "/completions", "/embeddings", "/models")
@@ -167,6 +173,13 @@ def _check_model_name(model_name: str) -> str:
     return model_name
 
 
+def _check_api_key(api_key: str) -> str:
+    api_key = api_key.strip()
+    if problem := api_key_problem(api_key):
+        raise Invalid(f"The API key cannot be sent: {problem}.")
+    return api_key
+
+
 def _base_url(provider: str, url: str | None) -> str:
     """The given URL, checked and without a trailing slash, or the provider's default."""
     if url is None or not url.strip():
@@ -177,19 +190,10 @@ def _base_url(provider: str, url: str | None) -> str:
             )
         return default
     url = url.strip().rstrip("/")
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        parts = None
-    if (
-        parts is None
-        or parts.scheme not in ("http", "https")
-        or not parts.hostname
-        or any(c.isspace() for c in url)
-    ):
+    if problem := url_problem(url):
         raise Invalid(
-            f"'{url}' is not an http(s) address; give the endpoint's base URL, e.g. "
-            "https://api.openai.com/v1."
+            f"'{url}' is not an http(s) address ({problem}); give the endpoint's base URL, "
+            "e.g. https://api.openai.com/v1."
         )
     for suffix in ENDPOINT_SUFFIXES:
         if url.endswith(suffix):
@@ -232,7 +236,7 @@ def create_third_party(
         model_type=_check_model_type(model_type),
         model_name=_check_model_name(model_name),
         base_url=_base_url(provider, base_url),
-        api_key_encrypted=encrypt_secret((api_key or "").strip()),
+        api_key_encrypted=encrypt_secret(_check_api_key(api_key or "")),
         description=description,
         private=private,
         created_by=principal.user_id,
@@ -287,7 +291,7 @@ def update_third_party(
     if model_name is not None:
         row.model_name = _check_model_name(model_name)
     if api_key is not None:
-        row.api_key_encrypted = encrypt_secret(api_key.strip())
+        row.api_key_encrypted = encrypt_secret(_check_api_key(api_key))
     elif redirected:
         row.api_key_encrypted = None
     if description is not None:

@@ -10,6 +10,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from tuneyard.bounds import INT32_MAX, SEED_MAX
+
 
 class CommonParams(BaseModel):
     """Parameters every method shares: the loop, the optimiser, data and the adapter."""
@@ -19,7 +21,10 @@ class CommonParams(BaseModel):
     # the loop
     epochs: float = Field(1.0, gt=0, le=100, description="Passes over the training records.")
     max_steps: int = Field(
-        -1, ge=-1, description="Stop after this many optimiser steps; -1 runs the epochs."
+        -1,
+        ge=-1,
+        le=INT32_MAX,
+        description="Stop after this many optimiser steps; -1 runs the epochs.",
     )
     batch_size: int = Field(2, ge=1, le=1024, description="Records per device per step.")
     grad_accum_steps: int = Field(
@@ -29,24 +34,30 @@ class CommonParams(BaseModel):
     lr_scheduler: Literal[
         "linear", "cosine", "constant", "constant_with_warmup", "cosine_with_restarts"
     ] = Field("linear", description="How the learning rate changes over the run.")
-    warmup_steps: int = Field(0, ge=0, description="Steps of linear warm-up (wins over ratio).")
+    warmup_steps: int = Field(
+        0, ge=0, le=INT32_MAX, description="Steps of linear warm-up (wins over ratio)."
+    )
     warmup_ratio: float = Field(0.0, ge=0, lt=1, description="Warm-up as a share of all steps.")
     weight_decay: float = Field(0.0, ge=0, le=1, description="AdamW weight decay.")
     max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping norm.")
-    seed: int = Field(42, ge=0, description="Seed for shuffling, splits and initialisation.")
+    seed: int = Field(
+        42, ge=0, le=SEED_MAX, description="Seed for shuffling, splits and initialisation."
+    )
     # data
     max_seq_length: int = Field(
         1024, ge=16, le=131072, description="Tokens per record; longer records are truncated."
     )
     max_samples: int = Field(
-        -1, ge=-1, description="Use at most this many records; -1 uses them all."
+        -1, ge=-1, le=INT32_MAX, description="Use at most this many records; -1 uses them all."
     )
     eval_split: float = Field(
         0.0, ge=0, lt=1, description="Share of records held out for evaluation loss."
     )
-    eval_steps: int = Field(50, ge=1, description="Evaluate every N steps when eval_split > 0.")
-    save_steps: int = Field(50, ge=1, description="Write a checkpoint every N steps.")
-    logging_steps: int = Field(1, ge=1, description="Record metrics every N steps.")
+    eval_steps: int = Field(
+        50, ge=1, le=INT32_MAX, description="Evaluate every N steps when eval_split > 0."
+    )
+    save_steps: int = Field(50, ge=1, le=INT32_MAX, description="Write a checkpoint every N steps.")
+    logging_steps: int = Field(1, ge=1, le=INT32_MAX, description="Record metrics every N steps.")
     # numerics
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto",
@@ -154,7 +165,10 @@ class GRPOParams(CommonParams):
         r"(?s).*\S.*", description="Pattern a completion must fully match for format_regex."
     )
     length_target: int = Field(
-        64, ge=1, description="Completions longer than this many characters lose reward."
+        64,
+        ge=1,
+        le=INT32_MAX,
+        description="Completions longer than this many characters lose reward.",
     )
 
     @model_validator(mode="after")

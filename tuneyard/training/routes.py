@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, File, Form, UploadFile, status
+from typing import Annotated
+
+from fastapi import APIRouter, File, Form, Path, UploadFile, status
 
 from tuneyard.deps import CurrentPrincipal, DbSession, Paging
 from tuneyard.gate import body_limit
@@ -35,7 +37,11 @@ def list_methods(principal: CurrentPrincipal, session: DbSession):
 def add_method(
     principal: CurrentPrincipal,
     session: DbSession,
-    name: str = Form(..., description="The method's name, used as `method` in a training."),
+    name: str = Form(
+        ...,
+        description="The method's name, used as `method` in a training.",
+        json_schema_extra={"pattern": custom.NAME_RE.pattern},
+    ),
     file: UploadFile = File(..., description="The Python script (see the README)."),
 ):
     """Upload a custom training method (admin only: the script runs in training jobs)."""
@@ -44,7 +50,11 @@ def add_method(
 
 
 @router.delete("/training-methods/{name}", status_code=status.HTTP_204_NO_CONTENT)
-def delete_method(name: str, principal: CurrentPrincipal, session: DbSession):
+def delete_method(
+    name: Annotated[str, Path(json_schema_extra={"pattern": custom.NAME_RE.pattern})],
+    principal: CurrentPrincipal,
+    session: DbSession,
+):
     custom.delete_method(session, principal, name)
 
 
@@ -141,7 +151,9 @@ def list_reward_files(principal: CurrentPrincipal):
 @router.post("/reward-files", status_code=status.HTTP_201_CREATED)
 @body_limit(lambda _settings: 1_000_000, "A reward file is at most {limit} of Python.")
 def upload_reward_file(
-    principal: CurrentPrincipal, name: str = Form(...), file: UploadFile = File(...)
+    principal: CurrentPrincipal,
+    name: str = Form(..., json_schema_extra={"pattern": service.REWARD_NAME_RE.pattern}),
+    file: UploadFile = File(...),
 ):
     source = file.file.read(1_000_001)
     if len(source) > 1_000_000:

@@ -10,9 +10,16 @@ from pydantic import BaseModel, ConfigDict, Field
 from tuneyard.training.custom import CustomMethod
 from tuneyard.training.methods import TrainingMethod
 
+TRAIN_NAME_PATTERN = r"^[A-Za-z0-9._-]{1,100}$"
+
 
 class TrainingCreate(BaseModel):
-    name: str = Field(min_length=1, max_length=100, description="The train name.")
+    name: str = Field(
+        min_length=1,
+        max_length=100,
+        description="The train name: letters, digits, '.', '_' or '-'.",
+        json_schema_extra={"pattern": TRAIN_NAME_PATTERN},
+    )
     method: str = Field(
         description="sft, dpo, orpo, kto, grpo or an uploaded method (GET /training-methods)."
     )

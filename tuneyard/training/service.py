@@ -43,8 +43,9 @@ from tuneyard.training.params import (
     CommonParams,
     GRPOParams,
 )
+from tuneyard.training.schemas import TRAIN_NAME_PATTERN
 
-NAME_RE = re.compile(r"^[A-Za-z0-9._-]{1,100}$")
+NAME_RE = re.compile(TRAIN_NAME_PATTERN)
 ACTIVE = ("queued", "running")
 
 
@@ -414,12 +415,7 @@ def create_profile(
     if not name or len(name) > 100:
         raise Invalid("A profile name is 1-100 characters.")
     _check_profile_params(session, principal, params, method)
-    if session.scalar(
-        select(TrainingProfile).where(
-            TrainingProfile.project_id == principal.project_id, TrainingProfile.name == name
-        )
-    ):
-        raise Conflict(f"A profile named '{name}' already exists.")
+    _check_profile_name_free(session, principal, name)
     profile = TrainingProfile(
         project_id=principal.project_id,
         name=name,
@@ -430,6 +426,15 @@ def create_profile(
     session.add(profile)
     session.flush()
     return profile
+
+
+def _check_profile_name_free(session: Session, principal: Principal, name: str) -> None:
+    if session.scalar(
+        select(TrainingProfile).where(
+            TrainingProfile.project_id == principal.project_id, TrainingProfile.name == name
+        )
+    ):
+        raise Conflict(f"A profile named '{name}' already exists; choose another name.")
 
 
 def _check_profile_params(session, principal, params: dict, method: str | None) -> None:
@@ -455,10 +460,12 @@ def update_profile(session, principal, profile_id, *, name=None, params=None, de
     if params is not None:
         _check_profile_params(session, principal, params, profile.method)
         profile.params = params
-    if name is not None:
+    if name is not None and name != profile.name:
+        _check_profile_name_free(session, principal, name)
         profile.name = name
     if description is not None:
         profile.description = description
+    session.flush()
     return profile
 
 
