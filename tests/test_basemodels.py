@@ -360,6 +360,29 @@ class TestUpdate:
         shown = client.get(f"{API}/{model['id']}", headers=auth).json()
         assert shown["deployment_template"] == model["deployment_template"]
 
+    @pytest.mark.parametrize("text", ["x" * 65_537, "é" * 32_769])  # 64 KiB + 1 or 2 bytes
+    def test_template_over_64_kib_is_refused(self, client, auth, tiny_model_dir, text):
+        model = register(client, auth, tiny_model_dir).json()
+        response = client.patch(
+            f"{API}/{model['id']}", json={"deployment_template": text}, headers=auth
+        )
+        assert response.status_code == 422
+        detail = response.json()["detail"]
+        assert f"is {len(text.encode())} bytes; the limit is 65536 bytes (64 KiB)" in detail
+        shown = client.get(f"{API}/{model['id']}", headers=auth).json()
+        assert shown["deployment_template"] == model["deployment_template"]
+
+    def test_template_of_64_kib_is_kept(self, client, auth, tiny_model_dir):
+        model = register(client, auth, tiny_model_dir).json()
+        text = "{{ .Prompt }}" + "x" * (65_536 - 13)
+        response = client.patch(
+            f"{API}/{model['id']}", json={"deployment_template": text}, headers=auth
+        )
+        assert response.status_code == 200, response.text
+        assert client.get(f"{API}/{model['id']}", headers=auth).json()["deployment_template"] == (
+            text
+        )
+
     def test_rename_keeps_the_template(self, client, auth, tiny_model_dir):
         model = register(client, auth, tiny_model_dir).json()
         response = client.patch(f"{API}/{model['id']}", json={"model_name": "Tiny"}, headers=auth)

@@ -104,6 +104,15 @@ class TestTemplate:
         assert "The deployment template is empty" in flat(result.stderr)
         assert invoke("template", "tiny").stdout.startswith("{{ if .System }}")
 
+    def test_file_over_64_kib_is_refused(self, admin_password, tiny_model_dir, tmp_path):
+        invoke("add", str(tiny_model_dir), "--name", "tiny")
+        long = tmp_path / "long.txt"
+        long.write_text("{{ .Prompt }}" + " " * 70_000)
+        result = invoke("template", "tiny", "--set-file", str(long))
+        assert result.exit_code == 1
+        assert "the limit is 65536 bytes (64 KiB)" in flat(result.stderr)
+        assert invoke("template", "tiny").stdout.startswith("{{ if .System }}")
+
 
 class TestImport:
     def test_add_demo_without_waiting_queues_the_import(self, admin_password, smollm2_gguf):

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tests.conftest import closed_port, login
 from tuneyard.db import session_scope
-from tuneyard.deploy.parity import check_parity, render_go_template
+from tuneyard.deploy.parity import check_parity, render_go_template, split_actions
 from tuneyard.deploy.service import live_model_name
+from tuneyard.errors import Invalid
 from tuneyard.models import DeployEnvironment, LiveModel
 
 ENVS = "/api/v1/deploy-environments"
@@ -210,6 +215,51 @@ class TestDeployRequests:
         assert live["name"] == live_model_name("tiny", live["id"], "q8_0")
         assert live["name"] == f"tiny_d_{live['id'].replace('-', '')[:4]}_q8_0"
 
+    # The check runs in this thread, where the timeout can interrupt it: the backtracking
+    # pattern it replaced took minutes on this template.
+    @pytest.mark.timeout(120)
+    def test_unclosed_template_action_is_checked_promptly(self, client, auth, tiny_base, principal):
+        from tuneyard.deploy import service
+
+        template = "{{" + " " * 60_000
+        set_template = client.patch(
+            f"/api/v1/base-models/{tiny_base}",
+            json={"deployment_template": template},
+            headers=auth,
+        )
+        assert set_template.status_code == 200, set_template.text
+        env = add_env(
+            client, auth, name="ol", kind="ollama", url=f"http://127.0.0.1:{closed_port()}"
+        )
+        with (
+            pytest.raises(Invalid, match="^Template parity check failed"),
+            session_scope() as session,
+        ):
+            service.start_deploy(session, principal, "base", tiny_base, env["id"], "q8_0")
+        assert count_live() == 0
+
+
+# The regular expression template parity used to split actions with; it backtracks without
+# bound on unclosed actions, and is kept here as the reference for what an action is.
+PATTERN = re.compile(r"\{\{(-?)\s*(.*?)\s*(-?)\}\}", re.S)
+TEMPLATE_PIECES = ["{{", "}}", "{", "}", "-", " ", "\n", "\u00a0", ".Prompt", "if", "end", "x"]
+
+
+def pattern_tokens(template: str) -> list[tuple[str, str]]:
+    out: list[tuple[str, str]] = []
+    pos, trim_next = 0, False
+    for match in PATTERN.finditer(template):
+        text = template[pos : match.start()]
+        if trim_next:
+            text = text.lstrip()
+        if match.group(1):
+            text = text.rstrip()
+        out += [("text", text), ("action", match.group(2))]
+        trim_next, pos = bool(match.group(3)), match.end()
+    tail = template[pos:]
+    out.append(("text", tail.lstrip() if trim_next else tail))
+    return out
+
 
 class TestParity:
     def test_derived_template_matches_the_chat_template(self, tokenizer_dir):
@@ -227,6 +277,22 @@ class TestParity:
         assert render_go_template(template, {"Prompt": "hi"}) == "none\nU:hi"
         stops = "A{{ .Prompt }}B{{ .Response }}C"
         assert render_go_template(stops, {"Prompt": "x"}) == "AxB"
+
+    @pytest.mark.nodb
+    @pytest.mark.timeout(60)  # the backtracking pattern this replaced took minutes on these
+    @pytest.mark.parametrize("size", [1_000, 4_000, 65_536])
+    @pytest.mark.parametrize(
+        "unit", [" ", "{{", "{{ -", "-"], ids=["spaces", "opens", "opens-dash", "dashes"]
+    )
+    def test_unclosed_actions_are_read_promptly(self, unit, size):
+        template = "{{" + unit * (size // len(unit))
+        assert render_go_template(template, {"Prompt": "hi"}) == template
+
+    @pytest.mark.nodb
+    @given(st.lists(st.sampled_from(TEMPLATE_PIECES), max_size=24).map("".join))
+    @settings(max_examples=300, deadline=None)
+    def test_actions_are_read_as_the_pattern_did(self, template):
+        assert split_actions(template) == pattern_tokens(template)
 
     def test_templates_beyond_the_subset_are_not_guessed(self, tokenizer_dir):
         parity = check_parity(tokenizer_dir, "{{ range .Messages }}{{ .Content }}{{ end }}", "t")

@@ -269,7 +269,8 @@ def preview(
     session: Session, principal: Principal, dataset_id: str, limit: int = 20, offset: int = 0
 ) -> tuple[list[dict[str, Any]], int]:
     dataset = get_dataset(session, principal, dataset_id)
-    if offset >= dataset.record_count:
+    ensure_ready(dataset)
+    if offset >= dataset.record_count:  # nothing to read, however far past the end
         return [], dataset.record_count
     records = iter_records(dataset)
     try:

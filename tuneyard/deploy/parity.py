@@ -34,7 +34,7 @@ class Parity:
         return {k: v for k, v in self.__dict__.items() if v is not None}
 
 
-def _tokens(template: str) -> list[tuple[str, str]]:
+def split_actions(template: str) -> list[tuple[str, str]]:
     """Split into ("text", s) and ("action", s), applying {{- and -}} whitespace trimming.
 
     One pass over the text: an action runs from a "{{" to the first "}}" after it, so each
@@ -76,7 +76,7 @@ def render_go_template(template: str, values: dict[str, str]) -> str:
     def active() -> bool:
         return all(cond != in_else for cond, in_else in stack)
 
-    for kind, value in _tokens(template):
+    for kind, value in split_actions(template):
         if kind == "text":
             if active():
                 rendered.append(value)
