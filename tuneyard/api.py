@@ -9,6 +9,7 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
+from sqlalchemy.exc import DataError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tuneyard import __version__
@@ -54,6 +55,14 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError):
         return _error(request, 422, "Invalid", _validation_detail(exc))
+
+    @app.exception_handler(DataError)
+    async def unstorable_value(request: Request, exc: DataError):
+        # The database refused a value of the request as data (PostgreSQL: a NUL character in
+        # a text, a text longer than its column): the input is at fault, and nothing was kept.
+        reason = str(exc.orig).splitlines()[0] if exc.orig is not None else "refused"
+        detail = f"A value in the request cannot be stored ({reason}); remove or shorten it."
+        return _error(request, 422, "Invalid", detail)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException):

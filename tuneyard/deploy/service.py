@@ -8,6 +8,7 @@ to the serving tool. The live model is "live" only once the tool answers for it.
 
 from __future__ import annotations
 
+import math
 import re
 import secrets
 from dataclasses import dataclass
@@ -436,6 +437,9 @@ def _check_parameters(parameters: dict[str, Any] | None) -> dict[str, Any]:
             raise Invalid(f"Parameter name '{key}' is not a serving parameter name.")
         if not isinstance(value, str | int | float | bool | list):
             raise Invalid(f"Parameter '{key}' must be a number, a string, a bool or a list.")
+        numbers = value if isinstance(value, list) else [value]
+        if any(isinstance(number, float) and not math.isfinite(number) for number in numbers):
+            raise Invalid(f"Parameter '{key}' must be a finite number, not NaN or Infinity.")
     return parameters
 
 

@@ -16,7 +16,8 @@ from tuneyard.bounds import INT32_MAX, SEED_MAX
 class CommonParams(BaseModel):
     """Parameters every method shares: the loop, the optimiser, data and the adapter."""
 
-    model_config = ConfigDict(extra="forbid")
+    # JSON from Python's parser may hold NaN and Infinity; no parameter means them.
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     # the loop
     epochs: float = Field(1.0, gt=0, le=100, description="Passes over the training records.")
