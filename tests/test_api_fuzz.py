@@ -3,8 +3,10 @@ content type, body) is one the OpenAPI document declares.
 
 `schemathesis run` drives the app served by uvicorn on 127.0.0.1, as an admin of a project
 that holds one of each object; path and body parameters that name an object are, half of the
-time, a real one, so requests get past lookups into the rules behind them. No job worker runs
-during the run: the jobs it starts stay queued, and none of them trains, deploys or downloads.
+time, a real one, so requests get past lookups into the rules behind them. Every operation is
+called, none left out: no job worker runs during the run (the jobs it starts stay queued, and
+none of them trains, deploys or downloads), and every server a request may call out to (the
+hub, the third-party model, an address the run makes up) refuses at once or is a local double.
 """
 
 from __future__ import annotations
@@ -31,29 +33,41 @@ PHASES = ("examples", "coverage", "fuzzing", "stateful")
 # Enough to reach each operation's validation and its real objects, while the whole run stays
 # a few minutes on two busy cores.
 MAX_EXAMPLES = 12
-# Which real objects a parameter may name: (operations' path regex, parameter, object).
-REAL_OBJECTS = (
-    (r"^/api/v1/base-models/", "path.model_id", "base"),
-    (r"^/api/v1/customized-models/", "path.model_id", "customized"),
-    (r"^/api/v1/complete-models/", "path.model_id", "complete"),
-    (r"^/api/v1/datasets/", "path.dataset_id", "dataset"),
-    (r"^/api/v1/deploy-environments/", "path.environment_id", "environment"),
-    (r"^/api/v1/live-models/", "path.live_id", "live"),
-    (r"^/api/v1/third-party-models/", "path.third_party_id", "third_party"),
-    (r"^/api/v1/profiles/", "path.profile_id", "profile"),
-    (r"^/api/v1/trainings/", "path.training_id", "training"),
-    (r"^/api/v1/jobs/", "path.job_id", "job"),
-    (r"^/api/v1/chat/sessions/", "path.session_id", "session"),
-    (r"^/api/v1/users/", "path.username", "user"),
-    (r"^/api/v1/training-methods/", "path.name", "method"),
-    (r"^/api/v1/trainings$", "body.base_model_id", "base"),
-    (r"^/api/v1/trainings$", "body.dataset_id", "dataset"),
-    (r"^/api/v1/trainings$", "body.profile_id", "profile"),
-    (r"/deploy$", "body.environment_id", "environment"),
-    (r"^/api/v1/chat$", "body.model", "chat_model"),
-    (r"^/api/v1/chat$", "body.session_id", "session"),
-    (r"^/v1/chat/completions$", "body.model", "chat_model"),
-)
+# Which real objects the parameters of the operations under a path may name. One entry per
+# operation: where several entries match one, schemathesis takes the parameters of the first.
+REAL_OBJECTS = {
+    r"^/api/v1/base-models/": {"path.model_id": "base", "body.environment_id": "environment"},
+    r"^/api/v1/customized-models/": {
+        "path.model_id": "customized",
+        "body.environment_id": "environment",
+    },
+    r"^/api/v1/complete-models/": {
+        "path.model_id": "complete",
+        "body.environment_id": "environment",
+    },
+    r"^/api/v1/datasets/": {"path.dataset_id": "dataset"},
+    r"^/api/v1/deploy-environments/": {"path.environment_id": "environment"},
+    r"^/api/v1/live-models/": {"path.live_id": "live"},
+    r"^/api/v1/third-party-models/": {"path.third_party_id": "third_party"},
+    r"^/api/v1/profiles/": {"path.profile_id": "profile"},
+    r"^/api/v1/trainings": {
+        "path.training_id": "training",
+        "body.base_model_id": "base",
+        "body.dataset_id": "dataset",
+        "body.profile_id": "profile",
+        "body.training_ids[*]": "training",
+    },
+    r"^/api/v1/jobs/": {"path.job_id": "job"},
+    r"^/api/v1/chat": {
+        "path.session_id": "session",
+        "body.session_id": "session",
+        "body.model": "chat_model",
+        "body.models[*]": "chat_model",
+    },
+    r"^/api/v1/users/": {"path.username": "user"},
+    r"^/api/v1/training-methods/": {"path.name": "method"},
+    r"^/v1/chat/completions$": {"body.model": "chat_model"},
+}
 
 
 @pytest.fixture
@@ -135,12 +149,15 @@ def schemathesis_config(objects: dict[str, list[str]]) -> str:
     ]
     for name, values in objects.items():
         lines += [f"[dictionaries.{name}]", f"values = {json.dumps(values)}", ""]
-    for path_regex, parameter, name in REAL_OBJECTS:
-        binding = f'{{ dictionary = "{name}", probability = 0.5 }}'
+    for path_regex, parameters in REAL_OBJECTS.items():
+        bindings = ", ".join(
+            f'"{parameter}" = {{ dictionary = "{name}", probability = 0.5 }}'
+            for parameter, name in parameters.items()
+        )
         lines += [
             "[[operations]]",
             f"include-path-regex = {json.dumps(path_regex)}",
-            f'parameters = {{ "{parameter}" = {binding} }}',
+            f"parameters = {{ {bindings} }}",
             "",
         ]
     return "\n".join(lines)
