@@ -5,8 +5,9 @@ content type, body) is one the OpenAPI document declares.
 that holds one of each object; path and body parameters that name an object are, half of the
 time, a real one, so requests get past lookups into the rules behind them. Every operation is
 called, none left out: no job worker runs during the run (the jobs it starts stay queued, and
-none of them trains, deploys or downloads), and every server a request may call out to (the
-hub, the third-party model, an address the run makes up) refuses at once or is a local double.
+none of them trains, deploys or downloads), and a request that calls out reaches a local
+double, a closed port (the hub, the third-party model) or an address the run made up, which
+fails within the request's timeout.
 """
 
 from __future__ import annotations
