@@ -14,7 +14,7 @@ from collections.abc import Iterator
 import anyio
 import httpx
 import pytest
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from fastapi.responses import StreamingResponse
 
 from tests.http_double import BackgroundServer
@@ -155,6 +155,56 @@ class TestUploads:
         # buffered when the limit was passed (it stops reading past 64 KiB; a read is 256 KiB).
         assert counting.received < MiB + 64 * 1024 + 320 * 1024
         assert nothing_stored()
+
+    def test_a_console_upload_over_the_limit_stops_while_streaming(self, monkeypatch):
+        # The console's uploader checks the size in the browser; a caller posting to the
+        # upload's address directly is stopped by the server, as it streams.
+        from tuneyard.api import install_error_handlers
+        from tuneyard.gate import RequestGate
+
+        monkeypatch.setenv("TUNEYARD_DATASET_MAX_FILE_BYTES", str(MiB))
+        reset_settings()
+        stored = []
+        page = FastAPI()
+        install_error_handlers(page)
+
+        @page.post("/_nicegui/client/{client}/upload/{element}")
+        async def upload(request: Request):  # what the console's uploader runs
+            async with request.form() as form:
+                stored.extend(form.keys())
+            return {"upload": "success"}
+
+        counting = CountingApp(RequestGate(page))
+        server = BackgroundServer(counting, "console uploads")
+        server.start()
+        try:
+            head = upload_head(None).replace(b"/api/v1/datasets", b"/_nicegui/client/c/upload/u")
+
+            def chunked():
+                yield b"%x\r\n%s\r\n" % (len(form_start("big.jsonl")), form_start("big.jsonl"))
+                for _ in range(32 * MiB // len(RECORDS)):
+                    yield b"%x\r\n%s\r\n" % (len(RECORDS), RECORDS)
+                yield b"0\r\n\r\n"
+
+            (status, _headers, answer), _sent = send_until_answered(server.port, head, chunked())
+            assert status == 413
+            assert answer["detail"] == (
+                "The file is larger than the limit of 1.0 MiB; split it into smaller files, or "
+                "raise TUNEYARD_DATASET_MAX_FILE_BYTES."
+            )
+            assert counting.received < MiB + 64 * 1024 + 320 * 1024
+            assert stored == []
+
+            declared = upload_head(2 * MiB).replace(
+                b"/api/v1/datasets", b"/_nicegui/client/c/upload/u"
+            )
+            (status, _headers, answer), _sent = send_until_answered(
+                server.port, declared, iter([b""])
+            )
+            assert status == 413
+            assert answer["error"] == "TooLarge"
+        finally:
+            server.stop()
 
     def test_a_declared_length_over_the_limit_is_refused_at_once(self, client, auth):
         from tuneyard.config import get_settings

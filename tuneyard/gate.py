@@ -6,10 +6,15 @@ so a token check in a dependency comes after an anonymous 300 MB upload was stor
 steps in at the first read of the body, when the route is known: a route that needs a
 principal settles it from the Authorization header there (401 before any of the body is
 read), and the body is counted as it streams in and refused past the route's limit (413).
+
+The console's uploads (NiceGUI posts each to `/_nicegui/client/<client>/upload/<element>`)
+are counted the same way, against the largest file the console takes (a dataset); the
+uploader's own size check runs in the browser, where a caller can skip it.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 
 import anyio
@@ -22,6 +27,11 @@ from tuneyard.deps import PRINCIPAL_KEY, _principal, principal_from_header
 from tuneyard.errors import AppError, TooLarge
 
 API_PREFIXES = ("/api/v1/", "/v1/")
+CONSOLE_UPLOAD = re.compile(r"/_nicegui/client/[^/]+/upload/[^/]+")
+CONSOLE_TOO_LARGE = (
+    "The file is larger than the limit of {limit}; split it into smaller files, or raise "
+    "TUNEYARD_DATASET_MAX_FILE_BYTES."
+)
 # Room around what a route takes: an upload's other form fields and multipart framing.
 FORM_OVERHEAD = 64 * 1024
 DEFAULT_TOO_LARGE = (
@@ -73,7 +83,13 @@ class RequestGate:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not scope["path"].startswith(API_PREFIXES):
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if CONSOLE_UPLOAD.fullmatch(scope["path"]):
+            await self._console_upload(scope, receive, send)
+            return
+        if not scope["path"].startswith(API_PREFIXES):
             await self.app(scope, receive, send)
             return
         limit: int | None = None
@@ -92,6 +108,28 @@ class RequestGate:
             return message
 
         await self.app(scope, gated_receive, send)
+
+    async def _console_upload(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """A console upload, counted as it streams in (the console's pages check who asks)."""
+        file_limit = get_settings().dataset_max_file_bytes
+        limit = file_limit + FORM_OVERHEAD
+        refusal = TooLarge(CONSOLE_TOO_LARGE.format(limit=size_text(file_limit)))
+        declared = Headers(scope=scope).get("content-length", "")
+        if declared.isdigit() and int(declared) > limit:
+            await _answer(refusal, scope, receive, send)
+            return
+        received = 0
+
+        async def counted_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise Refused(refusal)
+            return message
+
+        await self.app(scope, counted_receive, send)
 
     async def _admit(self, scope: Scope) -> tuple[int, str]:
         """Before the first byte of the body: who asks (when the route needs it), and the
@@ -115,3 +153,10 @@ class RequestGate:
         if declared.isdigit() and int(declared) > limit:
             raise Refused(TooLarge(too_large))
         return limit, too_large
+
+
+async def _answer(error: AppError, scope: Scope, receive: Receive, send: Send) -> None:
+    from starlette.responses import JSONResponse
+
+    response = JSONResponse({"error": type(error).__name__, "detail": error.message}, error.status)
+    await response(scope, receive, send)
