@@ -122,6 +122,19 @@ def failure_card(title: str, error: str | None, testid: str) -> None:
         ).props(f'data-testid="{testid}"')
 
 
+def clear(field: ui.input) -> None:
+    """Empty a field after a success without showing its rules as broken."""
+    field.value = ""
+    field.error = None
+
+
+def error_label(testid: str) -> ui.label:
+    """Where a form says why the service refused it (empty until then)."""
+    return (
+        ui.label("").classes("text-negative whitespace-pre-wrap").props(f'data-testid="{testid}"')
+    )
+
+
 def column(
     name: str, label: str, *, wide_only: bool | str = False, field: str | None = None, **extra
 ) -> dict[str, Any]:
