@@ -9,6 +9,7 @@ from nicegui import ui
 
 from tuneyard.basemodels import service
 from tuneyard.basemodels.card import format_bytes, format_count
+from tuneyard.console.deploy_dialog import deploy_button
 from tuneyard.console.session import act, call, read
 from tuneyard.console.shell import console_page
 from tuneyard.console.widgets import (
@@ -26,7 +27,6 @@ from tuneyard.console.widgets import (
     status_badge,
     when,
 )
-from tuneyard.deploy.pages import deploy_button
 from tuneyard.errors import AppError
 
 SECTION = "/base-models"

@@ -8,6 +8,7 @@ from typing import Any
 from nicegui import ui
 
 from tuneyard.complete import service
+from tuneyard.console.deploy_dialog import deploy_button
 from tuneyard.console.session import act, call, read
 from tuneyard.console.shell import console_page
 from tuneyard.console.widgets import (
@@ -27,7 +28,6 @@ from tuneyard.console.widgets import (
     status_badge,
     when,
 )
-from tuneyard.deploy.pages import deploy_button
 from tuneyard.errors import NotFound
 
 COLUMNS = [

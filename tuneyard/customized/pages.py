@@ -7,6 +7,7 @@ from typing import Any
 from nicegui import ui
 
 from tuneyard.complete import service as complete_service
+from tuneyard.console.deploy_dialog import deploy_button
 from tuneyard.console.session import act, call, read
 from tuneyard.console.shell import console_page
 from tuneyard.console.widgets import (
@@ -25,7 +26,6 @@ from tuneyard.console.widgets import (
     when,
 )
 from tuneyard.customized import service
-from tuneyard.deploy.pages import deploy_button
 
 COLUMNS = [
     column("name", "Name"),

@@ -8,6 +8,7 @@ from typing import Any
 from nicegui import ui
 
 from tuneyard.console.charts import LiveCharts
+from tuneyard.console.deploy_dialog import open_deploy_dialog
 from tuneyard.console.schema_form import value_text
 from tuneyard.console.session import SignedOut, act, fetch, read
 from tuneyard.console.shell import console_page
@@ -214,8 +215,6 @@ def training_page(training_id: str):
             ui.navigate.to(f"/customized-models/{made}")
 
     def deploy(model: dict[str, str]) -> None:
-        from tuneyard.deploy.pages import open_deploy_dialog
-
         open_deploy_dialog(model["kind"], model["id"], model["name"])
 
     async def cancel_training() -> None:
