@@ -10,10 +10,10 @@ from nicegui import ui
 from tuneyard.basemodels import service
 from tuneyard.basemodels.card import format_bytes, format_count
 from tuneyard.console.deploy_dialog import deploy_button
+from tuneyard.console.jobs import JobWatch, job_card
 from tuneyard.console.session import act, call, read
 from tuneyard.console.shell import console_page
 from tuneyard.console.widgets import (
-    JobWatch,
     PagedTable,
     cannot,
     column,
@@ -21,7 +21,6 @@ from tuneyard.console.widgets import (
     delete_button,
     facts,
     heading,
-    job_card,
     link_button,
     model_card,
     status_badge,

@@ -9,9 +9,9 @@ from dataclasses import dataclass
 from fastapi.responses import RedirectResponse
 from nicegui import ui
 
-from tuneyard.console.session import SignedOut, current_principal, fetch, sign_out
+from tuneyard.console.jobs import job_notices
+from tuneyard.console.session import SignedOut, current_principal, sign_out
 from tuneyard.errors import AppError
-from tuneyard.models import utcnow
 
 
 @dataclass(frozen=True)
@@ -43,44 +43,10 @@ TRAINING_TABS = (
     ("Methods", "/training/methods"),
 )
 
-NOTICE_SECONDS = 3.0
-
 
 def _logout() -> None:
     sign_out()
     ui.navigate.to("/login")
-
-
-def _job_notices() -> None:
-    """Tell the user when one of their jobs ends, on whatever page they are."""
-    from tuneyard.jobs.pages import job_label
-    from tuneyard.jobs.service import finished_since
-
-    state = {"since": utcnow()}
-
-    async def poll() -> None:
-        try:
-            jobs = await fetch(
-                lambda session, principal: finished_since(session, principal, state["since"])
-            )
-        except (SignedOut, AppError):
-            return
-        for job in jobs:
-            state["since"] = max(state["since"], job.finished_at)
-            label = job_label(job.kind)
-            if job.status == "succeeded":
-                ui.notify(f"Job {label} succeeded", type="positive")
-            elif job.status == "failed":
-                ui.notify(
-                    f"Job {label} failed: {job.error or job.message}",
-                    type="negative",
-                    multi_line=True,
-                    close_button=True,
-                )
-            else:
-                ui.notify(f"Job {label} was cancelled", type="warning")
-
-    ui.timer(NOTICE_SECONDS, poll)
 
 
 def _shell(title: str, section: str, principal) -> None:
@@ -109,7 +75,7 @@ def _shell(title: str, section: str, principal) -> None:
                     ui.icon(item.icon).classes("text-lg shrink-0")
                     ui.label(item.label).classes("whitespace-nowrap")
     menu.on_click(drawer.toggle)
-    _job_notices()
+    job_notices()
 
 
 def console_page(path: str, title: str, section: str) -> Callable:

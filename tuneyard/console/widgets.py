@@ -1,5 +1,5 @@
 """Pieces the console's pages share: headings, guidance, facts, buttons, paged tables,
-confirmations, jobs."""
+confirmations."""
 
 from __future__ import annotations
 
@@ -10,10 +10,8 @@ from typing import Any
 
 from nicegui import ui
 
-from tuneyard.console.session import SignedOut, act, fetch, read
-from tuneyard.errors import AppError
+from tuneyard.console.session import act, read
 
-JOB_POLL_SECONDS = 1.0
 STATUS_COLORS = {
     "queued": "grey",
     "running": "blue",
@@ -316,84 +314,3 @@ def confirm_delete(
             then()
 
     confirm(title, consequence, action, go)
-
-
-class JobWatch:
-    """A job's live status: badge, progress bar and message, updated without reloading.
-
-    `on_finish(job)` runs once when the job ends (succeeded, failed or cancelled).
-    """
-
-    def __init__(
-        self,
-        job_id: str,
-        on_finish: Callable[[Any], Awaitable[Any] | Any] | None = None,
-        *,
-        cancellable: bool = True,
-    ):
-        from tuneyard.jobs import service as jobs
-
-        self.job_id = job_id
-        self.on_finish = on_finish
-        self._jobs = jobs
-        with ui.column().classes("w-full gap-1").props(f'data-testid="job-{job_id}"') as self.box:
-            with ui.row().classes("items-center gap-2"):
-                self.badge = status_badge("queued")
-                self.message = ui.label("").classes("text-grey-8")
-                if cancellable:
-                    self.cancel_button = ui.button("Cancel", on_click=self.cancel).props(
-                        "flat dense color=negative no-caps"
-                    )
-                else:
-                    self.cancel_button = None
-            self.bar = ui.linear_progress(value=0, show_value=False).props("rounded size=10px")
-            self.error = ui.label("").classes("text-negative whitespace-pre-wrap")
-            self.error.set_visibility(False)
-        job = read(lambda session, principal: jobs.get_job(session, principal, job_id))
-        # Only an unfinished job is watched: on_finish is for an end seen happening.
-        self.timer = ui.timer(JOB_POLL_SECONDS, self.poll, active=not self._apply(job))
-
-    def _apply(self, job) -> bool:
-        set_status(self.badge, job.status)
-        self.bar.value = (job.progress or 0) / 100
-        self.message.text = f"{job.progress:.0f}% · {job.message}" if job.message else ""
-        finished = job.status in self._jobs.FINISHED
-        if job.error:
-            self.error.text = job.error
-            self.error.set_visibility(True)
-        if self.cancel_button is not None:
-            self.cancel_button.set_visibility(not finished)
-        return finished
-
-    async def poll(self) -> None:
-        try:
-            job = await fetch(
-                lambda session, principal: self._jobs.get_job(session, principal, self.job_id)
-            )
-        except (SignedOut, AppError):
-            self.timer.cancel()
-            return
-        if self._apply(job):
-            self.timer.cancel()
-            if self.on_finish is not None:
-                result = self.on_finish(job)
-                if hasattr(result, "__await__"):
-                    await result
-
-    async def cancel(self) -> None:
-        job = await act(
-            lambda session, principal: self._jobs.cancel_job(session, principal, self.job_id),
-            done="Cancelling",
-        )
-        if job is not None:
-            self._apply(job)
-
-
-def job_card(title: str, job_id: str, *, bordered: bool = False) -> None:
-    """A card watching a job under `title`; the page reloads once the job ends."""
-    card = ui.card().classes("w-full")
-    if bordered:
-        card.props("flat bordered")
-    with card:
-        ui.label(title).classes("font-medium")
-        JobWatch(job_id, lambda _job: ui.navigate.reload())

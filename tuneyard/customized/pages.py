@@ -8,10 +8,10 @@ from nicegui import ui
 
 from tuneyard.complete import service as complete_service
 from tuneyard.console.deploy_dialog import deploy_button
+from tuneyard.console.jobs import JobWatch
 from tuneyard.console.session import act, call, read
 from tuneyard.console.shell import console_page
 from tuneyard.console.widgets import (
-    JobWatch,
     PagedTable,
     cannot,
     column,

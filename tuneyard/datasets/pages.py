@@ -14,10 +14,10 @@ from nicegui import ui
 
 from tuneyard.basemodels import service as base_models
 from tuneyard.config import get_settings
+from tuneyard.console.jobs import JobWatch, job_card
 from tuneyard.console.session import SignedOut, act, call, fetch, read
 from tuneyard.console.shell import console_page
 from tuneyard.console.widgets import (
-    JobWatch,
     PagedTable,
     cannot,
     column,
@@ -25,7 +25,6 @@ from tuneyard.console.widgets import (
     delete_button,
     facts,
     heading,
-    job_card,
     link_button,
     needs,
     size_text,

@@ -7,19 +7,15 @@ from typing import Any
 
 from nicegui import ui
 
+from tuneyard.console.jobs import JobWatch, job_label
 from tuneyard.console.session import fetch, read
 from tuneyard.console.shell import console_page
-from tuneyard.console.widgets import JobWatch, PagedTable, column, heading, when
+from tuneyard.console.widgets import PagedTable, column, heading, when
 from tuneyard.errors import AppError
 from tuneyard.jobs import service
 
 LOG_TAIL_BYTES = 16_000
 LOG_SECONDS = 2.0
-
-
-def job_label(kind: str) -> str:
-    """'training.run' -> 'training: run', as job notices say it."""
-    return kind.replace("_", " ").replace(".", ": ")
 
 
 def _job_rows(session, principal, limit: int, offset: int) -> tuple[list[dict[str, Any]], int]:

@@ -8,6 +8,7 @@ from typing import Any
 
 from nicegui import ui
 
+from tuneyard.console.jobs import job_card
 from tuneyard.console.session import act, call, read
 from tuneyard.console.shell import console_page
 from tuneyard.console.widgets import (
@@ -19,7 +20,6 @@ from tuneyard.console.widgets import (
     fact,
     failure_card,
     heading,
-    job_card,
     link_button,
     model_card,
     needs,

@@ -9,10 +9,11 @@ from nicegui import ui
 
 from tuneyard.console.charts import LiveCharts
 from tuneyard.console.deploy_dialog import open_deploy_dialog
+from tuneyard.console.jobs import JobWatch
 from tuneyard.console.schema_form import value_text
 from tuneyard.console.session import SignedOut, act, fetch, read
 from tuneyard.console.shell import console_page
-from tuneyard.console.widgets import JobWatch, cannot, set_status, status_badge, when
+from tuneyard.console.widgets import cannot, set_status, status_badge, when
 from tuneyard.errors import AppError
 from tuneyard.training import service
 from tuneyard.training.methods import all_methods
