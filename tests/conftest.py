@@ -217,6 +217,56 @@ def wait_for_job(
     raise AssertionError(f"job {job_id} did not reach {statuses} in {timeout} s: {job.status}")
 
 
+# -- the CLI, as a client of a real server ----------------------------------------------------
+
+
+@pytest.fixture
+def api_server(app):
+    """The API under uvicorn on a free port, on this test's data dir and database (no job
+    worker: a test that needs jobs run adds the `worker` fixture); its address is `url`."""
+    from tests.http_double import BackgroundServer
+
+    server = BackgroundServer(app, "Tuneyard API", lifespan="on")
+    server.url = f"http://127.0.0.1:{server.start()}"
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def cli_home(tmp_path, monkeypatch) -> Path:
+    """A home and config folder of the CLI's own, and another current folder: what the CLI
+    keeps goes there, and nothing lands in the test's data dir or the checkout."""
+    home = tmp_path / "cli-home"
+    (home / "elsewhere").mkdir(parents=True)
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(home / ".config"))
+    monkeypatch.delenv("TUNEYARD_URL", raising=False)
+    monkeypatch.delenv("TUNEYARD_TOKEN", raising=False)
+    # Job processes start from the current folder: they still import the checkout's code.
+    root = str(Path(__file__).resolve().parent.parent)
+    monkeypatch.setenv(
+        "PYTHONPATH", os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))
+    )
+    monkeypatch.chdir(home / "elsewhere")
+    return home
+
+
+@pytest.fixture
+def cli(api_server, admin_password, cli_home, monkeypatch) -> str:
+    """The CLI logged in to the test's server as the first admin, by TUNEYARD_URL and
+    TUNEYARD_TOKEN alone. The server's URL."""
+    import httpx
+
+    response = httpx.post(
+        f"{api_server.url}/api/v1/auth/login",
+        json={"project_code": "1001", "username": "admin", "password": admin_password},
+    )
+    response.raise_for_status()
+    monkeypatch.setenv("TUNEYARD_URL", api_server.url)
+    monkeypatch.setenv("TUNEYARD_TOKEN", response.json()["token"])
+    return api_server.url
+
+
 # -- a project with one row of every kind -------------------------------------------------------
 
 

@@ -23,9 +23,8 @@ class BackgroundServer:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(("127.0.0.1", 0))
         self.port = sock.getsockname()[1]
-        config = uvicorn.Config(
-            self.app, log_level="warning", lifespan="off", access_log=False, **self.config
-        )
+        settings = {"log_level": "warning", "lifespan": "off", "access_log": False, **self.config}
+        config = uvicorn.Config(self.app, **settings)
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(
             target=self._server.run, kwargs={"sockets": [sock]}, daemon=True

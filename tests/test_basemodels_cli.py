@@ -1,4 +1,5 @@
-"""`tuneyard base`: add, list, show, template, rm, and errors a person can act on."""
+"""`tuneyard base` against a real server: add, list, show, template, rm, and errors a person
+can act on."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ def flat(text: str) -> str:
 
 
 class TestAdd:
-    def test_add_list_show_rm(self, admin_password, tiny_model_dir):
+    def test_add_list_show_rm(self, cli, tiny_model_dir):
         added = invoke("add", str(tiny_model_dir), "--name", "tiny", "--model-name", "Tiny")
         assert added.exit_code == 0, added.output
         assert "LlamaForCausalLM" in added.stdout
@@ -55,18 +56,14 @@ class TestAdd:
         assert (tiny_model_dir / "model.safetensors").is_file()
         assert json.loads(invoke("list", "--json").stdout) == []
 
-    def test_relative_path_is_taken_from_the_current_folder(
-        self, admin_password, tiny_model_dir, monkeypatch
-    ):
+    def test_relative_path_is_taken_from_the_current_folder(self, cli, tiny_model_dir, monkeypatch):
         monkeypatch.chdir(tiny_model_dir.parent)
         added = invoke("add", tiny_model_dir.name, "--name", "tiny", "--type", "embedding")
         assert added.exit_code == 0, added.output
         shown = json.loads(invoke("show", "tiny", "--json").stdout)
         assert (shown["path"], shown["model_type"]) == (str(tiny_model_dir), "embedding")
 
-    def test_folder_missing_config_exits_1_with_the_message(
-        self, admin_password, tiny_model_dir, tmp_path
-    ):
+    def test_folder_missing_config_exits_1_with_the_message(self, cli, tiny_model_dir, tmp_path):
         broken = shutil.copytree(tiny_model_dir, tmp_path / "broken")
         (broken / "config.json").unlink()
         result = invoke("add", str(broken), "--name", "broken")
@@ -74,7 +71,7 @@ class TestAdd:
         assert flat(result.stderr).startswith(f"Error: {broken} has no config.json: ")
         assert json.loads(invoke("list", "--json").stdout) == []
 
-    def test_unknown_model(self, admin_password):
+    def test_unknown_model(self, cli):
         result = invoke("show", "nope")
         assert result.exit_code == 1
         assert flat(result.stderr) == (
@@ -83,7 +80,7 @@ class TestAdd:
 
 
 class TestTemplate:
-    def test_print_and_set_from_a_file(self, admin_password, tiny_model_dir, tmp_path):
+    def test_print_and_set_from_a_file(self, cli, tiny_model_dir, tmp_path):
         invoke("add", str(tiny_model_dir), "--name", "tiny")
         printed = invoke("template", "tiny")
         assert printed.exit_code == 0
@@ -95,7 +92,7 @@ class TestTemplate:
         assert updated.exit_code == 0, updated.output
         assert invoke("template", "tiny").stdout == "[INST] {{ .Prompt }} [/INST]\n"
 
-    def test_empty_file_is_refused(self, admin_password, tiny_model_dir, tmp_path):
+    def test_empty_file_is_refused(self, cli, tiny_model_dir, tmp_path):
         invoke("add", str(tiny_model_dir), "--name", "tiny")
         empty = tmp_path / "empty.txt"
         empty.write_text("\n")
@@ -104,7 +101,7 @@ class TestTemplate:
         assert "The deployment template is empty" in flat(result.stderr)
         assert invoke("template", "tiny").stdout.startswith("{{ if .System }}")
 
-    def test_file_over_64_kib_is_refused(self, admin_password, tiny_model_dir, tmp_path):
+    def test_file_over_64_kib_is_refused(self, cli, tiny_model_dir, tmp_path):
         invoke("add", str(tiny_model_dir), "--name", "tiny")
         long = tmp_path / "long.txt"
         long.write_text("{{ .Prompt }}" + " " * 70_000)
@@ -115,18 +112,14 @@ class TestTemplate:
 
 
 class TestImport:
-    def test_add_demo_without_waiting_queues_the_import(self, admin_password, smollm2_gguf):
-        queued = invoke("add-demo", "--no-wait")
+    def test_import_without_waiting_queues_the_job(self, cli, smollm2_gguf):
+        queued = invoke("import-gguf", str(smollm2_gguf), "--name", "smol", "--no-wait")
         assert queued.exit_code == 0, queued.output
         assert flat(queued.stdout).startswith("Queued job ")
-        again = invoke("add-demo", "--no-wait")
-        assert again.exit_code == 0, again.output
         listed = json.loads(invoke("list", "--json").stdout)
-        assert [(m["technical_name"], m["status"]) for m in listed] == [
-            ("SmolLM2-135M-Instruct", "importing")
-        ]
+        assert [(m["technical_name"], m["status"]) for m in listed] == [("smol", "importing")]
 
-    def test_import_of_a_file_that_is_not_gguf(self, admin_password, tmp_path):
+    def test_import_of_a_file_that_is_not_gguf(self, cli, tmp_path):
         bad = tmp_path / "model.gguf"
         bad.write_text("hello")
         result = invoke("import-gguf", str(bad), "--name", "bad")

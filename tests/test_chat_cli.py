@@ -1,4 +1,5 @@
-"""`tuneyard chat`: one-shot and interactive, with the inference process started and stopped."""
+"""`tuneyard chat` against a real server: one-shot and interactive, streamed over the chat API;
+the server's inference process stops with the server."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from tuneyard.cli import app
 runner = CliRunner()
 
 
-def test_interactive_conversation_is_stored_and_the_process_stopped(tiny_base):
+def test_interactive_conversation_is_stored_and_the_process_stopped(cli, api_server, tiny_base):
     from tuneyard.inference.process import running_inference
 
     result = runner.invoke(
@@ -23,14 +24,15 @@ def test_interactive_conversation_is_stored_and_the_process_stopped(tiny_base):
     assert result.exit_code == 0, result.output
     assert "Chatting with tiny" in flat(result.output)
     assert len(re.findall(r"first (?:token )?after \d", flat(result.output))) == 2
-    assert running_inference() is None
 
     sessions = runner.invoke(app, ["chat", "nope", "--prompt", "hi"])
     assert sessions.exit_code == 1
     assert "No model 'nope'" in flat(sessions.output)
+    api_server.stop()
+    assert running_inference() is None
 
 
-def test_one_shot_prints_the_answer(tiny_base):
+def test_one_shot_prints_the_answer(cli, tiny_base):
     from tuneyard.auth.service import local_principal
     from tuneyard.chat.service import list_sessions, session_messages
     from tuneyard.db import session_scope

@@ -1,4 +1,5 @@
-"""`tuneyard save` and `tuneyard complete`: save, list, show, export, push, rm."""
+"""`tuneyard save` and `tuneyard complete` against a real server: save, list, show, export, push,
+rm."""
 
 from __future__ import annotations
 
@@ -40,7 +41,7 @@ def listed() -> list[dict]:
 
 
 class TestSave:
-    def test_save_wait_list_show_export_rm(self, made, tmp_path):
+    def test_save_wait_list_show_export_rm(self, cli, worker, made, tmp_path):
         result = invoke("save", made["name"], "--dtype", "fp32", "--wait")
         assert result.exit_code == 0, result.output
         [model] = listed()
@@ -78,7 +79,7 @@ class TestSave:
         assert flat(removed.stdout) == f"Deleted complete model {model['name']}."
         assert listed() == [] and not folder.exists()
 
-    def test_save_without_wait_leaves_the_job_queued(self, made):
+    def test_save_without_wait_leaves_the_job_queued(self, cli, made):
         result = invoke("save", made["id"])
         assert result.exit_code == 0, result.output
         [model] = listed()
@@ -90,7 +91,7 @@ class TestSave:
         jobs = json.loads(invoke("jobs", "list", "--json").stdout)
         assert [(j["kind"], j["status"]) for j in jobs] == [("complete.save", "queued")]
 
-    def test_bad_dtype_exits_1(self, made):
+    def test_bad_dtype_exits_1(self, cli, made):
         result = invoke("save", made["name"], "--dtype", "q4_K_M")
         assert result.exit_code == 1
         assert flat(result.stderr).startswith(
@@ -100,7 +101,7 @@ class TestSave:
 
 
 class TestErrors:
-    def test_unknown_model(self, admin_password):
+    def test_unknown_model(self, cli):
         for args in (("show", "nope"), ("rm", "nope"), ("export", "nope", "/tmp")):
             result = invoke("complete", *args)
             assert result.exit_code == 1
@@ -108,7 +109,7 @@ class TestErrors:
                 "Error: No complete model 'nope'. List them with `tuneyard complete list`."
             )
 
-    def test_push_to_an_unreachable_hub(self, made, monkeypatch):
+    def test_push_to_an_unreachable_hub(self, cli, worker, made, monkeypatch):
         assert invoke("save", made["id"], "--wait").exit_code == 0
         [model] = listed()
         with socket.socket() as sock:
@@ -121,7 +122,7 @@ class TestErrors:
             f"Error: Cannot reach the model hub (http://127.0.0.1:{port}: "
         )
 
-    def test_export_into_a_missing_folder(self, made, tmp_path):
+    def test_export_into_a_missing_folder(self, cli, worker, made, tmp_path):
         assert invoke("save", made["id"], "--wait").exit_code == 0
         [model] = listed()
         target = tmp_path / "missing" / "m.tar"

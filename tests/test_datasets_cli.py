@@ -1,4 +1,4 @@
-"""`tuneyard data`: add (parsing in the foreground), list, show, preview, rm."""
+"""`tuneyard data` against a real server: add (following the parse), list, show, preview, rm."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ def listed() -> list[dict]:
 
 
 class TestAdd:
-    def test_add_parses_and_shows_the_dataset(self, admin_password, tmp_path):
+    def test_add_parses_and_shows_the_dataset(self, cli, worker, tmp_path):
         path = tmp_path / "qa.jsonl"
         path.write_bytes(jsonl(*QA))
         result = invoke("data", "add", str(path), "--name", "qa", "--description", "Quiz")
@@ -40,7 +40,7 @@ class TestAdd:
         assert (dataset["name"], dataset["description"]) == ("qa", "Quiz")
         assert (dataset["status"], dataset["record_count"]) == ("ready", 3)
 
-    def test_map_renames_fields(self, admin_password, tmp_path):
+    def test_map_renames_fields(self, cli, worker, tmp_path):
         path = tmp_path / "qa.csv"
         path.write_text("question,response\nWhat is 2+2?,4\n")
         result = invoke(
@@ -52,7 +52,7 @@ class TestAdd:
         assert dataset["format"] == "prompt_completion"
         assert dataset["column_mapping"] == {"question": "prompt", "response": "completion"}
 
-    def test_a_bad_map_is_refused(self, admin_password, tmp_path):
+    def test_a_bad_map_is_refused(self, cli, tmp_path):
         path = tmp_path / "qa.jsonl"
         path.write_bytes(jsonl(*QA))
         result = invoke("data", "add", str(path), "-n", "qa", "--map", "question")
@@ -60,7 +60,7 @@ class TestAdd:
         assert "--map takes SOURCE=FIELD" in flat(result.output)
         assert listed() == []
 
-    def test_a_bad_file_exits_1_and_prints_its_errors(self, admin_password, tmp_path):
+    def test_a_bad_file_exits_1_and_prints_its_errors(self, cli, worker, tmp_path):
         path = tmp_path / "bad.jsonl"
         path.write_bytes(jsonl(QA[0]) + b"[1]\nnope\n")
         result = invoke("data", "add", str(path), "--name", "bad")
@@ -74,14 +74,14 @@ class TestAdd:
         assert dataset["status"] == "failed"
         assert not Layout().dataset_dir(dataset["id"]).exists()
 
-    def test_an_unknown_file_type_exits_1(self, admin_password, tmp_path):
+    def test_an_unknown_file_type_exits_1(self, cli, tmp_path):
         path = tmp_path / "qa.txt"
         path.write_bytes(jsonl(*QA))
         result = invoke("data", "add", str(path), "--name", "qa")
         assert result.exit_code == 1
         assert "the file type must be one of .jsonl, .json, .csv, .parquet" in flat(result.output)
 
-    def test_no_wait_queues_the_parse(self, admin_password, tmp_path):
+    def test_no_wait_queues_the_parse(self, cli, tmp_path):
         path = tmp_path / "qa.jsonl"
         path.write_bytes(jsonl(*QA))
         result = invoke("data", "add", str(path), "--name", "qa", "--no-wait")
@@ -92,7 +92,7 @@ class TestAdd:
 
 
 class TestInspectAndRemove:
-    def test_show_preview_rm_by_name_or_id(self, admin_password, tmp_path):
+    def test_show_preview_rm_by_name_or_id(self, cli, worker, tmp_path):
         path = tmp_path / "qa.jsonl"
         path.write_bytes(jsonl(*QA))
         assert invoke("data", "add", str(path), "--name", "qa").exit_code == 0
@@ -116,7 +116,7 @@ class TestInspectAndRemove:
         assert listed() == []
         assert not Layout().dataset_dir(dataset["id"]).exists()
 
-    def test_show_a_failed_dataset_lists_its_errors(self, admin_password, tmp_path):
+    def test_show_a_failed_dataset_lists_its_errors(self, cli, worker, tmp_path):
         path = tmp_path / "bad.jsonl"
         path.write_bytes(b"[1]\n")
         invoke("data", "add", str(path), "--name", "bad")
@@ -124,12 +124,12 @@ class TestInspectAndRemove:
         assert result.exit_code == 0
         assert "Errors:\n  Line 1: not a JSON object (got a list)" in result.output
 
-    def test_unknown_dataset_exits_1(self, admin_password):
+    def test_unknown_dataset_exits_1(self, cli):
         result = invoke("data", "show", "nope")
         assert result.exit_code == 1
         assert "No dataset 'nope'. List them with `tuneyard data list`." in flat(result.output)
 
-    def test_rm_refused_while_parsing(self, admin_password, tmp_path):
+    def test_rm_refused_while_parsing(self, cli, tmp_path):
         path = tmp_path / "qa.jsonl"
         path.write_bytes(jsonl(*QA))
         invoke("data", "add", str(path), "--name", "qa", "--no-wait")

@@ -1,4 +1,5 @@
-"""`tuneyard env`, `tuneyard deploy` and `tuneyard live`, against the Ollama protocol double."""
+"""`tuneyard env`, `tuneyard deploy` and `tuneyard live` against a real server, with the Ollama
+protocol double as the serving tool."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ def invoke(*args: str):
 
 
 class TestEnvCommands:
-    def test_add_list_test_rm(self, ollama, admin_password):
+    def test_add_list_test_rm(self, cli, ollama):
         added = invoke(
             "env", "add", "ol", "--kind", "ollama", "--url", ollama.url, "--api-key", "k1"
         )
@@ -35,7 +36,7 @@ class TestEnvCommands:
         assert removed.exit_code == 0
         assert json.loads(invoke("env", "list", "--json").stdout) == []
 
-    def test_failing_test_exits_non_zero_with_the_reason(self, admin_password):
+    def test_failing_test_exits_non_zero_with_the_reason(self, cli):
         invoke(
             "env", "add", "down", "--kind", "ollama", "--url", f"http://127.0.0.1:{closed_port()}"
         )
@@ -43,14 +44,14 @@ class TestEnvCommands:
         assert result.exit_code == 1
         assert "Cannot reach Ollama" in flat(result.output)
 
-    def test_bad_kind(self, admin_password):
+    def test_bad_kind(self, cli):
         result = invoke("env", "add", "x", "--kind", "triton", "--url", "http://h")
         assert result.exit_code == 1
         assert "use one of: ollama, llama.cpp, openai" in flat(result.output)
 
 
 class TestDeployCommands:
-    def test_deploy_wait_show_register_rm(self, ollama, tiny_base):
+    def test_deploy_wait_show_register_rm(self, cli, worker, ollama, tiny_base):
         invoke("env", "add", "ol", "--kind", "ollama", "--url", ollama.url)
         result = invoke("deploy", "tiny", "--env", "ol", "--quant", "q4_K_M", "--wait")
         assert result.exit_code == 0, result.output
@@ -69,7 +70,7 @@ class TestDeployCommands:
         assert removed.exit_code == 0
         assert ollama.models == {}
 
-    def test_unknown_model_and_quantization(self, ollama, tiny_base):
+    def test_unknown_model_and_quantization(self, cli, ollama, tiny_base):
         invoke("env", "add", "ol", "--kind", "ollama", "--url", ollama.url)
         missing = invoke("deploy", "nope", "--env", "ol")
         assert missing.exit_code == 1

@@ -1,4 +1,4 @@
-"""`tuneyard thirdparty`, against the vLLM double over real HTTP."""
+"""`tuneyard thirdparty` against a real server, with the vLLM double over real HTTP."""
 
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ def vllm(tiny_model_dir):
 
 
 class TestThirdPartyCommands:
-    def test_add_list_test_rm(self, vllm, admin_password):
+    def test_add_list_test_rm(self, cli, vllm):
         added = invoke(
             "thirdparty",
             "add",
@@ -65,7 +65,7 @@ class TestThirdPartyCommands:
         assert removed.exit_code == 0 and "Deleted third-party model tiny." in removed.stdout
         assert listed() == []
 
-    def test_failing_tests_exit_non_zero_with_the_reason(self, vllm, admin_password):
+    def test_failing_tests_exit_non_zero_with_the_reason(self, cli, vllm):
         invoke(
             "thirdparty",
             "add",
@@ -101,7 +101,7 @@ class TestThirdPartyCommands:
         assert as_json.exit_code == 1
         assert json.loads(as_json.stdout)["ok"] is False
 
-    def test_unreachable_server(self, admin_password):
+    def test_unreachable_server(self, cli):
         port = closed_port()
         invoke(
             "thirdparty",
@@ -118,7 +118,7 @@ class TestThirdPartyCommands:
         assert result.exit_code == 1
         assert f"Cannot reach 127.0.0.1:{port}: connection refused" in flat(result.output)
 
-    def test_private_embedding_entries_and_the_type_filter(self, admin_password):
+    def test_private_embedding_entries_and_the_type_filter(self, cli):
         added = invoke(
             "thirdparty",
             "add",
@@ -140,7 +140,7 @@ class TestThirdPartyCommands:
         assert embed["description"] == "for knowledge bases" and embed["has_api_key"] is False
         assert [entry["name"] for entry in listed()] == ["chat", "embed"]
 
-    def test_bad_input_and_unknown_names(self, admin_password):
+    def test_bad_input_and_unknown_names(self, cli):
         bad = invoke("thirdparty", "add", "x", "--provider", "anthropic", "--model", "m")
         assert bad.exit_code == 1
         assert (

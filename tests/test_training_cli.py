@@ -1,4 +1,5 @@
-"""`tuneyard train` and `tuneyard customized` on the tiny model, plus compare and promote."""
+"""`tuneyard train` and `tuneyard customized` against a real server on the tiny model, plus
+compare and promote."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ def invoke(*args: str):
     return runner.invoke(app, list(args))
 
 
-def test_train_start_wait_show_metrics_and_customized(client, auth, tiny_base, tmp_path):
+def test_train_start_wait_show_metrics_and_customized(cli, worker, tiny_base, tmp_path):
     data = tmp_path / "codes.jsonl"
     data.write_text("\n".join(json.dumps(r) for r in CHAT))
     added = invoke("data", "add", str(data), "--name", "codes")
@@ -57,7 +58,7 @@ def test_train_start_wait_show_metrics_and_customized(client, auth, tiny_base, t
     assert json.loads(invoke("customized", "list", "--json").stdout) == []
 
 
-def test_train_start_errors(client, auth, tiny_base):
+def test_train_start_errors(cli, tiny_base):
     bad = invoke("train", "start", "--base", "tiny", "--data", "nope", "--name", "x")
     assert bad.exit_code == 1 and "No dataset 'nope'" in bad.output
     odd = invoke(

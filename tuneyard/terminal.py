@@ -1,21 +1,23 @@
-"""How the CLI talks to a person: its session, tables or JSON, errors, and job progress bars."""
+"""How the CLI talks to a person: the server it speaks to (or, for the server's own commands,
+the data dir), tables or JSON, errors, and job progress bars."""
 
 from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable, Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, NoReturn
 
 import typer
 from pydantic import BaseModel
 from rich.console import Console
+from rich.measure import Measurement
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
-from sqlalchemy.orm import Session
 
-from tuneyard.errors import AppError
+from tuneyard.client import ApiError, Client
 
 console = Console()
 err_console = Console(stderr=True)
@@ -24,15 +26,39 @@ ProjectOption = typer.Option(
     None, "--project", "-p", envvar="TUNEYARD_PROJECT", help="Project code (default 1001)."
 )
 JsonOption = typer.Option(False, "--json", help="Print JSON instead of a table.")
+FINISHED = ("succeeded", "failed", "cancelled")
+POLL_SECONDS = 0.5
+# Columns that name or point at something: shown whole, never wrapped or cut.
+WHOLE_COLUMNS = {"id", "name", "prefix", "username", "model_id", "technical_name"}
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    err_console.print(f"[bold red]Error:[/] {message}", highlight=False)
+    raise typer.Exit(code)
 
 
 @contextmanager
-def cli_session(project: str | None = None) -> Iterator[tuple[Session, Any]]:
-    """A unit of work and the CLI's principal; AppErrors become a message and exit code 1."""
+def api() -> Iterator[Client]:
+    """The server you are logged in to; its errors become a message and exit code 1."""
+    from tuneyard.client import connect
+
+    try:
+        with connect() as client:
+            yield client
+    except ApiError as exc:
+        fail(exc.message)
+
+
+@contextmanager
+def local_session(project: str | None = None) -> Iterator[tuple[Any, Any]]:
+    """For the server's own commands: a unit of work on its database, as the project's first
+    admin with the operator's trust. The data dir must exist (`tuneyard init` makes one)."""
     from tuneyard.api import prepare
     from tuneyard.auth.service import local_principal
     from tuneyard.db import session_scope
+    from tuneyard.errors import AppError
 
+    require_data_dir()
     try:
         prepare(announce=lambda text: err_console.print(text))
         with session_scope() as session:
@@ -41,9 +67,19 @@ def cli_session(project: str | None = None) -> Iterator[tuple[Session, Any]]:
         fail(exc.message)
 
 
-def fail(message: str, code: int = 1):
-    err_console.print(f"[bold red]Error:[/] {message}", highlight=False)
-    raise typer.Exit(code)
+def require_data_dir() -> None:
+    """Refuse to run on a data dir that is not there, rather than start an empty one."""
+    from tuneyard.config import get_settings
+
+    data_dir = get_settings().data_dir
+    if not data_dir.is_dir():
+        fail(
+            f"No data dir at {data_dir}. Run this on the server's machine, in the folder it "
+            "runs in or with TUNEYARD_DATA_DIR set; `tuneyard init` creates a new one."
+        )
+
+
+# -- output ------------------------------------------------------------------------------
 
 
 def to_plain(value: Any) -> Any:
@@ -58,64 +94,156 @@ def print_json(value: Any) -> None:
     sys.stdout.write(json.dumps(to_plain(value), indent=2, default=str) + "\n")
 
 
-def print_table(rows: Sequence[BaseModel], columns: Sequence[str], title: str | None = None):
-    table = Table(title=title)
-    for column in columns:
-        table.add_column(column)
-    for row in rows:
-        data = row.model_dump(mode="json")
-        table.add_row(*(_cell(data.get(c)) for c in columns))
-    console.print(table)
+def print_table(rows: Sequence[Any], columns: Sequence[str], title: str | None = None):
+    """Rows as a table on a terminal wide enough to show every value whole; else (a pipe, a
+    narrow window) as tab-separated lines with a header, still whole."""
+    cells = [[_cell(to_plain(row).get(c)) for c in columns] for row in rows]
+    if console.is_terminal:
+        table = Table(title=title)
+        for column in columns:
+            whole = column in WHOLE_COLUMNS or column.endswith(("_id", "_name", "url"))
+            table.add_column(column, no_wrap=whole, overflow="fold")
+        for row in cells:
+            table.add_row(*row)
+        unbounded = console.options.update(max_width=sys.maxsize)
+        if Measurement.get(console, unbounded, table).minimum <= console.width:
+            console.print(table)
+            return
+    lines = ["\t".join(columns), *("\t".join(_one_line(c) for c in row) for row in cells)]
+    sys.stdout.write("\n".join(lines) + "\n")
 
 
-def print_record(record: BaseModel, skip: Sequence[str] = ()) -> None:
-    table = Table(show_header=False, box=None)
-    table.add_column(style="bold")
-    table.add_column()
-    for key, value in record.model_dump(mode="json").items():
-        if key not in skip:
-            table.add_row(key, _cell(value, width=None))
-    console.print(table)
+def print_record(record: Any, skip: Sequence[str] = ()) -> None:
+    """One object, a field a line; long values wrap on a terminal and are whole in a pipe."""
+    data = to_plain(record)
+    shown = [(key, _cell(value)) for key, value in data.items() if key not in skip]
+    if console.is_terminal:
+        table = Table(show_header=False, box=None)
+        table.add_column(style="bold", no_wrap=True)
+        table.add_column(overflow="fold")
+        for key, value in shown:
+            table.add_row(key, value)
+        console.print(table)
+        return
+    width = max((len(key) for key, _ in shown), default=0)
+    sys.stdout.write("".join(f"{key:<{width}}  {_one_line(value)}\n" for key, value in shown))
 
 
-def _cell(value: Any, width: int | None = 60) -> str:
+def _cell(value: Any) -> str:
     if value is None:
         return ""
-    text = json.dumps(value, default=str) if isinstance(value, dict | list) else str(value)
-    if width is not None and len(text) > width:
-        return text[: width - 1] + "…"
-    return text
+    return json.dumps(value, default=str) if isinstance(value, dict | list) else str(value)
 
 
-def run_job_with_progress(job_id: str, describe: Callable[[Any], str] | None = None):
-    """Run (or follow) a job in the foreground with a progress bar; Ctrl-C cancels it."""
-    from tuneyard.db import session_scope
-    from tuneyard.jobs.executor import Executor
-    from tuneyard.models import Job
+def _one_line(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n")
 
-    executor = Executor()
-    with Progress(
+
+# -- jobs --------------------------------------------------------------------------------
+
+
+def _progress_bar() -> Progress:
+    return Progress(
         TextColumn("{task.description}"),
         BarColumn(),
         TaskProgressColumn(),
         TimeElapsedColumn(),
         console=err_console,
         transient=False,
-    ) as bar:
+    )
+
+
+def follow_job(client: Client, job_id: str) -> dict[str, Any]:
+    """Follow a job the server runs, with a progress bar, until it ends; Ctrl-C asks the
+    server to cancel it (and a second Ctrl-C leaves it to the server). Exits 1 unless it
+    succeeded."""
+    from tuneyard.client import path_part
+
+    url = f"/jobs/{path_part(job_id)}"
+    with _progress_bar() as bar:
         task = bar.add_task("queued", total=100)
 
-        def on_poll(job):
+        def poll() -> dict[str, Any]:
+            while True:
+                job = client.get(url)
+                waiting = job["status"] == "queued" and not job["message"]
+                message = "queued: waiting for the server's worker" if waiting else job["message"]
+                bar.update(task, completed=job["progress"], description=message or job["status"])
+                if job["status"] in FINISHED:
+                    return job
+                time.sleep(POLL_SECONDS)
+
+        try:
+            job = poll()
+        except KeyboardInterrupt:
+            err_console.print("Cancelling… (Ctrl-C again stops following; the job goes on)")
+            try:
+                client.post(f"{url}/cancel")
+            except ApiError as exc:
+                if exc.status != 409:  # finished meanwhile: its status says how
+                    raise
+            try:
+                job = poll()
+            except KeyboardInterrupt:
+                fail(f"Stopped following job {job_id}; `tuneyard jobs show {job_id}` shows it.")
+    if job["status"] != "succeeded":
+        fail(f"Job {job_id} {job['status']}: {job['error'] or job['message']}")
+    return job
+
+
+def run_job_here(job_id: str, project: str | None = None) -> None:
+    """Run a job in this process with a progress bar (the server's own commands, before any
+    server runs); Ctrl-C cancels it. Exits 1 unless it succeeded."""
+    from tuneyard.auth.service import local_principal
+    from tuneyard.db import session_scope
+    from tuneyard.errors import Conflict
+    from tuneyard.jobs import service
+    from tuneyard.jobs.executor import Executor
+
+    executor = Executor()
+    with _progress_bar() as bar:
+        task = bar.add_task("queued", total=100)
+
+        def on_poll(job) -> None:
             bar.update(task, completed=job.progress, description=job.message or job.status)
 
         try:
             job = executor.run_until_finished(job_id, on_poll)
         except KeyboardInterrupt:
-            with session_scope() as session:
-                row = session.get(Job, job_id)
-                if row.status in ("queued", "running"):
-                    row.cancel_requested = True
             err_console.print("Cancelling…")
+            try:
+                with session_scope() as session:
+                    service.cancel_job(session, local_principal(session, project), job_id)
+            except Conflict:
+                pass  # it finished meanwhile
             job = executor.run_until_finished(job_id, on_poll)
     if job.status != "succeeded":
         fail(f"Job {job.id} {job.status}: {job.error or job.message}")
-    return job
+
+
+def pages_of(fetch: Callable[[int], tuple[list[dict], int]], limit: int = 500):
+    """Every item of a paged list, fetched a page at a time."""
+    offset = 0
+    while True:
+        items, total = fetch(offset)
+        yield from items
+        offset += len(items)
+        if not items or offset >= total or len(items) < limit:
+            return
+
+
+def find_by_name(client: Client, path: str, ref: str, name_field: str) -> Mapping[str, Any]:
+    """An object by id (GET PATH/REF), else by its name among the list at PATH; the server's
+    "not found" when neither matches."""
+    from tuneyard.client import path_part
+
+    try:
+        return client.get(f"{path}/{path_part(ref)}")
+    except ApiError as exc:
+        if exc.status != 404:
+            raise
+        missing = exc
+    for item in pages_of(lambda offset: client.items(path, limit=500, offset=offset)):
+        if item.get(name_field) == ref:
+            return item
+    raise missing

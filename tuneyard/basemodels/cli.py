@@ -1,4 +1,4 @@
-"""`tuneyard base`: register, import, list, show and remove base models."""
+"""`tuneyard base`: register, import, list, show and remove base models on the server."""
 
 from __future__ import annotations
 
@@ -10,15 +10,15 @@ from rich.table import Table
 
 from tuneyard.terminal import (
     JsonOption,
-    ProjectOption,
-    cli_session,
+    api,
     console,
     err_console,
     fail,
+    find_by_name,
+    follow_job,
     print_json,
     print_record,
     print_table,
-    run_job_with_progress,
 )
 
 app = typer.Typer(
@@ -46,10 +46,9 @@ CARD_ROWS = (
 )
 
 
-def _out(model):
-    from tuneyard.basemodels.schemas import BaseModelOut
-
-    return BaseModelOut.model_validate(model)
+def find(client, ref: str) -> dict:
+    """A base model by id or technical name."""
+    return find_by_name(client, "/base-models", ref, "technical_name")
 
 
 def _card_value(key: str, card: dict) -> str:
@@ -69,97 +68,87 @@ def _card_value(key: str, card: dict) -> str:
     return "" if value is None else str(value)
 
 
-def _show(out) -> None:
+def _show(out: dict) -> None:
     print_record(out, skip=("model_card", "deployment_template"))
-    if out.model_card:
+    if out["model_card"]:
         table = Table(title="Model card", show_header=False, box=None, title_justify="left")
-        table.add_column(style="bold")
-        table.add_column()
+        table.add_column(style="bold", no_wrap=True)
+        table.add_column(overflow="fold")
         for key, label in CARD_ROWS:
-            value = _card_value(key, out.model_card)
+            value = _card_value(key, out["model_card"])
             if value:
                 table.add_row(label, value)
         console.print(table)
-    if out.deployment_template:
+    if out["deployment_template"]:
         console.rule("Deployment template (Ollama TEMPLATE)")
-        console.print(out.deployment_template, markup=False, highlight=False)
+        console.print(out["deployment_template"], markup=False, highlight=False)
 
 
-def _follow(job_id: str, no_wait: bool, model_id: str, project: str | None) -> None:
-    """Run the job in the foreground with a progress bar, then show what it made."""
-    if no_wait:
-        console.print(f"Queued job {job_id}; follow it with `tuneyard jobs show {job_id}`.")
-        return
-    run_job_with_progress(job_id)
-    from tuneyard.basemodels import service
+def _create(body: dict, no_wait: bool) -> None:
+    """Register or import; follow an import's job with a progress bar, then show the model."""
+    with api() as client:
+        response = client.request("POST", "/base-models", json=body)
+        created = response.json()
+        if response.status_code != 202:  # a folder, registered at once
+            _show(created)
+            return
+        job_id = created["job_id"]
+        if no_wait:
+            console.print(f"Queued job {job_id}; follow it with `tuneyard jobs follow {job_id}`.")
+            return
+        follow_job(client, job_id)
+        _show(client.get(f"/base-models/{created['id']}"))
 
-    with cli_session(project) as (session, principal):
-        out = _out(service.get_base_model(session, principal, model_id))
-    _show(out)
+
+def _server_path(path: Path) -> str:
+    # A path on the server's machine; a relative one is read from here, as typed.
+    return str(path.expanduser().absolute())
 
 
 @app.command("add")
 def add(
-    path: Path = typer.Argument(..., help="An HF-format model folder, registered where it is."),
+    path: Path = typer.Argument(
+        ..., help="An HF-format model folder on the server's machine, registered where it is."
+    ),
     name: str = typer.Option(..., "--name", help="Technical name, unique in the project."),
     model_name: str = typer.Option(None, "--model-name", help="Display name (default: --name)."),
     model_type: str = typer.Option("chat", "--type", help="chat or embedding."),
-    project: str = ProjectOption,
 ):
-    """Register a local model folder in place (it is never moved or deleted)."""
-    from tuneyard.basemodels import service
-
-    with cli_session(project) as (session, principal):
-        model = service.register_path(
-            session, principal, name, str(path.expanduser().absolute()), model_name, model_type
-        )
-        out = _out(model)
-    _show(out)
+    """Register a model folder on the server in place (it is never moved or deleted); it must
+    lie in one of the server's model roots."""
+    body = {
+        "technical_name": name,
+        "path": _server_path(path),
+        "model_name": model_name,
+        "model_type": model_type,
+    }
+    _create(body, no_wait=False)
 
 
 @app.command("import-gguf")
 def import_gguf(
-    file: Path = typer.Argument(..., help="A .gguf model file."),
+    file: Path = typer.Argument(..., help="A .gguf model file on the server's machine."),
     name: str = typer.Option(..., "--name", help="Technical name, unique in the project."),
     model_name: str = typer.Option(None, "--model-name", help="Display name (default: --name)."),
     model_type: str = typer.Option("chat", "--type", help="chat or embedding."),
     no_wait: bool = NoWaitOption,
-    project: str = ProjectOption,
 ):
-    """Import a GGUF file as a float HF folder that Tuneyard keeps and can train."""
-    from tuneyard.basemodels import service
-
-    with cli_session(project) as (session, principal):
-        model, job = service.import_gguf(
-            session, principal, name, str(file.expanduser().absolute()), model_name, model_type
-        )
-        model_id, job_id = model.id, job.id
-    _follow(job_id, no_wait, model_id, project)
-
-
-@app.command("add-demo")
-def add_demo(no_wait: bool = NoWaitOption, project: str = ProjectOption):
-    """Add SmolLM2-135M-Instruct from the demo package (about a minute)."""
-    from tuneyard.basemodels import service
-
-    with cli_session(project) as (session, principal):
-        model = service.add_demo(session, principal)
-        job = service.active_job(session, model)
-        out = _out(model)
-    if job is None:
-        _show(out)
-    else:
-        _follow(job.id, no_wait, out.id, project)
+    """Import a GGUF file on the server as a float HF folder that Tuneyard keeps and can
+    train; it must lie in one of the server's model roots."""
+    body = {
+        "technical_name": name,
+        "gguf_path": _server_path(file),
+        "model_name": model_name,
+        "model_type": model_type,
+    }
+    _create(body, no_wait)
 
 
 @app.command("list")
-def list_models(project: str = ProjectOption, as_json: bool = JsonOption):
+def list_models(as_json: bool = JsonOption):
     """List the project's base models, newest first."""
-    from tuneyard.basemodels import service
-
-    with cli_session(project) as (session, principal):
-        models, total = service.list_base_models(session, principal, limit=500)
-        rows = [_out(m) for m in models]
+    with api() as client:
+        rows, total = client.items("/base-models", limit=500)
     if as_json:
         print_json(rows)
         return
@@ -168,32 +157,27 @@ def list_models(project: str = ProjectOption, as_json: bool = JsonOption):
 
 
 @app.command("show")
-def show(
-    model: str = typer.Argument(..., metavar="ID_OR_NAME"),
-    project: str = ProjectOption,
-    as_json: bool = JsonOption,
-):
+def show(model: str = typer.Argument(..., metavar="ID_OR_NAME"), as_json: bool = JsonOption):
     """Show a base model and its card."""
-    from tuneyard.basemodels import service
-
-    with cli_session(project) as (session, principal):
-        out = _out(service.find_base_model(session, principal, model))
+    with api() as client:
+        out = find(client, model)
     print_json(out) if as_json else _show(out)
 
 
 @app.command("rm")
-def rm(model: str = typer.Argument(..., metavar="ID_OR_NAME"), project: str = ProjectOption):
+def rm(model: str = typer.Argument(..., metavar="ID_OR_NAME")):
     """Unregister a base model; a folder registered in place stays on disk."""
-    from tuneyard.basemodels import service
-
-    with cli_session(project) as (session, principal):
-        row = service.find_base_model(session, principal, model)
-        name, managed, path = row.technical_name, row.managed, row.path
-        service.delete_base_model(session, principal, row.id)
-    if managed:
-        console.print(f"Removed base model {name} and its imported files.")
+    with api() as client:
+        row = find(client, model)
+        client.delete(f"/base-models/{row['id']}")
+    if row["managed"]:
+        console.print(f"Removed base model {row['technical_name']} and its imported files.")
     else:
-        console.print(f"Removed base model {name}; its folder {path} was left in place.")
+        console.print(
+            f"Removed base model {row['technical_name']}; its folder {row['path']} was left "
+            "in place.",
+            soft_wrap=True,
+        )
 
 
 @app.command("template")
@@ -202,24 +186,20 @@ def template(
     set_file: Path = typer.Option(
         None, "--set-file", help="Replace the deployment template with this file's text."
     ),
-    project: str = ProjectOption,
 ):
     """Print the deployment template (Ollama TEMPLATE), or replace it from a file."""
-    from tuneyard.basemodels import service
-
     text = None
     if set_file is not None:
         try:
             text = set_file.read_text(encoding="utf-8")
         except OSError as exc:
             fail(f"Cannot read {set_file}: {exc.strerror}.")
-    with cli_session(project) as (session, principal):
-        row = service.find_base_model(session, principal, model)
+    with api() as client:
+        row = find(client, model)
         if text is not None:
-            service.update_base_model(session, principal, row.id, deployment_template=text)
-        out = _out(row)
+            client.patch(f"/base-models/{row['id']}", {"deployment_template": text})
     if text is not None:
-        console.print(f"Updated the deployment template of {out.technical_name}.")
+        console.print(f"Updated the deployment template of {row['technical_name']}.")
         return
-    current = out.deployment_template or ""
+    current = row["deployment_template"] or ""
     sys.stdout.write(current if current.endswith("\n") else current + "\n")

@@ -1,12 +1,20 @@
-"""`tuneyard chat MODEL`: an interactive, streaming conversation with any model (or one shot)."""
+"""`tuneyard chat MODEL`: an interactive, streaming conversation with any model (or one shot),
+over the server's chat API."""
 
 from __future__ import annotations
 
+import json
 import sys
+from collections.abc import Iterator
+from typing import Any
 
+import httpx
 import typer
 
-from tuneyard.terminal import ProjectOption, cli_session, console, err_console, fail
+from tuneyard.terminal import api, console, err_console
+
+# A first answer may wait for the server to load the model (a minute or more on a CPU).
+ANSWER_TIMEOUT = httpx.Timeout(600.0, connect=10.0)
 
 
 def chat(
@@ -21,56 +29,43 @@ def chat(
     top_k: int = typer.Option(None, "--top-k", min=1),
     max_tokens: int = typer.Option(256, "--max-tokens", min=1),
     seed: int = typer.Option(None, "--seed"),
-    project: str = ProjectOption,
 ):
     """Chat with a model; answers stream as they are generated. Ctrl-D or /exit ends it."""
-    from tuneyard.chat import service
-    from tuneyard.chat.schemas import ChatParams, ChatRequest
-    from tuneyard.errors import Invalid
-    from tuneyard.inference.process import running_inference, stop_inference
-
-    try:
-        params = ChatParams(
-            system=system,
-            temperature=temperature,
-            top_p=top_p,
-            top_k=top_k,
-            max_tokens=max_tokens,
-            seed=seed,
-        )
-    except ValueError as exc:
-        fail(str(exc))
-    started_inference = running_inference() is None
+    params = {
+        "system": system,
+        "temperature": temperature,
+        "top_p": top_p,
+        "top_k": top_k,
+        "max_tokens": max_tokens,
+        "seed": seed,
+    }
     session_id = None
     interactive = prompt is None
-    if interactive:
-        err_console.print(f"Chatting with {model}. Ctrl-D or /exit ends the conversation.")
-    try:
+    with api() as client:
+        if interactive:
+            err_console.print(f"Chatting with {model}. Ctrl-D or /exit ends the conversation.")
         while True:
             text = prompt if not interactive else _read_line()
             if text is None or text.strip() in ("/exit", "/quit"):
                 break
             if not text.strip():
                 continue
-            request = ChatRequest(
-                model=model,
-                messages=[{"role": "user", "content": text}],
-                params=params,
-                session_id=session_id,
-            )
-            with cli_session(project) as (session, principal):
-                turn = service.prepare_turn(session, principal, request)
-            session_id = turn.session_id
-            failed = _print_answer(service.run_turn(turn))
+            request = {
+                "model": model,
+                "messages": [{"role": "user", "content": text}],
+                "params": params,
+                "session_id": session_id,
+                "stream": True,
+            }
+            answer = client.stream("POST", "/chat", json=request, timeout=ANSWER_TIMEOUT)
+            with answer as response:
+                done = _print_answer(_events(response.iter_lines()))
+            if done is None and not interactive:
+                raise typer.Exit(1)
+            if done is not None:
+                session_id = done["session_id"]
             if not interactive:
-                if failed:
-                    raise typer.Exit(1)
                 break
-    except Invalid as exc:
-        fail(exc.message)
-    finally:
-        if started_inference and running_inference() is not None:
-            stop_inference()
 
 
 def _read_line() -> str | None:
@@ -80,8 +75,19 @@ def _read_line() -> str | None:
         return None
 
 
-def _print_answer(events) -> bool:
-    """Stream the answer to stdout; True when it failed."""
+def _events(lines: Iterator[str]) -> Iterator[dict[str, Any]]:
+    """The events of a server-sent event stream, up to its `[DONE]`."""
+    for line in lines:
+        if not line.startswith("data:"):
+            continue
+        data = line.removeprefix("data:").strip()
+        if data == "[DONE]":
+            return
+        yield json.loads(data)
+
+
+def _print_answer(events: Iterator[dict[str, Any]]) -> dict[str, Any] | None:
+    """Stream the answer to stdout; its last event, or None when it failed."""
     for event in events:
         if "delta" in event:
             sys.stdout.write(event["delta"])
@@ -89,7 +95,7 @@ def _print_answer(events) -> bool:
         elif "error" in event:
             sys.stdout.write("\n")
             err_console.print(f"[bold red]Error:[/] {event['detail']}", highlight=False)
-            return True
+            return None
         elif event.get("done"):
             sys.stdout.write("\n")
             seconds = event["first_token_seconds"]
@@ -97,4 +103,5 @@ def _print_answer(events) -> bool:
             # Some servers (llama.cpp) send no token counts when streaming.
             counted = f"{tokens} tokens, first" if tokens is not None else "first token"
             err_console.print(f"[dim]{counted} after {seconds:.2f} s[/]")
-    return False
+            return event
+    return None

@@ -8,83 +8,82 @@ import typer
 
 from tuneyard.terminal import (
     JsonOption,
-    ProjectOption,
-    cli_session,
+    api,
     console,
     err_console,
     fail,
+    follow_job,
     print_json,
     print_record,
     print_table,
-    run_job_with_progress,
 )
 
 app = typer.Typer(
     help="Complete models: adapters merged into their base, or full fine-tunes.",
     no_args_is_help=True,
 )
-WaitOption = typer.Option(False, "--wait/--no-wait", help="Run here with a live progress bar.")
+WaitOption = typer.Option(
+    False,
+    "--wait/--no-wait",
+    help="Follow the job with a live progress bar until it ends; Ctrl-C cancels it.",
+)
+
+
+def _url(model: str) -> str:
+    from tuneyard.client import path_part
+
+    return f"/complete-models/{path_part(model)}"
 
 
 def save(
     customized: str = typer.Argument(..., help="The customized model: name or id."),
     dtype: str = typer.Option("bf16", "--dtype", help="bf16, fp16 or fp32; never quantized."),
     wait: bool = WaitOption,
-    project: str = ProjectOption,
 ):
     """Save a customized model as a complete model: its adapter merged into its base."""
-    from tuneyard.complete import service
+    from tuneyard.client import path_part
 
-    with cli_session(project) as (session, principal):
-        row = service.start_save(session, principal, customized, dtype)
-        model_id, name, job_id = row.id, row.name, row.job_id
-    console.print(f"Saving complete model {name} ({model_id}, job {job_id}).")
-    if not wait:
-        err_console.print(
-            "A running `tuneyard serve` or `tuneyard worker` runs it; follow it with "
-            f"`tuneyard complete show {name}`."
-        )
-        return
-    run_job_with_progress(job_id)
-    with cli_session(project) as (session, principal):
-        path = service.get_complete(session, principal, model_id).path
+    with api() as client:
+        accepted = client.post(f"/customized-models/{path_part(customized)}/save", {"dtype": dtype})
+        model_id, job_id = accepted["id"], accepted["job_id"]
+        name = client.get(_url(model_id))["name"]
+        console.print(f"Saving complete model {name} ({model_id}, job {job_id}).")
+        if not wait:
+            err_console.print(
+                f"The server runs it; follow it with `tuneyard complete show {name}`."
+            )
+            return
+        follow_job(client, job_id)
+        path = client.get(_url(model_id))["path"]
     # Not wrapped by rich, so the path can be copied whole.
     console.print(f"Complete model {name} is ready in {path}", soft_wrap=True)
 
 
 @app.command("list")
-def list_(project: str = ProjectOption, as_json: bool = JsonOption):
+def list_(as_json: bool = JsonOption):
     """List complete models, newest first."""
-    from tuneyard.complete import service
-    from tuneyard.complete.schemas import CompleteModelSummary
-
-    with cli_session(project) as (session, principal):
-        rows, _ = service.list_complete(session, principal, limit=500)
-        out = [CompleteModelSummary.model_validate(service.summary(r)) for r in rows]
+    with api() as client:
+        rows, _ = client.items("/complete-models", limit=500)
     if as_json:
-        print_json(out)
+        print_json(rows)
     else:
-        print_table(out, ["id", "name", "status", "dtype", "size_bytes", "base_model_name"])
+        print_table(rows, ["id", "name", "status", "dtype", "size_bytes", "base_model_name"])
 
 
 @app.command("show")
-def show(model: str, project: str = ProjectOption, as_json: bool = JsonOption):
+def show(model: str, as_json: bool = JsonOption):
     """Show a complete model and its card (by name or id)."""
-    from tuneyard.complete import service
-    from tuneyard.complete.schemas import CompleteModelOut
-
-    with cli_session(project) as (session, principal):
-        out = CompleteModelOut.model_validate(service.get_complete(session, principal, model))
+    with api() as client:
+        out = client.get(_url(model))
     print_json(out) if as_json else print_record(out)
 
 
 @app.command("rm")
-def rm(model: str, project: str = ProjectOption):
+def rm(model: str):
     """Delete a complete model and its folder."""
-    from tuneyard.complete import service
-
-    with cli_session(project) as (session, principal):
-        name = service.delete_complete(session, principal, model)
+    with api() as client:
+        name = client.get(_url(model))["name"]
+        client.delete(_url(model))
     console.print(f"Deleted complete model {name}.")
 
 
@@ -95,24 +94,21 @@ def export(
     fmt: str = typer.Option(
         None, "--format", help="tar or tar.gz (default: from the file name, else tar)."
     ),
-    project: str = ProjectOption,
 ):
-    """Write a complete model's folder as a tar (or tar.gz) archive."""
-    from tuneyard.complete import service
-    from tuneyard.complete.archive import tar_stream
+    """Download a complete model's folder as a tar (or tar.gz) archive."""
     from tuneyard.storage import atomic_file
 
     if fmt is None:
         fmt = "tar.gz" if path.name.endswith((".tar.gz", ".tgz")) else "tar"
-    with cli_session(project) as (session, principal):
-        service.check_archive_format(fmt)
-        folder, name = service.complete_archive(session, principal, model)
-    target = path / f"{name}.{fmt}" if path.is_dir() else path
-    if not target.parent.is_dir():
-        fail(f"{target.parent} is not a folder; give a path in an existing folder.")
-    with atomic_file(target) as handle:
-        for chunk in tar_stream(folder, name, fmt):
-            handle.write(chunk)
+    with api() as client:
+        name = client.get(_url(model))["name"]
+        target = path / f"{name}.{fmt}" if path.is_dir() else path
+        if not target.parent.is_dir():
+            fail(f"{target.parent} is not a folder; give a path in an existing folder.")
+        archive = client.stream("GET", f"{_url(model)}/archive", params={"format": fmt})
+        with archive as response, atomic_file(target) as handle:
+            for chunk in response.iter_bytes():
+                handle.write(chunk)
     console.print(f"Wrote {target} ({target.stat().st_size:,} bytes).", soft_wrap=True)
 
 
@@ -124,16 +120,14 @@ def push(
         False, "--public", help="Create the repository public (by default it is private)."
     ),
     wait: bool = WaitOption,
-    project: str = ProjectOption,
 ):
-    """Upload a complete model to the model hub (HF_ENDPOINT, token from HF_TOKEN); a
-    repository it creates is private unless --public."""
-    from tuneyard.complete import service
-
-    with cli_session(project) as (session, principal):
-        row, job = service.start_push(session, principal, model, repo_id, public)
-        name, job_id = row.name, job.id
-    console.print(f"Pushing {name} to {repo_id} (job {job_id}).")
-    if wait:
-        job = run_job_with_progress(job_id)
-        console.print(job.message)
+    """Have the server upload a complete model to the model hub (its HF_ENDPOINT and
+    HF_TOKEN); a repository it creates is private unless --public."""
+    with api() as client:
+        name = client.get(_url(model))["name"]
+        accepted = client.post(f"{_url(model)}/push", {"repo_id": repo_id, "public": public})
+        job_id = accepted["job_id"]
+        console.print(f"Pushing {name} to {repo_id} (job {job_id}).")
+        if wait:
+            job = follow_job(client, job_id)
+            console.print(job["message"])

@@ -4,50 +4,39 @@ from __future__ import annotations
 
 import typer
 
-from tuneyard.terminal import (
-    JsonOption,
-    ProjectOption,
-    cli_session,
-    console,
-    print_json,
-    print_record,
-    print_table,
-)
+from tuneyard.terminal import JsonOption, api, console, print_json, print_record, print_table
 
 app = typer.Typer(help="Customized models: adapters tied to their base.", no_args_is_help=True)
 
 
-@app.command("list")
-def list_(project: str = ProjectOption, as_json: bool = JsonOption):
-    """List customized models."""
-    from tuneyard.customized import service
-    from tuneyard.customized.schemas import CustomizedModelSummary
+def _url(model: str) -> str:
+    from tuneyard.client import path_part
 
-    with cli_session(project) as (session, principal):
-        rows, _ = service.list_customized(session, principal, limit=500)
-        out = [CustomizedModelSummary.model_validate(service.summary(r)) for r in rows]
+    return f"/customized-models/{path_part(model)}"
+
+
+@app.command("list")
+def list_(as_json: bool = JsonOption):
+    """List customized models."""
+    with api() as client:
+        rows, _ = client.items("/customized-models", limit=500)
     if as_json:
-        print_json(out)
+        print_json(rows)
     else:
-        print_table(out, ["id", "name", "base_model_name", "method", "final_loss", "created_at"])
+        print_table(rows, ["id", "name", "base_model_name", "method", "final_loss", "created_at"])
 
 
 @app.command("show")
-def show(model: str, project: str = ProjectOption, as_json: bool = JsonOption):
+def show(model: str, as_json: bool = JsonOption):
     """Show a customized model and its card (by name or id)."""
-    from tuneyard.customized import service
-    from tuneyard.customized.schemas import CustomizedModelOut
-
-    with cli_session(project) as (session, principal):
-        out = CustomizedModelOut.model_validate(service.get_customized(session, principal, model))
+    with api() as client:
+        out = client.get(_url(model))
     print_json(out) if as_json else print_record(out)
 
 
 @app.command("rm")
-def rm(model: str, project: str = ProjectOption):
+def rm(model: str):
     """Delete a customized model's adapter; complete models saved from it stay."""
-    from tuneyard.customized import service
-
-    with cli_session(project) as (session, principal):
-        service.delete_customized(session, principal, model)
+    with api() as client:
+        client.delete(_url(model))
     console.print(f"Deleted customized model {model}.")
