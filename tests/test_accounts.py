@@ -146,7 +146,7 @@ class TestResetPassword:
         from tuneyard.cli import app
 
         result = CliRunner().invoke(
-            app, ["users", "passwd", "admin"], env={"TUNEYARD_NEW_PASSWORD": "from-the-cli"}
+            app, ["users", "recover", "admin"], env={"TUNEYARD_NEW_PASSWORD": "from-the-cli"}
         )
         assert result.exit_code == 0, result.output
         assert "Changed the password of admin" in result.output

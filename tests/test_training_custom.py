@@ -488,7 +488,7 @@ class TestTheOperatorDecides:
         granted = runner.invoke(cli_app, ["users", "operator", "boss", "-p", "2002"])
         assert granted.exit_code == 0, granted.output
         assert "boss (project 2002) is now the server's operator." in granted.stdout
-        users = json.loads(runner.invoke(cli_app, ["users", "list", "-p", "2002", "--json"]).stdout)
+        users = client.get("/api/v1/users", headers=boss).json()["items"]
         assert [(u["username"], u["operator"]) for u in users] == [("boss", True)]
         assert added(client, boss, "loop", LOOP_SCRIPT)["custom"] is True
         assert upload_reward(client, boss, "r").status_code == 201
@@ -854,7 +854,7 @@ class TestCancelAndDelete:
 
 
 class TestCLI:
-    def test_add_list_and_remove(self, client, tmp_path):
+    def test_add_list_and_remove(self, cli, tmp_path):
         runner = CliRunner()
         script = tmp_path / "loop.py"
         script.write_text(LOOP_SCRIPT)
