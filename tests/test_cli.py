@@ -355,10 +355,61 @@ class TestJobs:
         assert result.exit_code == 0, result.output
         assert f"Job {job_id} succeeded" in flat(result.stdout)
 
+    def test_ctrl_c_cancels_the_job_it_follows(self, cli, principal, worker, tmp_path, monkeypatch):
+        from tests.conftest import wait_for_job
+        from tuneyard.client import Client
+        from tuneyard.db import session_scope
+        from tuneyard.jobs import service
+
+        with session_scope() as session:
+            params = {"pid_file": str(tmp_path / "pid")}
+            job_id = service.enqueue(session, principal, "test.sleep", params).id
+        wait_for_job(job_id, statuses=("running",))
+        get = Client.get
+
+        def interrupted_once(client, path, **params):
+            if not interrupted:
+                interrupted.append(path)
+                raise KeyboardInterrupt
+            return get(client, path, **params)
+
+        interrupted: list[str] = []
+        monkeypatch.setattr(Client, "get", interrupted_once)
+        result = invoke("jobs", "follow", job_id)
+        assert result.exit_code == 1
+        assert "Cancelling" in result.stderr
+        assert f"Error: Job {job_id} cancelled" in flat(result.stderr)
+        assert wait_for_job(job_id).status == "cancelled"
+
     def test_show_unknown(self, cli):
         result = invoke("jobs", "show", "nope")
         assert result.exit_code == 1
         assert "No job 'nope'" in result.output
+
+
+class TestTables:
+    ROWS = [{"id": "1786893d-66b1-4b7c-9b3e-5d7c2a0e9f41", "name": "SmolLM2-135M-Instruct"}]
+
+    def printed(self, monkeypatch, capsys, width: int) -> str:
+        from io import StringIO
+
+        from rich.console import Console
+
+        from tuneyard import terminal
+
+        screen = StringIO()
+        sized = Console(file=screen, width=width, force_terminal=True, color_system=None)
+        monkeypatch.setattr(terminal, "console", sized)
+        terminal.print_table(self.ROWS, ["id", "name", "status"])
+        return screen.getvalue() + capsys.readouterr().out
+
+    def test_a_wide_terminal_gets_a_table(self, monkeypatch, capsys):
+        shown = self.printed(monkeypatch, capsys, 120)
+        assert "┃ id " in shown and f"│ {self.ROWS[0]['id']} │ {self.ROWS[0]['name']} │" in shown
+
+    def test_a_narrow_terminal_gets_whole_values_a_row_a_line(self, monkeypatch, capsys):
+        shown = self.printed(monkeypatch, capsys, 50)
+        assert shown == f"id\tname\tstatus\n{self.ROWS[0]['id']}\t{self.ROWS[0]['name']}\t\n"
 
 
 @pytest.mark.parametrize("command", [("base", "list"), ("data", "list"), ("jobs", "list")])
