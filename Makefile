@@ -25,8 +25,9 @@ install-dev: $(BIN)/python browser
 browser:
 	bash scripts/ensure-chromium.sh
 
+## The data dir, its database and first admin, and the demo base model (imported here).
 demo:
-	$(BIN)/tuneyard base add-demo
+	$(BIN)/tuneyard init --demo
 
 serve:
 	$(BIN)/tuneyard serve

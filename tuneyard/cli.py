@@ -161,7 +161,8 @@ def init(
         _finish_demo(model_id, no_wait, project)
     console.print(
         "Start the server with `tuneyard serve`, then log in with "
-        f"`tuneyard login http://{settings.host}:{settings.port}`."
+        f"`tuneyard login http://{settings.host}:{settings.port}`.",
+        soft_wrap=True,
     )
 
 
