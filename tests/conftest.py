@@ -227,7 +227,7 @@ def api_server(app):
     from tests.http_double import BackgroundServer
 
     server = BackgroundServer(app, "Tuneyard API", lifespan="on")
-    server.url = f"http://127.0.0.1:{server.start()}"
+    server.start()
     yield server
     server.stop()
 

@@ -14,6 +14,7 @@ class BackgroundServer:
     def __init__(self, app, name: str, **config):
         self.app, self.name, self.config = app, name, config
         self.port = 0
+        self.url = ""
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
 
@@ -35,6 +36,7 @@ class BackgroundServer:
             if time.monotonic() > deadline or not self._thread.is_alive():
                 raise RuntimeError(f"the {self.name} did not start")
             time.sleep(0.01)
+        self.url = f"http://127.0.0.1:{self.port}"
         return self.port
 
     def stop(self) -> None:

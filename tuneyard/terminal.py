@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, NoReturn
 
@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.measure import Measurement
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from tuneyard.client import ApiError, Client
 
@@ -94,17 +95,17 @@ def print_json(value: Any) -> None:
     sys.stdout.write(json.dumps(to_plain(value), indent=2, default=str) + "\n")
 
 
-def print_table(rows: Sequence[Any], columns: Sequence[str], title: str | None = None):
+def print_table(rows: Sequence[Any], columns: Sequence[str]) -> None:
     """Rows as a table on a terminal wide enough to show every value whole; else (a pipe, a
     narrow window) as tab-separated lines with a header, still whole."""
     cells = [[_cell(to_plain(row).get(c)) for c in columns] for row in rows]
     if console.is_terminal:
-        table = Table(title=title)
+        table = Table()
         for column in columns:
             whole = column in WHOLE_COLUMNS or column.endswith(("_id", "_name", "url"))
             table.add_column(column, no_wrap=whole, overflow="fold")
         for row in cells:
-            table.add_row(*row)
+            table.add_row(*(Text(cell) for cell in row))  # values, never rich markup
         unbounded = console.options.update(max_width=sys.maxsize)
         if Measurement.get(console, unbounded, table).minimum <= console.width:
             console.print(table)
@@ -122,7 +123,7 @@ def print_record(record: Any, skip: Sequence[str] = ()) -> None:
         table.add_column(style="bold", no_wrap=True)
         table.add_column(overflow="fold")
         for key, value in shown:
-            table.add_row(key, value)
+            table.add_row(key, Text(value))
         console.print(table)
         return
     width = max((len(key) for key, _ in shown), default=0)
@@ -232,7 +233,7 @@ def pages_of(fetch: Callable[[int], tuple[list[dict], int]], limit: int = 500):
             return
 
 
-def find_by_name(client: Client, path: str, ref: str, name_field: str) -> Mapping[str, Any]:
+def find_by_name(client: Client, path: str, ref: str, name_field: str) -> dict[str, Any]:
     """An object by id (GET PATH/REF), else by its name among the list at PATH; the server's
     "not found" when neither matches."""
     from tuneyard.client import path_part
