@@ -122,18 +122,23 @@ def api_router() -> APIRouter:
     return router
 
 
-def prepare(announce=print) -> None:
-    """Migrate the database, create the first admin on a first start, finish deletions a
-    crash interrupted, and make the import folder models are registered from by default."""
+def prepare(announce=print, migrate: bool = False) -> None:
+    """Bring the database's schema up to date (see db.ensure_schema for when it may), create
+    the first admin on a first start, finish deletions a crash interrupted, and make the import
+    folder models are registered from by default.
+
+    Any number of processes may prepare one database at once: they take turns under
+    db.schema_lock, so it is migrated once and gets exactly one first admin."""
     from tuneyard.auth.service import ensure_bootstrap
-    from tuneyard.db import session_scope, upgrade
+    from tuneyard.db import ensure_schema, schema_lock, session_scope
     from tuneyard.storage import Layout, finish_pending_deletions
 
     settings = get_settings()
-    upgrade(settings)
-    with session_scope(settings) as session:
-        password = ensure_bootstrap(session, settings)
-        finish_pending_deletions(session, settings)
+    with schema_lock(settings):
+        ensure_schema(settings, migrate=migrate, announce=announce)
+        with session_scope(settings) as session:
+            password = ensure_bootstrap(session, settings)
+            finish_pending_deletions(session, settings)
     settings.import_dir.mkdir(parents=True, exist_ok=True)
     if password:
         announce(

@@ -151,7 +151,7 @@ def init(
     settings = get_settings()
     existed = settings.data_dir.is_dir()
     Layout(settings).ensure_root()
-    with local_session(project) as (session, principal):
+    with local_session(project, migrate=True) as (session, principal):
         model_id = _queue_demo(session, principal) if demo else None
     if existed:
         console.print(f"The data dir {settings.data_dir} is up to date.", soft_wrap=True)
@@ -191,11 +191,30 @@ def _finish_demo(model_id: str, no_wait: bool, project: str | None) -> None:
     console.print(f"Base model {name} is ready.")
 
 
+MigrateOption = typer.Option(
+    False,
+    "--migrate",
+    help="Migrate a PostgreSQL database whose schema is behind this Tuneyard (SQLite is "
+    "always migrated). Without it, a team runs `tuneyard db upgrade` once.",
+)
+
+
+def _prepare_or_fail(migrate: bool) -> None:
+    from tuneyard.api import prepare
+    from tuneyard.errors import AppError
+
+    try:
+        prepare(migrate=migrate)
+    except AppError as exc:
+        fail(exc.message)
+
+
 @app.command()
 def serve(
     host: str = typer.Option(None, help="Address to bind (default from TUNEYARD_HOST)."),
     port: int = typer.Option(None, help="Port (default from TUNEYARD_PORT, 8000)."),
     worker: bool = typer.Option(True, help="Run a job worker in the same process."),
+    migrate: bool = MigrateOption,
 ):
     """Start the web console, the API (and a job worker) on HOST:PORT.
 
@@ -204,7 +223,7 @@ def serve(
     """
     import uvicorn
 
-    from tuneyard.api import create_app, prepare
+    from tuneyard.api import create_app
     from tuneyard.config import get_settings
     from tuneyard.storage import Layout
 
@@ -214,7 +233,7 @@ def serve(
     elif not settings.data_dir.is_dir():
         Layout(settings).ensure_root()
         console.print(f"Created the data dir {settings.data_dir}.", soft_wrap=True)
-    prepare()
+    _prepare_or_fail(migrate)
     host = host or settings.host
     port = port or settings.port
     console.print(
@@ -229,6 +248,7 @@ def serve(
 @app.command()
 def worker(
     concurrency: int = typer.Option(None, min=1, help="Jobs at once (default from settings)."),
+    migrate: bool = MigrateOption,
 ):
     """Run a job worker alone, beside a `tuneyard serve --no-worker`.
 
@@ -237,12 +257,11 @@ def worker(
     import signal
     import threading
 
-    from tuneyard.api import prepare
     from tuneyard.deploy.supervisor import Supervisor
     from tuneyard.jobs.executor import Executor
 
     require_data_dir()
-    prepare()
+    _prepare_or_fail(migrate)
     executor = Executor(concurrency=concurrency)
     executor.sweep()
     Supervisor().start()
@@ -259,11 +278,15 @@ def worker(
 
 @db_app.command("upgrade")
 def db_upgrade():
-    """Apply database migrations."""
+    """Apply database migrations (once, before a team's servers and workers start)."""
     from tuneyard.db import upgrade
+    from tuneyard.errors import AppError
 
     require_data_dir()
-    upgrade()
+    try:
+        upgrade()
+    except AppError as exc:
+        fail(exc.message)
     console.print("Database is up to date.")
 
 

@@ -21,6 +21,12 @@ class Settings(BaseSettings):
     database_url: str | None = Field(
         None, description="SQLAlchemy URL; default is SQLite in the data dir."
     )
+    auto_migrate: bool = Field(
+        False,
+        description="Let `tuneyard serve` and `tuneyard worker` migrate a PostgreSQL database "
+        "whose schema is behind the code; without it they refuse and name `tuneyard db "
+        "upgrade`. SQLite databases are always migrated on start.",
+    )
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
     job_concurrency: int = Field(1, ge=1, le=64, description="Jobs run at once by one worker.")

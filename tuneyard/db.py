@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import fcntl
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-from sqlalchemy import Engine, MetaData, create_engine, event
+from sqlalchemy import Engine, MetaData, create_engine, event, text
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
 from tuneyard.config import Settings, get_settings
+from tuneyard.errors import AppError
 from tuneyard.storage import Layout
 
 NAMING_CONVENTION = {
@@ -22,6 +25,10 @@ NAMING_CONVENTION = {
 }
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+# The PostgreSQL advisory lock that processes starting on one database take in turn to
+# migrate it and create its first admin (any fixed 64-bit number; this one spells "tuneyard").
+SCHEMA_LOCK_KEY = 0x74756E6579617264
+UPGRADE_COMMAND = "tuneyard db upgrade"
 
 
 class Base(DeclarativeBase):
@@ -72,6 +79,38 @@ def session_scope(settings: Settings | None = None) -> Iterator[Session]:
         session.close()
 
 
+@contextmanager
+def schema_lock(settings: Settings | None = None) -> Iterator[None]:
+    """Held while a process migrates the database and creates its first admin, so that any
+    number of processes may start together: they take turns, and the later ones find the work
+    done. PostgreSQL: an advisory lock on a connection of its own (released if the process
+    dies); SQLite: an exclusive lock on a file beside the database."""
+    settings = settings or get_settings()
+    engine = get_engine(settings)
+    if engine.dialect.name == "postgresql":
+        with engine.connect() as connection:
+            connection = connection.execution_options(isolation_level="AUTOCOMMIT")
+            connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": SCHEMA_LOCK_KEY})
+            try:
+                yield
+            finally:
+                connection.execute(
+                    text("SELECT pg_advisory_unlock(:key)"), {"key": SCHEMA_LOCK_KEY}
+                )
+        return
+    database = engine.url.database
+    if engine.dialect.name != "sqlite" or not database or database == ":memory:":
+        yield  # a database no other process can open
+        return
+    path = Path(database)
+    with open(path.with_name(path.name + ".lock"), "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def alembic_config(settings: Settings | None = None):
     from alembic.config import Config
 
@@ -83,11 +122,93 @@ def alembic_config(settings: Settings | None = None):
     return config
 
 
-def upgrade(settings: Settings | None = None) -> None:
-    """Apply every migration not yet applied."""
+class SchemaMismatch(AppError):
+    """The database's schema is not the one this code needs; the message says what to run."""
+
+    status = 503
+
+
+@dataclass(frozen=True)
+class SchemaState:
+    """Where the database's schema stands against this code's migrations."""
+
+    current: str | None  # the database's revision; None for an empty database
+    head: str  # the newest revision this code has
+    known: bool  # whether this code has the database's revision
+
+    @property
+    def up_to_date(self) -> bool:
+        return self.current == self.head
+
+    @property
+    def newer_than_code(self) -> bool:
+        return self.current is not None and not self.known
+
+
+def schema_state(settings: Settings | None = None) -> SchemaState:
+    from alembic.runtime.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+    from alembic.util.exc import CommandError
+
+    settings = settings or get_settings()
+    script = ScriptDirectory.from_config(alembic_config(settings))
+    with get_engine(settings).connect() as connection:
+        current = MigrationContext.configure(connection).get_current_revision()
+    try:
+        known = current is None or script.get_revision(current) is not None
+    except CommandError:
+        known = False
+    return SchemaState(current=current, head=script.get_current_head(), known=known)
+
+
+def _refuse_newer(state: SchemaState) -> SchemaMismatch:
+    return SchemaMismatch(
+        f"The database's schema is at revision {state.current}, which this Tuneyard does not "
+        f"know (its newest is {state.head}): a newer Tuneyard migrated it. Install the version "
+        "of Tuneyard the rest of the team runs, then start again."
+    )
+
+
+def ensure_schema(
+    settings: Settings | None = None, migrate: bool = False, announce=lambda _text: None
+) -> None:
+    """Bring the schema to this code's head, or refuse to go on. Call it holding schema_lock.
+
+    Code older than the schema refuses. Code newer than the schema migrates an SQLite
+    database (the embedded default) as it always did; a PostgreSQL database, which a team
+    shares, only when told to (`migrate`, or TUNEYARD_AUTO_MIGRATE); otherwise it refuses and
+    names the command that migrates."""
+    settings = settings or get_settings()
+    state = schema_state(settings)
+    if state.up_to_date:
+        return
+    if state.newer_than_code:
+        raise _refuse_newer(state)
+    if get_engine(settings).dialect.name != "sqlite" and not (migrate or settings.auto_migrate):
+        where = "is empty" if state.current is None else f"is at revision {state.current}"
+        raise SchemaMismatch(
+            f"The database {where}; this Tuneyard needs revision {state.head}. Run "
+            f"`{UPGRADE_COMMAND}` once with the same settings, then start again (or start "
+            "with --migrate, or set TUNEYARD_AUTO_MIGRATE=true, to migrate on start)."
+        )
+    announce(f"Migrating the database from {state.current or 'empty'} to {state.head}.")
+    _upgrade(settings)
+
+
+def _upgrade(settings: Settings | None) -> None:
     from alembic import command
 
     command.upgrade(alembic_config(settings), "head")
+
+
+def upgrade(settings: Settings | None = None) -> None:
+    """Apply every migration not yet applied, one process at a time; refuse a database that a
+    newer Tuneyard migrated."""
+    with schema_lock(settings):
+        state = schema_state(settings)
+        if state.newer_than_code:
+            raise _refuse_newer(state)
+        _upgrade(settings)
 
 
 def check(settings: Settings | None = None) -> None:

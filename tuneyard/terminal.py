@@ -51,9 +51,10 @@ def api() -> Iterator[Client]:
 
 
 @contextmanager
-def local_session(project: str | None = None) -> Iterator[tuple[Any, Any]]:
+def local_session(project: str | None = None, migrate: bool = False) -> Iterator[tuple[Any, Any]]:
     """For the server's own commands: a unit of work on its database, as the project's first
-    admin with the operator's trust. The data dir must exist (`tuneyard init` makes one)."""
+    admin with the operator's trust. The data dir must exist (`tuneyard init` makes one);
+    `migrate` brings a shared database's schema up to date (db.ensure_schema)."""
     from tuneyard.api import prepare
     from tuneyard.auth.service import local_principal
     from tuneyard.db import session_scope
@@ -61,7 +62,7 @@ def local_session(project: str | None = None) -> Iterator[tuple[Any, Any]]:
 
     require_data_dir()
     try:
-        prepare(announce=lambda text: err_console.print(text))
+        prepare(announce=lambda text: err_console.print(text), migrate=migrate)
         with session_scope() as session:
             yield session, local_principal(session, project)
     except AppError as exc:
