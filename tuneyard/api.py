@@ -15,6 +15,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from tuneyard import __version__
 from tuneyard.config import get_settings
 from tuneyard.errors import AppError, error_responses
+from tuneyard.readiness import Readiness, check_readiness
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +105,18 @@ def api_router() -> APIRouter:
             "mode": settings.mode,
             "database": settings.db_url.split(":", 1)[0].split("+")[0],
         }
+
+    @router.get(
+        "/health/ready",
+        tags=["system"],
+        response_model=Readiness,
+        responses={503: {"model": Readiness, "description": "Not ready; `reasons` say why."}},
+    )
+    def ready():
+        """200 when the database answers, its schema is current and a worker was seen
+        recently; 503 with the reasons otherwise. The job backlog is counted either way."""
+        readiness = check_readiness()
+        return JSONResponse(readiness.model_dump(), status_code=200 if readiness.ready else 503)
 
     for sub in (
         auth_router,

@@ -145,13 +145,19 @@ class SchemaState:
         return self.current is not None and not self.known
 
 
+@lru_cache(maxsize=1)
+def _migration_scripts():
+    from alembic.script import ScriptDirectory
+
+    return ScriptDirectory(str(MIGRATIONS_DIR))
+
+
 def schema_state(settings: Settings | None = None) -> SchemaState:
     from alembic.runtime.migration import MigrationContext
-    from alembic.script import ScriptDirectory
     from alembic.util.exc import CommandError
 
     settings = settings or get_settings()
-    script = ScriptDirectory.from_config(alembic_config(settings))
+    script = _migration_scripts()
     with get_engine(settings).connect() as connection:
         current = MigrationContext.configure(connection).get_current_revision()
     try:

@@ -130,6 +130,19 @@ class Job(Base):
     cancel_requested: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
 
 
+class Worker(Base):
+    """A job executor that runs (in `tuneyard worker`, or in `tuneyard serve` with its worker),
+    seen at its last heartbeat: readiness and the dashboard tell the live ones by it."""
+
+    __tablename__ = "workers"
+
+    id: Mapped[str] = mapped_column(String(200), primary_key=True)  # the jobs' worker_id
+    host: Mapped[str] = mapped_column(String(200), nullable=False)
+    started_at: Mapped[datetime] = created_column()
+    seen_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False, index=True)
+    running_jobs: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+
+
 class JobEvent(Base):
     __tablename__ = "job_events"
 

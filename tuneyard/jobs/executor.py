@@ -49,11 +49,13 @@ from datetime import timedelta
 
 import psutil
 from sqlalchemy import and_, or_, select, update
+from sqlalchemy.exc import SQLAlchemyError
 
 from tuneyard.config import Settings, get_settings
 from tuneyard.db import session_scope
 from tuneyard.jobs import service
 from tuneyard.jobs.registry import get_kind
+from tuneyard.jobs.workers import forget_worker, record_heartbeat
 from tuneyard.models import Job, utcnow
 from tuneyard.storage import Layout
 
@@ -199,6 +201,7 @@ class Executor:
         self.running: dict[str, _Running] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._last_beat = 0.0
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -214,6 +217,8 @@ class Executor:
         if self._thread is not None:
             self._thread.join(timeout)
         _live_here.discard(self.worker_id)
+        with contextlib.suppress(SQLAlchemyError), session_scope(self.settings) as session:
+            forget_worker(session, self.worker_id)
 
     def loop(self, poll_seconds: float = 0.5) -> None:
         while not self._stop.is_set():
@@ -224,10 +229,20 @@ class Executor:
             self._stop.wait(poll_seconds)
 
     def tick(self) -> None:
+        self.beat()
         self.reap()
         self.forward_cancels()
         self.sweep()
         self.claim_and_start()
+
+    def beat(self) -> None:
+        """Tell the others this worker is alive (at most once per job heartbeat period)."""
+        now = time.monotonic()
+        if now - self._last_beat < self.settings.job_heartbeat_seconds:
+            return
+        with session_scope(self.settings) as session:
+            record_heartbeat(session, self.worker_id, HOST, len(self.running))
+        self._last_beat = now
 
     # -- jobs other workers left -----------------------------------------------------------
 
