@@ -201,11 +201,12 @@ class TestReadiness:
         assert client.get("/api/v1/health").json()["status"] == "ok"
 
 
-def wait_ready(probe, timeout: float = 60.0) -> dict:
+def wait_ready(probe, timeout: float = 60.0, workers: int = 1) -> dict:
+    """The readiness answer once it is 200 with at least `workers` workers seen."""
     deadline = time.monotonic() + timeout
     while True:
         response = probe()
-        if response.status_code == 200:
+        if response.status_code == 200 and response.json()["workers"] >= workers:
             return response.json()
         if time.monotonic() > deadline:
             raise AssertionError(f"not ready in {timeout} s: {response.text}")
@@ -270,6 +271,11 @@ def test_a_server_and_two_workers_start_together_on_an_empty_database(tmp_path, 
             engine.dispose()
             assert versions == [(schema_state_head(),)]
             assert (projects, admins) == (1, 1)
+            # Both workers are seen; one that stops is no longer counted.
+            wait_ready(lambda: ready_probe(port, processes, logs), workers=2)
+            os.killpg(processes[2].pid, signal.SIGTERM)
+            processes[2].wait(20)
+            assert ready_probe(port, processes[:2], logs).json()["workers"] == 1
         finally:
             for process in processes:
                 with contextlib.suppress(ProcessLookupError):

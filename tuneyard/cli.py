@@ -274,6 +274,8 @@ def worker(
             stop.wait(0.5)
     except KeyboardInterrupt:
         pass
+    finally:
+        executor.stop()  # no longer counted as a live worker
 
 
 @db_app.command("upgrade")
