@@ -60,6 +60,34 @@ def empty_database(data: Path):
         admin.dispose()
 
 
+class TestSchemaLock:
+    def test_a_second_holder_waits_for_the_first_and_says_so(self, data_dir):
+        import threading
+
+        from tuneyard.db import WAITING_FOR_LOCK, schema_lock
+
+        held, release, order, said = threading.Event(), threading.Event(), [], []
+
+        def first():
+            with schema_lock():
+                held.set()
+                release.wait(10)
+                order.append("first")
+
+        thread = threading.Thread(target=first)
+        thread.start()
+        assert held.wait(10)
+        threading.Timer(0.5, release.set).start()
+        with schema_lock(announce=said.append):
+            order.append("second")
+        thread.join(10)
+        assert order == ["first", "second"]
+        assert said == [WAITING_FOR_LOCK]
+        with schema_lock(announce=said.append):
+            pass  # free again: no waiting
+        assert said == [WAITING_FOR_LOCK]
+
+
 class TestSchemaVersions:
     def test_code_older_than_the_schema_refuses_to_start(self, data_dir):
         from tuneyard.api import prepare

@@ -147,7 +147,7 @@ def prepare(announce=print, migrate: bool = False) -> None:
     from tuneyard.storage import Layout, finish_pending_deletions
 
     settings = get_settings()
-    with schema_lock(settings):
+    with schema_lock(settings, announce):
         ensure_schema(settings, migrate=migrate, announce=announce)
         with session_scope(settings) as session:
             password = ensure_bootstrap(session, settings)

@@ -79,24 +79,29 @@ def session_scope(settings: Settings | None = None) -> Iterator[Session]:
         session.close()
 
 
+WAITING_FOR_LOCK = "Another Tuneyard process is migrating or preparing the database; waiting."
+
+
 @contextmanager
-def schema_lock(settings: Settings | None = None) -> Iterator[None]:
+def schema_lock(settings: Settings | None = None, announce=lambda _text: None) -> Iterator[None]:
     """Held while a process migrates the database and creates its first admin, so that any
     number of processes may start together: they take turns, and the later ones find the work
-    done. PostgreSQL: an advisory lock on a connection of its own (released if the process
-    dies); SQLite: an exclusive lock on a file beside the database."""
+    done (`announce` hears when one has to wait). PostgreSQL: an advisory lock on a connection
+    of its own (released if the process dies); SQLite: an exclusive lock on a file beside the
+    database."""
     settings = settings or get_settings()
     engine = get_engine(settings)
     if engine.dialect.name == "postgresql":
         with engine.connect() as connection:
             connection = connection.execution_options(isolation_level="AUTOCOMMIT")
-            connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": SCHEMA_LOCK_KEY})
+            key = {"key": SCHEMA_LOCK_KEY}
+            if not connection.scalar(text("SELECT pg_try_advisory_lock(:key)"), key):
+                announce(WAITING_FOR_LOCK)
+                connection.execute(text("SELECT pg_advisory_lock(:key)"), key)
             try:
                 yield
             finally:
-                connection.execute(
-                    text("SELECT pg_advisory_unlock(:key)"), {"key": SCHEMA_LOCK_KEY}
-                )
+                connection.execute(text("SELECT pg_advisory_unlock(:key)"), key)
         return
     database = engine.url.database
     if engine.dialect.name != "sqlite" or not database or database == ":memory:":
@@ -104,7 +109,11 @@ def schema_lock(settings: Settings | None = None) -> Iterator[None]:
         return
     path = Path(database)
     with open(path.with_name(path.name + ".lock"), "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            announce(WAITING_FOR_LOCK)
+            fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield
         finally:
