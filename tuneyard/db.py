@@ -13,7 +13,7 @@ from sqlalchemy import Engine, MetaData, create_engine, event, text
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
 from tuneyard.config import Settings, get_settings
-from tuneyard.errors import AppError
+from tuneyard.errors import Unavailable
 from tuneyard.storage import Layout
 
 NAMING_CONVENTION = {
@@ -131,10 +131,8 @@ def alembic_config(settings: Settings | None = None):
     return config
 
 
-class SchemaMismatch(AppError):
+class SchemaMismatch(Unavailable):
     """The database's schema is not the one this code needs; the message says what to run."""
-
-    status = 503
 
 
 @dataclass(frozen=True)
