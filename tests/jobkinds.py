@@ -37,13 +37,16 @@ def _discard_written(session, job):
 
 @job_kind("test.write", cleanup=_discard_written)
 def write_job(ctx):
-    """Writes a folder part by part (one a tenth of a second), then makes it visible."""
-    Path(ctx.params["pid_file"]).write_text(str(os.getpid()))
+    """Writes a folder part by part (one a tenth of a second, or `step_seconds`), then makes
+    it visible. The pid file appears once the first part is written and reported."""
     target = Path(ctx.params["target"])
+    pause = float(ctx.params.get("step_seconds", 0.1))
     with atomic_dir(target) as staging:
         for step in range(int(ctx.params.get("steps", 600))):
             (staging / f"part-{step}").write_text("x")
             ctx.progress(step, f"wrote part {step}")
-            time.sleep(0.1)
+            if step == 0:
+                Path(ctx.params["pid_file"]).write_text(str(os.getpid()))
+            time.sleep(pause)
     with ctx.session():
         return {"path": str(target)}

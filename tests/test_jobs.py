@@ -186,8 +186,14 @@ class TestTakenForDead:
         monkeypatch.setenv("TUNEYARD_JOB_HEARTBEAT_SECONDS", "3600")  # silent from now on
         reset_settings()
         target, pid_file = tmp_path / "out", tmp_path / "pid"
+        # Parts two seconds apart: the sweep below comes between two of its progress reports.
         job_id = enqueue(
-            principal, "test.write", target=str(target), pid_file=str(pid_file), steps=100
+            principal,
+            "test.write",
+            target=str(target),
+            pid_file=str(pid_file),
+            steps=100,
+            step_seconds=2,
         )
         owner = Executor()
         try:
