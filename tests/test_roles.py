@@ -42,7 +42,7 @@ READS = {
         "get_base_model",
         "list_base_models",
     },
-    "tuneyard.chat.service": {"get_session", "list_sessions", "session_messages"},
+    "tuneyard.chat.service": {"chat_model", "get_session", "list_sessions", "session_messages"},
     "tuneyard.complete.service": {
         "adapter_archive",
         "complete_archive",
@@ -106,6 +106,8 @@ OWN = {
         "prepare_compare",
         "prepare_turn",
         "rename_session",
+        "start_compare",
+        "start_turn",
     },
 }
 
@@ -123,6 +125,7 @@ WITHOUT_PRINCIPAL = {
         "remove_ended_tokens",
     },
     "tuneyard.basemodels.service": {
+        "base_model_of",
         "demo_gguf_file",
         "describe_folder",
         "finish_folder",
@@ -153,6 +156,7 @@ WITHOUT_PRINCIPAL = {
         "environment_out",
         "environment_uses_key",
         "is_managed",
+        "live_api_key",
         "live_model_name",
         "source_uses_key",
         "uses_key",

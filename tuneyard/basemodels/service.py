@@ -60,6 +60,11 @@ def find_base_model(session: Session, principal: Principal, id_or_name: str) -> 
     return model
 
 
+def base_model_of(session: Session, derived) -> BaseModel | None:
+    """The base model a customized or complete model was trained from, while it exists."""
+    return session.get(BaseModel, derived.base_model_id) if derived.base_model_id else None
+
+
 def list_base_models(session: Session, principal: Principal, limit: int = 50, offset: int = 0):
     stmt = (
         select(BaseModel)

@@ -1,10 +1,8 @@
 """Where a chat goes: every model in the yard answers through an OpenAI-compatible endpoint.
 
 Local models (base, customized as base + adapter, complete) are served by Tuneyard's inference
-process; live models by their serving tool; third-party models by their provider. A model
-reference names one: `base:<id>`, `customized:<id>`, `complete:<id>`, `live:<id>`,
-`third-party:<id>`, or a bare lifecycle name (each kind's names follow their own rule, so a name
-finds at most one model of each kind; the first kind in REFERENCE_KINDS that has it wins).
+process; live models by their serving tool; third-party models by their provider. Which model
+a reference names is tuneyard.modelref's rule, the same for every caller.
 """
 
 from __future__ import annotations
@@ -18,10 +16,10 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from tuneyard import modelref
 from tuneyard.auth.service import Principal
-from tuneyard.errors import Conflict, Invalid, NotFound, Unavailable
-
-REFERENCE_KINDS = ("customized", "complete", "live", "third-party", "base")
+from tuneyard.errors import Conflict, Invalid, Unavailable
+from tuneyard.modelref import Capability, FoundModel, ModelKind
 
 
 @dataclass(frozen=True)
@@ -47,124 +45,84 @@ class Delta:
     usage: dict[str, Any] | None = None
 
 
-def parse_ref(ref: str) -> tuple[str | None, str]:
-    kind, sep, rest = ref.partition(":")
-    if sep and kind in REFERENCE_KINDS and rest:
-        return kind, rest
-    return None, ref
-
-
 def _local_dir(path: str | None, what: str) -> str:
     if not path or not Path(path).is_dir():
         raise Conflict(f"The folder of {what} ({path}) is gone; it cannot answer.")
     return path
 
 
-def _resolve_kind(session: Session, principal: Principal, kind: str, key: str) -> ChatModel:
-    if kind == "base":
-        from tuneyard.basemodels.service import find_base_model
-
-        row = find_base_model(session, principal, key)
+def _chat_model(session: Session, found: FoundModel) -> ChatModel:
+    """Where a model that can chat answers, once it is ready to."""
+    row, ref = found.row, str(found.ref)
+    if found.kind is ModelKind.BASE:
         if row.status != "ready":
             raise Conflict(f"Base model '{row.technical_name}' is {row.status}.")
         folder = _local_dir(row.path, f"base model '{row.technical_name}'")
         return ChatModel(
-            f"base:{row.id}",
-            "base",
-            row.id,
-            row.technical_name,
-            local={"model_dir": folder, "adapter_dir": None},
+            ref, "base", row.id, found.name, local={"model_dir": folder, "adapter_dir": None}
         )
-    if kind == "customized":
-        from tuneyard.customized.service import get_customized
-        from tuneyard.models import BaseModel
+    if found.kind is ModelKind.CUSTOMIZED:
+        from tuneyard.basemodels.service import base_model_of
 
-        row = get_customized(session, principal, key)
-        base = session.get(BaseModel, row.base_model_id) if row.base_model_id else None
+        base = base_model_of(session, row)
         if base is None:
             raise Conflict(
                 f"The base model of {row.name} was deleted; an adapter answers on its base. "
                 "Chat with a complete model saved from it instead."
             )
         return ChatModel(
-            f"customized:{row.id}",
+            ref,
             "customized",
             row.id,
-            row.name,
+            found.name,
             local={
                 "model_dir": _local_dir(base.path, f"base model '{base.technical_name}'"),
                 "adapter_dir": _local_dir(row.path, f"customized model {row.name}"),
             },
         )
-    if kind == "complete":
-        from tuneyard.complete.service import get_complete
-
-        row = get_complete(session, principal, key)
+    if found.kind is ModelKind.COMPLETE:
         if row.status != "ready":
             raise Conflict(f"Complete model {row.name} is {row.status}.")
         return ChatModel(
-            f"complete:{row.id}",
+            ref,
             "complete",
             row.id,
-            row.name,
+            found.name,
             local={
                 "model_dir": _local_dir(row.path, f"complete model {row.name}"),
                 "adapter_dir": None,
             },
         )
-    if kind == "live":
-        from tuneyard.deploy.service import environment_api_key, get_live
-        from tuneyard.models import DeployEnvironment
+    if found.kind is ModelKind.LIVE:
+        from tuneyard.deploy.service import live_api_key
 
-        row = get_live(session, principal, key)
         if row.status != "live" or not row.endpoint_url:
             raise Conflict(f"Live model {row.name} is {row.status}; it cannot answer.")
-        environment = session.get(DeployEnvironment, row.environment_id)
         return ChatModel(
-            f"live:{row.id}",
+            ref,
             "live",
             row.id,
-            row.name,
+            found.name,
             row.endpoint_url,
             row.model_id,
-            environment_api_key(environment),
+            live_api_key(session, row),
         )
-    if kind == "third-party":
-        from tuneyard.thirdparty.service import get_third_party, third_party_api_key
+    from tuneyard.thirdparty.service import third_party_api_key
 
-        row = get_third_party(session, principal, key)
-        if row.model_type != "chat":
-            raise Invalid(
-                f"Third-party model {row.name} is an {row.model_type} model; it cannot chat."
-            )
-        return ChatModel(
-            f"third-party:{row.id}",
-            "third-party",
-            row.id,
-            row.name,
-            row.base_url,
-            row.model_name,
-            third_party_api_key(session, row),
-        )
-    raise Invalid(f"Unknown model kind '{kind}'; use one of: {', '.join(REFERENCE_KINDS)}.")
+    return ChatModel(
+        ref,
+        "third-party",
+        row.id,
+        found.name,
+        row.base_url,
+        row.model_name,
+        third_party_api_key(session, row),
+    )
 
 
 def resolve_model(session: Session, principal: Principal, ref: str) -> ChatModel:
     """A model reference (`kind:id_or_name`) or a bare name, resolved to where it answers."""
-    if not ref or not ref.strip():
-        raise Invalid("Name a model: `kind:id` (base, customized, complete, live, third-party).")
-    kind, key = parse_ref(ref.strip())
-    if kind is not None:
-        return _resolve_kind(session, principal, kind, key)
-    for candidate in REFERENCE_KINDS:
-        try:
-            return _resolve_kind(session, principal, candidate, key)
-        except NotFound:
-            continue
-    raise NotFound(
-        f"No model '{ref}'. Name one as kind:id (base, customized, complete, live, "
-        "third-party), or list them with GET /v1/models."
-    )
+    return _chat_model(session, modelref.resolve(session, principal, ref, Capability.CHAT))
 
 
 # -- talking to an endpoint -----------------------------------------------------------------

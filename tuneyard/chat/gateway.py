@@ -6,22 +6,22 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from collections import Counter
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
+from tuneyard import modelref
 from tuneyard.auth.service import Principal
 from tuneyard.bounds import INT64_MAX, INT64_MIN
-from tuneyard.chat.backends import resolve_model, stream_chat
+from tuneyard.chat.backends import stream_chat
 from tuneyard.chat.schemas import MAX_CONTENT_CHARS, MAX_MESSAGES, MAX_STOP, MAX_TOKENS, MAX_TOP_K
+from tuneyard.chat.service import chat_model
 from tuneyard.deps import CurrentPrincipal, DbSession
 from tuneyard.errors import AppError, Invalid, error_responses
-from tuneyard.models import BaseModel as BaseModelRow
-from tuneyard.models import CompleteModel, CustomizedModel, LiveModel, ThirdPartyModel
 
 GATEWAY_PREFIX = "/v1"
 
@@ -80,49 +80,20 @@ class GatewayRequest(BaseModel):
 
 
 def usable_models(session: Session, principal: Principal) -> list[dict[str, Any]]:
-    """Every model the caller can chat with, under its lifecycle name."""
-    project = principal.project_id
-    rows: list[tuple[str, str, str, Any]] = []
-    for base in session.scalars(
-        select(BaseModelRow).where(
-            BaseModelRow.project_id == project, BaseModelRow.status == "ready"
-        )
-    ):
-        rows.append((base.technical_name, "base", base.id, base.created_at))
-    for model in session.scalars(
-        select(CustomizedModel).where(CustomizedModel.project_id == project)
-    ):
-        rows.append((model.name, "customized", model.id, model.created_at))
-    for model in session.scalars(
-        select(CompleteModel).where(
-            CompleteModel.project_id == project, CompleteModel.status == "ready"
-        )
-    ):
-        rows.append((model.name, "complete", model.id, model.created_at))
-    for model in session.scalars(
-        select(LiveModel).where(LiveModel.project_id == project, LiveModel.status == "live")
-    ):
-        rows.append((model.name, "live", model.id, model.created_at))
-    for model in session.scalars(
-        select(ThirdPartyModel).where(
-            ThirdPartyModel.project_id == project,
-            ThirdPartyModel.model_type == "chat",
-            or_(
-                ThirdPartyModel.private.is_(False), ThirdPartyModel.created_by == principal.user_id
-            ),
-        )
-    ):
-        rows.append((model.name, "third-party", model.id, model.created_at))
+    """Every model the caller can chat with, under its lifecycle name; a name that two of them
+    carry would be refused as ambiguous, so those two are listed under their `kind:id`."""
+    models = modelref.list_models(session, principal, modelref.Capability.CHAT)
+    names = Counter(model.name for model in models)
     return [
         {
-            "id": name,
+            "id": model.name if names[model.name] == 1 else str(model.ref),
             "object": "model",
-            "created": int(created.timestamp()),
+            "created": int(model.created_at.timestamp()),
             "owned_by": "tuneyard",
-            "tuneyard_kind": kind,
-            "tuneyard_ref": f"{kind}:{model_id}",
+            "tuneyard_kind": model.kind.value,
+            "tuneyard_ref": str(model.ref),
         }
-        for name, kind, model_id, created in rows
+        for model in models
     ]
 
 
@@ -162,12 +133,10 @@ def _messages(body: GatewayRequest) -> list[dict[str, str]]:
     "/chat/completions",
     responses={200: {"content": {"application/json": {}, "text/event-stream": {}}}},
 )
-def chat_completions(body: GatewayRequest, principal: CurrentPrincipal, session: DbSession):
+def chat_completions(body: GatewayRequest, principal: CurrentPrincipal):
     """OpenAI's chat completions: one JSON answer, or server-sent chunks with stream."""
     messages, params = _messages(body), _params(body)
-    model = resolve_model(session, principal, body.model)
-    # Nothing to keep: the connection goes back before the model's (maybe slow) answer.
-    session.commit()
+    model = chat_model(principal, body.model)
     completion_id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
     created = int(time.time())
     if body.stream:

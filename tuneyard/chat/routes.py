@@ -41,12 +41,11 @@ def sse(events: Iterator[dict[str, Any]]) -> StreamingResponse:
     response_model=ChatAnswer,
     responses={200: {"content": {"text/event-stream": {}}}},
 )
-def chat(body: ChatRequest, principal: CurrentPrincipal, session: DbSession):
+def chat(body: ChatRequest, principal: CurrentPrincipal):
     """One turn with a model. With stream (default) the answer comes as server-sent events:
     `{"delta": text}` pieces, then `{"done": true, "session_id", "message_id", ...}` or
     `{"error", "detail"}`, then `[DONE]`."""
-    turn = service.prepare_turn(session, principal, body)
-    session.commit()  # the user's message is kept even if the model fails
+    turn = service.start_turn(principal, body)
     if body.stream:
         return sse(service.run_turn(turn))
     events = list(service.run_turn(turn))
@@ -66,11 +65,10 @@ def _rebuilt(event: dict[str, Any]) -> AppError:
 
 
 @router.post("/compare", responses={200: {"content": {"text/event-stream": {}}}})
-def compare(body: CompareRequest, principal: CurrentPrincipal, session: DbSession):
+def compare(body: CompareRequest, principal: CurrentPrincipal):
     """The same messages to two to four models at once, streamed side by side: every event
     carries the model's `index` and `model` reference."""
-    turns = service.prepare_compare(session, principal, body)
-    session.commit()
+    turns = service.start_compare(principal, body)
     return sse(service.run_compare(turns))
 
 

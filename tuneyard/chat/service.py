@@ -127,6 +127,20 @@ def prepare_turn(session: Session, principal: Principal, request: ChatRequest) -
     return PreparedTurn(model, chat.id, [*system, *history, *new], params)
 
 
+def start_turn(principal: Principal, request: ChatRequest) -> PreparedTurn:
+    """prepare_turn in a unit of work of its own, committed before the model is asked: the
+    user's message is kept even if the model fails, and no connection waits on the answer."""
+    with session_scope() as session:
+        return prepare_turn(session, principal, request)
+
+
+def chat_model(principal: Principal, ref: str) -> ChatModel:
+    """The model `ref` names, resolved in a unit of work of its own that ends before the
+    (maybe slow) answer."""
+    with session_scope() as session:
+        return resolve_model(session, principal, ref)
+
+
 def record_answer(session_id: str, model_ref: str, text: str, usage: dict[str, Any]) -> str:
     """Store an answer in its own unit of work (it arrives after the request's has ended)."""
     with session_scope() as session:
@@ -212,6 +226,12 @@ def prepare_compare(
             )
         )
     return turns
+
+
+def start_compare(principal: Principal, request: CompareRequest) -> list[PreparedTurn]:
+    """prepare_compare in a unit of work of its own, committed before the models are asked."""
+    with session_scope() as session:
+        return prepare_compare(session, principal, request)
 
 
 def run_compare(turns: list[PreparedTurn]) -> Iterator[dict[str, Any]]:

@@ -18,7 +18,9 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from tuneyard import modelref
 from tuneyard.auth.service import Principal
+from tuneyard.basemodels.service import base_model_of
 from tuneyard.deploy.schemas import (
     ENVIRONMENT_KINDS,
     ENVIRONMENT_NAME_PATTERN,
@@ -27,6 +29,7 @@ from tuneyard.deploy.schemas import (
 )
 from tuneyard.errors import Conflict, Invalid, NotFound
 from tuneyard.jobs import service as jobs
+from tuneyard.modelref import Capability, ModelKind
 from tuneyard.models import (
     BaseModel,
     DeployEnvironment,
@@ -41,7 +44,6 @@ from tuneyard.secrets import decrypt_secret, encrypt_secret
 from tuneyard.storage import Layout, delete_on_commit
 
 DEPLOY_JOB = "deploy.model"
-SOURCE_KINDS = ("base", "customized", "complete")
 LIVE_STATUSES = ("deploying", "live", "failed", "stopped")
 ENVIRONMENT_NAME = re.compile(ENVIRONMENT_NAME_PATTERN)
 
@@ -236,6 +238,12 @@ def environment_api_key(row: DeployEnvironment) -> str | None:
     return decrypt_secret(row.api_key_encrypted)
 
 
+def live_api_key(session: Session, live: LiveModel) -> str | None:
+    """The key requests to the live model's endpoint carry: its environment's."""
+    environment = session.get(DeployEnvironment, live.environment_id)
+    return environment_api_key(environment) if environment is not None else None
+
+
 def live_models_in(session: Session, environment_id: str) -> list[LiveModel]:
     return list(
         session.scalars(
@@ -304,10 +312,6 @@ class Source:
     lineage: dict[str, Any]
 
 
-def _base_row(session: Session, base_id: str | None) -> BaseModel | None:
-    return session.get(BaseModel, base_id) if base_id else None
-
-
 def _template_of(base: BaseModel | None, folder: Path) -> tuple[str | None, list[str]]:
     """The base's deployment template and stop tokens, or ones derived from the folder."""
     if base is not None and base.deployment_template:
@@ -328,11 +332,10 @@ def _ready_dir(path: str | None, what: str) -> Path:
 
 
 def resolve_source(session: Session, principal: Principal, kind: str, source_id: str) -> Source:
-    """The model a deploy names, checked to have its files."""
-    if kind == "base":
-        from tuneyard.basemodels.service import find_base_model
-
-        base = find_base_model(session, principal, source_id)
+    """The model a deploy names, checked to be deployable and to have its files."""
+    found = modelref.find(session, principal, kind, source_id, Capability.DEPLOY)
+    if found.kind is ModelKind.BASE:
+        base = found.row
         if base.status != "ready":
             raise Conflict(
                 f"Base model '{base.technical_name}' is {base.status}; deploy it once ready."
@@ -351,15 +354,12 @@ def resolve_source(session: Session, principal: Principal, kind: str, source_id:
             stop,
             {"base_model": base.technical_name, "base_model_id": base.id},
         )
-    if kind == "complete":
-        from tuneyard.complete.service import get_complete
-
-        row = get_complete(session, principal, source_id)
+    row = found.row
+    if found.kind is ModelKind.COMPLETE:
         if row.status != "ready":
             raise Conflict(f"Complete model {row.name} is {row.status}; deploy it once ready.")
         folder = _ready_dir(row.path, f"complete model {row.name}")
-        base = _base_row(session, row.base_model_id)
-        template, stop = _template_of(base, folder)
+        template, stop = _template_of(base_model_of(session, row), folder)
         lineage = dict((row.model_card or {}).get("lineage", {}))
         lineage.update(complete_model=row.name, complete_model_id=row.id)
         return Source(
@@ -374,36 +374,31 @@ def resolve_source(session: Session, principal: Principal, kind: str, source_id:
             stop,
             lineage,
         )
-    if kind == "customized":
-        from tuneyard.customized.service import get_customized
-
-        row = get_customized(session, principal, source_id)
-        adapter_dir = _ready_dir(row.path, f"customized model {row.name}")
-        base = _base_row(session, row.base_model_id)
-        if base is None:
-            raise Conflict(
-                f"The base model of customized model {row.name} was deleted; an adapter is "
-                "served on its base, so deploy a complete model saved from it instead."
-            )
-        if base.status != "ready":
-            raise Conflict(f"Base model '{base.technical_name}' is {base.status}.")
-        base_dir = _ready_dir(base.path, f"base model '{base.technical_name}'")
-        template, stop = _template_of(base, base_dir)
-        lineage = dict((row.model_card or {}).get("lineage", {}))
-        lineage.update(customized_model=row.name, customized_model_id=row.id)
-        return Source(
-            "customized",
-            row.id,
-            row.name,
-            base_dir,
-            adapter_dir,
-            base.id,
-            base.technical_name,
-            template,
-            stop,
-            lineage,
+    adapter_dir = _ready_dir(row.path, f"customized model {row.name}")
+    base = base_model_of(session, row)
+    if base is None:
+        raise Conflict(
+            f"The base model of customized model {row.name} was deleted; an adapter is "
+            "served on its base, so deploy a complete model saved from it instead."
         )
-    raise Invalid(f"Unknown source kind '{kind}'; use one of: {', '.join(SOURCE_KINDS)}.")
+    if base.status != "ready":
+        raise Conflict(f"Base model '{base.technical_name}' is {base.status}.")
+    base_dir = _ready_dir(base.path, f"base model '{base.technical_name}'")
+    template, stop = _template_of(base, base_dir)
+    lineage = dict((row.model_card or {}).get("lineage", {}))
+    lineage.update(customized_model=row.name, customized_model_id=row.id)
+    return Source(
+        "customized",
+        row.id,
+        row.name,
+        base_dir,
+        adapter_dir,
+        base.id,
+        base.technical_name,
+        template,
+        stop,
+        lineage,
+    )
 
 
 def source_uses_key(source: Source) -> str:

@@ -9,7 +9,6 @@ from tuneyard.console.session import read
 from tuneyard.console.widgets import needs
 
 SECTION = "/deeptext"
-MODEL_LIMIT = 500
 # The order a picker lists models in: as the lifecycle makes them.
 KIND_LABELS = {
     "base": "Base",
@@ -22,29 +21,11 @@ KIND_LABELS = {
 
 def chat_models(session, principal) -> list[dict[str, str]]:
     """Every model of the project that can answer a chat, in lifecycle order, as plain values."""
-    from tuneyard.basemodels.service import list_base_models
-    from tuneyard.complete.service import list_complete
-    from tuneyard.customized.service import list_customized
-    from tuneyard.deploy.service import list_live
-    from tuneyard.thirdparty.service import list_third_party
+    from tuneyard.modelref import Capability, list_models
 
-    found: list[tuple[str, str, str]] = []
-    bases, _ = list_base_models(session, principal, limit=MODEL_LIMIT)
-    found += [
-        ("base", row.id, row.technical_name)
-        for row in bases
-        if row.status == "ready" and row.model_type == "chat"
-    ]
-    customized, _ = list_customized(session, principal, limit=MODEL_LIMIT)
-    found += [("customized", row.id, row.name) for row in customized]
-    complete, _ = list_complete(session, principal, limit=MODEL_LIMIT)
-    found += [("complete", row.id, row.name) for row in complete if row.status == "ready"]
-    live, _ = list_live(session, principal, status="live", limit=MODEL_LIMIT)
-    found += [("live", row.id, row.name) for row in live]
-    third_party, _ = list_third_party(session, principal, model_type="chat", limit=MODEL_LIMIT)
-    found += [("third-party", row.id, row.name) for row in third_party]
     return [
-        {"ref": f"{kind}:{model_id}", "kind": kind, "name": name} for kind, model_id, name in found
+        {"ref": str(model.ref), "kind": model.kind.value, "name": model.name}
+        for model in list_models(session, principal, Capability.CHAT)
     ]
 
 
