@@ -42,6 +42,7 @@ from tuneyard.outbound import api_key_problem, url_problem
 from tuneyard.pagination import paginate
 from tuneyard.secrets import decrypt_secret, encrypt_secret
 from tuneyard.storage import Layout, delete_on_commit
+from tuneyard.thirdparty.service import create_third_party
 
 DEPLOY_JOB = "deploy.model"
 LIVE_STATUSES = ("deploying", "live", "failed", "stopped")
@@ -412,17 +413,82 @@ def source_uses_key(source: Source) -> str:
 # -- deploying ------------------------------------------------------------------------------
 
 
-def _free_name(session: Session, principal: Principal, source_name: str, quantization: str):
+def _free_name(session: Session, project_id: str, source_name: str, quantization: str):
     while True:
         deploy_id = new_id()
         name = live_model_name(source_name, deploy_id, quantization)
         taken = session.scalar(
-            select(LiveModel.id).where(
-                LiveModel.project_id == principal.project_id, LiveModel.name == name
-            )
+            select(LiveModel.id).where(LiveModel.project_id == project_id, LiveModel.name == name)
         )
         if taken is None:
             return deploy_id, name
+
+
+def add_live_model(
+    session: Session,
+    project_id: str,
+    source: Source,
+    environment: DeployEnvironment,
+    quantization: str,
+    *,
+    system: str | None = None,
+    parameters: dict[str, Any] | None = None,
+    job_id: str | None = None,
+    deploy_card: dict[str, Any] | None = None,
+    card: dict[str, Any] | None = None,
+) -> LiveModel:
+    """A live model for `source` on `environment`, "deploying", named by the rule, with its
+    card (`deploy_card` adds to the card's deploy section, `card` to the card)."""
+    from tuneyard.deploy.targets import target_for
+
+    deploy_id, name = _free_name(session, project_id, source.name, quantization)
+    row = LiveModel(
+        id=deploy_id,
+        project_id=project_id,
+        name=name,
+        tag=target_for(environment.kind).tag_for(name),
+        environment_id=environment.id,
+        source_kind=source.kind,
+        source_id=source.id,
+        source_name=source.name,
+        quantization=quantization,
+        status="deploying",
+        system=system,
+        parameters=parameters,
+        job_id=job_id,
+        model_card={
+            "name": name,
+            "kind": "live",
+            "created_at": utcnow().isoformat(),
+            "lineage": {**source.lineage, "source_kind": source.kind, "source": source.name},
+            "deploy": {
+                "environment": environment.name,
+                "environment_kind": environment.kind,
+                "quantization": quantization,
+                **(deploy_card or {}),
+            },
+            **(card or {}),
+        },
+    )
+    session.add(row)
+    session.flush()
+    return row
+
+
+def live_base_to_reuse(
+    session: Session, environment_id: str, base_id: str, quantization: str
+) -> LiveModel | None:
+    """A live model of the base on the environment at that quantization, which an adapter
+    deployed there can go on top of."""
+    return session.scalar(
+        select(LiveModel).where(
+            LiveModel.environment_id == environment_id,
+            LiveModel.source_kind == "base",
+            LiveModel.source_id == base_id,
+            LiveModel.quantization == quantization,
+            LiveModel.status == "live",
+        )
+    )
 
 
 def _check_parameters(parameters: dict[str, Any] | None) -> dict[str, Any]:
@@ -468,45 +534,24 @@ def start_deploy(
     )
     if parity.status == "mismatch" and not allow_template_mismatch:
         raise Invalid(f"Template parity check failed: {parity.detail}")
-    deploy_id, name = _free_name(session, principal, source.name, quantization)
-    row = LiveModel(
-        id=deploy_id,
-        project_id=principal.project_id,
-        name=name,
-        tag=target.tag_for(name),
-        environment_id=environment.id,
-        source_kind=source.kind,
-        source_id=source.id,
-        source_name=source.name,
-        quantization=quantization,
-        status="deploying",
+    row = add_live_model(
+        session,
+        principal.project_id,
+        source,
+        environment,
+        quantization,
         system=system,
         parameters=parameters,
-        model_card={
-            "name": name,
-            "kind": "live",
-            "created_at": utcnow().isoformat(),
-            "lineage": {**source.lineage, "source_kind": source.kind, "source": source.name},
-            "deploy": {
-                "environment": environment.name,
-                "environment_kind": environment.kind,
-                "quantization": quantization,
-                "system": system,
-                "parameters": parameters,
-            },
-            "template_parity": parity.as_card(),
-            "warnings": warnings,
-        },
+        deploy_card={"system": system, "parameters": parameters},
+        card={"template_parity": parity.as_card(), "warnings": warnings},
     )
-    session.add(row)
-    session.flush()
     job = jobs.enqueue(
         session,
         principal,
         DEPLOY_JOB,
         {"live_model_id": row.id},
         uses=[source_uses_key(source), uses_key(row.id), environment_uses_key(environment.id)],
-        message=f"Waiting for a worker to deploy {name} to {environment.name}",
+        message=f"Waiting for a worker to deploy {row.name} to {environment.name}",
     )
     row.job_id = job.id
     return row
@@ -630,28 +675,18 @@ def register_live(
     if row.status != "live" or not row.endpoint_url or not row.model_id:
         raise Conflict(f"Live model {row.name} is {row.status}; register it once it is live.")
     environment = session.get(DeployEnvironment, row.environment_id)
-    name = name or row.name
-    taken = session.scalar(
-        select(ThirdPartyModel.id).where(
-            ThirdPartyModel.project_id == principal.project_id, ThirdPartyModel.name == name
-        )
-    )
-    if taken is not None:
-        raise Conflict(f"A third-party model named '{name}' exists; register under another name.")
-    entry = ThirdPartyModel(
-        project_id=principal.project_id,
-        name=name,
+    entry = create_third_party(
+        session,
+        principal,
+        name=name or row.name,
         provider="ollama" if environment.kind == "ollama" else "openai-compatible",
-        model_type="chat",
         model_name=row.model_id,
+        model_type="chat",
         base_url=row.endpoint_url,
         description=description
         if description is not None
         else f"Registered from live model {row.name} on {environment.name}.",
         private=private,
-        created_by=principal.user_id,
         live_model_id=row.id,
     )
-    session.add(entry)
-    session.flush()
     return entry

@@ -9,11 +9,16 @@ from sqlalchemy.orm import Session
 
 from tuneyard.auth.service import Principal
 from tuneyard.db import session_scope
-from tuneyard.deploy.service import DEPLOY_JOB, live_model_name, resolve_source
+from tuneyard.deploy.service import (
+    DEPLOY_JOB,
+    add_live_model,
+    live_base_to_reuse,
+    resolve_source,
+)
 from tuneyard.deploy.targets import target_for
 from tuneyard.errors import NotFound
 from tuneyard.jobs.registry import job_kind
-from tuneyard.models import DeployEnvironment, Job, LiveModel, new_id, utcnow
+from tuneyard.models import DeployEnvironment, Job, LiveModel, utcnow
 
 PROGRESS_EVERY_SECONDS = 0.5
 
@@ -58,18 +63,6 @@ def _reporter(ctx, start: float, span: float):
     return report
 
 
-def _base_live(session: Session, environment_id: str, base_id: str, quantization: str):
-    return session.scalar(
-        select(LiveModel).where(
-            LiveModel.environment_id == environment_id,
-            LiveModel.source_kind == "base",
-            LiveModel.source_id == base_id,
-            LiveModel.quantization == quantization,
-            LiveModel.status == "live",
-        )
-    )
-
-
 def _deploy_base_first(ctx, session_factory, live_id: str) -> str:
     """An adapter on Ollama goes on top of its base: reuse a live base at the same quantization,
     or deploy the base now as a live model of its own. Returns the base's tag."""
@@ -79,41 +72,24 @@ def _deploy_base_first(ctx, session_factory, live_id: str) -> str:
         job = session.get(Job, ctx.job_id)
         principal = _job_principal(live, job.created_by)
         source = resolve_source(session, principal, live.source_kind, live.source_id)
-        existing = _base_live(session, environment.id, source.base_model_id, live.quantization)
+        existing = live_base_to_reuse(
+            session, environment.id, source.base_model_id, live.quantization
+        )
         if existing is not None:
             return existing.tag
         base_source = resolve_source(session, principal, "base", source.base_model_id)
         target = target_for(environment.kind)
-        base_id = new_id()
-        name = live_model_name(base_source.name, base_id, live.quantization)
-        base_live = LiveModel(
-            id=base_id,
-            project_id=live.project_id,
-            name=name,
-            tag=target.tag_for(name),
-            environment_id=environment.id,
-            source_kind="base",
-            source_id=base_source.id,
-            source_name=base_source.name,
-            quantization=live.quantization,
-            status="deploying",
+        base_live = add_live_model(
+            session,
+            live.project_id,
+            base_source,
+            environment,
+            live.quantization,
             job_id=ctx.job_id,
-            model_card={
-                "name": name,
-                "kind": "live",
-                "created_at": utcnow().isoformat(),
-                "lineage": {**base_source.lineage, "source_kind": "base"},
-                "deploy": {
-                    "environment": environment.name,
-                    "environment_kind": environment.kind,
-                    "quantization": live.quantization,
-                    "deployed_for": live.name,
-                },
-                "template_parity": live.model_card.get("template_parity", {}),
-            },
+            deploy_card={"deployed_for": live.name},
+            card={"template_parity": live.model_card.get("template_parity", {})},
         )
-        session.add(base_live)
-        session.flush()
+        base_id, name = base_live.id, base_live.name
         session.expunge_all()
     ctx.progress(2, f"Deploying the base model {base_source.name} first, as {name}")
     try:

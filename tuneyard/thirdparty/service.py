@@ -227,7 +227,10 @@ def create_third_party(
     api_key: str | None = None,
     description: str = "",
     private: bool = False,
+    live_model_id: str | None = None,
 ) -> ThirdPartyModel:
+    """A new entry; one registered from a live model (`live_model_id`) keeps no key of its own
+    and follows that model (see the module's docstring)."""
     principal.require("member")
     row = ThirdPartyModel(
         project_id=principal.project_id,
@@ -240,6 +243,7 @@ def create_third_party(
         description=description,
         private=private,
         created_by=principal.user_id,
+        live_model_id=live_model_id,
     )
     session.add(row)
     session.flush()
