@@ -17,6 +17,7 @@ from tuneyard.basemodels.card import FOLDER_CONTENTS
 from tuneyard.db import session_scope
 from tuneyard.errors import NotFound, Unavailable
 from tuneyard.jobs import service as jobs
+from tuneyard.jobs.keys import Resource, UseKey
 from tuneyard.models import BaseModel, Job
 from tuneyard.storage import Layout
 
@@ -426,7 +427,7 @@ class TestDelete:
                 principal,
                 "test.sleep",
                 {"pid_file": "/dev/null"},
-                uses=[f"base_model:{model_id}"],
+                uses=[UseKey(Resource.BASE_MODEL, model_id)],
             ).id
         response = client.delete(f"{API}/{model_id}", headers=auth)
         assert response.status_code == 409

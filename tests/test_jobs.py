@@ -13,9 +13,12 @@ import pytest
 from tests.conftest import stop_executor, wait_for_job
 from tuneyard.config import reset_settings
 from tuneyard.db import session_scope
+from tuneyard.errors import Conflict
 from tuneyard.jobs import service
 from tuneyard.jobs.child import FENCED_EXIT
 from tuneyard.jobs.executor import Executor
+from tuneyard.jobs.keys import Resource, UseKey, model_key
+from tuneyard.modelref import ModelKind
 from tuneyard.models import Job, utcnow
 from tuneyard.storage import partial_path
 
@@ -270,3 +273,59 @@ class TestApi:
         response = client.get("/api/v1/jobs?status=weird", headers=auth)
         assert response.status_code == 422
         assert "Unknown status 'weird'" in response.json()["detail"]
+
+
+class TestUseKeys:
+    """A job's `uses` guards its resources from deletion only if both sides spell each key
+    the same; keys are typed, so a misspelt one cannot be written."""
+
+    def test_a_key_reads_as_stored(self):
+        assert str(UseKey(Resource.BASE_MODEL, "b1")) == "base_model:b1"
+        assert str(model_key("third-party", "t1")) == "third_party_model:t1"
+        assert str(model_key(ModelKind.COMPLETE, "c1")) == "complete_model:c1"
+
+    def test_a_misspelt_resource_is_refused(self):
+        with pytest.raises(ValueError):
+            Resource("base_modle")
+        with pytest.raises(AttributeError):
+            Resource.BASE_MODLE  # noqa: B018
+        with pytest.raises(TypeError, match="Resource member"):
+            UseKey("base_model", "b1")
+        with pytest.raises(ValueError, match="needs the resource's id"):
+            UseKey(Resource.DATASET, "")
+
+    def test_the_jobs_service_takes_no_key_typed_by_hand(self, principal):
+        with session_scope() as session, pytest.raises(TypeError, match="UseKey values"):
+            service.enqueue(session, principal, "test.events", uses=["base_model:b1"])
+        with session_scope() as session:
+            assert session.query(Job).count() == 0
+            with pytest.raises(TypeError, match="UseKey values"):
+                service.ensure_not_in_use(session, "base_model:b1", "Base model 'b1'")
+
+    def test_a_guard_sees_the_key_its_job_was_given(self, principal):
+        key = UseKey(Resource.DATASET, "d1")
+        with session_scope() as session:
+            job = service.enqueue(session, principal, "test.events", uses=[key])
+            assert job.uses == ["dataset:d1"]
+            with pytest.raises(
+                Conflict, match=f"Dataset 'qa' is in use by test.events job {job.id}"
+            ):
+                service.ensure_not_in_use(session, UseKey(Resource.DATASET, "d1"), "Dataset 'qa'")
+            service.ensure_not_in_use(session, UseKey(Resource.BASE_MODEL, "d1"), "Base model")
+
+    def test_no_module_spells_a_key_by_hand(self):
+        import re
+        from pathlib import Path
+
+        import tuneyard
+
+        names = "|".join(re.escape(resource.value) for resource in Resource)
+        spelt = re.compile(r"""["'](?:""" + names + r"""):\{""")
+        package = Path(tuneyard.__file__).parent
+        found = [
+            f"{path.relative_to(package)}: {match.group(0)}"
+            for path in package.rglob("*.py")
+            if path.name != "keys.py"
+            for match in spelt.finditer(path.read_text(encoding="utf-8"))
+        ]
+        assert found == []

@@ -104,6 +104,7 @@ def test_compare_and_promote_checkpoint(client, auth, worker, tiny_base):
 def test_customized_delete_while_in_use_is_409(client, auth, worker, tiny_base, principal):
     from tuneyard.db import session_scope
     from tuneyard.jobs import service as jobs
+    from tuneyard.jobs.keys import Resource, UseKey
 
     dataset = upload(client, auth, "codes", CHAT)
     training = finish(client, auth, start(client, auth, tiny_base, dataset, **FAST))
@@ -115,7 +116,7 @@ def test_customized_delete_while_in_use_is_409(client, auth, worker, tiny_base, 
             principal,
             "test.sleep",
             {"pid_file": "/dev/null"},
-            uses=[f"customized_model:{model_id}"],
+            uses=[UseKey(Resource.CUSTOMIZED_MODEL, model_id)],
         )
     response = client.delete(f"/api/v1/customized-models/{model_id}", headers=auth)
     assert response.status_code == 409

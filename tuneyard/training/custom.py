@@ -70,6 +70,7 @@ from tuneyard.config import Settings, get_settings
 from tuneyard.datasets.parsing import FORMATS as RECORD_FORMATS
 from tuneyard.errors import Conflict, Forbidden, Invalid, NotFound, TooLarge
 from tuneyard.jobs import service as jobs
+from tuneyard.jobs.keys import Resource, UseKey
 from tuneyard.models import Training, TrainingMethodScript, new_id
 from tuneyard.storage import Layout, atomic_file, delete_on_commit
 from tuneyard.training.methods import TrainingMethod, all_methods, get_method
@@ -453,7 +454,9 @@ def delete_method(session: Session, principal: Principal, name: str) -> None:
     row = _script(session, principal.project_id, name)
     if row is None:
         raise NotFound(f"No training method '{name}'. List them with `tuneyard train methods`.")
-    jobs.ensure_not_in_use(session, f"training_method:{row.id}", f"Training method {name}")
+    jobs.ensure_not_in_use(
+        session, UseKey(Resource.TRAINING_METHOD, row.id), f"Training method {name}"
+    )
     session.delete(row)
     session.flush()
     delete_on_commit(session, row, Path(row.path))

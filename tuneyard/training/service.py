@@ -20,6 +20,7 @@ from tuneyard.auth.service import Principal
 from tuneyard.config import get_settings
 from tuneyard.errors import Conflict, Invalid, NotFound, Unavailable
 from tuneyard.jobs import service as jobs
+from tuneyard.jobs.keys import Resource, UseKey
 from tuneyard.models import (
     BaseModel,
     Dataset,
@@ -276,14 +277,14 @@ def _enqueue_run(
     reward_files: dict[str, str],
 ) -> None:
     uses = [
-        f"training:{training.id}",
-        f"base_model:{training.base_model_id}",
-        f"dataset:{training.dataset_id}",
+        UseKey(Resource.TRAINING, training.id),
+        UseKey(Resource.BASE_MODEL, training.base_model_id),
+        UseKey(Resource.DATASET, training.dataset_id),
     ]
     kind = "training.run"
     if isinstance(method, CustomMethod):
         kind = "training.custom"
-        uses.append(f"training_method:{method.script_id}")  # not deleted while it runs
+        uses.append(UseKey(Resource.TRAINING_METHOD, method.script_id))  # not deleted while it runs
     job = jobs.enqueue(
         session,
         principal,
