@@ -165,9 +165,7 @@ WITHOUT_PRINCIPAL = {
     "tuneyard.training.custom": {"params_model", "read_script", "require_code_runs"},
     "tuneyard.training.service": {
         "check_dataset_fits",
-        "check_hardware",
         "ensure_training_available",
-        "gpu_present",
         "has_chat_template",
         "validate_params",
     },

@@ -163,8 +163,6 @@ class TestValidation:
         [
             ({"learning_rat": 0.1}, "learning_rat: unknown parameter"),
             ({"batch_size": 0}, "batch_size: Input should be greater than or equal to 1"),
-            ({"adapter": "qlora"}, "QLoRA"),
-            ({"precision": "fp16"}, "fp16 needs a CUDA GPU"),
             ({"lr_scheduler": "wobbly"}, "lr_scheduler"),
         ],
     )
@@ -177,6 +175,67 @@ class TestValidation:
         assert client.get("/api/v1/trainings", headers=auth).json()["total"] == 0
         jobs = client.get("/api/v1/jobs?kind=training.run", headers=auth).json()
         assert jobs["total"] == 0
+
+    @pytest.mark.skipif(
+        __import__("torch").cuda.is_available(), reason="this machine has the GPU it needs"
+    )
+    @pytest.mark.parametrize(
+        "params,needle",
+        [
+            ({"adapter": "qlora"}, "QLoRA loads the base model in 4 bits, which needs a CUDA GPU"),
+            ({"precision": "fp16"}, "precision=fp16 needs a CUDA GPU"),
+        ],
+    )
+    def test_a_gpu_option_fails_the_job_on_a_machine_without_one(
+        self, client, auth, tiny_base, chat_dataset, params, needle
+    ):
+        """The machine that runs the job decides what hardware it has, not the server."""
+        response = start(client, auth, tiny_base, chat_dataset, **{**FAST, **params})
+        assert response.status_code == 202, response.text
+        job = wait_for_job(response.json()["job_id"])
+        assert job.status == "failed"
+        assert needle in job.error and "the machine running this training has none" in job.error
+        training = client.get(f"/api/v1/trainings/{response.json()['id']}", headers=auth).json()
+        assert training["status"] == "failed" and needle in training["error"]
+
+    @pytest.mark.parametrize(
+        "method,records,params,message",
+        [
+            (
+                "kto",
+                [{"prompt": "Say hi.", "completion": "hi"}] * 4,
+                {},
+                "KTO on prompt_completion records needs a boolean 'label' field (true = "
+                "desirable); dataset 'd' has none. Add it, or use a preference dataset.",
+            ),
+            (
+                "grpo",
+                [{"prompt": f"What is {i} plus {i}?"} for i in range(4)],
+                {"rewards": ["answer_match"]},
+                "Rewards answer_match compare with each record's 'answer', and dataset 'd' has "
+                "no answer field.",
+            ),
+        ],
+    )
+    def test_a_method_checks_what_it_needs_of_a_dataset(
+        self, client, auth, worker, tiny_base, method, records, params, message
+    ):
+        dataset = upload(client, auth, "d", records)
+        response = start(client, auth, tiny_base, dataset, method, **params)
+        assert response.status_code == 422, response.text
+        assert response.json()["detail"] == message
+        assert client.get("/api/v1/trainings", headers=auth).json()["total"] == 0
+
+    def test_the_generic_checks_name_no_method(self):
+        """A method's own needs are its check_dataset hook's, not the training service's."""
+        import inspect
+
+        from tuneyard.training import service
+
+        for check in (service.check_dataset_fits, service.start_training):
+            source = inspect.getsource(check).lower()
+            for method in ("sft", "dpo", "orpo", "kto", "grpo"):
+                assert f'"{method}"' not in source and f"{method}params" not in source
 
     def test_dataset_format_must_fit_method(self, client, auth, tiny_base, chat_dataset):
         response = start(client, auth, tiny_base, chat_dataset, method="dpo")

@@ -119,6 +119,7 @@ class CustomMethod:
     path: Path
     digest: str
     needs_chat_template: bool = False
+    check_dataset: None = None  # an uploaded method states its formats only
 
     @property
     def title(self) -> str:

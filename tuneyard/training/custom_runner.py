@@ -25,7 +25,7 @@ from tuneyard.storage import remove_tree
 from tuneyard.training import results
 from tuneyard.training.code_process import CodeProcess, scratch_dir
 from tuneyard.training.custom import CustomMethod, custom_method_of, require_code_runs
-from tuneyard.training.runner import RunInputs, hardware, load_inputs
+from tuneyard.training.runner import RunInputs, check_hardware, hardware, load_inputs
 
 PEFT_PREFIX = "base_model.model."
 MAX_METRICS = 100
@@ -292,6 +292,7 @@ def run_custom_training(ctx: JobContext) -> dict[str, Any]:
     inputs = load_inputs(ctx, custom_method_of)
     method: CustomMethod = inputs.method
     require_code_runs(ctx.settings, f"Training method {method.name}")
+    check_hardware(inputs.params)
     ctx.progress(1, f"Loading the {method.name} script")
     produced = results.fresh_result_dir(inputs.work_dir)
     try:

@@ -1,5 +1,6 @@
 """The training methods registry: each method is a documented parameter model, the dataset
-formats it accepts, how records become its trainer's rows, and how its trainer is built.
+formats it accepts, its own checks of a dataset, how records become its trainer's rows, and
+how its trainer is built.
 
 Built-ins register through `register_method`, exactly as an extension would. Nothing heavy is
 imported at module level: trainer construction imports TRL inside the builder.
@@ -9,8 +10,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from tuneyard.errors import Invalid
 from tuneyard.training.params import (
     CommonParams,
     DPOParams,
@@ -19,6 +21,9 @@ from tuneyard.training.params import (
     ORPOParams,
     SFTParams,
 )
+
+if TYPE_CHECKING:
+    from tuneyard.models import Dataset
 
 
 @dataclass(frozen=True)
@@ -32,6 +37,9 @@ class TrainingMethod:
     to_rows: Callable[[Iterable[dict], str, CommonParams], Iterator[dict]]
     # (model, tokenizer, train rows, eval rows, training args dict, peft config, params, extra)
     build_trainer: Callable[..., Any]
+    # What the method needs of a dataset beyond its format, checked before a job exists:
+    # raises Invalid saying what is missing.
+    check_dataset: Callable[[Dataset, Any], None] | None = None
 
     def schema(self) -> dict[str, Any]:
         return self.params_model.model_json_schema()
@@ -51,8 +59,6 @@ def get_method(name: str) -> TrainingMethod:
     try:
         return _METHODS[name]
     except KeyError:
-        from tuneyard.errors import Invalid
-
         raise Invalid(
             f"Unknown training method '{name}'; choose one of: {', '.join(sorted(_METHODS))}."
         ) from None
@@ -131,6 +137,28 @@ def grpo_rows(records: Iterable[dict], fmt: str, params: GRPOParams) -> Iterator
         yield row
 
 
+# -- what a method needs of a dataset ----------------------------------------------------------
+
+
+def kto_dataset_check(dataset: Dataset, params: KTOParams) -> None:
+    """Unpaired prompt_completion records say which answers are desirable in `label`."""
+    if dataset.format == "prompt_completion" and "label" not in (dataset.fields or []):
+        raise Invalid(
+            f"KTO on prompt_completion records needs a boolean 'label' field (true = desirable); "
+            f"dataset '{dataset.name}' has none. Add it, or use a preference dataset."
+        )
+
+
+def grpo_dataset_check(dataset: Dataset, params: GRPOParams) -> None:
+    """Rewards that compare with a reference answer need each record's `answer`."""
+    needs_answer = {"answer_match", "numeric_match"} & set(params.rewards)
+    if needs_answer and "answer" not in (dataset.fields or []):
+        raise Invalid(
+            f"Rewards {', '.join(sorted(needs_answer))} compare with each record's "
+            f"'answer', and dataset '{dataset.name}' has no answer field."
+        )
+
+
 # -- trainers -------------------------------------------------------------------------------
 
 
@@ -202,8 +230,6 @@ def _kto_trainer(model, tokenizer, train, evaluation, args, peft_config, params:
 def _prompts_that_fit(rows, tokenizer, params: GRPOParams):
     """Keep prompts that leave room for a full completion within max_seq_length."""
     import logging
-
-    from tuneyard.errors import Invalid
 
     room = params.max_seq_length - params.max_completion_length
     kept = rows.filter(
@@ -308,6 +334,7 @@ register_method(
         needs_chat_template=True,
         to_rows=kto_rows,
         build_trainer=_kto_trainer,
+        check_dataset=kto_dataset_check,
     )
 )
 register_method(
@@ -320,5 +347,6 @@ register_method(
         needs_chat_template=True,
         to_rows=grpo_rows,
         build_trainer=_grpo_trainer,
+        check_dataset=grpo_dataset_check,
     )
 )

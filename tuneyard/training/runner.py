@@ -127,8 +127,6 @@ def resolve_precision(params: CommonParams) -> tuple[str, Any, bool]:
     if choice == "auto":
         bf16_ok = torch.cuda.is_bf16_supported() if cuda else cpu_supports_bf16()
         choice = "bf16" if bf16_ok else "fp32"
-    if choice == "fp16" and not cuda:
-        raise Invalid("precision=fp16 needs a CUDA GPU; use bf16 or fp32 on this machine.")
     if choice == "bf16" and cuda and not torch.cuda.is_bf16_supported():
         raise Invalid("This GPU does not support bf16; use fp16 or fp32.")
     if choice == "fp32" or params.adapter == "full":
@@ -158,9 +156,7 @@ def load_model(inputs: RunInputs, dtype):
     from transformers import AutoModelForCausalLM
 
     kwargs: dict[str, Any] = {"dtype": dtype}
-    if inputs.params.adapter == "qlora":
-        if not torch.cuda.is_available():
-            raise Invalid("QLoRA needs a CUDA GPU and this machine has none; use adapter=lora.")
+    if inputs.params.adapter == "qlora":  # check_hardware saw a GPU
         from transformers import BitsAndBytesConfig
 
         kwargs["quantization_config"] = BitsAndBytesConfig(
@@ -299,6 +295,27 @@ def forget_metrics_after(ctx: JobContext, training_id: str, step: int) -> None:
         )
 
 
+def check_hardware(params: CommonParams) -> None:
+    """Refuse the options this machine cannot run. Checked in the job, on the machine that runs
+    it: the server that accepted the training may have another GPU, or none."""
+    needs_gpu = params.adapter == "qlora" or params.precision == "fp16"
+    if not needs_gpu:
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    if params.adapter == "qlora":
+        raise Invalid(
+            "QLoRA loads the base model in 4 bits, which needs a CUDA GPU; the machine running "
+            "this training has none. Start it again with adapter=lora."
+        )
+    raise Invalid(
+        "precision=fp16 needs a CUDA GPU, and the machine running this training has none. "
+        "Start it again with precision bf16 or fp32."
+    )
+
+
 def hardware() -> dict[str, Any]:
     import torch
 
@@ -320,6 +337,7 @@ def run_training(ctx: JobContext) -> dict[str, Any]:
 
     inputs = load_inputs(ctx)
     params = inputs.params
+    check_hardware(params)
     if inputs.reward_files:
         from tuneyard.training.custom import require_code_runs
 

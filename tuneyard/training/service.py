@@ -1,14 +1,14 @@
 """Starting, following, cancelling and resuming trainings; parameter profiles; reward files.
 
 Everything a training will need is checked here, before a job exists: the method, every
-parameter, the dataset's format, the chat template, the hardware an option needs.
+parameter, the dataset's format (and the method's own checks of it), the chat template. The
+hardware an option needs is checked by the job, on the machine that runs it.
 """
 
 from __future__ import annotations
 
 import json
 import re
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -64,11 +64,6 @@ def ensure_training_available() -> None:
         )
 
 
-def gpu_present() -> bool:
-    """A cheap check for the API process (no torch import); the job checks again with torch."""
-    return shutil.which("nvidia-smi") is not None
-
-
 def _format_validation(exc: ValidationError) -> str:
     parts = []
     for err in exc.errors():
@@ -111,32 +106,8 @@ def check_dataset_fits(
             f"Dataset '{dataset.name}' is in {dataset.format} format, but {method.name} trains "
             f"on {' or '.join(method.formats)} records. Pick another dataset or method."
         )
-    if (
-        method.name == "kto"
-        and dataset.format == "prompt_completion"
-        and "label" not in (dataset.fields or [])
-    ):
-        raise Invalid(
-            f"KTO on prompt_completion records needs a boolean 'label' field (true = desirable); "
-            f"dataset '{dataset.name}' has none. Add it, or use a preference dataset."
-        )
-    if isinstance(params, GRPOParams):
-        needs_answer = {"answer_match", "numeric_match"} & set(params.rewards)
-        if needs_answer and "answer" not in (dataset.fields or []):
-            raise Invalid(
-                f"Rewards {', '.join(sorted(needs_answer))} compare with each record's "
-                f"'answer', and dataset '{dataset.name}' has no answer field."
-            )
-
-
-def check_hardware(params: CommonParams) -> None:
-    if params.adapter == "qlora" and not gpu_present():
-        raise Invalid(
-            "QLoRA loads the base model in 4 bits, which needs a CUDA GPU; this machine has "
-            "none. Use adapter=lora."
-        )
-    if params.precision == "fp16" and not gpu_present():
-        raise Invalid("precision=fp16 needs a CUDA GPU; use bf16 or fp32 on this machine.")
+    if method.check_dataset is not None:
+        method.check_dataset(dataset, params)
 
 
 def _get(session: Session, principal: Principal, model, item_id: str, what: str, hint: str):
@@ -218,7 +189,6 @@ def start_training(
         merged.update(profile.params)
     merged.update(params or {})
     validated = validate_params(chosen, merged)
-    check_hardware(validated)
 
     base = _get(
         session,
