@@ -261,6 +261,20 @@ def pattern_tokens(template: str) -> list[tuple[str, str]]:
     return out
 
 
+def test_one_list_of_quantizations_everywhere(client):
+    import inspect
+
+    from tuneyard.console.deploy_dialog import QUANTIZATION_LABELS
+    from tuneyard.deploy.cli import deploy
+    from tuneyard.deploy.quantization import QUANTIZATIONS
+
+    schemas = client.get("/openapi.json").json()["components"]["schemas"]
+    assert schemas["DeployRequest"]["properties"]["quantization"]["enum"] == list(QUANTIZATIONS)
+    assert list(QUANTIZATION_LABELS) == list(QUANTIZATIONS)
+    cli_help = inspect.signature(deploy).parameters["quant"].default.help
+    assert cli_help == "no_quantization, q8_0, q4_K_M or q4_K_S."
+
+
 class TestParity:
     def test_derived_template_matches_the_chat_template(self, tokenizer_dir):
         from tuneyard.basemodels.card import read_chat_template

@@ -17,9 +17,8 @@ from tuneyard.deploy.gguf_export import (
     gguf_architecture,
     lora_exportable,
 )
+from tuneyard.deploy.quantization import QUANTIZATIONS, check_quantization
 from tuneyard.deploy.quantize import quantize_gguf
-from tuneyard.deploy.schemas import QUANTIZATIONS
-from tuneyard.deploy.service import check_quantization
 from tuneyard.errors import Invalid
 
 # Computation alone: runs once, on SQLite's run; the database is out of reach.

@@ -11,13 +11,9 @@ from tuneyard.console.schema_form import is_json_object_or_empty
 from tuneyard.console.session import act, read
 from tuneyard.console.widgets import cannot
 from tuneyard.deploy import service
+from tuneyard.deploy.quantization import BY_NAME, NO_QUANTIZATION
 
-QUANTIZATION_LABELS = {
-    "no_quantization": "no_quantization: the weights as saved (largest, most faithful)",
-    "q8_0": "q8_0: 8-bit, about half the size, nearly lossless",
-    "q4_K_M": "q4_K_M: 4-bit medium, about a quarter the size, a good default",
-    "q4_K_S": "q4_K_S: 4-bit small, the smallest, a little less accurate",
-}
+QUANTIZATION_LABELS = {q.name: f"{q.name}: {q.description}" for q in BY_NAME.values()}
 
 
 def _environment_choices(session, principal) -> dict[str, str]:
@@ -53,7 +49,7 @@ def open_deploy_dialog(kind: str, model_id: str, model_name: str) -> None:
             .props('data-testid="deploy-environment"')
         )
         quantization = (
-            ui.select(QUANTIZATION_LABELS, label="Quantization", value="no_quantization")
+            ui.select(QUANTIZATION_LABELS, label="Quantization", value=NO_QUANTIZATION)
             .classes("w-full")
             .props('data-testid="deploy-quantization"')
         )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 
+from tuneyard.deploy.quantization import NO_QUANTIZATION, names_text
 from tuneyard.terminal import (
     JsonOption,
     api,
@@ -126,9 +127,7 @@ def _find_source(client, model: str) -> tuple[str, str]:
 def deploy(
     model: str = typer.Argument(..., help="A complete, customized or base model: name or id."),
     env: str = typer.Option(..., "--env", help="The deployment environment: name or id."),
-    quant: str = typer.Option(
-        "no_quantization", "--quant", help="no_quantization, q8_0, q4_K_M or q4_K_S."
-    ),
+    quant: str = typer.Option(NO_QUANTIZATION, "--quant", help=f"{names_text()}."),
     kind: str = typer.Option(
         None, "--kind", help="complete, customized or base, when a name is ambiguous."
     ),

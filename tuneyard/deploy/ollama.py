@@ -31,14 +31,6 @@ IMPORT_ARCHITECTURES: frozenset[str] = frozenset(
 )
 # config.json model_type of the base models whose LoRA adapters Ollama converts.
 ADAPTER_MODEL_TYPES = frozenset({"llama", "gemma2"})
-# Our quantization names and the `quantize` value Ollama's create takes for each (None: the
-# key is left out and the weights stay as they are).
-QUANTIZE_VALUES: dict[str, str | None] = {
-    "no_quantization": None,
-    "q8_0": "q8_0",
-    "q4_K_M": "q4_K_M",
-    "q4_K_S": "q4_K_S",
-}
 DIGEST_PATTERN = re.compile(r"sha256:[0-9a-f]{64}")
 UPLOAD_CHUNK_BYTES = 1 << 20
 # Progress is reported at most this often (as a fraction of all the work) while uploading,

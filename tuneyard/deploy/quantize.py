@@ -5,16 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from tuneyard.basemodels.gguf_import import GGUF_MAGIC
-from tuneyard.deploy.service import check_quantization
+from tuneyard.deploy.quantization import NO_QUANTIZATION, get_quantization
 from tuneyard.errors import Invalid
 from tuneyard.storage import atomic_path
-
-# The llama_ftype of each quantization (llama.h's LLAMA_FTYPE_MOSTLY_*).
-LLAMA_FTYPES = {
-    "q8_0": "LLAMA_FTYPE_MOSTLY_Q8_0",
-    "q4_K_M": "LLAMA_FTYPE_MOSTLY_Q4_K_M",
-    "q4_K_S": "LLAMA_FTYPE_MOSTLY_Q4_K_S",
-}
 
 
 def _check_source(src: Path) -> None:
@@ -37,14 +30,14 @@ def quantize_gguf(src: Path, dst: Path, quantization: str, threads: int | None =
 
     import llama_cpp
 
-    check_quantization(quantization)
-    if quantization == "no_quantization":
+    ftype = get_quantization(quantization).llama_ftype
+    if ftype is None:
         raise Invalid(
-            "no_quantization needs no quantize step: export the model as an f16 GGUF instead."
+            f"{NO_QUANTIZATION} needs no quantize step: export the model as an f16 GGUF instead."
         )
     _check_source(src)
     params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype = getattr(llama_cpp, LLAMA_FTYPES[quantization])
+    params.ftype = getattr(llama_cpp, ftype)
     params.nthread = threads or 0  # 0: llama.cpp uses every core
     with atomic_path(dst) as staging:
         status = llama_cpp.llama_model_quantize(

@@ -7,10 +7,10 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from tuneyard.deploy.quantization import NO_QUANTIZATION, QUANTIZATIONS
 from tuneyard.outbound import API_KEY_PATTERN
 
 ENVIRONMENT_KINDS = ("ollama", "llama.cpp", "openai")
-QUANTIZATIONS = ("no_quantization", "q8_0", "q4_K_M", "q4_K_S")
 ENVIRONMENT_NAME_PATTERN = r"^[A-Za-z0-9._-]{1,100}$"
 URL_PATTERN = r"^\s*https?://[^\s/]+"
 
@@ -86,7 +86,7 @@ class DeployRequest(BaseModel):
 
     environment_id: str = Field(description="The deployment environment: id or name.")
     quantization: str = Field(
-        "no_quantization",
+        NO_QUANTIZATION,
         description="One of: " + ", ".join(QUANTIZATIONS) + ".",
         json_schema_extra={"enum": list(QUANTIZATIONS)},
     )

@@ -21,10 +21,10 @@ from sqlalchemy.orm import Session
 from tuneyard import modelref
 from tuneyard.auth.service import Principal
 from tuneyard.basemodels.service import base_model_of
+from tuneyard.deploy.quantization import NO_QUANTIZATION, check_quantization
 from tuneyard.deploy.schemas import (
     ENVIRONMENT_KINDS,
     ENVIRONMENT_NAME_PATTERN,
-    QUANTIZATIONS,
     URL_PATTERN,
 )
 from tuneyard.errors import Conflict, Invalid, NotFound
@@ -53,12 +53,6 @@ ENVIRONMENT_NAME = re.compile(ENVIRONMENT_NAME_PATTERN)
 def live_model_name(source_name: str, deploy_id: str, quantization: str) -> str:
     """`{source_name}_d_{first4(deploy uuid)}_{quantization}`."""
     return f"{source_name}_d_{deploy_id.replace('-', '')[:4]}_{quantization}"
-
-
-def check_quantization(value: str) -> str:
-    if value not in QUANTIZATIONS:
-        raise Invalid(f"Unknown quantization '{value}'; use one of: {', '.join(QUANTIZATIONS)}.")
-    return value
 
 
 # -- environments ---------------------------------------------------------------------------
@@ -497,7 +491,7 @@ def start_deploy(
     source_kind: str,
     source_id: str,
     environment_id: str,
-    quantization: str = "no_quantization",
+    quantization: str = NO_QUANTIZATION,
     system: str | None = None,
     parameters: dict[str, Any] | None = None,
     allow_template_mismatch: bool = False,

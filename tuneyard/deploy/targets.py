@@ -19,6 +19,7 @@ from typing import Any
 
 from tuneyard.cards import write_readme
 from tuneyard.deploy.parity import Parity
+from tuneyard.deploy.quantization import NO_QUANTIZATION, get_quantization
 from tuneyard.errors import Invalid, Unavailable
 from tuneyard.models import DeployEnvironment, LiveModel
 from tuneyard.storage import Layout, atomic_dir, discard
@@ -162,8 +163,6 @@ class OllamaTarget(DeployTarget):
     def _create(
         self, client, live: LiveModel, source, progress: Progress, quantization: str, **kw
     ) -> None:
-        from tuneyard.deploy.ollama import QUANTIZE_VALUES
-
         seen: set[str] = set()
 
         def on_status(line: dict) -> None:
@@ -185,7 +184,7 @@ class OllamaTarget(DeployTarget):
             template=source.deployment_template,
             system=live.system,
             parameters=parameters or None,
-            quantize=QUANTIZE_VALUES[quantization],
+            quantize=get_quantization(quantization).ollama,
             on_status=on_status,
             **kw,
         )
@@ -216,7 +215,7 @@ class OllamaTarget(DeployTarget):
                 live,
                 source,
                 progress,
-                "no_quantization",
+                NO_QUANTIZATION,
                 from_=base_tag,
                 adapters=digests,
             )
@@ -339,7 +338,7 @@ class LlamaCppTarget(DeployTarget):
 
         progress(0.05, "Exporting GGUF (f16)")
         export_gguf(model_dir, f16, "f16", lambda f, m: progress(0.05 + 0.5 * f, m))
-        if quantization == "no_quantization":
+        if quantization == NO_QUANTIZATION:
             f16.rename(out)
             return
         progress(0.55, f"Quantizing to {quantization}")
@@ -447,10 +446,10 @@ class OpenAICompatibleTarget(DeployTarget):
         return OpenAICompatClient(environment.url, environment_api_key(environment))
 
     def preflight(self, environment, source, quantization: str) -> list[str]:
-        if quantization != "no_quantization":
+        if quantization != NO_QUANTIZATION:
             raise Invalid(
                 "An OpenAI-compatible server serves the weights it loads and Tuneyard cannot "
-                "quantize them there; deploy with quantization no_quantization."
+                f"quantize them there; deploy with quantization {NO_QUANTIZATION}."
             )
         return []
 
