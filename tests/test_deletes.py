@@ -209,3 +209,26 @@ def test_a_start_finishes_deletions_a_crash_interrupted(project_world):
     assert not dataset_folder.exists()
     assert base_folder.is_dir() and row_exists(BaseModel, w.base)
     assert notes() == []
+
+
+def test_a_deletion_a_crash_interrupted_is_finished_at_the_next_start(project_world, tmp_path):
+    import json
+
+    folder = Layout().pending_deletions
+    folder.mkdir(parents=True, exist_ok=True)
+    gone_files, kept_files = tmp_path / "gone", tmp_path / "kept"
+    gone_files.mkdir()
+    kept_files.mkdir()
+
+    def note(name: str, table: str, row_id: str, path: Path) -> None:
+        entry = {"table": table, "id": row_id, "paths": [str(path)]}
+        (folder / f"{name}.json").write_text(json.dumps(entry))
+
+    note("a", "live_models", "0" * 36, gone_files)  # its row was deleted and committed
+    note("b", "datasets", project_world.dataset, kept_files)  # its transaction rolled back
+    note("c", "no_such_table", "x", kept_files)
+    with session_scope() as session:
+        assert storage.finish_pending_deletions(session) == 1
+    assert not gone_files.exists() and kept_files.exists()
+    assert row_exists(Dataset, project_world.dataset)
+    assert [path.name for path in notes()] == ["c.json"]  # unreadable notes are left

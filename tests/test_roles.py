@@ -152,7 +152,6 @@ WITHOUT_PRINCIPAL = {
     },
     "tuneyard.deploy.service": {
         "add_live_model",
-        "environment_api_key",
         "environment_out",
         "is_managed",
         "live_api_key",

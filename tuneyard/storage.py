@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from sqlalchemy import event
+from sqlalchemy import column, event, exists, inspect, select, table
 from sqlalchemy.orm import Session
 
 from tuneyard.config import Settings, get_settings
@@ -250,21 +250,24 @@ def finish_pending_deletions(session: Session, settings: Settings | None = None)
     """Finish deletions a crash interrupted: where the row is gone, remove its files; where it
     is still there, its transaction never committed, and the files stay. Returns how many
     deletions were finished."""
-    from tuneyard.db import Base
-
     folder = Layout(settings).pending_deletions
     if not folder.is_dir():
         return 0
-    tables = {mapper.local_table.name: mapper.class_ for mapper in Base.registry.mappers}
+    notes = sorted(folder.glob("*.json"))
+    # The notes name tables, not mapped classes: this module sits below the tables.
+    tables = set(inspect(session.connection()).get_table_names()) if notes else set()
     finished = 0
-    for note in sorted(folder.glob("*.json")):
+    for note in notes:
         try:
             entry = json.loads(note.read_text())
-            table = tables[entry["table"]]
+            if entry["table"] not in tables:
+                raise KeyError(entry["table"])
+            rows = table(entry["table"], column("id"))
+            still_there = session.scalar(select(exists().where(rows.c.id == entry["id"])))
         except (OSError, ValueError, KeyError) as exc:
             log.warning("Ignoring the unreadable deletion note %s: %s", note, exc)
             continue
-        if session.get(table, entry["id"]) is None:
+        if not still_there:
             for path in entry["paths"]:
                 _remove(Path(path))
             finished += 1

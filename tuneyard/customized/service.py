@@ -20,8 +20,8 @@ from tuneyard.jobs.keys import Resource, UseKey
 from tuneyard.models import CustomizedModel, Training, new_id, utcnow
 from tuneyard.pagination import paginate
 from tuneyard.storage import Layout, atomic_dir, delete_on_commit, discard_on_rollback
+from tuneyard.training.checkpoints import CHECKPOINT_PREFIX, checkpoints
 from tuneyard.training.results import customized_model_name
-from tuneyard.training.runner import CHECKPOINT_PREFIX, checkpoints
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 TOKENIZER_FILES = (

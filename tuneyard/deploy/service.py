@@ -41,7 +41,7 @@ from tuneyard.models import (
 )
 from tuneyard.outbound import api_key_problem, url_problem
 from tuneyard.pagination import paginate
-from tuneyard.secrets import decrypt_secret, encrypt_secret
+from tuneyard.secrets import encrypt_secret
 from tuneyard.storage import Layout, delete_on_commit
 from tuneyard.thirdparty.service import create_third_party
 
@@ -222,12 +222,10 @@ def update_environment(
     return row
 
 
-def environment_api_key(row: DeployEnvironment) -> str | None:
-    return decrypt_secret(row.api_key_encrypted)
-
-
 def live_api_key(session: Session, live: LiveModel) -> str | None:
     """The key requests to the live model's endpoint carry: its environment's."""
+    from tuneyard.deploy.targets import environment_api_key
+
     environment = session.get(DeployEnvironment, live.environment_id)
     return environment_api_key(environment) if environment is not None else None
 

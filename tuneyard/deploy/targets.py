@@ -22,6 +22,7 @@ from tuneyard.deploy.parity import Parity
 from tuneyard.deploy.quantization import NO_QUANTIZATION, get_quantization
 from tuneyard.errors import Invalid, Unavailable
 from tuneyard.models import DeployEnvironment, LiveModel
+from tuneyard.secrets import decrypt_secret
 from tuneyard.storage import Layout, atomic_dir, discard
 
 Progress = Callable[[float, str], None]
@@ -90,6 +91,11 @@ class DeployTarget:
 
 
 TARGETS: dict[str, DeployTarget] = {}
+
+
+def environment_api_key(environment: DeployEnvironment) -> str | None:
+    """The key requests to the environment's tool carry (decrypted: never show or log it)."""
+    return decrypt_secret(environment.api_key_encrypted)
 
 
 def register_target(target: DeployTarget) -> DeployTarget:
@@ -255,7 +261,6 @@ class LlamaCppTarget(DeployTarget):
 
     def server(self, environment: DeployEnvironment):
         from tuneyard.deploy.llamacpp import ManagedServer
-        from tuneyard.deploy.service import environment_api_key
 
         return ManagedServer(
             Layout().environment_dir(environment.id),
@@ -294,7 +299,6 @@ class LlamaCppTarget(DeployTarget):
 
     def test(self, environment):
         from tuneyard.deploy.llamacpp import list_served_models
-        from tuneyard.deploy.service import environment_api_key
 
         if environment.url is not None:
             models = list_served_models(environment.url, environment_api_key(environment))
@@ -441,7 +445,6 @@ class OpenAICompatibleTarget(DeployTarget):
 
     def _client(self, environment: DeployEnvironment):
         from tuneyard.deploy.openai_compat import OpenAICompatClient
-        from tuneyard.deploy.service import environment_api_key
 
         return OpenAICompatClient(environment.url, environment_api_key(environment))
 

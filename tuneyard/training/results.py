@@ -10,10 +10,13 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import select
+
 from tuneyard.cards import file_digest, folder_size, write_readme
 from tuneyard.db import session_scope
-from tuneyard.models import CompleteModel, CustomizedModel, Training, utcnow
+from tuneyard.models import CompleteModel, CustomizedModel, Training, TrainingMetric, utcnow
 from tuneyard.storage import Layout, atomic_dir, discard, remove_tree
+from tuneyard.training.checkpoints import CHECKPOINT_PREFIX, checkpoints
 
 RESULT_FOLDER = "result"
 RESULT_ID_NAMESPACE = uuid.UUID("0b7e3c52-5d1e-4a8e-9a40-6f1f2d8e3c11")
@@ -115,8 +118,6 @@ def write_result(
 ) -> dict[str, Any]:
     """Turn the folder a run produced into its customized model (an adapter) or, when `full`,
     its complete model: named, carded, moved into place and recorded, once."""
-    from tuneyard.training.runner import CHECKPOINT_PREFIX, checkpoints, final_metrics
-
     work_dir = ctx.layout.training_dir(training_id)
     steps = [int(p.name.removeprefix(CHECKPOINT_PREFIX)) for p in checkpoints(work_dir)]
     with session_scope(ctx.settings) as session:
@@ -195,3 +196,28 @@ def write_result(
         training.finished_at = utcnow()
     what = "complete" if full else "customized"
     return {"message": f"Created {what} model {name}", f"{what}_model_id": model_id, "name": name}
+
+
+def final_metrics(session, training_id: str) -> dict[str, Any]:
+    rows = session.scalars(
+        select(TrainingMetric)
+        .where(TrainingMetric.training_id == training_id)
+        .order_by(TrainingMetric.step)
+    ).all()
+    train = [r.data for r in rows if r.kind == "train"]
+    evals = [r.data for r in rows if r.kind == "eval"]
+    losses = [d["loss"] for d in train if "loss" in d]
+    summary: dict[str, Any] = {"steps": rows[-1].step if rows else 0}
+    if losses:
+        summary.update(final_loss=losses[-1], min_loss=min(losses), first_loss=losses[0])
+    eval_losses = [d["eval_loss"] for d in evals if "eval_loss" in d]
+    if eval_losses:
+        summary.update(final_eval_loss=eval_losses[-1], min_eval_loss=min(eval_losses))
+    for key in ("reward", "reward_std", "kl", "rewards/chosen", "rewards/rejected"):
+        values = [d[key] for d in train if key in d]
+        if values:
+            summary[f"final_{key.replace('/', '_')}"] = values[-1]
+    speeds = [d["tokens_per_second"] for d in train if "tokens_per_second" in d]
+    if speeds:
+        summary["mean_tokens_per_second"] = sum(speeds) / len(speeds)
+    return summary

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete
 
 from tuneyard.datasets.service import records_path
 from tuneyard.db import session_scope
@@ -22,13 +22,12 @@ from tuneyard.errors import Invalid
 from tuneyard.jobs.context import JobCancelled, JobContext
 from tuneyard.models import BaseModel, Dataset, Training, TrainingMetric, utcnow
 from tuneyard.storage import remove_tree
+from tuneyard.training.checkpoints import CHECKPOINT_PREFIX, checkpoints
 from tuneyard.training.code_process import scratch_dir
 from tuneyard.training.custom import CustomMethod
 from tuneyard.training.methods import TrainingMethod, get_method
 from tuneyard.training.params import CommonParams
 from tuneyard.training.rewards import close_uploaded_rewards
-
-CHECKPOINT_PREFIX = "checkpoint-"
 
 
 @dataclass
@@ -47,20 +46,6 @@ class RunInputs:
     records_path: Path
     work_dir: Path
     reward_files: dict[str, str]
-
-
-def checkpoints(work_dir: Path) -> list[Path]:
-    root = work_dir / "checkpoints"
-    if not root.exists():
-        return []
-    found = [
-        p
-        for p in root.iterdir()
-        if p.is_dir()
-        and p.name.startswith(CHECKPOINT_PREFIX)
-        and (p / "trainer_state.json").exists()
-    ]
-    return sorted(found, key=lambda p: int(p.name.removeprefix(CHECKPOINT_PREFIX)))
 
 
 def load_inputs(ctx: JobContext, method_of=None) -> RunInputs:
@@ -412,28 +397,3 @@ def _train_and_keep(ctx: JobContext, inputs: RunInputs, trainer, tokenizer, prec
     )
     ctx.progress(100, outcome["message"])
     return outcome
-
-
-def final_metrics(session, training_id: str) -> dict[str, Any]:
-    rows = session.scalars(
-        select(TrainingMetric)
-        .where(TrainingMetric.training_id == training_id)
-        .order_by(TrainingMetric.step)
-    ).all()
-    train = [r.data for r in rows if r.kind == "train"]
-    evals = [r.data for r in rows if r.kind == "eval"]
-    losses = [d["loss"] for d in train if "loss" in d]
-    summary: dict[str, Any] = {"steps": rows[-1].step if rows else 0}
-    if losses:
-        summary.update(final_loss=losses[-1], min_loss=min(losses), first_loss=losses[0])
-    eval_losses = [d["eval_loss"] for d in evals if "eval_loss" in d]
-    if eval_losses:
-        summary.update(final_eval_loss=eval_losses[-1], min_eval_loss=min(eval_losses))
-    for key in ("reward", "reward_std", "kl", "rewards/chosen", "rewards/rejected"):
-        values = [d[key] for d in train if key in d]
-        if values:
-            summary[f"final_{key.replace('/', '_')}"] = values[-1]
-    speeds = [d["tokens_per_second"] for d in train if "tokens_per_second" in d]
-    if speeds:
-        summary["mean_tokens_per_second"] = sum(speeds) / len(speeds)
-    return summary

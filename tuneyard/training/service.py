@@ -320,7 +320,7 @@ def compare(session: Session, principal: Principal, training_ids: list[str], met
 
 def checkpoint_steps(session: Session, principal: Principal, training_id: str) -> list[int]:
     """The steps at which the training kept a checkpoint (to resume, or to promote one)."""
-    from tuneyard.training.runner import CHECKPOINT_PREFIX, checkpoints
+    from tuneyard.training.checkpoints import CHECKPOINT_PREFIX, checkpoints
 
     training = get_training(session, principal, training_id)
     return [

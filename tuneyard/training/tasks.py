@@ -8,8 +8,8 @@ import shutil
 from tuneyard.jobs.registry import job_kind
 from tuneyard.models import Training, utcnow
 from tuneyard.storage import Layout, remove_tree
+from tuneyard.training.checkpoints import CHECKPOINT_PREFIX, checkpoints
 from tuneyard.training.results import discard_unrecorded_result, result_dir
-from tuneyard.training.runner import CHECKPOINT_PREFIX, checkpoints
 
 
 def _ended_run(session, job) -> Training | None:
