@@ -31,6 +31,10 @@ SERVICE_MODULES = [
         for path in Path(tuneyard.__file__).parent.glob("*/service.py")
     ),
     "tuneyard.training.custom",  # uploaded training methods: the training routes call it
+    # The deploy domain's service, by concern (tuneyard.deploy.service re-exports them).
+    "tuneyard.deploy.environments",
+    "tuneyard.deploy.live",
+    "tuneyard.deploy.sources",
 ]
 
 # Reviewed: these change nothing.
@@ -61,16 +65,9 @@ READS = {
         "list_datasets",
         "preview",
     },
-    "tuneyard.deploy.service": {
-        "get_environment",
-        "get_live",
-        "list_environments",
-        "list_live",
-        "live_models_in",
-        "live_summary",
-        "resolve_source",
-        "usable_live",
-    },
+    "tuneyard.deploy.environments": {"get_environment", "list_environments", "live_models_in"},
+    "tuneyard.deploy.live": {"get_live", "list_live", "live_summary", "usable_live"},
+    "tuneyard.deploy.sources": {"resolve_source"},
     "tuneyard.jobs.service": {
         "active_jobs_using",
         "ensure_not_in_use",
@@ -150,10 +147,9 @@ WITHOUT_PRINCIPAL = {
         "parse_column_mapping",
         "records_path",
     },
-    "tuneyard.deploy.service": {
+    "tuneyard.deploy.environments": {"ensure_managed_key", "environment_out", "is_managed"},
+    "tuneyard.deploy.live": {
         "add_live_model",
-        "environment_out",
-        "is_managed",
         "live_api_key",
         "live_base_to_reuse",
         "live_model_name",
@@ -241,18 +237,18 @@ def change_arguments(w) -> dict[str, dict]:
             "content": io.BytesIO(b'{"prompt": "a", "completion": "b"}\n'),
         },
         "tuneyard.datasets.service.delete_dataset": {"dataset_id": w.dataset},
-        "tuneyard.deploy.service.check_live": {"live_id": w.live},
-        "tuneyard.deploy.service.create_environment": {"name": "local", "kind": "llama.cpp"},
-        "tuneyard.deploy.service.delete_environment": {"environment_id": w.environment},
-        "tuneyard.deploy.service.delete_live": {"live_id": w.live},
-        "tuneyard.deploy.service.register_live": {"live_id": w.live, "name": "entry"},
+        "tuneyard.deploy.live.check_live": {"live_id": w.live},
+        "tuneyard.deploy.environments.create_environment": {"name": "local", "kind": "llama.cpp"},
+        "tuneyard.deploy.environments.delete_environment": {"environment_id": w.environment},
+        "tuneyard.deploy.live.delete_live": {"live_id": w.live},
+        "tuneyard.deploy.live.register_live": {"live_id": w.live, "name": "entry"},
         "tuneyard.deploy.service.start_deploy": {
             "source_kind": "base",
             "source_id": w.base,
             "environment_id": w.environment,
         },
-        "tuneyard.deploy.service.test_environment": {"environment_id": w.environment},
-        "tuneyard.deploy.service.update_environment": {
+        "tuneyard.deploy.environments.test_environment": {"environment_id": w.environment},
+        "tuneyard.deploy.environments.update_environment": {
             "environment_id": w.environment,
             "name": "renamed",
         },

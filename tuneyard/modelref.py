@@ -185,7 +185,7 @@ OWNING_SERVICES = {
     ModelKind.BASE: "tuneyard.basemodels.service",
     ModelKind.CUSTOMIZED: "tuneyard.customized.service",
     ModelKind.COMPLETE: "tuneyard.complete.service",
-    ModelKind.LIVE: "tuneyard.deploy.service",
+    ModelKind.LIVE: "tuneyard.deploy.live",
     ModelKind.THIRD_PARTY: "tuneyard.thirdparty.service",
 }
 

@@ -94,7 +94,7 @@ def _chat_model(session: Session, found: FoundModel) -> ChatModel:
             },
         )
     if found.kind is ModelKind.LIVE:
-        from tuneyard.deploy.service import live_api_key
+        from tuneyard.deploy.live import live_api_key
 
         if row.status != "live" or not row.endpoint_url:
             raise Conflict(f"Live model {row.name} is {row.status}; it cannot answer.")

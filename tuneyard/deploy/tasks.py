@@ -9,12 +9,9 @@ from sqlalchemy.orm import Session
 
 from tuneyard.auth.service import Principal
 from tuneyard.db import session_scope
-from tuneyard.deploy.service import (
-    DEPLOY_JOB,
-    add_live_model,
-    live_base_to_reuse,
-    resolve_source,
-)
+from tuneyard.deploy.live import add_live_model, live_base_to_reuse
+from tuneyard.deploy.service import DEPLOY_JOB
+from tuneyard.deploy.sources import resolve_source
 from tuneyard.deploy.targets import target_for
 from tuneyard.errors import NotFound
 from tuneyard.jobs.registry import job_kind
