@@ -67,6 +67,7 @@ REAL_OBJECTS = {
     },
     r"^/api/v1/users/": {"path.username": "user"},
     r"^/api/v1/training-methods/": {"path.name": "method"},
+    r"^/api/v1/models/": {"path.reference": "chat_model"},
     r"^/v1/chat/completions$": {"body.model": "chat_model"},
 }
 

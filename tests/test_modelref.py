@@ -7,7 +7,7 @@ import pytest
 from tuneyard import modelref
 from tuneyard.chat.backends import resolve_model
 from tuneyard.db import session_scope
-from tuneyard.errors import Invalid, NotFound
+from tuneyard.errors import AppError, Invalid
 from tuneyard.modelref import Capability, ModelKind
 from tuneyard.models import BaseModel, ThirdPartyModel
 
@@ -47,21 +47,24 @@ def add_embedding_base(world, name: str = "vectors") -> str:
 
 
 def for_chat(world, text: str) -> str:
+    """What chat resolves `text` to, as the chat API and the gateway do."""
     with session_scope() as session:
         return resolve_model(session, world.admin, text).ref
 
 
-def for_deploy(world, text: str, kind: str | None = None) -> str:
-    if kind:
-        text = f"{modelref.parse_kind(kind, Capability.DEPLOY)}:{text}"
-    with session_scope() as session:
-        return str(modelref.resolve(session, world.admin, text, Capability.DEPLOY).ref)
+def for_deploy(client, auth, text: str, kind: str | None = None) -> str:
+    """What deploy resolves `text` to, as the CLI asks the server before it deploys."""
+    params = {"can": "deploy", **({"kind": kind} if kind else {})}
+    response = client.get(f"/api/v1/models/{text}", params=params, headers=auth)
+    if response.status_code != 200:
+        raise AppError(response.json()["detail"], response.status_code)
+    return response.json()["ref"]
 
 
-def refusal(resolve, *args) -> tuple[type, str]:
-    with pytest.raises((Invalid, NotFound)) as caught:
+def refusal(resolve, *args) -> tuple[int, str]:
+    with pytest.raises(AppError) as caught:
         resolve(*args)
-    return type(caught.value), caught.value.message
+    return caught.value.status, caught.value.message
 
 
 class TestReferences:
@@ -99,33 +102,37 @@ class TestReferences:
 
 
 class TestResolution:
-    def test_a_name_means_the_same_model_to_chat_and_to_deploy(self, project_world):
+    def test_a_name_means_the_same_model_to_chat_and_to_deploy(self, client, auth, project_world):
         w = project_world
         for name, ref in (
             ("tiny", f"base:{w.base}"),
             ("tiny_run_20250101_abcd", f"customized:{w.customized}"),
             ("tiny_run_20250101_abcd_s_ef01", f"complete:{w.complete}"),
         ):
-            assert for_chat(w, name) == for_deploy(w, name) == ref
+            assert for_chat(w, name) == for_deploy(client, auth, name) == ref
             kind = ref.partition(":")[0]
-            assert for_chat(w, f"{kind}:{name}") == for_deploy(w, name, kind) == ref
+            assert for_chat(w, f"{kind}:{name}") == for_deploy(client, auth, name, kind) == ref
+            assert for_deploy(client, auth, f"{kind}:{name}") == ref
             with session_scope() as session:
                 assert str(modelref.resolve(session, w.admin, name).ref) == ref
 
-    def test_a_name_two_models_carry_is_refused_by_chat_and_deploy_alike(self, project_world):
+    def test_a_name_two_models_carry_is_refused_by_chat_and_deploy_alike(
+        self, client, auth, project_world
+    ):
         w = project_world
         twin = add_third_party(w, "tiny")
         chat = refusal(for_chat, w, "tiny")
-        deploy = refusal(for_deploy, w, "tiny")
+        deploy = refusal(for_deploy, client, auth, "tiny")
         assert chat == deploy
-        kind, message = chat
-        assert kind is Invalid
+        status, message = chat
+        assert status == 422
         assert message == (
             f"'tiny' names 2 models: third-party:{twin} (third-party model tiny), "
             f"base:{w.base} (base model 'tiny'). Name the one you mean as kind:id."
         )
         # Naming the kind settles it, the same way for both.
-        assert for_chat(w, "base:tiny") == for_deploy(w, "tiny", "base") == f"base:{w.base}"
+        assert for_chat(w, "base:tiny") == for_deploy(client, auth, "tiny", "base")
+        assert for_deploy(client, auth, "base:tiny") == f"base:{w.base}"
         assert for_chat(w, "third-party:tiny") == f"third-party:{twin}"
 
     def test_another_users_private_entry_makes_no_name_ambiguous(self, project_world):
@@ -133,41 +140,45 @@ class TestResolution:
         add_third_party(w, "tiny", private=True)
         with session_scope() as session:
             assert str(resolve_model(session, w.viewer, "tiny").ref) == f"base:{w.base}"
-        assert refusal(for_chat, w, "tiny")[0] is Invalid  # its creator sees both
+        assert refusal(for_chat, w, "tiny")[0] == 422  # its creator sees both
 
-    def test_an_unknown_name(self, project_world):
+    def test_an_unknown_name(self, client, auth, project_world):
         assert refusal(for_chat, project_world, "nope") == (
-            NotFound,
+            404,
             "No model 'nope'. Name one as kind:id (third-party, live, complete, customized or "
             "base), or list them with GET /v1/models.",
         )
-        kind, message = refusal(for_deploy, project_world, "nope")
-        assert kind is NotFound
+        status, message = refusal(for_deploy, client, auth, "nope")
+        assert status == 404
         assert message.startswith("No complete, customized or base model 'nope'.")
+        assert refusal(for_deploy, client, auth, "tiny", "live") == (
+            422,
+            "Unknown kind 'live'; use one of: complete, customized, base.",
+        )
 
-    def test_what_a_kind_cannot_do_is_refused_by_name(self, project_world):
+    def test_what_a_kind_cannot_do_is_refused_by_name(self, client, auth, project_world):
         w = project_world
         live_name = "tiny_run_20250101_abcd_s_ef01_d_1234_no_quantization"
         assert for_chat(w, live_name) == f"live:{w.live}"
-        kind, message = refusal(for_deploy, w, live_name)
-        assert kind is Invalid
+        status, message = refusal(for_deploy, client, auth, live_name)
+        assert status == 422
         assert message == (
             f"Live model {live_name} cannot be deployed. Deploy a complete, customized or base "
             "model."
         )
-        assert "cannot be deployed" in refusal(for_deploy, w, "remote")[1]
+        assert "cannot be deployed" in refusal(for_deploy, client, auth, "remote")[1]
 
-    def test_an_embedding_model_cannot_chat(self, project_world):
+    def test_an_embedding_model_cannot_chat(self, client, auth, project_world):
         w = project_world
         add_embedding_base(w)
         add_third_party(w, "embedder", "embedding")
         assert refusal(for_chat, w, "vectors") == (
-            Invalid,
+            422,
             "Base model 'vectors' is an embedding model; it cannot chat. Chat with a chat "
             "model; list them with GET /v1/models.",
         )
         assert "is an embedding model; it cannot chat" in refusal(for_chat, w, "embedder")[1]
-        assert "it cannot be deployed" in refusal(for_deploy, w, "vectors")[1]
+        assert "it cannot be deployed" in refusal(for_deploy, client, auth, "vectors")[1]
 
 
 class TestListing:
@@ -223,3 +234,17 @@ class TestListing:
         assert ids[f"base:{w.base}"] == f"base:{w.base}"
         assert ids[f"third-party:{twin}"] == f"third-party:{twin}"
         assert ids[f"third-party:{w.third_party}"] == "remote"
+
+
+class TestTheCli:
+    def test_deploy_refuses_an_ambiguous_name_as_the_server_does(self, cli, project_world):
+        from typer.testing import CliRunner
+
+        from tests.test_complete_cli import flat
+        from tuneyard.cli import app
+
+        twin = add_third_party(project_world, "tiny")
+        result = CliRunner().invoke(app, ["deploy", "tiny", "--env", "ollama"])
+        assert result.exit_code == 1
+        assert f"'tiny' names 2 models: third-party:{twin}" in flat(result.output)
+        assert "Name the one you mean as kind:id." in flat(result.output)

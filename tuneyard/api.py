@@ -90,6 +90,7 @@ def api_router() -> APIRouter:
     from tuneyard.datasets.routes import router as datasets_router
     from tuneyard.deploy.routes import router as deploy_router
     from tuneyard.jobs.routes import router as jobs_router
+    from tuneyard.modelref.routes import router as modelref_router
     from tuneyard.thirdparty.routes import router as thirdparty_router
     from tuneyard.training.routes import router as training_router
 
@@ -130,6 +131,7 @@ def api_router() -> APIRouter:
         thirdparty_router,
         chat_router,
         dashboard_router,
+        modelref_router,
     ):
         router.include_router(sub)
     return router

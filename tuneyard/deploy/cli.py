@@ -22,7 +22,6 @@ env_app = typer.Typer(
     no_args_is_help=True,
 )
 live_app = typer.Typer(help="Live models: models deployed on a serving tool.", no_args_is_help=True)
-SOURCE_KINDS = ("complete", "customized", "base")
 
 
 def _env_url(environment: str) -> str:
@@ -102,30 +101,18 @@ def env_rm(environment: str):
     console.print(f"Deleted environment {environment}.")
 
 
-def _find_source(client, model: str) -> tuple[str, str]:
-    """Which model a name means: a complete, customized or base model, in that order."""
-    from tuneyard.basemodels.cli import find as find_base
-    from tuneyard.client import ApiError, path_part
+def _find_source(client, model: str, kind: str | None) -> tuple[str, str]:
+    """Which model a name means, by the server's one rule for names (tuneyard.modelref)."""
+    from tuneyard.client import path_part
 
-    for kind in ("complete", "customized"):
-        try:
-            return kind, client.get(f"/{kind}-models/{path_part(model)}")["id"]
-        except ApiError as exc:
-            if exc.status != 404:
-                raise
-    try:
-        return "base", find_base(client, model)["id"]
-    except ApiError as exc:
-        if exc.status != 404:
-            raise
-    fail(
-        f"No complete, customized or base model '{model}'. List them with "
-        "`tuneyard complete list`, `tuneyard customized list` or `tuneyard base list`."
-    )
+    found = client.get(f"/models/{path_part(model)}", kind=kind, can="deploy")
+    return found["kind"], found["id"]
 
 
 def deploy(
-    model: str = typer.Argument(..., help="A complete, customized or base model: name or id."),
+    model: str = typer.Argument(
+        ..., help="A complete, customized or base model: kind:id, or a name or id."
+    ),
     env: str = typer.Option(..., "--env", help="The deployment environment: name or id."),
     quant: str = typer.Option(NO_QUANTIZATION, "--quant", help=f"{names_text()}."),
     kind: str = typer.Option(
@@ -144,8 +131,6 @@ def deploy(
     """Deploy a model to a serving tool, where it becomes a live model."""
     from tuneyard.client import path_part
 
-    if kind is not None and kind not in SOURCE_KINDS:
-        fail(f"Unknown kind '{kind}'; use one of: {', '.join(SOURCE_KINDS)}.")
     body = {
         "environment_id": env,
         "quantization": quant,
@@ -153,7 +138,7 @@ def deploy(
         "allow_template_mismatch": allow_template_mismatch,
     }
     with api() as client:
-        source_kind, source_id = (kind, model) if kind else _find_source(client, model)
+        source_kind, source_id = _find_source(client, model, kind)
         accepted = client.post(f"/{source_kind}-models/{path_part(source_id)}/deploy", body)
         live_id, job_id = accepted["id"], accepted["job_id"]
         row = client.get(_live_url(live_id))
