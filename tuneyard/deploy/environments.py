@@ -97,6 +97,22 @@ def is_managed(row: DeployEnvironment) -> bool:
     return row.kind == "llama.cpp" and row.url is None
 
 
+def managed_environments_serving(session: Session) -> list[DeployEnvironment]:
+    """Every project's managed environments (see is_managed) that have live models: the
+    servers Tuneyard keeps running."""
+    return list(
+        session.scalars(
+            select(DeployEnvironment).where(
+                DeployEnvironment.kind == "llama.cpp",
+                DeployEnvironment.url.is_(None),
+                DeployEnvironment.id.in_(
+                    select(LiveModel.environment_id).where(LiveModel.status == "live")
+                ),
+            )
+        )
+    )
+
+
 def _check_name_free(session: Session, principal: Principal, name: str, own_id: str | None = None):
     if not ENVIRONMENT_NAME.match(name):
         raise Invalid(

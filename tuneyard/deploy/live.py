@@ -114,6 +114,11 @@ def live_base_to_reuse(
     )
 
 
+def live_models_of_job(session: Session, job_id: str) -> list[LiveModel]:
+    """The live models a deploy job makes: its own, and a base it deploys first."""
+    return list(session.scalars(select(LiveModel).where(LiveModel.job_id == job_id)))
+
+
 def get_live(session: Session, principal: Principal, id_or_name: str) -> LiveModel:
     row = session.get(LiveModel, id_or_name)
     if row is None or row.project_id != principal.project_id:

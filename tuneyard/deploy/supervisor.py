@@ -5,11 +5,8 @@ from __future__ import annotations
 import logging
 import threading
 
-from sqlalchemy import select
-
 from tuneyard.config import Settings, get_settings
 from tuneyard.db import session_scope
-from tuneyard.models import DeployEnvironment, LiveModel
 
 log = logging.getLogger(__name__)
 
@@ -17,19 +14,12 @@ log = logging.getLogger(__name__)
 def supervise_once(settings: Settings | None = None) -> list[str]:
     """Restart every managed llama.cpp server that has live models but no process.
     Returns the names of the environments restarted."""
+    from tuneyard.deploy.environments import managed_environments_serving
     from tuneyard.deploy.targets import LlamaCppTarget
 
     target = LlamaCppTarget()
     with session_scope(settings) as session:
-        environments = session.scalars(
-            select(DeployEnvironment).where(
-                DeployEnvironment.kind == "llama.cpp",
-                DeployEnvironment.url.is_(None),
-                DeployEnvironment.id.in_(
-                    select(LiveModel.environment_id).where(LiveModel.status == "live")
-                ),
-            )
-        ).all()
+        environments = managed_environments_serving(session)
         session.expunge_all()
     restarted = []
     for environment in environments:

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import time
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from tuneyard.auth.service import Principal
 from tuneyard.db import session_scope
-from tuneyard.deploy.live import add_live_model, live_base_to_reuse
+from tuneyard.deploy.live import add_live_model, live_base_to_reuse, live_models_of_job
 from tuneyard.deploy.service import DEPLOY_JOB
 from tuneyard.deploy.sources import resolve_source
 from tuneyard.deploy.targets import target_for
@@ -20,14 +19,9 @@ from tuneyard.models import DeployEnvironment, Job, LiveModel, utcnow
 PROGRESS_EVERY_SECONDS = 0.5
 
 
-def _deployed_by(session: Session, job: Job) -> list[LiveModel]:
-    """The live models the job deploys: its own, and a base it deploys first."""
-    return list(session.scalars(select(LiveModel).where(LiveModel.job_id == job.id)))
-
-
 def mark_deploy_failed(session: Session, job: Job) -> None:
     """Whatever stopped the deploy, the live models it was making are failed and say why."""
-    for row in _deployed_by(session, job):
+    for row in live_models_of_job(session, job.id):
         if row.status != "live":
             row.status = "failed"
             row.error = job.error or "The deploy was cancelled before it finished."
@@ -36,7 +30,7 @@ def mark_deploy_failed(session: Session, job: Job) -> None:
 def withdraw_failed_deploy(session: Session, job: Job) -> None:
     """A failed live model is served nowhere and keeps no files, even when the deploy was
     killed after the tool took the model and before its row said live."""
-    for row in _deployed_by(session, job):
+    for row in live_models_of_job(session, job.id):
         environment = session.get(DeployEnvironment, row.environment_id)
         if row.status == "failed" and environment is not None:
             target_for(environment.kind).withdraw(environment, row)
