@@ -6,11 +6,9 @@ only used to connect) and each test gets its own database, cloned from a migrate
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 import os
 import shutil
-import socket
 import uuid
 from pathlib import Path
 
@@ -19,10 +17,9 @@ from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
+from tests.helpers import PG_URL, build_adapter, closed_port, login, stop_executor
 from tuneyard.config import get_settings, reset_settings
 from tuneyard.db import engine_for, upgrade
-
-PG_URL = os.environ.get("TUNEYARD_TEST_DATABASE_URL")
 
 
 def _pg_admin_engine():
@@ -140,15 +137,6 @@ def client(app) -> TestClient:
         yield test_client
 
 
-def login(client: TestClient, password: str, username: str = "admin", project: str = "1001"):
-    response = client.post(
-        "/api/v1/auth/login",
-        json={"project_code": project, "username": username, "password": password},
-    )
-    assert response.status_code == 200, response.text
-    return {"Authorization": f"Bearer {response.json()['token']}"}
-
-
 @pytest.fixture
 def auth(client, admin_password) -> dict[str, str]:
     """Headers of the first admin of project 1001."""
@@ -185,36 +173,6 @@ def worker(admin_password):
     executor.start()
     yield executor
     stop_executor(executor)
-
-
-def stop_executor(executor) -> None:
-    """Stop the executor and kill the job processes it still runs (started or adopted)."""
-    import psutil
-
-    executor.stop()
-    for entry in list(executor.running.values()):
-        with contextlib.suppress(psutil.NoSuchProcess):
-            entry.process.kill()
-            entry.process.wait()
-
-
-def wait_for_job(
-    job_id: str, timeout: float = 120.0, statuses=("succeeded", "failed", "cancelled")
-):
-    """Poll the database until the job reaches one of `statuses`; return it."""
-    import time
-
-    from tuneyard.db import session_scope
-    from tuneyard.models import Job
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with session_scope() as session:
-            job = session.get(Job, job_id)
-            if job.status in statuses:
-                return job
-        time.sleep(0.1)
-    raise AssertionError(f"job {job_id} did not reach {statuses} in {timeout} s: {job.status}")
 
 
 # -- the CLI, as a client of a real server ----------------------------------------------------
@@ -486,24 +444,6 @@ def tiny_model_dir(tmp_path_factory, tokenizer_dir) -> Path:
     return out
 
 
-def build_adapter(out: Path, tiny_model_dir: Path) -> Path:
-    """A LoRA on every linear layer of the tiny model, B nonzero, with the tokenizer files."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(1)
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
-    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"))
-    for name, parameter in peft_model.named_parameters():
-        if "lora_B" in name:
-            torch.nn.init.normal_(parameter, std=0.05)
-    peft_model.save_pretrained(out)
-    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
-        shutil.copyfile(tiny_model_dir / name, out / name)
-    return out
-
-
 @pytest.fixture(scope="session")
 def made_adapter_dir(tmp_path_factory, tiny_model_dir) -> Path:
     return build_adapter(tmp_path_factory.mktemp("made-adapter"), tiny_model_dir)
@@ -520,13 +460,6 @@ def smollm2_folder(tmp_path_factory, smollm2_gguf) -> Path:
 
 
 # -- serving tools ----------------------------------------------------------------------------
-
-
-def closed_port() -> int:
-    """A port nothing listens on (bound once, then released)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.fixture

@@ -6,6 +6,7 @@ environment the data_dir fixture set), so the console is exercised exactly as us
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -175,3 +176,16 @@ def echart_series(page, testid: str) -> list[dict]:
         }""",
         testid,
     )
+
+
+def write_jsonl(path, records: list[dict]) -> str:
+    path.write_text("\n".join(json.dumps(record) for record in records) + "\n")
+    return str(path)
+
+
+def upload_dataset(page, name: str, file_path: str) -> None:
+    """Fill the upload form, send the file and press Create dataset."""
+    page.get_by_label("Name", exact=True).fill(name)
+    page.locator("input[type=file]").set_input_files(file_path)
+    page.get_by_text("is uploaded; press Create dataset").wait_for()
+    page.get_by_role("button", name="Create dataset").click()

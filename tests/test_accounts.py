@@ -10,7 +10,7 @@ from datetime import timedelta
 import pytest
 from typer.testing import CliRunner
 
-from tests.conftest import login
+from tests.helpers import login
 from tuneyard.auth.service import _hash_token
 from tuneyard.db import session_scope
 from tuneyard.models import ApiToken, utcnow

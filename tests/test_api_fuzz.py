@@ -18,10 +18,8 @@ import sys
 
 import pytest
 
-from tests.conftest import closed_port, wait_for_job
+from tests.helpers import CHAT, closed_port, make_customized, upload, wait_for_job
 from tests.http_double import BackgroundServer
-from tests.test_complete import make_customized
-from tests.test_training import CHAT, upload
 
 # Every check that judges the server's answers to the requests the run makes.
 CHECKS = (

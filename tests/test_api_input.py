@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import PG_URL, closed_port
+from tests.helpers import PG_URL, closed_port
 
 INT64_MAX = 2**63 - 1
 

@@ -7,15 +7,8 @@ import stat
 
 import pytest
 
-from tests.conftest import login
-from tuneyard.auth import service
+from tests.helpers import login, make_project_user
 from tuneyard.db import session_scope
-
-
-def make_project_user(code: str, username: str, password: str):
-    """A new project whose first admin is `username`."""
-    with session_scope() as session:
-        service.create_project(session, code, username, password)
 
 
 class TestBootstrap:

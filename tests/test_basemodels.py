@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import login
+from tests.helpers import login
 from tuneyard.auth import service as auth_service
 from tuneyard.basemodels import service
 from tuneyard.basemodels.card import FOLDER_CONTENTS

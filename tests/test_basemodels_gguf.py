@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from tests.conftest import wait_for_job
+from tests.helpers import wait_for_job
 from tuneyard.basemodels.gguf_import import convert_gguf
 from tuneyard.db import session_scope
 from tuneyard.models import Job

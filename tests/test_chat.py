@@ -6,11 +6,18 @@ import json
 
 import pytest
 
-from tests.conftest import closed_port
-from tests.test_complete import make_customized, saved
-from tests.test_deploy import add_env
-from tests.test_deploy_ollama_jobs import deployed
-from tests.test_training import CHAT, FAST, finish, start, upload
+from tests.helpers import (
+    CHAT,
+    FAST,
+    add_env,
+    closed_port,
+    deployed,
+    finish,
+    make_customized,
+    saved,
+    start,
+    upload,
+)
 from tests.vllm_double import VllmDouble
 from tuneyard.config import Settings
 

@@ -7,7 +7,7 @@ import re
 
 from typer.testing import CliRunner
 
-from tests.test_complete_cli import flat
+from tests.helpers import flat
 from tuneyard.cli import app
 
 runner = CliRunner()

@@ -18,13 +18,24 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import login, stop_executor, wait_for_job
-from tests.test_training import CHAT, finish, start, upload
-from tuneyard.auth.service import create_project, create_user, get_project_by_code, local_principal
+from tests.helpers import (
+    CHAT,
+    finish,
+    folder_files,
+    login,
+    make_customized,
+    save,
+    saved,
+    start,
+    stop_executor,
+    upload,
+    wait_for_job,
+)
+from tuneyard.auth.service import create_project, create_user, local_principal
 from tuneyard.cards import file_digest, folder_size, read_front_matter
 from tuneyard.config import reset_settings
 from tuneyard.db import session_scope
-from tuneyard.models import CompleteModel, CustomizedModel, Job, new_id, utcnow
+from tuneyard.models import CompleteModel, CustomizedModel, Job
 from tuneyard.storage import Layout, partial_path
 
 API = "/api/v1/complete-models"
@@ -47,53 +58,9 @@ def trained(client, auth, base_id: str, name: str = "codes", **params) -> dict:
     return client.get(f"{CUSTOMIZED}/{model_id}", headers=auth).json()
 
 
-def make_customized(base_id: str, adapter_dir: Path, train_name: str = "made") -> dict:
-    """A customized model from a prepared adapter folder, as a training would record it."""
-    model_id = new_id()
-    folder = Layout().customized_model_dir(model_id)
-    shutil.copytree(adapter_dir, folder)
-    name = f"tiny_{train_name}_{utcnow():%Y%m%d}_{model_id[:4]}"
-    with session_scope() as session:
-        row = CustomizedModel(
-            id=model_id,
-            project_id=get_project_by_code(session, "1001").id,
-            name=name,
-            base_model_id=base_id,
-            train_name=train_name,
-            path=str(folder),
-            size_bytes=folder_size(folder),
-            model_card={
-                "name": name,
-                "kind": "customized",
-                "lineage": {
-                    "base_model": "tiny",
-                    "base_model_id": base_id,
-                    "adapter_digest": file_digest(folder / "adapter_model.safetensors"),
-                },
-            },
-        )
-        session.add(row)
-    return {"id": model_id, "name": name, "path": str(folder)}
-
-
 @pytest.fixture
 def made(tiny_base, made_adapter_dir) -> dict:
     return make_customized(tiny_base, made_adapter_dir)
-
-
-def save(client, auth, customized_id: str, **body):
-    return client.post(f"{CUSTOMIZED}/{customized_id}/save", json=body or None, headers=auth)
-
-
-def saved(client, auth, customized_id: str, **body) -> dict:
-    """Save and wait for the job (a worker must run); the complete model it made."""
-    response = save(client, auth, customized_id, **body)
-    assert response.status_code == 202, response.text
-    job = wait_for_job(response.json()["job_id"])
-    assert job.status == "succeeded", job.error
-    model = client.get(f"{API}/{response.json()['id']}", headers=auth).json()
-    assert model["status"] == "ready", model
-    return model
 
 
 def complete_dir_entries() -> list[str]:
@@ -549,12 +516,6 @@ class TestDelete:
 
 
 # -- export and push ---------------------------------------------------------------------------
-
-
-def folder_files(folder: Path) -> dict[str, bytes]:
-    return {
-        p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*") if p.is_file()
-    }
 
 
 def tar_files(data: bytes, top: str) -> dict[str, bytes]:

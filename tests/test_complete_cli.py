@@ -11,8 +11,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from tests.conftest import build_adapter
-from tests.test_complete import folder_files, make_customized
+from tests.helpers import build_adapter, flat, folder_files, make_customized
 from tuneyard.cli import app
 from tuneyard.storage import Layout
 
@@ -27,11 +26,6 @@ def made(tiny_base, tiny_model_dir, tmp_path) -> dict:
 
 def invoke(*args: str):
     return runner.invoke(app, list(args))
-
-
-def flat(text: str) -> str:
-    """The output with rich's line wrapping undone."""
-    return " ".join(text.split())
 
 
 def listed() -> list[dict]:

@@ -100,7 +100,7 @@ class TestDownloads:
         import io
         import tarfile
 
-        from tests.test_complete import make_customized
+        from tests.helpers import make_customized
 
         created = httpx.post(
             f"{console_server.url}/api/v1/base-models",

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
-import json
 import re
 
 import httpx
 import pytest
 
-from tests.conftest import closed_port
-from tests.console_harness import api_headers, check_narrow, console_url, screenshot
-from tests.test_training import CHAT
+from tests.console_harness import (
+    api_headers,
+    check_narrow,
+    console_url,
+    screenshot,
+    upload_dataset,
+    write_jsonl,
+)
+from tests.helpers import CHAT, closed_port
 
 pytestmark = pytest.mark.console
 
@@ -23,19 +28,6 @@ JOB_TIMEOUT_MS = 90_000
 def server_environment(monkeypatch):
     """A model hub that cannot be reached, as on an offline machine."""
     monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{closed_port()}")
-
-
-def write_jsonl(path, records: list[dict]) -> str:
-    path.write_text("\n".join(json.dumps(record) for record in records) + "\n")
-    return str(path)
-
-
-def upload_dataset(page, name: str, file_path: str) -> None:
-    """Fill the upload form, send the file and press Create dataset."""
-    page.get_by_label("Name", exact=True).fill(name)
-    page.locator("input[type=file]").set_input_files(file_path)
-    page.get_by_text("is uploaded; press Create dataset").wait_for()
-    page.get_by_role("button", name="Create dataset").click()
 
 
 def test_register_folder_edit_and_delete(signed_in, console_server, tiny_model_dir):

@@ -9,9 +9,16 @@ import re
 import pytest
 from playwright.sync_api import expect
 
-from tests.console_harness import check_narrow, choose, echart_series, log_in, screenshot
-from tests.test_console_data import upload_dataset, write_jsonl
-from tests.test_training import CHAT, FAST
+from tests.console_harness import (
+    check_narrow,
+    choose,
+    echart_series,
+    log_in,
+    screenshot,
+    upload_dataset,
+    write_jsonl,
+)
+from tests.helpers import CHAT, FAST
 
 pytestmark = pytest.mark.console
 

@@ -8,7 +8,6 @@ import re
 import httpx
 import pytest
 
-from tests.conftest import closed_port
 from tests.console_harness import (
     WIDE,
     api_headers,
@@ -18,6 +17,7 @@ from tests.console_harness import (
     log_in,
     screenshot,
 )
+from tests.helpers import closed_port
 
 pytestmark = pytest.mark.console
 
@@ -164,7 +164,7 @@ def offline_hub(monkeypatch) -> str:
 def test_customized_card_save_and_delete(
     offline_hub, signed_in, console_server, admin_password, tiny_model_dir, made_adapter_dir
 ):
-    from tests.test_complete import make_customized
+    from tests.helpers import make_customized
 
     page = signed_in
     base_id = register_tiny(

@@ -10,10 +10,8 @@ from contextlib import contextmanager
 import httpx
 import pytest
 
-from tests.conftest import wait_for_job
 from tests.console_harness import check_narrow, choose, console_url, echart_series, screenshot
-from tests.test_training import CHAT, FAST
-from tests.test_training_custom import LORA_SCRIPT
+from tests.helpers import CHAT, FAST, LORA_SCRIPT, wait_for_job
 
 pytestmark = pytest.mark.console
 

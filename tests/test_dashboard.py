@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from tests.test_training import CHAT, FAST, start, upload
+from tests.helpers import CHAT, FAST, start, upload
 from tuneyard.db import session_scope
 from tuneyard.models import Training, utcnow
 

@@ -3,22 +3,28 @@
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import signal
 import time
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 
-from tests.conftest import login, wait_for_job
-from tuneyard.auth.service import create_project, create_user, get_project_by_code, local_principal
+from tests.helpers import (
+    CHAT_RECORD,
+    PAIR_RECORD,
+    QA,
+    add_and_parse,
+    jsonl,
+    parquet,
+    post_dataset,
+    stored_files,
+    user_in,
+    wait_for_job,
+)
 from tuneyard.config import reset_settings
 from tuneyard.datasets import service
 from tuneyard.db import session_scope
-from tuneyard.errors import NotFound
 from tuneyard.jobs import service as jobs
 from tuneyard.jobs.executor import Executor, describe_exit
 from tuneyard.models import Dataset, Job
@@ -27,55 +33,14 @@ from tuneyard.storage import Layout
 API = "/api/v1/datasets"
 
 
-def jsonl(*records) -> bytes:
-    return "".join(json.dumps(record) + "\n" for record in records).encode()
-
-
-def parquet(records: list[dict]) -> bytes:
-    buffer = io.BytesIO()
-    pq.write_table(pa.Table.from_pylist(records), buffer)
-    return buffer.getvalue()
-
-
-def upload(client, auth, name, filename, content: bytes, mapping=None, description=None):
-    data = {"name": name}
-    if description is not None:
-        data["description"] = description
-    if mapping is not None:
-        data["column_mapping"] = mapping if isinstance(mapping, str) else json.dumps(mapping)
-    return client.post(API, headers=auth, data=data, files={"file": (filename, content)})
-
-
-def add_and_parse(client, auth, name, filename, content: bytes, **kwargs) -> tuple[dict, Job]:
-    """Upload, wait for the parse job (a worker must run), return the dataset and the job."""
-    response = upload(client, auth, name, filename, content, **kwargs)
-    assert response.status_code == 202, response.text
-    accepted = response.json()
-    job = wait_for_job(accepted["job_id"])
-    dataset = client.get(f"{API}/{accepted['id']}", headers=auth).json()
-    return dataset, job
-
-
-def stored_files(dataset_id: str) -> list[str]:
-    folder = Layout().dataset_dir(dataset_id)
-    return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
-
-
 def dataset_rows() -> list[Dataset]:
     with session_scope() as session:
         return list(session.query(Dataset))
 
 
-QA = [
-    {"prompt": "What is 2+2?", "completion": "4"},
-    {"prompt": "Capital of France?", "completion": "Paris"},
-    {"prompt": "Colour of the sky?", "completion": "Blue"},
-]
-
-
 class TestUpload:
     def test_parses_in_a_job_and_keeps_original_and_records(self, client, auth, worker):
-        response = upload(client, auth, "qa", "qa.jsonl", jsonl(*QA), description="Quiz")
+        response = post_dataset(client, auth, "qa", "qa.jsonl", jsonl(*QA), description="Quiz")
         assert response.status_code == 202
         accepted = response.json()
         assert set(accepted) == {"id", "job_id"}
@@ -111,7 +76,7 @@ class TestUpload:
         assert job.progress == 100
 
     def test_unknown_extension_is_422_and_keeps_nothing(self, client, auth):
-        response = upload(client, auth, "qa", "qa.txt", jsonl(*QA))
+        response = post_dataset(client, auth, "qa", "qa.txt", jsonl(*QA))
         assert response.status_code == 422
         assert response.json()["detail"] == (
             "Cannot read 'qa.txt': the file type must be one of .jsonl, .json, .csv, .parquet."
@@ -124,7 +89,7 @@ class TestUpload:
     def test_file_over_the_limit_is_413_and_keeps_nothing(self, client, auth, monkeypatch):
         monkeypatch.setenv("TUNEYARD_DATASET_MAX_FILE_BYTES", "100")
         reset_settings()
-        response = upload(client, auth, "big", "big.jsonl", jsonl(*QA * 5))
+        response = post_dataset(client, auth, "big", "big.jsonl", jsonl(*QA * 5))
         assert response.status_code == 413
         assert response.json() == {
             "error": "TooLarge",
@@ -138,7 +103,7 @@ class TestUpload:
 
     def test_same_name_as_a_ready_dataset_is_409(self, client, auth, worker):
         add_and_parse(client, auth, "qa", "qa.jsonl", jsonl(*QA))
-        response = upload(client, auth, "qa", "other.jsonl", jsonl(*QA))
+        response = post_dataset(client, auth, "qa", "other.jsonl", jsonl(*QA))
         assert response.status_code == 409
         assert response.json()["detail"] == (
             "A dataset named 'qa' already exists (ready); choose another name, or delete it "
@@ -147,8 +112,8 @@ class TestUpload:
         assert len(dataset_rows()) == 1
 
     def test_same_name_as_a_parsing_dataset_is_409(self, client, auth):
-        assert upload(client, auth, "qa", "qa.jsonl", jsonl(*QA)).status_code == 202
-        response = upload(client, auth, "qa", "qa.jsonl", jsonl(*QA))
+        assert post_dataset(client, auth, "qa", "qa.jsonl", jsonl(*QA)).status_code == 202
+        response = post_dataset(client, auth, "qa", "qa.jsonl", jsonl(*QA))
         assert response.status_code == 409
         assert "already exists (parsing)" in response.json()["detail"]
 
@@ -170,7 +135,7 @@ class TestUpload:
         ],
     )
     def test_name_must_be_1_to_200_characters(self, client, auth, name, message):
-        response = upload(client, auth, name, "qa.jsonl", jsonl(*QA))
+        response = post_dataset(client, auth, name, "qa.jsonl", jsonl(*QA))
         assert response.status_code == 422
         assert message in response.json()["detail"]
         assert dataset_rows() == []
@@ -185,37 +150,18 @@ class TestUpload:
         ],
     )
     def test_bad_column_mapping_is_422(self, client, auth, mapping, message):
-        response = upload(client, auth, "qa", "qa.jsonl", jsonl(*QA), mapping=mapping)
+        response = post_dataset(client, auth, "qa", "qa.jsonl", jsonl(*QA), mapping=mapping)
         assert response.status_code == 422
         assert message in response.json()["detail"]
         assert dataset_rows() == []
 
     def test_viewer_cannot_upload(self, client):
         viewer = user_in(client, "1001", "vera", "viewer")
-        response = upload(client, viewer, "qa", "qa.jsonl", jsonl(*QA))
+        response = post_dataset(client, viewer, "qa", "qa.jsonl", jsonl(*QA))
         assert response.status_code == 403
         assert dataset_rows() == []
 
 
-def user_in(client, project_code: str, username: str, role: str = "member") -> dict:
-    """Log in as a new user of the project (created if missing)."""
-    with session_scope() as session:
-        try:
-            get_project_by_code(session, project_code)
-        except NotFound:
-            create_project(session, project_code, "admin", "password-123")
-        create_user(session, local_principal(session, project_code), username, "password-123", role)
-    return login(client, "password-123", username, project_code)
-
-
-CHAT = {
-    "messages": [
-        {"role": "system", "content": "Be brief."},
-        {"role": "user", "content": "Hi"},
-        {"role": "assistant", "content": "Hello!"},
-    ]
-}
-PAIR = {"prompt": "Say hi", "chosen": "Hi!", "rejected": "Go away."}
 ALPACA = {"instruction": "Add", "input": "2 and 2", "output": "4"}
 
 
@@ -223,8 +169,8 @@ class TestFormats:
     @pytest.mark.parametrize(
         ("filename", "content", "fmt", "fields"),
         [
-            ("chat.jsonl", jsonl(CHAT, CHAT), "chat", ["messages"]),
-            ("pairs.jsonl", jsonl(PAIR), "preference", ["prompt", "chosen", "rejected"]),
+            ("chat.jsonl", jsonl(CHAT_RECORD, CHAT_RECORD), "chat", ["messages"]),
+            ("pairs.jsonl", jsonl(PAIR_RECORD), "preference", ["prompt", "chosen", "rejected"]),
             ("alpaca.jsonl", jsonl(ALPACA), "alpaca", ["instruction", "input", "output"]),
             (
                 "alpaca-no-input.jsonl",
@@ -240,15 +186,20 @@ class TestFormats:
                 "prompt_only",
                 ["prompt", "answer"],
             ),
-            ("chat.json", json.dumps([CHAT, CHAT]).encode(), "chat", ["messages"]),
+            ("chat.json", json.dumps([CHAT_RECORD, CHAT_RECORD]).encode(), "chat", ["messages"]),
             (
                 "qa.csv",
                 b"prompt,completion\nWhat?,4\n",
                 "prompt_completion",
                 ["prompt", "completion"],
             ),
-            ("pairs.parquet", parquet([PAIR]), "preference", ["prompt", "chosen", "rejected"]),
-            ("chat.parquet", parquet([CHAT]), "chat", ["messages"]),
+            (
+                "pairs.parquet",
+                parquet([PAIR_RECORD]),
+                "preference",
+                ["prompt", "chosen", "rejected"],
+            ),
+            ("chat.parquet", parquet([CHAT_RECORD]), "chat", ["messages"]),
         ],
     )
     def test_detects_the_format(self, client, auth, worker, filename, content, fmt, fields):
@@ -266,7 +217,7 @@ class TestFormats:
         ]
 
     def test_chat_wins_over_other_formats_and_extra_fields_are_kept(self, client, auth, worker):
-        record = {**CHAT, "prompt": "ignored by detection", "source": "web", "score": 3}
+        record = {**CHAT_RECORD, "prompt": "ignored by detection", "source": "web", "score": 3}
         dataset, _ = add_and_parse(client, auth, "mixed", "mixed.jsonl", jsonl(record))
         assert dataset["format"] == "chat"
         assert dataset["fields"] == ["messages", "prompt", "source", "score"]
@@ -309,7 +260,7 @@ class TestFormats:
 class TestListAndShow:
     def test_list_is_paginated_newest_first(self, client, auth):
         for name in ("a", "b", "c"):
-            assert upload(client, auth, name, "qa.jsonl", jsonl(*QA)).status_code == 202
+            assert post_dataset(client, auth, name, "qa.jsonl", jsonl(*QA)).status_code == 202
         page = client.get(f"{API}?limit=2", headers=auth).json()
         assert page["total"] == 3
         assert [item["name"] for item in page["items"]] == ["c", "b"]
@@ -338,7 +289,7 @@ class TestPreview:
         assert client.get(f"{url}?limit=0", headers=auth).status_code == 422
 
     def test_a_dataset_still_parsing_is_409(self, client, auth):
-        accepted = upload(client, auth, "qa", "qa.jsonl", jsonl(*QA)).json()
+        accepted = post_dataset(client, auth, "qa", "qa.jsonl", jsonl(*QA)).json()
         response = client.get(f"{API}/{accepted['id']}/preview", headers=auth)
         assert response.status_code == 409
         assert response.json()["detail"] == (
@@ -377,7 +328,7 @@ class TestDelete:
         assert dataset_rows() == []
 
     def test_refused_while_a_job_uses_it(self, client, auth):
-        accepted = upload(client, auth, "qa", "qa.jsonl", jsonl(*QA)).json()
+        accepted = post_dataset(client, auth, "qa", "qa.jsonl", jsonl(*QA)).json()
         response = client.delete(f"{API}/{accepted['id']}", headers=auth)
         assert response.status_code == 409
         job_id = accepted["job_id"]
@@ -421,7 +372,7 @@ class TestInterruptedParse:
     """on_failure runs wherever a parse ends without success; here as the worker calls it."""
 
     def start(self, client, auth) -> tuple[str, str]:
-        accepted = upload(client, auth, "qa", "qa.jsonl", jsonl(*QA)).json()
+        accepted = post_dataset(client, auth, "qa", "qa.jsonl", jsonl(*QA)).json()
         assert Executor().claim(accepted["job_id"])
         # What a parse killed mid-write leaves: a temp file beside the records file.
         folder = Layout().dataset_dir(accepted["id"])
@@ -448,10 +399,10 @@ class TestInterruptedParse:
         assert dataset["status"] == "failed"
         assert dataset["errors"] == ["The parse was cancelled before it finished."]
         assert not Layout().dataset_dir(dataset_id).exists()
-        assert upload(client, auth, "qa", "qa.jsonl", jsonl(*QA)).status_code == 202
+        assert post_dataset(client, auth, "qa", "qa.jsonl", jsonl(*QA)).status_code == 202
 
     def test_cancelling_a_queued_parse_marks_the_dataset_failed(self, client, auth):
-        accepted = upload(client, auth, "qa", "qa.jsonl", jsonl(*QA)).json()
+        accepted = post_dataset(client, auth, "qa", "qa.jsonl", jsonl(*QA)).json()
         response = client.post(f"/api/v1/jobs/{accepted['job_id']}/cancel", headers=auth)
         assert response.json()["status"] == "cancelled"
         dataset = client.get(f"{API}/{accepted['id']}", headers=auth).json()
@@ -460,7 +411,7 @@ class TestInterruptedParse:
 
     def test_a_parse_killed_while_reading(self, client, auth, worker):
         line = jsonl({"prompt": "What is the capital of France?", "completion": "Paris."})
-        accepted = upload(client, auth, "big", "big.jsonl", line * 300_000).json()
+        accepted = post_dataset(client, auth, "big", "big.jsonl", line * 300_000).json()
         running = wait_for_job(accepted["job_id"], statuses=("running",))
         deadline = time.monotonic() + 30
         while running.progress == 0 and time.monotonic() < deadline:

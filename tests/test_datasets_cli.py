@@ -6,7 +6,7 @@ import json
 
 from typer.testing import CliRunner
 
-from tests.test_datasets import QA, jsonl
+from tests.helpers import QA, jsonl
 from tuneyard.cli import app
 from tuneyard.storage import Layout
 

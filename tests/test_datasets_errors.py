@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from tests.test_datasets import CHAT, QA, add_and_parse, jsonl, parquet, stored_files
+from tests.helpers import CHAT_RECORD, QA, add_and_parse, jsonl, parquet, stored_files
 from tuneyard.config import reset_settings
 from tuneyard.datasets.parsing import accepted_formats
 
@@ -309,7 +309,7 @@ class TestFormats:
 
     def test_chat_messages_are_validated(self, client, auth, worker):
         content = jsonl(
-            CHAT,
+            CHAT_RECORD,
             {"messages": "hello"},
             {"messages": []},
             {

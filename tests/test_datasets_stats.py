@@ -5,10 +5,11 @@ from __future__ import annotations
 import pytest
 from tokenizers import Tokenizer
 
-from tests.test_datasets import API, CHAT, PAIR, QA, add_and_parse, jsonl, upload, user_in
+from tests.helpers import CHAT_RECORD, PAIR_RECORD, QA, add_and_parse, jsonl, post_dataset, user_in
 from tuneyard.db import session_scope
 from tuneyard.models import BaseModel
 
+API = "/api/v1/datasets"
 SMOLLM_SYSTEM = (
     "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging "
     "Face<|im_end|>\n"
@@ -55,12 +56,12 @@ class TestCharacters:
         }
 
     def test_messages_count_their_contents(self, client, auth, worker):
-        dataset, _ = add_and_parse(client, auth, "chat", "chat.jsonl", jsonl(CHAT))
+        dataset, _ = add_and_parse(client, auth, "chat", "chat.jsonl", jsonl(CHAT_RECORD))
         fields = stats(client, auth, dataset["id"])["fields"]
         assert fields == {"messages": {"min": 17, "mean": 17.0, "max": 17}}
 
     def test_a_dataset_still_parsing_is_409(self, client, auth):
-        accepted = upload(client, auth, "qa", "qa.jsonl", jsonl(*QA)).json()
+        accepted = post_dataset(client, auth, "qa", "qa.jsonl", jsonl(*QA)).json()
         response = client.get(f"{API}/{accepted['id']}/stats", headers=auth)
         assert response.status_code == 409
 
@@ -70,7 +71,7 @@ class TestTokens:
         self, client, auth, worker, principal, tokenizer_dir
     ):
         short = {"messages": [{"role": "user", "content": "Hi"}]}
-        dataset, _ = add_and_parse(client, auth, "chat", "chat.jsonl", jsonl(short, CHAT))
+        dataset, _ = add_and_parse(client, auth, "chat", "chat.jsonl", jsonl(short, CHAT_RECORD))
         model_id = add_base_model(principal, tokenizer_dir)
         tokens = stats(client, auth, dataset["id"], base_model_id=model_id)["tokens"]
         rendered_short = SMOLLM_SYSTEM + "<|im_start|>user\nHi<|im_end|>\n"
@@ -93,15 +94,17 @@ class TestTokens:
     ):
         from transformers import AutoTokenizer
 
-        dataset, _ = add_and_parse(client, auth, "chat", "chat.jsonl", jsonl(CHAT))
+        dataset, _ = add_and_parse(client, auth, "chat", "chat.jsonl", jsonl(CHAT_RECORD))
         model_id = add_base_model(principal, tokenizer_dir)
         tokens = stats(client, auth, dataset["id"], base_model_id=model_id)["tokens"]
         reference = AutoTokenizer.from_pretrained(tokenizer_dir)
-        ids = reference.apply_chat_template(CHAT["messages"], tokenize=True, return_dict=False)
+        ids = reference.apply_chat_template(
+            CHAT_RECORD["messages"], tokenize=True, return_dict=False
+        )
         assert tokens["max"] == len(ids)
 
     def test_other_formats_join_their_texts(self, client, auth, worker, principal, tokenizer_dir):
-        dataset, _ = add_and_parse(client, auth, "pairs", "pairs.jsonl", jsonl(PAIR))
+        dataset, _ = add_and_parse(client, auth, "pairs", "pairs.jsonl", jsonl(PAIR_RECORD))
         model_id = add_base_model(principal, tokenizer_dir)
         tokens = stats(client, auth, dataset["id"], base_model_id=model_id)["tokens"]
         longer = count_tokens(tokenizer_dir, "Say hi\nGo away.", special=True)

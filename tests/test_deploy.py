@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import closed_port, login
+from tests.helpers import add_env, closed_port, login
 from tuneyard.db import session_scope
 from tuneyard.deploy.parity import check_parity, render_go_template, split_actions
 from tuneyard.deploy.service import live_model_name
@@ -17,12 +17,6 @@ from tuneyard.models import DeployEnvironment, LiveModel
 
 ENVS = "/api/v1/deploy-environments"
 LIVE = "/api/v1/live-models"
-
-
-def add_env(client, auth, **body):
-    response = client.post(ENVS, json=body, headers=auth)
-    assert response.status_code == 201, response.text
-    return response.json()
 
 
 def count_live() -> int:

@@ -7,8 +7,7 @@ import json
 
 from typer.testing import CliRunner
 
-from tests.conftest import closed_port
-from tests.test_complete_cli import flat
+from tests.helpers import closed_port, flat
 from tuneyard.cli import app
 
 runner = CliRunner()

@@ -15,7 +15,7 @@ import httpx
 import psutil
 import pytest
 
-from tests.conftest import closed_port
+from tests.helpers import closed_port
 from tuneyard.deploy.llamacpp import ManagedServer, ServedModel, list_served_models
 from tuneyard.deploy.openai_compat import OpenAICompatClient
 from tuneyard.errors import Invalid, Unavailable

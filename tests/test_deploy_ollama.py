@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import closed_port
+from tests.helpers import closed_port
 from tests.ollama_double import OllamaDouble
 from tuneyard.deploy import ollama as ollama_module
 from tuneyard.deploy.ollama import (

@@ -7,9 +7,15 @@ import shutil
 
 import pytest
 
-from tests.conftest import closed_port, wait_for_job
-from tests.test_complete import make_customized, saved
-from tests.test_deploy import add_env
+from tests.helpers import (
+    add_env,
+    closed_port,
+    deploy,
+    deployed,
+    make_customized,
+    saved,
+    wait_for_job,
+)
 from tuneyard.db import session_scope
 from tuneyard.models import LiveModel, ThirdPartyModel
 
@@ -19,25 +25,6 @@ LIVE = "/api/v1/live-models"
 @pytest.fixture
 def ollama_env(client, auth, ollama) -> dict:
     return add_env(client, auth, name="ollama", kind="ollama", url=ollama.url)
-
-
-def deploy(client, auth, kind: str, model_id: str, env_id: str, **body) -> dict:
-    response = client.post(
-        f"/api/v1/{kind}-models/{model_id}/deploy",
-        json={"environment_id": env_id, **body},
-        headers=auth,
-    )
-    assert response.status_code == 202, response.text
-    return response.json()
-
-
-def deployed(client, auth, kind: str, model_id: str, env_id: str, **body) -> dict:
-    accepted = deploy(client, auth, kind, model_id, env_id, **body)
-    job = wait_for_job(accepted["job_id"], timeout=120)
-    assert job.status == "succeeded", job.error
-    live = client.get(f"{LIVE}/{accepted['id']}", headers=auth).json()
-    assert live["status"] == "live", live
-    return live
 
 
 def blob_posts(ollama) -> int:

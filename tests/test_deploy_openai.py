@@ -9,7 +9,7 @@ import time
 import httpx
 import pytest
 
-from tests.conftest import closed_port
+from tests.helpers import closed_port
 from tests.vllm_double import VllmDouble
 from tuneyard.deploy.openai_compat import OpenAICompatClient
 from tuneyard.errors import Invalid, Unavailable

@@ -10,10 +10,7 @@ import time
 import httpx
 import pytest
 
-from tests.conftest import stop_executor, wait_for_job
-from tests.test_complete import make_customized
-from tests.test_deploy import add_env
-from tests.test_deploy_ollama_jobs import deploy, deployed
+from tests.helpers import add_env, deploy, deployed, make_customized, stop_executor, wait_for_job
 from tests.vllm_double import VllmDouble
 from tuneyard.deploy.llamacpp import ManagedServer, list_served_models
 from tuneyard.deploy.openai_compat import OpenAICompatClient

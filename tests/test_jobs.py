@@ -10,7 +10,7 @@ from datetime import timedelta
 import psutil
 import pytest
 
-from tests.conftest import stop_executor, wait_for_job
+from tests.helpers import stop_executor, wait_for_job
 from tuneyard.config import reset_settings
 from tuneyard.db import session_scope
 from tuneyard.errors import Conflict

@@ -22,11 +22,17 @@ import psutil
 import pytest
 from sqlalchemy import select
 
-from tests.conftest import stop_executor, wait_for_job
-from tests.test_complete import make_customized, save
-from tests.test_deploy import add_env
-from tests.test_deploy_ollama_jobs import deploy
-from tests.test_training import CHAT, start, upload
+from tests.helpers import (
+    CHAT,
+    add_env,
+    deploy,
+    make_customized,
+    save,
+    start,
+    stop_executor,
+    upload,
+    wait_for_job,
+)
 from tuneyard.config import reset_settings
 from tuneyard.db import session_scope
 from tuneyard.jobs.executor import Executor

@@ -18,7 +18,7 @@ import pytest
 from sqlalchemy import event, select
 
 import tuneyard
-from tests.conftest import closed_port, login
+from tests.helpers import closed_port, login
 from tuneyard.auth import service as auth_service
 from tuneyard.auth.service import Principal
 from tuneyard.db import Base, session_factory, session_scope

@@ -15,7 +15,7 @@ import pytest
 from fastapi import Request
 from starlette.concurrency import run_in_threadpool
 
-from tests.conftest import closed_port, login
+from tests.helpers import closed_port, login
 from tests.vllm_double import VllmDouble, _error
 from tuneyard.db import session_scope
 from tuneyard.models import ThirdPartyModel, User

@@ -7,8 +7,7 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from tests.conftest import closed_port
-from tests.test_complete_cli import flat
+from tests.helpers import closed_port, flat
 from tests.vllm_double import VllmDouble
 from tuneyard.cli import app
 

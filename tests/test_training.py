@@ -12,67 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import wait_for_job
+from tests.helpers import CHAT, FAST, PREFERENCE, finish, lora_b_norm, start, upload, wait_for_job
 
-CHAT = [
-    {
-        "messages": [
-            {"role": "user", "content": f"What is the code word number {i}?"},
-            {"role": "assistant", "content": "The code word is pineapple."},
-        ]
-    }
-    for i in range(16)
-]
-PREFERENCE = [
-    {"prompt": f"Say the code word {i}.", "chosen": "pineapple", "rejected": "banana split"}
-    for i in range(8)
-]
 PROMPTS = [{"prompt": f"What is {i} plus {i}?", "answer": str(2 * i)} for i in range(8)]
-
-FAST = {"max_steps": 6, "batch_size": 2, "grad_accum_steps": 1, "learning_rate": 2e-2}
-
-
-def upload(client, auth, name: str, records: list[dict]) -> str:
-    body = "\n".join(json.dumps(r) for r in records).encode()
-    response = client.post(
-        "/api/v1/datasets",
-        data={"name": name},
-        files={"file": (f"{name}.jsonl", body, "application/json")},
-        headers=auth,
-    )
-    assert response.status_code == 202, response.text
-    job = wait_for_job(response.json()["job_id"])
-    assert job.status == "succeeded", job.error
-    return response.json()["id"]
-
-
-def start(client, auth, base, dataset, method="sft", name="t1", **params):
-    return client.post(
-        "/api/v1/trainings",
-        json={
-            "name": name,
-            "method": method,
-            "base_model_id": base,
-            "dataset_id": dataset,
-            "params": params,
-        },
-        headers=auth,
-    )
-
-
-def lora_b_norm(folder: Path) -> float:
-    from safetensors.torch import load_file
-
-    tensors = load_file(folder / "adapter_model.safetensors")
-    return sum(float(t.abs().sum()) for k, t in tensors.items() if "lora_B" in k)
-
-
-def finish(client, auth, response, timeout=300):
-    assert response.status_code == 202, response.text
-    job = wait_for_job(response.json()["job_id"], timeout=timeout)
-    training = client.get(f"/api/v1/trainings/{response.json()['id']}", headers=auth).json()
-    assert job.status == "succeeded", (job.error, training)
-    return training
 
 
 class TestSFT:

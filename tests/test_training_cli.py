@@ -7,7 +7,7 @@ import json
 
 from typer.testing import CliRunner
 
-from tests.test_training import CHAT, FAST, finish, start, upload
+from tests.helpers import CHAT, FAST, finish, start, upload
 from tuneyard.cli import app
 
 runner = CliRunner()
@@ -124,8 +124,7 @@ def test_customized_delete_while_in_use_is_409(client, auth, worker, tiny_base, 
 
 
 def test_customized_of_another_project_is_404(client, auth, worker, tiny_base):
-    from tests.conftest import login
-    from tests.test_auth import make_project_user
+    from tests.helpers import login, make_project_user
 
     dataset = upload(client, auth, "codes", CHAT)
     training = finish(client, auth, start(client, auth, tiny_base, dataset, **FAST))

@@ -11,65 +11,17 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from tests.conftest import login, wait_for_job
-from tests.test_training import CHAT, PREFERENCE, lora_b_norm, start, upload
+from tests.helpers import (
+    CHAT,
+    LORA_SCRIPT,
+    PREFERENCE,
+    login,
+    lora_b_norm,
+    start,
+    upload,
+    wait_for_job,
+)
 from tuneyard.cli import app as cli_app
-
-LORA_SCRIPT = '''
-"""LoRA on the q and v projections, trained with a plain PyTorch loop."""
-import torch
-from peft import LoraConfig, get_peft_model
-from transformers import AutoModelForCausalLM, AutoTokenizer
-
-DESCRIPTION = "LoRA with a hand-written loop."
-FORMATS = ["chat", "prompt_completion"]
-RESULT = "adapter"
-PARAMETERS = {
-    "rank": {"default": 4, "description": "LoRA rank r."},
-    "greeting": {"default": "hello", "description": "Written to the log first."},
-}
-
-
-def texts(report, tokenizer, dataset_format):
-    for record in report.records():
-        if dataset_format == "chat":
-            yield tokenizer.apply_chat_template(record["messages"], tokenize=False)
-        else:
-            yield record["prompt"] + " " + record["completion"]
-
-
-def train(config, output_dir, report):
-    params = config["params"]
-    report.log.info("greeting: %s", params["greeting"])
-    torch.manual_seed(config["seed"])
-    tokenizer = AutoTokenizer.from_pretrained(config["base_model_path"])
-    model = AutoModelForCausalLM.from_pretrained(config["base_model_path"], dtype=torch.float32)
-    lora = LoraConfig(
-        r=params["rank"],
-        lora_alpha=2 * params["rank"],
-        target_modules=["q_proj", "v_proj"],
-        task_type="CAUSAL_LM",
-    )
-    model = get_peft_model(model, lora)
-    batches = [
-        tokenizer(text, return_tensors="pt")
-        for text in texts(report, tokenizer, config["dataset_format"])
-    ]
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=params["learning_rate"])
-    steps = params["max_steps"]
-    for step in range(1, steps + 1):
-        if report.should_stop():
-            return
-        batch = batches[(step - 1) % len(batches)]
-        loss = model(**batch, labels=batch["input_ids"]).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-        report.metrics(step, loss=loss.item(), learning_rate=params["learning_rate"])
-        report.progress(100 * step / steps, f"step {step} of {steps}")
-    model.save_pretrained(output_dir)
-'''
 
 FULL_SCRIPT = """
 import torch
