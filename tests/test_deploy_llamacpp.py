@@ -8,7 +8,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -236,11 +235,9 @@ class TestSupervision:
 
 
 class TestListServedModels:
-    def test_closed_port_is_unavailable_fast(self):
-        started = time.monotonic()
+    def test_closed_port_is_unavailable(self):
         with pytest.raises(Unavailable, match="connection refused"):
             list_served_models(f"http://127.0.0.1:{closed_port()}")
-        assert time.monotonic() - started < 2
 
 
 @pytest.fixture(autouse=True)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import socket
-import time
 
 import httpx
 import pytest
@@ -125,13 +124,11 @@ class TestRuntimeLora:
 
 
 class TestFailures:
-    def test_closed_port_is_unavailable_fast(self):
+    def test_closed_port_is_unavailable(self):
         client = OpenAICompatClient(f"http://127.0.0.1:{closed_port()}/v1")
-        started = time.monotonic()
 
         with pytest.raises(Unavailable, match="connection refused"):
             client.models()
-        assert time.monotonic() - started < 2
 
     def test_unknown_host_names_dns(self):
         with pytest.raises(Unavailable, match=r"does not resolve \(DNS\)"):
