@@ -14,16 +14,12 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import create_engine, text
+from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
-from tests.helpers import PG_URL, build_adapter, closed_port, login, stop_executor
+from tests.helpers import PG_URL, build_adapter, closed_port, login, pg_admin_engine, stop_executor
 from tuneyard.config import get_settings, reset_settings
 from tuneyard.db import engine_for, upgrade
-
-
-def _pg_admin_engine():
-    return create_engine(PG_URL, isolation_level="AUTOCOMMIT")
 
 
 @pytest.fixture(scope="session")
@@ -32,7 +28,7 @@ def template_db(tmp_path_factory):
     root = tmp_path_factory.mktemp("template")
     if PG_URL:
         name = f"ty_tpl_{uuid.uuid4().hex[:8]}"
-        admin = _pg_admin_engine()
+        admin = pg_admin_engine()
         with admin.connect() as conn:
             conn.execute(text(f'CREATE DATABASE "{name}"'))
         url = make_url(PG_URL).set(database=name).render_as_string(hide_password=False)
@@ -82,7 +78,7 @@ def data_dir(request, tmp_path, tmp_path_factory, template_db, monkeypatch) -> P
         monkeypatch.setenv("TUNEYARD_DATABASE_URL", f"sqlite:///{tmp_path}/absent/no.db")
     elif PG_URL:
         database = f"ty_{uuid.uuid4().hex[:12]}"
-        admin = _pg_admin_engine()
+        admin = pg_admin_engine()
         with admin.connect() as conn:
             conn.execute(text(f'CREATE DATABASE "{database}" TEMPLATE "{template_db}"'))
         url = make_url(PG_URL).set(database=database).render_as_string(hide_password=False)

@@ -373,3 +373,10 @@ def deployed(client, auth, kind: str, model_id: str, env_id: str, **body) -> dic
 def flat(text: str) -> str:
     """The output with rich's line wrapping undone."""
     return " ".join(text.split())
+
+
+def pg_admin_engine():
+    """An autocommit engine on the test PostgreSQL server, to create and drop databases."""
+    from sqlalchemy import create_engine
+
+    return create_engine(PG_URL, isolation_level="AUTOCOMMIT")

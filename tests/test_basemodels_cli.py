@@ -8,6 +8,7 @@ import shutil
 
 from typer.testing import CliRunner
 
+from tests.helpers import flat
 from tuneyard.cli import app
 
 runner = CliRunner()
@@ -15,11 +16,6 @@ runner = CliRunner()
 
 def invoke(*args: str):
     return runner.invoke(app, ["base", *args])
-
-
-def flat(text: str) -> str:
-    """The output with the terminal's line wrapping undone."""
-    return " ".join(text.split())
 
 
 class TestAdd:

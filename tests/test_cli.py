@@ -15,7 +15,7 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
-from tests.conftest import closed_port
+from tests.helpers import closed_port, flat
 from tuneyard.cli import app
 
 runner = CliRunner()
@@ -24,11 +24,6 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def invoke(*args: str, input: str | None = None, env: dict | None = None):
     return runner.invoke(app, list(args), input=input, env=env)
-
-
-def flat(text: str) -> str:
-    """The output with the terminal's line wrapping undone."""
-    return " ".join(text.split())
 
 
 def run_tuneyard(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess:
@@ -356,7 +351,7 @@ class TestJobs:
         assert f"Job {job_id} succeeded" in flat(result.stdout)
 
     def test_ctrl_c_cancels_the_job_it_follows(self, cli, principal, worker, tmp_path, monkeypatch):
-        from tests.conftest import wait_for_job
+        from tests.helpers import wait_for_job
         from tuneyard.client import Client
         from tuneyard.db import session_scope
         from tuneyard.jobs import service

@@ -6,7 +6,7 @@ import json
 
 from typer.testing import CliRunner
 
-from tests.helpers import QA, jsonl
+from tests.helpers import QA, flat, jsonl
 from tuneyard.cli import app
 from tuneyard.storage import Layout
 
@@ -15,11 +15,6 @@ runner = CliRunner()
 
 def invoke(*args: str):
     return runner.invoke(app, list(args))
-
-
-def flat(text: str) -> str:
-    """The output with rich's line wrapping undone."""
-    return " ".join(text.split())
 
 
 def listed() -> list[dict]:

@@ -240,7 +240,7 @@ class TestTheCli:
     def test_deploy_refuses_an_ambiguous_name_as_the_server_does(self, cli, project_world):
         from typer.testing import CliRunner
 
-        from tests.test_complete_cli import flat
+        from tests.helpers import flat
         from tuneyard.cli import app
 
         twin = add_third_party(project_world, "tiny")

@@ -18,7 +18,7 @@ import pytest
 from sqlalchemy import create_engine, func, select, text
 from sqlalchemy.engine import make_url
 
-from tests.conftest import PG_URL, _pg_admin_engine, closed_port
+from tests.helpers import PG_URL, closed_port, pg_admin_engine
 from tuneyard.config import get_settings, reset_settings
 from tuneyard.db import SchemaMismatch, engine_for, schema_state, upgrade
 
@@ -48,7 +48,7 @@ def empty_database(data: Path):
         yield f"sqlite:///{data / 'tuneyard.db'}"
         return
     name = f"ty_empty_{uuid.uuid4().hex[:10]}"
-    admin = _pg_admin_engine()
+    admin = pg_admin_engine()
     with admin.connect() as conn:
         conn.execute(text(f'CREATE DATABASE "{name}"'))
     try:
@@ -190,7 +190,7 @@ class TestReadiness:
         assert str(data_dir) not in response.text
 
     def test_a_running_worker_makes_it_ready_and_its_stop_unready(self, client, worker):
-        from tests.conftest import stop_executor
+        from tests.helpers import stop_executor
 
         body = wait_ready(lambda: client.get("/api/v1/health/ready"))
         assert body["workers"] == 1 and body["reasons"] == []
