@@ -238,6 +238,7 @@ def project_world(admin_password):
     from tuneyard.auth import service as auth_service
     from tuneyard.db import session_scope
     from tuneyard.models import (
+        Assessment,
         BaseModel,
         ChatSession,
         CompleteModel,
@@ -365,7 +366,23 @@ def project_world(admin_password):
             digest="0" * 64,
             created_by=admin.user_id,
         )
-        session.add_all([live, script])
+        assessment = Assessment(
+            **project,
+            name="check",
+            dataset_id=dataset.id,
+            dataset_name="qa",
+            status="succeeded",
+            config={
+                "sample": {"size": 1, "seed": None},
+                "candidates": [{"model": f"third-party:{third_party.id}", "name": "remote"}],
+                "judge": None,
+                "reference_column": None,
+                "metrics": [],
+            },
+            row_count=1,
+            created_by=admin.user_id,
+        )
+        session.add_all([live, script, assessment])
         session.flush()
         _files(layout.live_model_dir(live.id), "model.gguf")
         script.path = str(layout.method_script(admin.project_id, script.id))
@@ -387,6 +404,7 @@ def project_world(admin_password):
             profile=profile.id,
             third_party=third_party.id,
             chat=chat.id,
+            assessment=assessment.id,
         )
 
 

@@ -39,6 +39,15 @@ SERVICE_MODULES = [
 
 # Reviewed: these change nothing.
 READS = {
+    "tuneyard.assessment.service": {
+        "check_request",
+        "export",
+        "find_assessment",
+        "get_assessment",
+        "list_assessments",
+        "preview",
+        "results",
+    },
     "tuneyard.auth.service": {"get_project_by_code", "get_user", "list_users", "list_tokens"},
     "tuneyard.basemodels.service": {
         "active_job",
@@ -115,6 +124,18 @@ OWN = {
 # (job bodies and the worker, streaming an answer after its turn was prepared, start-up, the
 # CLI's identity, signing in and out with a password or a token).
 WITHOUT_PRINCIPAL = {
+    "tuneyard.assessment.service": {
+        "candidate_messages",
+        "describe",
+        "iter_rows",
+        "judge_messages",
+        "judge_values",
+        "preference_records",
+        "row_counts",
+        "row_dict",
+        "sample_indices",
+        "sampled_records",
+    },
     "tuneyard.auth.service": {
         "authenticate",
         "create_project",
@@ -200,6 +221,12 @@ def change_arguments(w) -> dict[str, dict]:
     """What each change is called with, naming the world's rows. A change missing here gets
     "x" for each argument it needs: the role check comes first, whatever the arguments."""
     return {
+        "tuneyard.assessment.service.cancel_assessment": {"assessment_id": w.assessment},
+        "tuneyard.assessment.service.create_preference_dataset": {
+            "assessment_id": w.assessment,
+        },
+        "tuneyard.assessment.service.delete_assessment": {"assessment_id": w.assessment},
+        "tuneyard.assessment.service.resume_assessment": {"assessment_id": w.assessment},
         "tuneyard.auth.service.create_user": {
             "username": "newcomer",
             "password": "password-123",
@@ -404,8 +431,9 @@ def test_a_viewer_manages_what_is_their_own(project_world):
 # -- the API answers 403 ----------------------------------------------------------------------
 
 # Routes a viewer may use: signing in, their own password, tokens and chats, and comparing runs
-# (a read).
+# and previewing an assessment's prompts (reads).
 VIEWER_ROUTES = {
+    ("POST", "/api/v1/assessments/preview"),
     ("POST", "/api/v1/auth/login"),
     ("POST", "/api/v1/auth/password"),
     ("POST", "/api/v1/tokens"),
@@ -425,7 +453,26 @@ REWARD = b"def reward(completions, **columns):\n    return [0.0]\n"
 def route_requests(w) -> dict[tuple[str, str], tuple[dict, dict]]:
     """(path parameters, request arguments) of each route a viewer is refused."""
     deploy = {"json": {"environment_id": w.environment}}
+    assessment = {"assessment_id": w.assessment}
     return {
+        ("POST", "/api/v1/assessments"): (
+            {},
+            {
+                "json": {
+                    "name": "again",
+                    "dataset_id": w.dataset,
+                    "sample": {"size": 1},
+                    "candidates": [{"model": "remote", "prompt": "{{prompt}}"}],
+                }
+            },
+        ),
+        ("DELETE", "/api/v1/assessments/{assessment_id}"): (assessment, {}),
+        ("POST", "/api/v1/assessments/{assessment_id}/cancel"): (assessment, {}),
+        ("POST", "/api/v1/assessments/{assessment_id}/resume"): (assessment, {}),
+        ("POST", "/api/v1/assessments/{assessment_id}/preference-dataset"): (
+            assessment,
+            {"json": {"name": "prefs"}},
+        ),
         ("POST", "/api/v1/users"): (
             {},
             {"json": {"username": "newcomer", "password": "password-123", "role": "admin"}},

@@ -81,6 +81,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
 
 def api_router() -> APIRouter:
+    from tuneyard.assessment.routes import router as assessment_router
     from tuneyard.auth.routes import router as auth_router
     from tuneyard.basemodels.routes import router as base_router
     from tuneyard.chat.routes import router as chat_router
@@ -130,6 +131,7 @@ def api_router() -> APIRouter:
         deploy_router,
         thirdparty_router,
         chat_router,
+        assessment_router,
         dashboard_router,
         modelref_router,
     ):

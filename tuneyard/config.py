@@ -60,6 +60,21 @@ class Settings(BaseSettings):
         description="Comma-separated folders that models may be registered or imported from "
         "by server path; empty means the data dir's import folder alone.",
     )
+    assessment_local_concurrency: int = Field(
+        1, ge=1, le=64, description="Calls an assessment makes at once to local models."
+    )
+    assessment_live_concurrency: int = Field(
+        4, ge=1, le=64, description="Calls an assessment makes at once to each live server."
+    )
+    assessment_remote_concurrency: int = Field(
+        8,
+        ge=1,
+        le=64,
+        description="Calls an assessment makes at once to each third-party endpoint.",
+    )
+    assessment_retries: int = Field(
+        4, ge=0, le=10, description="Retries of a model call answered 429 or 5xx, with backoff."
+    )
     allow_code_uploads: bool = Field(
         False,
         description="Let the operator upload Python (custom training methods, GRPO reward "

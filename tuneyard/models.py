@@ -462,3 +462,61 @@ class ChatMessage(Base):
     model: Mapped[str | None] = mapped_column(String(600))
     usage: Mapped[dict[str, Any]] = mapped_column(JSON, nullable=False, default=dict)
     created_at: Mapped[datetime] = created_column()
+
+
+class Assessment(Base):
+    """A run comparing one or two candidate models on a sample of a dataset, optionally with a
+    judge model; its rows hold the answers and verdicts, its summary the figures."""
+
+    __tablename__ = "assessments"
+    __table_args__ = (UniqueConstraint("project_id", "name"),)
+
+    id: Mapped[str] = id_column()
+    project_id: Mapped[str] = mapped_column(
+        ForeignKey("projects.id", ondelete="CASCADE"), index=True
+    )
+    name: Mapped[str] = mapped_column(String(200), nullable=False)
+    dataset_id: Mapped[str | None] = mapped_column(ForeignKey("datasets.id", ondelete="SET NULL"))
+    # Kept after the dataset is deleted: the rows carry their records.
+    dataset_name: Mapped[str] = mapped_column(String(200), nullable=False)
+    dataset_digest: Mapped[str | None] = mapped_column(String(64))
+    # The checked request: sample, candidates (canonical model references), judge, metrics.
+    config: Mapped[dict[str, Any]] = mapped_column(JSON, nullable=False, default=dict)
+    # queued, running, succeeded, failed, cancelled: in step with its latest job.
+    status: Mapped[str] = mapped_column(String(16), nullable=False, default="queued")
+    error: Mapped[str | None] = mapped_column(Text)
+    job_id: Mapped[str | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"))
+    row_count: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    summary: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    created_by: Mapped[str | None] = mapped_column(String(36))
+    created_at: Mapped[datetime] = created_column()
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class AssessmentRow(Base):
+    """One sampled record of an assessment: what each candidate was asked and answered, what the
+    judge said, and the reference metrics."""
+
+    __tablename__ = "assessment_rows"
+    __table_args__ = (UniqueConstraint("assessment_id", "position"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    assessment_id: Mapped[str] = mapped_column(
+        ForeignKey("assessments.id", ondelete="CASCADE"), index=True
+    )
+    position: Mapped[int] = mapped_column(Integer, nullable=False)  # order in the sample
+    record_index: Mapped[int] = mapped_column(Integer, nullable=False)  # in the dataset
+    record: Mapped[dict[str, Any]] = mapped_column(JSON, nullable=False, default=dict)
+    # pending (not run yet), done (every call answered), error (a call failed; resume retries).
+    status: Mapped[str] = mapped_column(String(8), nullable=False, default="pending")
+    # One entry per candidate: the prompt sent, the answer, latency, tokens, error.
+    answers: Mapped[list[Any]] = mapped_column(JSON, nullable=False, default=list)
+    # One entry per judge call: raw output, parsed verdict, latency, tokens, error.
+    judgments: Mapped[list[Any]] = mapped_column(JSON, nullable=False, default=list)
+    # The row's verdict once the judge calls are read (pairwise: the swap rule applied).
+    verdict: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # Per candidate: reference metric -> value.
+    metrics: Mapped[list[Any]] = mapped_column(JSON, nullable=False, default=list)
+    # Two candidates: identical answers and token overlap.
+    agreement: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())

@@ -36,6 +36,17 @@ class ChatModel:
     local: dict[str, Any] | None = None  # {"model_dir", "adapter_dir"} for local models
 
 
+class EndpointFailed(Unavailable):
+    """The model's endpoint answered 429 or 5xx: busy or broken for now, maybe not for long.
+    `upstream_status` is its status; `retry_after` the seconds its Retry-After header asked
+    for, if any."""
+
+    def __init__(self, message: str, upstream_status: int, retry_after: float | None = None):
+        super().__init__(message)
+        self.upstream_status = upstream_status
+        self.retry_after = retry_after
+
+
 @dataclass
 class Delta:
     """A piece of an answer; the last one carries finish_reason and usage."""
@@ -179,7 +190,18 @@ def _raise_for(model: ChatModel, response) -> None:
         raise Unavailable(f"{model.name} refused the API key ({response.status_code}).")
     if response.status_code in (400, 404, 422):
         raise Invalid(f"{model.name}: {words}")
-    raise Unavailable(f"{model.name} failed ({response.status_code}): {words}")
+    message = f"{model.name} failed ({response.status_code}): {words}"
+    if response.status_code == 429 or response.status_code >= 500:
+        raise EndpointFailed(message, response.status_code, _retry_after(response))
+    raise Unavailable(message)
+
+
+def _retry_after(response) -> float | None:
+    try:
+        seconds = float(response.headers.get("retry-after", ""))
+    except ValueError:
+        return None
+    return seconds if 0 <= seconds < 3600 else None
 
 
 def stream_chat(

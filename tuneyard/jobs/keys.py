@@ -26,6 +26,7 @@ class Resource(StrEnum):
     LIVE_MODEL = "live_model"
     DEPLOY_ENVIRONMENT = "deploy_environment"
     THIRD_PARTY_MODEL = "third_party_model"
+    ASSESSMENT = "assessment"
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ BUILTIN_TASK_MODULES = (
     "tuneyard.training.tasks",
     "tuneyard.complete.tasks",
     "tuneyard.deploy.tasks",
+    "tuneyard.assessment.tasks",
 )
 
 

@@ -1,0 +1,184 @@
+"""API shapes for assessments: the request, its preview, the assessment with its summary, and
+its rows."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from tuneyard.bounds import INT64_MAX, INT64_MIN, SEED_MAX
+from tuneyard.chat.schemas import MAX_STOP, MAX_TOKENS, MAX_TOP_K
+
+NAME_MAX = 200
+MAX_SAMPLE = 10_000
+MAX_PROMPT_CHARS = 20_000
+MAX_COLUMN_CHARS = 200
+MAX_METRICS = 20
+PREVIEW_RECORDS = 5
+
+
+class GenerationParams(BaseModel):
+    """Sampling for one model; greedy by default, so a rerun answers the same."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    temperature: float = Field(0.0, ge=0, le=2, description="0 answers greedily.")
+    top_p: float | None = Field(None, gt=0, le=1)
+    top_k: int | None = Field(None, ge=1, le=MAX_TOP_K, description="Ignored by OpenAI's own API.")
+    max_tokens: int = Field(256, ge=1, le=MAX_TOKENS)
+    stop: list[str] | None = Field(None, max_length=MAX_STOP)
+    seed: int | None = Field(None, ge=INT64_MIN, le=INT64_MAX)
+
+    @field_validator("stop")
+    @classmethod
+    def _no_empty_stop(cls, value: list[str] | None) -> list[str] | None:
+        if value and any(not item for item in value):
+            raise ValueError("stop strings must not be empty")
+        return value
+
+
+class Sample(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    size: int = Field(ge=1, le=MAX_SAMPLE, description="How many records to assess.")
+    seed: int | None = Field(
+        None,
+        ge=0,
+        le=SEED_MAX,
+        description="Draw the records at random with this seed; without it, the first `size`.",
+    )
+
+
+class CandidateIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(
+        min_length=1,
+        max_length=500,
+        description="base:<id>, customized:<id>, complete:<id>, live:<id>, third-party:<id>, "
+        "or a model's name.",
+    )
+    system: str | None = Field(None, max_length=MAX_PROMPT_CHARS)
+    prompt: str = Field(
+        min_length=1,
+        max_length=MAX_PROMPT_CHARS,
+        description="The user message, with {{column}} placeholders.",
+    )
+    params: GenerationParams | None = None
+
+
+class JudgeIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(min_length=1, max_length=500)
+    system: str | None = Field(None, max_length=MAX_PROMPT_CHARS)
+    prompt: str = Field(
+        min_length=1,
+        max_length=MAX_PROMPT_CHARS,
+        description="With {{ResponseA}}, {{ResponseB}} (pairwise), {{ref_answer}}, {{Question}} "
+        "and {{column}}; GET /api/v1/assessments/judge-prompts has built-ins to start from.",
+    )
+    kind: Literal["score", "pairwise"]
+    params: GenerationParams | None = Field(None, description="Default: greedy, up to 512 tokens.")
+
+
+class AssessmentCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=NAME_MAX, pattern=r"\S")
+    dataset_id: str = Field(min_length=1, max_length=200, description="A dataset's id or name.")
+    sample: Sample
+    candidates: list[CandidateIn] = Field(min_length=1, max_length=2)
+    judge: JudgeIn | None = None
+    reference_column: str | None = Field(
+        None, min_length=1, max_length=MAX_COLUMN_CHARS, description="The column of references."
+    )
+    metrics: list[str] | None = Field(
+        None,
+        max_length=MAX_METRICS,
+        description="Reference metrics (GET /api/v1/assessments/metrics); default: every "
+        "default metric when reference_column is set.",
+    )
+
+
+class PromptOut(BaseModel):
+    system: str | None
+    prompt: str
+
+
+class PreviewRecord(BaseModel):
+    record_index: int
+    record: dict[str, Any]
+    candidates: list[PromptOut]
+    judge: list[PromptOut] = Field(
+        description="What the judge is asked; the answers' placeholders stay as written "
+        "(pairwise: both orders)."
+    )
+
+
+class PreviewOut(BaseModel):
+    sample_size: int
+    records: list[PreviewRecord]
+
+
+class AssessmentOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: str
+    name: str
+    dataset_id: str | None
+    dataset_name: str
+    status: str = Field(description="queued, running, succeeded, failed or cancelled.")
+    error: str | None
+    job_id: str | None
+    progress: float = Field(description="0-100, from its latest job.")
+    message: str = Field(description="Its latest job's message.")
+    row_count: int
+    config: dict[str, Any] = Field(description="The checked request; models as kind:id.")
+    summary: dict[str, Any] | None = Field(description="Once the run has ended.")
+    created_at: datetime
+    finished_at: datetime | None
+
+
+class RowOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    position: int
+    record_index: int
+    record: dict[str, Any]
+    status: str = Field(description="pending, done, or error (a call failed).")
+    answers: list[dict[str, Any]]
+    judgments: list[dict[str, Any]]
+    verdict: dict[str, Any] | None
+    metrics: list[dict[str, Any]]
+    agreement: dict[str, Any] | None
+    finished_at: datetime | None
+
+
+class JudgePromptOut(BaseModel):
+    kind: str
+    system: str
+    prompt: str
+    description: str
+
+
+class MetricOut(BaseModel):
+    name: str
+    description: str
+    scale: str
+    default: bool
+
+
+class PreferenceDatasetIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=NAME_MAX, pattern=r"\S")
+    description: str = Field("", max_length=10_000)
+    candidate: int = Field(
+        0, ge=0, le=1, description="Scored runs: whose low-scored answers become `rejected`."
+    )
+    max_score: float = Field(
+        5, ge=1, le=10, description="Scored runs: rows scored this or lower are exported."
+    )
