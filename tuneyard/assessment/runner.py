@@ -49,6 +49,7 @@ FLUSH_SECONDS = 0.5
 BACKOFF_SECONDS = 0.5
 BACKOFF_MAX_SECONDS = 30.0
 MAX_ROW_WORKERS = 64
+CALL_TIMEOUT_SECONDS = 600.0
 NEW_ROWS_BATCH = 500
 
 
@@ -86,15 +87,17 @@ class Caller:
             key: ThreadPoolExecutor(limit, thread_name_prefix=f"assess-{key.split()[0]}")
             for key, limit in limits.items()
         }
+        # One HTTP client a backend, its connections kept between calls.
+        self._clients = {key: _http_client(limit) for key, limit in limits.items()}
         self.capacity = sum(limits.values())
 
     def submit(self, model: ChatModel, messages: list[dict], params: dict) -> Future:
         if self.stop.is_set():
             raise Stopped()
-        pool = self._pools[self._backends[model.ref].key]
-        return pool.submit(self.call, model, messages, params)
+        key = self._backends[model.ref].key
+        return self._pools[key].submit(self.call, model, messages, params, self._clients[key])
 
-    def call(self, model: ChatModel, messages: list[dict], params: dict) -> dict[str, Any]:
+    def call(self, model: ChatModel, messages: list[dict], params: dict, client) -> dict[str, Any]:
         """One answer: text, latency, tokens; or the error that ended the last attempt."""
         attempt = 0
         while True:
@@ -102,7 +105,7 @@ class Caller:
                 raise Stopped()
             started = time.monotonic()
             try:
-                text, finish, usage, first = complete_chat(model, messages, params)
+                text, finish, usage, first = complete_chat(model, messages, params, client)
             except EndpointFailed as exc:
                 if attempt >= self.settings.assessment_retries:
                     return _failed(exc.message, started, attempt)
@@ -130,6 +133,17 @@ class Caller:
         self.stop.set()
         for pool in self._pools.values():
             pool.shutdown(wait=False, cancel_futures=True)
+        for client in self._clients.values():
+            client.close()
+
+
+def _http_client(limit: int):
+    import httpx
+
+    return httpx.Client(
+        timeout=httpx.Timeout(CALL_TIMEOUT_SECONDS, connect=10.0),
+        limits=httpx.Limits(max_connections=limit, max_keepalive_connections=limit),
+    )
 
 
 def _failed(message: str, started: float, attempt: int) -> dict[str, Any]:
@@ -355,11 +369,13 @@ def run_assessment(ctx) -> dict[str, Any]:
     work = RowWork(config, models, judge, caller)
     workers = max(1, min(MAX_ROW_WORKERS, 2 * caller.capacity, len(pending) or 1))
     rows_pool = ThreadPoolExecutor(workers, thread_name_prefix="assess-row")
+    started = time.monotonic()
     try:
         _run_rows(ctx, rows_pool, work, pending, done, total)
     finally:
-        caller.shutdown()
         rows_pool.shutdown(wait=False, cancel_futures=True)
+        caller.shutdown()
+    seconds = time.monotonic() - started
     with ctx.session() as session:
         assessment = session.get(Assessment, assessment_id)
         rows = list(
@@ -379,7 +395,7 @@ def run_assessment(ctx) -> dict[str, Any]:
         assessment.finished_at = utcnow()
     judged = summary.get("judge", {}).get("lines", [])
     ctx.progress(100, "; ".join([f"Assessed {len(rows):,} rows", *judged[:1]]))
-    return {"rows": summary["rows"], "lines": summary["lines"]}
+    return {"rows": summary["rows"], "lines": summary["lines"], "seconds": round(seconds, 3)}
 
 
 def _run_rows(ctx, pool, work: Callable, pending, done: int, total: int) -> None:

@@ -205,19 +205,25 @@ def _retry_after(response) -> float | None:
 
 
 def stream_chat(
-    model: ChatModel, messages: list[dict], params: dict[str, Any], timeout: float = 600.0
+    model: ChatModel,
+    messages: list[dict],
+    params: dict[str, Any],
+    timeout: float = 600.0,
+    client=None,
 ) -> Iterator[Delta]:
-    """The answer as it is generated; the last Delta has finish_reason and usage."""
+    """The answer as it is generated; the last Delta has finish_reason and usage. A caller
+    making many calls passes its own httpx `client` (its connections are kept, and making a
+    client, with its TLS context, costs more than a call to a near server)."""
     import httpx
 
     url, headers, extra = _endpoint(model)
     body = {**request_body(model, messages, params, stream=True), **extra}
     finish, usage = None, None
+    own = client is None
+    if own:
+        client = httpx.Client(timeout=httpx.Timeout(timeout, connect=10.0))
     try:
-        with (
-            httpx.Client(timeout=httpx.Timeout(timeout, connect=10.0)) as client,
-            client.stream("POST", url, json=body, headers=headers) as response,
-        ):
+        with client.stream("POST", url, json=body, headers=headers) as response:
             _raise_for(model, response)
             for line in response.iter_lines():
                 if not line.startswith("data:"):
@@ -240,18 +246,21 @@ def stream_chat(
         raise Unavailable(f"Cannot reach {where} for {model.name}: {exc}") from None
     except (ValueError, KeyError) as exc:
         raise Unavailable(f"{model.name} sent a malformed stream: {exc}") from None
+    finally:
+        if own:
+            client.close()
     yield Delta("", finish or "stop", usage or {})
 
 
 def complete_chat(
-    model: ChatModel, messages: list[dict], params: dict[str, Any]
+    model: ChatModel, messages: list[dict], params: dict[str, Any], client=None
 ) -> tuple[str, str, dict[str, Any], float]:
     """The whole answer: (text, finish_reason, usage, seconds to the first token)."""
     started = time.monotonic()
     first: float | None = None
     parts: list[str] = []
     finish, usage = "stop", {}
-    for delta in stream_chat(model, messages, params):
+    for delta in stream_chat(model, messages, params, client=client):
         if delta.text and first is None:
             first = time.monotonic() - started
         parts.append(delta.text)
