@@ -190,11 +190,14 @@ def live_rows_per_second(principal, dataset_id: str, rows: int) -> None:
         }
         _job_seconds, seconds, summary = assess(principal, settings, request)
         candidate = summary["candidates"][0]
+        if candidate["errors"]:
+            sys.exit(f"  {candidate['errors']} calls to the live model failed: {summary['lines']}")
+        # The llama.cpp server Tuneyard starts takes one request at a time (see runner.py).
         print(
-            f"  live llama.cpp model, {settings.assessment_live_concurrency} calls at once, up to "
-            f"{LIVE_MAX_TOKENS} tokens: {rows} rows in {seconds:.1f} s, {rows / seconds:.2f} rows/s"
-            f" ({candidate['completion_tokens'] / seconds:.1f} tokens/s);"
-            f" numeric match {candidate['metrics']['numeric']['mean']:.2f}"
+            f"  live llama.cpp model (q8_0, one call at a time), up to {LIVE_MAX_TOKENS} tokens:"
+            f" {rows} rows in {seconds:.1f} s, {rows / seconds:.2f} rows/s; "
+            f"{candidate['answered']} answered, numeric match "
+            f"{candidate['metrics']['numeric']['mean']:.2f}"
         )
     finally:
         ManagedServer(Layout().environment_dir(environment_id)).stop()

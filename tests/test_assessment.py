@@ -16,7 +16,8 @@ from tests.conftest import login, wait_for_job
 from tests.openai_double import OpenAIDouble, Reply, last_user
 from tests.test_training import upload
 from tuneyard.assessment import prompts
-from tuneyard.assessment.metrics import agreement, score_answer, token_overlap
+from tuneyard.assessment.metrics import agreement, score_answer, token_agreement, token_overlap
+from tuneyard.assessment.service import candidate_messages
 from tuneyard.assessment.stats import bootstrap_mean, paired_difference
 from tuneyard.assessment.verdicts import combine_pairwise, parse_score, parse_winner
 from tuneyard.config import reset_settings
@@ -141,7 +142,11 @@ class TestFigures:
         assert "no numbers" in values["errors"]["numeric"]
 
     def test_agreement(self):
-        assert agreement("Paris.", " Paris. ") == {"identical": True, "token_overlap": 1.0}
+        assert agreement("Paris.", " Paris. ") == {
+            "identical": True,
+            "token_overlap": 1.0,
+            "token_agreement": 1.0,
+        }
         assert token_overlap("the cat sat", "a dog ran") == 0
         assert 0 < token_overlap("the cat sat", "the cat ran") < 1
 
@@ -153,6 +158,31 @@ class TestFigures:
         assert clear["mean"] == 8 and clear["within_noise"] is False
         noisy = paired_difference([1, 9, 1, 9, None], [9, 1, 9, 1, 5])
         assert noisy["n"] == 4 and noisy["within_noise"] is True
+
+
+@pytest.mark.nodb
+def test_a_chat_record_asks_its_conversation_and_answers_its_last_reply():
+    record = {
+        "messages": [
+            {"role": "system", "content": "Be terse."},
+            {"role": "user", "content": "Hi"},
+            {"role": "assistant", "content": "Hello."},
+            {"role": "user", "content": "2+2?"},
+            {"role": "assistant", "content": "4"},
+        ]
+    }
+    candidate = {"system": None, "prompt": "{{ messages }}"}
+    assert candidate_messages(candidate, record) == record["messages"][:-1]
+    assert candidate_messages({**candidate, "system": "Mine."}, record)[:2] == [
+        {"role": "system", "content": "Mine."},
+        {"role": "user", "content": "Hi"},
+    ]
+    assert prompts.reference_text(record, "messages") == "4"
+    # Anything more than the placeholder alone is text, the messages as JSON.
+    text = candidate_messages({"prompt": "Chat: {{messages}}"}, record)[0]["content"]
+    assert text.startswith('Chat: [{"role": "system"')
+    assert token_agreement("the cat sat down", "the cat ran") == 0.5
+    assert token_agreement("", "") == 1 and token_agreement("a", "b c") == 0
 
 
 @pytest.mark.nodb
@@ -608,3 +638,64 @@ def test_a_tiny_model_as_candidate_judged_by_a_double(client, auth, qa, tiny_bas
     summary = assessment["summary"]
     assert summary["judge"]["verdicts_parsed"] == 3
     assert summary["candidates"][0]["metrics"]["exact"]["mean"] == 0
+
+
+@pytest.mark.slow
+def test_fidelity_compares_a_customized_model_with_its_complete_and_live_models(
+    client, auth, qa, tiny_base, made_adapter_dir, inference
+):
+    from tests.test_complete import make_customized, saved
+    from tests.vllm_double import VllmDouble
+    from tuneyard.db import session_scope
+    from tuneyard.models import DeployEnvironment, LiveModel
+
+    customized = make_customized(tiny_base, made_adapter_dir)
+    url = f"/api/v1/customized-models/{customized['id']}/fidelity"
+    refused = client.post(url, json={"dataset_id": qa}, headers=auth)
+    assert refused.status_code == 409 and "save it or deploy it first" in refused.text
+    complete = saved(client, auth, customized["id"])
+    with VllmDouble(complete["path"]) as vllm:
+        # The complete model served as vLLM serves a folder: a live model of it.
+        env = client.post(
+            "/api/v1/deploy-environments",
+            json={"name": "vllm", "kind": "openai", "url": vllm.url},
+            headers=auth,
+        ).json()
+        with session_scope() as session:
+            live = LiveModel(
+                project_id=session.get(DeployEnvironment, env["id"]).project_id,
+                name=f"{complete['name']}_d_abcd_no_quantization",
+                tag="tiny",
+                environment_id=env["id"],
+                source_kind="complete",
+                source_id=complete["id"],
+                source_name=complete["name"],
+                quantization="no_quantization",
+                status="live",
+                endpoint_url=vllm.url,
+                model_id=vllm.model_id,
+            )
+            session.add(live)
+            session.flush()
+            live_id = live.id
+        accepted = client.post(
+            url, json={"dataset_id": qa, "size": 4, "max_tokens": 6}, headers=auth
+        )
+        assert accepted.status_code == 202, accepted.text
+        assert wait_for_job(accepted.json()["job_id"], timeout=300).status == "succeeded"
+    assessment = client.get(f"{API}/{accepted.json()['id']}", headers=auth).json()
+    stages = assessment["summary"]["fidelity"]["stages"]
+    assert [stage["stage"] for stage in stages] == ["complete", "live no_quantization"]
+    assert all(stage["compared"] == 4 for stage in stages)
+    assert [c["params"]["temperature"] for c in assessment["config"]["candidates"]] == [0, 0, 0]
+    found = rows(client, auth, assessment["id"])
+    assert all(len(row["answers"]) == 3 and row["status"] == "done" for row in found)
+    assert found[0]["answers"][0]["prompt"] == QA[0]["prompt"]
+    card = client.get(f"/api/v1/live-models/{live_id}", headers=auth).json()["model_card"]
+    figure = card["fidelity"]
+    assert figure["assessment_id"] == assessment["id"] and figure["compared"] == 4
+    assert figure["text"] == (
+        f"no_quantization agrees with its source on {figure['identical']} of 4 prompts"
+    )
+    exported = client.get(f"{API}/{assessment['id']}/export?format=csv", headers=auth).text
+    assert "C_identical" in exported.splitlines()[0]

@@ -127,6 +127,7 @@ WITHOUT_PRINCIPAL = {
     "tuneyard.assessment.service": {
         "candidate_messages",
         "describe",
+        "fidelity_figures",
         "iter_rows",
         "judge_messages",
         "judge_values",
@@ -180,6 +181,7 @@ WITHOUT_PRINCIPAL = {
         "live_base_to_reuse",
         "live_model_name",
         "live_models_of_job",
+        "record_fidelity",
     },
     "tuneyard.jobs.service": {"clean_up", "finish"},
     "tuneyard.thirdparty.service": {"third_party_api_key", "third_party_out"},
@@ -227,6 +229,7 @@ def change_arguments(w) -> dict[str, dict]:
         },
         "tuneyard.assessment.service.delete_assessment": {"assessment_id": w.assessment},
         "tuneyard.assessment.service.resume_assessment": {"assessment_id": w.assessment},
+        "tuneyard.assessment.service.start_fidelity": {"customized_id": w.customized},
         "tuneyard.auth.service.create_user": {
             "username": "newcomer",
             "password": "password-123",
@@ -533,6 +536,7 @@ def route_requests(w) -> dict[tuple[str, str], tuple[dict, dict]]:
             {"data": {"name": "mine"}, "files": {"file": ("mine.py", REWARD)}},
         ),
         ("DELETE", "/api/v1/customized-models/{model_id}"): ({"model_id": w.customized}, {}),
+        ("POST", "/api/v1/customized-models/{model_id}/fidelity"): ({"model_id": w.customized}, {}),
         ("POST", "/api/v1/customized-models/{model_id}/save"): ({"model_id": w.customized}, {}),
         ("DELETE", "/api/v1/complete-models/{model_id}"): ({"model_id": w.complete}, {}),
         ("POST", "/api/v1/complete-models/{model_id}/push"): (

@@ -203,8 +203,23 @@ def token_overlap(first: str, second: str) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
+def token_agreement(first: str, second: str) -> float:
+    """How far two greedy answers run word for word: the words they share from the start,
+    over the longer answer's words (1 for the same words, 0 when the first word differs)."""
+    a, b = tokens(first), tokens(second)
+    if not a and not b:
+        return 1.0
+    shared = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        shared += 1
+    return shared / max(len(a), len(b))
+
+
 def agreement(first: str, second: str) -> dict[str, float | bool]:
     return {
         "identical": first.strip() == second.strip(),
         "token_overlap": round(token_overlap(first, second), 6),
+        "token_agreement": round(token_agreement(first, second), 6),
     }

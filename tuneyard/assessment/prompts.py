@@ -159,3 +159,35 @@ def render(template: str | None, values: Mapping[str, Any], keep: Iterable[str] 
         return value_text(values[name])
 
     return PLACEHOLDER.sub(fill, template or "")
+
+
+def _is_conversation(value: Any) -> bool:
+    return (
+        isinstance(value, list)
+        and bool(value)
+        and all(isinstance(m, dict) and "role" in m and "content" in m for m in value)
+    )
+
+
+def conversation(template: str | None, record: Mapping[str, Any]) -> list[dict[str, str]] | None:
+    """The conversation a template of one placeholder naming a chat record's messages stands
+    for: its messages up to (not including) the last answer. None for any other template."""
+    names = placeholders(template)
+    if len(names) != 1 or PLACEHOLDER.fullmatch((template or "").strip()) is None:
+        return None
+    value = record.get(names[0])
+    if not _is_conversation(value):
+        return None
+    messages = [{"role": str(m["role"]), "content": value_text(m["content"])} for m in value]
+    if len(messages) > 1 and messages[-1]["role"] == "assistant":
+        messages.pop()
+    return messages
+
+
+def reference_text(record: Mapping[str, Any], column: str) -> str:
+    """The reference answer in a record's column; for a conversation, its last answer."""
+    value = record.get(column)
+    if _is_conversation(value):
+        answers = [m for m in value if m.get("role") == "assistant"]
+        return value_text(answers[-1]["content"]) if answers else ""
+    return value_text(value)

@@ -27,7 +27,9 @@ from sqlalchemy import select
 from tuneyard.assessment import prompts
 from tuneyard.assessment.metrics import agreement, score_answer
 from tuneyard.assessment.service import (
+    FIDELITY,
     candidate_messages,
+    fidelity_figures,
     judge_messages,
     judge_values,
     sample_indices,
@@ -65,21 +67,38 @@ class Backend:
     limit: int
 
 
-def backend_of(model: ChatModel, settings: Settings) -> Backend:
+# A llama.cpp server started by Tuneyard (llama-cpp-python's) answers one request at a time,
+# and a second request interrupts the stream of the first: its answer ends early, empty.
+ONE_AT_A_TIME_TOOLS = ("llama.cpp",)
+
+
+def backend_of(model: ChatModel, settings: Settings, tool: str | None = None) -> Backend:
+    """Where `model` answers and its limit; `tool` is a live model's serving tool."""
     if model.local is not None:
         return Backend("local", settings.assessment_local_concurrency)
     if model.kind == "live":
-        return Backend(f"live {model.base_url}", settings.assessment_live_concurrency)
+        limit = 1 if tool in ONE_AT_A_TIME_TOOLS else settings.assessment_live_concurrency
+        return Backend(f"live {model.base_url}", limit)
     return Backend(f"remote {model.base_url}", settings.assessment_remote_concurrency)
+
+
+def serving_tool(session, principal: Principal, model: ChatModel) -> str | None:
+    """The kind of environment a live model is served by (None for other models)."""
+    if model.kind != "live":
+        return None
+    from tuneyard.deploy.service import get_environment, get_live
+
+    live = get_live(session, principal, model.id)
+    return get_environment(session, principal, live.environment_id).kind
 
 
 class Caller:
     """Model calls through per-backend pools, with retries and a stop switch."""
 
-    def __init__(self, models: list[ChatModel], settings: Settings):
+    def __init__(self, backends: dict[str, Backend], settings: Settings):
         self.settings = settings
         self.stop = threading.Event()
-        self._backends = {model.ref: backend_of(model, settings) for model in models}
+        self._backends = backends
         limits: dict[str, int] = {}
         for backend in self._backends.values():
             limits[backend.key] = backend.limit
@@ -192,7 +211,17 @@ class RowWork:
         texts = [answer["text"] if answer["error"] is None else None for answer in answers]
         metrics = [self._metrics(record, text) for text in texts]
         both = None
-        if len(texts) == 2 and None not in texts:
+        if config.get("kind") == FIDELITY:
+            source = texts[0]
+            both = {
+                "stages": [
+                    None
+                    if index == 0 or source is None or text is None
+                    else agreement(source, text)
+                    for index, text in enumerate(texts)
+                ]
+            }
+        elif len(texts) == 2 and None not in texts:
             both = agreement(texts[0], texts[1])
         judgments, verdict = [], None
         if config.get("judge") is not None:
@@ -213,7 +242,7 @@ class RowWork:
         reference = self.config.get("reference_column")
         if not names or text is None or reference is None:
             return {}
-        return score_answer(names, text, prompts.value_text(record.get(reference)))
+        return score_answer(names, text, prompts.reference_text(record, reference))
 
     def _ask_judge(self, record, question, answers: list[str]) -> Future:
         judge = self.config["judge"]
@@ -331,6 +360,10 @@ def _prepare(ctx, assessment_id: str):
         judge = None
         if config.get("judge") is not None:
             judge = resolve_model(session, principal, config["judge"]["model"])
+        backends = {
+            model.ref: backend_of(model, ctx.settings, serving_tool(session, principal, model))
+            for model in [*models, *([judge] if judge else [])]
+        }
         pending = [
             (row_id, record)
             for row_id, record in session.execute(
@@ -343,7 +376,7 @@ def _prepare(ctx, assessment_id: str):
             )
         ]
         total = session.get(Assessment, assessment_id).row_count
-    return name, config, models, judge, pending, total
+    return name, config, models, judge, backends, pending, total
 
 
 def _write(ctx, results: list[dict[str, Any]]) -> None:
@@ -360,12 +393,12 @@ def _write(ctx, results: list[dict[str, Any]]) -> None:
 def run_assessment(ctx) -> dict[str, Any]:
     assessment_id = ctx.params["assessment_id"]
     _draw_sample(ctx, assessment_id)
-    name, config, models, judge, pending, total = _prepare(ctx, assessment_id)
+    name, config, models, judge, backends, pending, total = _prepare(ctx, assessment_id)
     done = total - len(pending)
     ctx.progress(
         100 * done / max(total, 1), f"Assessing {len(pending):,} rows ({done:,} already done)"
     )
-    caller = Caller([*models, *([judge] if judge else [])], ctx.settings)
+    caller = Caller(backends, ctx.settings)
     work = RowWork(config, models, judge, caller)
     workers = max(1, min(MAX_ROW_WORKERS, 2 * caller.capacity, len(pending) or 1))
     rows_pool = ThreadPoolExecutor(workers, thread_name_prefix="assess-row")
@@ -393,6 +426,11 @@ def run_assessment(ctx) -> dict[str, Any]:
         assessment.summary = summary
         assessment.status = "succeeded"
         assessment.finished_at = utcnow()
+        if config.get("kind") == FIDELITY:
+            from tuneyard.deploy.live import record_fidelity
+
+            for live_id, figure in fidelity_figures(assessment).items():
+                record_fidelity(session, live_id, figure)
     judged = summary.get("judge", {}).get("lines", [])
     ctx.progress(100, "; ".join([f"Assessed {len(rows):,} rows", *judged[:1]]))
     return {"rows": summary["rows"], "lines": summary["lines"], "seconds": round(seconds, 3)}

@@ -182,3 +182,28 @@ class PreferenceDatasetIn(BaseModel):
     max_score: float = Field(
         5, ge=1, le=10, description="Scored runs: rows scored this or lower are exported."
     )
+
+
+class FidelityIn(BaseModel):
+    """A fidelity check of a customized model against its complete and live models; every
+    field has a default, so an empty body checks it on the dataset it was trained on."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str | None = Field(None, min_length=1, max_length=NAME_MAX, pattern=r"\S")
+    dataset_id: str | None = Field(
+        None,
+        min_length=1,
+        max_length=200,
+        description="Default: the dataset the customized model was trained on.",
+    )
+    size: int = Field(50, ge=1, le=MAX_SAMPLE, description="Records (fewer if it has fewer).")
+    seed: int | None = Field(None, ge=0, le=SEED_MAX)
+    system: str | None = Field(None, max_length=MAX_PROMPT_CHARS)
+    prompt: str | None = Field(
+        None,
+        min_length=1,
+        max_length=MAX_PROMPT_CHARS,
+        description="Default by the dataset's format: its prompt (chat: the conversation).",
+    )
+    max_tokens: int = Field(128, ge=1, le=MAX_TOKENS)

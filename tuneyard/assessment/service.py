@@ -25,9 +25,14 @@ from tuneyard.assessment.metrics import default_metrics, get_metric
 from tuneyard.assessment.schemas import (
     PREVIEW_RECORDS,
     AssessmentCreate,
+    CandidateIn,
+    FidelityIn,
     GenerationParams,
+    JudgeIn,
     PreferenceDatasetIn,
+    Sample,
 )
+from tuneyard.assessment.summary import label
 from tuneyard.auth.service import Principal
 from tuneyard.chat.backends import resolve_model
 from tuneyard.datasets import service as datasets
@@ -36,14 +41,15 @@ from tuneyard.errors import Conflict, Invalid, NotFound
 from tuneyard.jobs import service as jobs
 from tuneyard.jobs.keys import Resource, UseKey, model_key
 from tuneyard.modelref import parse_reference
-from tuneyard.models import Assessment, AssessmentRow, Dataset, Job
+from tuneyard.models import Assessment, AssessmentRow, Dataset, Job, new_id
 from tuneyard.pagination import paginate
 
 RUN_JOB = "assessment.run"
+FIDELITY = "fidelity"
 ACTIVE = ("queued", "running")
 ROW_STATUSES = ("pending", "done", "error")
 JUDGE_DEFAULTS = {"max_tokens": 512}
-LABELS = ("A", "B")
+PAIR = ("A", "B")
 EXPORT_PAGE = 200
 
 
@@ -77,27 +83,46 @@ def check_request(session: Session, principal: Principal, request: AssessmentCre
     """Everything the run needs, checked in the order a person fixes it: the dataset and its
     sample, the columns, every placeholder, the judge, the metrics, then the models."""
     dataset = datasets.find_dataset(session, principal, request.dataset_id)
+    return _plan(
+        session,
+        principal,
+        dataset,
+        request.sample,
+        request.candidates,
+        request.judge,
+        request.reference_column,
+        request.metrics,
+    )
+
+
+def _plan(
+    session: Session,
+    principal: Principal,
+    dataset: Dataset,
+    sample: Sample,
+    candidates_in: list[CandidateIn],
+    judge: JudgeIn | None,
+    reference: str | None,
+    metric_names: list[str] | None,
+) -> Plan:
     datasets.ensure_ready(dataset)
     columns = list(dataset.fields or [])
-    sample = request.sample
     if sample.size > dataset.record_count:
         raise Invalid(
             f"Dataset '{dataset.name}' has {dataset.record_count:,} records; sample at most "
             "that many."
         )
-    reference = request.reference_column
     if reference is not None and reference not in columns:
         raise Invalid(
             f"reference_column '{reference}' is not a column of dataset '{dataset.name}'; "
             f"its columns: {', '.join(columns)}."
         )
-    for index, candidate in enumerate(request.candidates):
+    for index, candidate in enumerate(candidates_in):
         prompts.check_template(f"candidates[{index}].system", candidate.system, columns)
         prompts.check_template(f"candidates[{index}].prompt", candidate.prompt, columns)
-    judge = request.judge
     if judge is not None:
         pairwise = judge.kind == prompts.PAIRWISE
-        if pairwise and len(request.candidates) != 2:
+        if pairwise and len(candidates_in) != 2:
             raise Invalid("A pairwise judge compares two answers: give two candidates.")
         allowed = {
             prompts.RESPONSE_A: True,
@@ -116,7 +141,7 @@ def check_request(session: Session, principal: Principal, request: AssessmentCre
                 + " or ".join(f"{{{{{name}}}}}" for name in missing)
                 + ": a judge must see the answers it judges."
             )
-    metrics = _metrics(request.metrics, reference)
+    metrics = _metrics(metric_names, reference)
     candidates = [
         {
             **_model(session, principal, candidate.model, f"candidates[{index}].model"),
@@ -124,7 +149,7 @@ def check_request(session: Session, principal: Principal, request: AssessmentCre
             "prompt": candidate.prompt,
             "params": _params(candidate.params),
         }
-        for index, candidate in enumerate(request.candidates)
+        for index, candidate in enumerate(candidates_in)
     ]
     judge_config = None
     if judge is not None:
@@ -192,9 +217,16 @@ def sampled_records(
 
 
 def candidate_messages(candidate: dict[str, Any], record: dict[str, Any]) -> list[dict[str, str]]:
+    """What a candidate is sent for a record. A prompt that is `{{messages}}` alone, on a chat
+    record, sends the conversation up to its last answer (that answer is the reference)."""
     messages = []
     if candidate.get("system"):
         messages.append({"role": "system", "content": prompts.render(candidate["system"], record)})
+    conversation = prompts.conversation(candidate["prompt"], record)
+    if conversation is not None:
+        if candidate.get("system"):
+            conversation = [m for m in conversation if m["role"] != "system"]
+        return messages + conversation
     messages.append({"role": "user", "content": prompts.render(candidate["prompt"], record)})
     return messages
 
@@ -208,9 +240,9 @@ def judge_values(
     values[prompts.QUESTION] = question
     reference = config.get("reference_column")
     if reference is not None:
-        values[prompts.REF_ANSWER] = record.get(reference)
-    for label, answer in zip((prompts.RESPONSE_A, prompts.RESPONSE_B), answers, strict=False):
-        values[label] = answer
+        values[prompts.REF_ANSWER] = prompts.reference_text(record, reference)
+    for name, answer in zip((prompts.RESPONSE_A, prompts.RESPONSE_B), answers, strict=False):
+        values[name] = answer
     return values
 
 
@@ -523,22 +555,29 @@ def _file_stem(name: str) -> str:
 def _csv_header(config: dict[str, Any], columns: list[str]) -> list[str]:
     header = ["position", "record_index", "status", *columns]
     judge = config.get("judge")
-    for label, _candidate in zip(LABELS, config["candidates"], strict=False):
+    for index, _candidate in enumerate(config["candidates"]):
+        name = label(index)
         header += [
-            f"{label}_answer",
-            f"{label}_error",
-            f"{label}_seconds",
-            f"{label}_prompt_tokens",
-            f"{label}_completion_tokens",
+            f"{name}_answer",
+            f"{name}_error",
+            f"{name}_seconds",
+            f"{name}_prompt_tokens",
+            f"{name}_completion_tokens",
         ]
-        header += [f"{label}_{metric}" for metric in config.get("metrics") or []]
+        header += [f"{name}_{metric}" for metric in config.get("metrics") or []]
         if judge is not None and judge["kind"] == prompts.SCORE:
-            header += [f"{label}_score", f"{label}_judge_reason", f"{label}_judge_raw"]
+            header += [f"{name}_score", f"{name}_judge_reason", f"{name}_judge_raw"]
+        if config.get("kind") == FIDELITY and index > 0:
+            header += [f"{name}_identical", f"{name}_token_agreement"]
     if judge is not None and judge["kind"] == prompts.PAIRWISE:
         header += ["winner", "flip", "judge_raw_AB", "judge_raw_BA"]
-    if len(config["candidates"]) == 2:
-        header += ["identical", "token_overlap"]
+    if _compares_two(config):
+        header += ["identical", "token_overlap", "token_agreement"]
     return header
+
+
+def _compares_two(config: dict[str, Any]) -> bool:
+    return len(config["candidates"]) == 2 and config.get("kind") != FIDELITY
 
 
 def _csv_values(config: dict[str, Any], columns: list[str], row: AssessmentRow) -> list[Any]:
@@ -565,12 +604,20 @@ def _csv_values(config: dict[str, Any], columns: list[str], row: AssessmentRow) 
                 (judgment.get("verdict") or {}).get("reason"),
                 judgment.get("raw"),
             ]
+        if config.get("kind") == FIDELITY and index > 0:
+            stages = (row.agreement or {}).get("stages") or []
+            stage = (stages[index] if index < len(stages) else None) or {}
+            values += [stage.get("identical"), stage.get("token_agreement")]
     if judge is not None and judge["kind"] == prompts.PAIRWISE:
         raw = {j.get("order"): j.get("raw") for j in row.judgments}
         values += [verdict.get("winner"), verdict.get("flip"), raw.get("AB"), raw.get("BA")]
-    if len(config["candidates"]) == 2:
+    if _compares_two(config):
         agreement = row.agreement or {}
-        values += [agreement.get("identical"), agreement.get("token_overlap")]
+        values += [
+            agreement.get("identical"),
+            agreement.get("token_overlap"),
+            agreement.get("token_agreement"),
+        ]
     return ["" if value is None else value for value in values]
 
 
@@ -610,9 +657,9 @@ def preference_records(
     if judge["kind"] == prompts.PAIRWISE:
         for row in rows:
             winner = (row.verdict or {}).get("winner")
-            if winner not in LABELS or len(row.answers) != 2:
+            if winner not in PAIR or len(row.answers) != 2:
                 continue
-            won = LABELS.index(winner)
+            won = PAIR.index(winner)
             chosen, rejected = row.answers[won], row.answers[1 - won]
             records.append(
                 {"prompt": chosen["prompt"], "chosen": chosen["text"], "rejected": rejected["text"]}
@@ -632,7 +679,7 @@ def preference_records(
         if score is None or score > request.max_score:
             continue
         answer = row.answers[request.candidate]
-        chosen = prompts.value_text(row.record.get(reference))
+        chosen = prompts.reference_text(row.record, reference)
         if not chosen.strip() or chosen == answer["text"]:
             continue
         records.append({"prompt": answer["prompt"], "chosen": chosen, "rejected": answer["text"]})
@@ -677,3 +724,136 @@ def create_preference_dataset(
         content=io.BytesIO(content.encode("utf-8")),
         description=description,
     )
+
+
+# -- fidelity across the lifecycle -------------------------------------------------------------
+
+MAX_STAGES = 8
+# What a record asks and answers, by the dataset's format: (prompt template, reference column).
+_FORMAT_PROMPTS = {
+    "chat": ("{{messages}}", "messages"),
+    "prompt_completion": ("{{prompt}}", "completion"),
+    "preference": ("{{prompt}}", "chosen"),
+    "prompt_only": ("{{prompt}}", "answer"),
+    "alpaca": ("{{instruction}}", "output"),
+}
+
+
+def _format_prompt(dataset: Dataset) -> tuple[str, str | None]:
+    fields = dataset.fields or []
+    template, reference = _FORMAT_PROMPTS.get(dataset.format or "", ("{{prompt}}", None))
+    if dataset.format == "alpaca" and "input" in fields:
+        template = "{{instruction}}\n\n{{input}}"
+    return template, reference if reference in fields else None
+
+
+def _stages(session: Session, principal: Principal, source) -> list[tuple[str, str, str]]:
+    """(stage, reference, name) of the models made from a customized model that can answer
+    now: its complete models, oldest first, then the live models of it or of them."""
+    from tuneyard.complete.service import usable_complete
+    from tuneyard.deploy.service import usable_live
+
+    completes = [
+        m for m in usable_complete(session, principal) if m.customized_model_id == source.id
+    ]
+    completes.sort(key=lambda m: m.created_at)
+    origins = {("customized", source.id)} | {("complete", m.id) for m in completes}
+    lives = [m for m in usable_live(session, principal) if (m.source_kind, m.source_id) in origins]
+    lives.sort(key=lambda m: m.created_at)
+    stages = [("complete", f"complete:{m.id}", m.name) for m in completes]
+    stages += [(f"live {m.quantization}", f"live:{m.id}", m.name) for m in lives]
+    return stages
+
+
+def start_fidelity(
+    session: Session, principal: Principal, customized_id: str, request: FidelityIn
+) -> Assessment:
+    """Compare a customized model with its complete models and live models (each
+    quantization) on the same prompts, greedily: per stage, identical answers, word
+    agreement and reference metrics. Each live model's card gets its figure."""
+    principal.require("member")
+    from tuneyard.customized.service import get_customized
+    from tuneyard.training.service import get_training
+
+    source = get_customized(session, principal, customized_id)
+    stages = _stages(session, principal, source)
+    if not stages:
+        raise Conflict(
+            f"Customized model {source.name} has no complete or live model that can answer; "
+            "save it or deploy it first, then check that they answer as it does."
+        )
+    stages = stages[-(MAX_STAGES - 1) :]
+    if request.dataset_id is not None:
+        dataset = datasets.find_dataset(session, principal, request.dataset_id)
+    else:
+        training = (
+            get_training(session, principal, source.training_id) if source.training_id else None
+        )
+        if training is None or training.dataset_id is None:
+            raise Invalid(
+                f"The dataset customized model {source.name} was trained on is gone; name a "
+                "dataset_id to check it on."
+            )
+        dataset = datasets.get_dataset(session, principal, training.dataset_id)
+    datasets.ensure_ready(dataset)
+    template, reference = _format_prompt(dataset)
+    params = GenerationParams(temperature=0, max_tokens=request.max_tokens)
+    models = [("customized", f"customized:{source.id}")] + [(s, ref) for s, ref, _ in stages]
+    plan = _plan(
+        session,
+        principal,
+        dataset,
+        Sample(size=min(request.size, dataset.record_count), seed=request.seed),
+        [
+            CandidateIn(
+                model=ref, system=request.system, prompt=request.prompt or template, params=params
+            )
+            for _stage, ref in models
+        ],
+        None,
+        reference,
+        None,
+    )
+    config = plan.config
+    for candidate, (stage, _ref) in zip(config["candidates"], models, strict=True):
+        candidate["stage"] = stage
+    config["kind"] = FIDELITY
+    config["source"] = {"customized_id": source.id, "name": source.name}
+    name = (request.name or f"fidelity {source.name[:150]} {new_id()[:4]}").strip()
+    if _by_name(session, principal, name) is not None:
+        raise Conflict(f"An assessment named '{name}' already exists; choose another name.")
+    assessment = Assessment(
+        project_id=principal.project_id,
+        name=name,
+        dataset_id=dataset.id,
+        dataset_name=dataset.name,
+        dataset_digest=dataset.digest,
+        config=config,
+        row_count=config["sample"]["size"],
+        created_by=principal.user_id,
+    )
+    session.add(assessment)
+    session.flush()
+    _enqueue(session, principal, assessment)
+    return assessment
+
+
+def fidelity_figures(assessment: Assessment) -> dict[str, dict[str, Any]]:
+    """{live model id: the figure its card shows} of a finished fidelity check."""
+    summary = assessment.summary or {}
+    figures = {}
+    for stage in (summary.get("fidelity") or {}).get("stages", []):
+        kind, model_id = parse_reference(stage["model"])
+        if kind is None or kind.value != "live":
+            continue
+        figures[model_id] = {
+            "assessment_id": assessment.id,
+            "source": assessment.config["source"]["name"],
+            "identical": stage["identical"],
+            "compared": stage["compared"],
+            "token_agreement": stage["token_agreement"]["mean"],
+            "text": f"{stage['stage'].removeprefix('live ')} agrees with its source on "
+            f"{stage['identical']} of {stage['compared']} prompts",
+            "checked_at": assessment.finished_at.isoformat() if assessment.finished_at else None,
+        }
+    return figures

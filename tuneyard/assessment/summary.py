@@ -14,7 +14,13 @@ from typing import Any
 from tuneyard.assessment import prompts
 from tuneyard.assessment.stats import bootstrap_mean, paired_difference, within_noise
 
-LABELS = ("A", "B")
+PAIR = ("A", "B")
+FIDELITY = "fidelity"
+
+
+def label(index: int) -> str:
+    """How the summary names a candidate: A, B, C..."""
+    return chr(ord("A") + index)
 
 
 def _answered(row, index: int) -> bool:
@@ -69,7 +75,7 @@ def summarize(config: dict[str, Any], rows: list) -> dict[str, Any]:
         errors = sum(1 for row in finished if not _answered(row, index))
         seconds = [answer.get("seconds") or 0.0 for answer in answers]
         entry: dict[str, Any] = {
-            "label": LABELS[index],
+            "label": label(index),
             "model": candidate["model"],
             "name": candidate["name"],
             "answered": len(answers),
@@ -90,10 +96,13 @@ def summarize(config: dict[str, Any], rows: list) -> dict[str, Any]:
             entry["metrics"][metric] = estimate
         summary["candidates"].append(entry)
         lines.append(
-            f"{LABELS[index]} ({candidate['name']}): answered {len(answers)} of "
+            f"{label(index)} ({candidate['name']}): answered {len(answers)} of "
             f"{len(finished)} rows" + (f", {errors} failed" if errors else "")
         )
-    if len(candidates) == 2:
+    if config.get("kind") == FIDELITY:
+        summary["fidelity"] = _fidelity(finished, config)
+        lines.extend(summary["fidelity"]["lines"])
+    elif len(candidates) == 2:
         summary["differences"] = {
             metric: paired_difference(
                 _metric_values(finished, 0, metric), _metric_values(finished, 1, metric)
@@ -124,15 +133,52 @@ def summarize(config: dict[str, Any], rows: list) -> dict[str, Any]:
     return summary
 
 
-def _agreement(rows) -> dict[str, Any]:
-    both = [row for row in rows if row.agreement]
-    identical = sum(1 for row in both if row.agreement.get("identical"))
+def _agreement(rows, stage: int | None = None) -> dict[str, Any]:
+    """Identical answers and overlap between two candidates, or (`stage`) between a stage of
+    a fidelity check and its source, over the rows where both answered."""
+    pairs = []
+    for row in rows:
+        found = row.agreement or None
+        if stage is not None and found is not None:
+            stages = found.get("stages") or []
+            found = stages[stage] if stage < len(stages) else None
+        if found:
+            pairs.append(found)
+    identical = sum(1 for found in pairs if found.get("identical"))
     return {
-        "compared": len(both),
+        "compared": len(pairs),
         "identical": identical,
-        "identical_rate": identical / len(both) if both else None,
-        "token_overlap": bootstrap_mean([row.agreement["token_overlap"] for row in both]),
+        "identical_rate": identical / len(pairs) if pairs else None,
+        "token_overlap": bootstrap_mean([found["token_overlap"] for found in pairs]),
+        "token_agreement": bootstrap_mean(
+            [found["token_agreement"] for found in pairs if "token_agreement" in found]
+        ),
     }
+
+
+def _fidelity(rows, config: dict[str, Any]) -> dict[str, Any]:
+    """Per stage of the lifecycle (complete models, live models at each quantization), how
+    often its greedy answer is its source's, and how far the two run word for word."""
+    source = config["candidates"][0]
+    stages, lines = [], []
+    for index, candidate in enumerate(config["candidates"][1:], start=1):
+        found = _agreement(rows, index)
+        stages.append(
+            {
+                "label": label(index),
+                "stage": candidate.get("stage"),
+                "model": candidate["model"],
+                "name": candidate["name"],
+                **found,
+            }
+        )
+        agreement = found["token_agreement"]["mean"]
+        lines.append(
+            f"{candidate.get('stage') or candidate['name']} agrees with its source on "
+            f"{found['identical']} of {found['compared']} prompts"
+            + (f" (word agreement {agreement:.2f})" if agreement is not None else "")
+        )
+    return {"source": source["name"], "stages": stages, "lines": lines}
 
 
 def _judge_counts(rows, kind: str) -> dict[str, int]:
@@ -175,10 +221,10 @@ def _scores(rows, config: dict[str, Any]) -> dict[str, Any]:
     lines = [f"verdicts parsed: {parsed} of {total}"]
     for index, values in enumerate(per_candidate):
         estimate = bootstrap_mean(_present(values))
-        result["scores"].append({"label": LABELS[index], **estimate})
+        result["scores"].append({"label": label(index), **estimate})
         if estimate["mean"] is not None:
             lines.append(
-                f"{LABELS[index]} mean score {estimate['mean']:.2f} over {estimate['n']} rows"
+                f"{label(index)} mean score {estimate['mean']:.2f} over {estimate['n']} rows"
                 f"{_interval(estimate)}"
             )
     if len(candidates) == 2:
@@ -220,11 +266,11 @@ def _pairwise(rows) -> dict[str, Any]:
         "position_bias_rate": flips / len(decided) if decided else None,
         "win_rate": {},
     }
-    for label in LABELS:
+    for side in PAIR:
         outcomes = [
-            1.0 if v["winner"] == label else 0.5 if v["winner"] == "tie" else 0.0 for v in decided
+            1.0 if v["winner"] == side else 0.5 if v["winner"] == "tie" else 0.0 for v in decided
         ]
-        result["win_rate"][label] = bootstrap_mean(outcomes)
+        result["win_rate"][side] = bootstrap_mean(outcomes)
     rate_b = result["win_rate"]["B"]
     result["within_noise"] = within_noise(rate_b, 0.5)
     lines = [

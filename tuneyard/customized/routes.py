@@ -1,9 +1,12 @@
-"""Customized models: list, show, delete, and promote a training checkpoint."""
+"""Customized models: list, show, delete, promote a training checkpoint, and check that the
+models made from one answer as it does."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter, status
 
+from tuneyard.assessment import service as assessments
+from tuneyard.assessment.schemas import FidelityIn
 from tuneyard.customized import service
 from tuneyard.customized.schemas import (
     CustomizedModelOut,
@@ -11,6 +14,7 @@ from tuneyard.customized.schemas import (
     PromoteCheckpoint,
 )
 from tuneyard.deps import CurrentPrincipal, DbSession, Paging
+from tuneyard.jobs.schemas import JobAccepted
 from tuneyard.pagination import Page
 
 router = APIRouter(tags=["customized models"])
@@ -48,3 +52,21 @@ def promote_checkpoint(
     training_id: str, body: PromoteCheckpoint, principal: CurrentPrincipal, session: DbSession
 ):
     return service.promote_checkpoint(session, principal, training_id, body.step)
+
+
+@router.post(
+    "/customized-models/{model_id}/fidelity",
+    response_model=JobAccepted,
+    status_code=status.HTTP_202_ACCEPTED,
+)
+def check_fidelity(
+    model_id: str,
+    principal: CurrentPrincipal,
+    session: DbSession,
+    body: FidelityIn | None = None,
+):
+    """Compare the customized model with its complete models and live models (each
+    quantization) on the same prompts, greedily; an assessment (GET /api/v1/assessments/{id})
+    whose summary gives each stage's agreement, also shown on each live model's card."""
+    assessment = assessments.start_fidelity(session, principal, model_id, body or FidelityIn())
+    return JobAccepted(id=assessment.id, job_id=assessment.job_id)
