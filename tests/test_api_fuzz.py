@@ -57,6 +57,10 @@ REAL_OBJECTS = {
         "body.training_ids[*]": "training",
     },
     r"^/api/v1/jobs/": {"path.job_id": "job"},
+    r"^/api/v1/assessments": {
+        "path.assessment_id": "assessment",
+        "body.dataset_id": "dataset",
+    },
     r"^/api/v1/chat": {
         "path.session_id": "session",
         "body.session_id": "session",
@@ -113,6 +117,17 @@ def project(
         202,
     )
     made("/users", {"username": "ana", "password": "a long enough password", "role": "member"})
+    # Queued for good (no worker runs): its rows are never drawn.
+    assessment = made(
+        "/assessments",
+        {
+            "name": "check",
+            "dataset_id": dataset,
+            "sample": {"size": 1},
+            "candidates": [{"model": "remote", "prompt": "{{messages}}"}],
+        },
+        202,
+    )
     chat = client.post(
         "/api/v1/chat",
         json={"model": "remote", "messages": [{"role": "user", "content": "hi"}]},
@@ -135,6 +150,7 @@ def project(
         "session": [session["id"] for session in sessions],
         "user": ["admin", "ana"],
         "method": ["sft", "grpo"],
+        "assessment": [assessment["id"]],
     }
 
 

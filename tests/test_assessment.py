@@ -395,6 +395,10 @@ class TestRuns:
             number(row["answers"][0]["prompt"]): row for row in rows(client, auth, assessment["id"])
         }
         assert by_question[3]["verdict"] == {"winner": "tie", "consistent": False, "flip": True}
+        ties = client.get(f"{API}/{assessment['id']}/results?winner=tie&limit=1", headers=auth)
+        assert ties.json()["total"] == 2 and len(ties.json()["items"]) == 1
+        unread = client.get(f"{API}/{assessment['id']}/results?winner=unparsed", headers=auth)
+        assert [number(r["answers"][0]["prompt"]) for r in unread.json()["items"]] == [4]
         assert by_question[4]["verdict"]["winner"] is None
         unread = by_question[4]["judgments"][0]
         assert unread["raw"].startswith("Both answers") and unread["verdict"]["value"] is None
@@ -456,6 +460,7 @@ class TestRuns:
         assert "verdicts parsed: 6 of 8" in summary["lines"]
         score = summary["judge"]["scores"][0]
         assert score["mean"] == pytest.approx(3.5) and score["n"] == 6
+        assert score["histogram"] == [1, 1, 1, 1, 1, 1, 0, 0, 0, 0]
         assert score["ci"][0] <= 3.5 <= score["ci"][1]
         metrics = summary["candidates"][0]["metrics"]
         assert metrics["exact"]["mean"] == pytest.approx(0.5)
@@ -699,3 +704,42 @@ def test_fidelity_compares_a_customized_model_with_its_complete_and_live_models(
     )
     exported = client.get(f"{API}/{assessment['id']}/export?format=csv", headers=auth).text
     assert "C_identical" in exported.splitlines()[0]
+
+
+@pytest.mark.slow
+def test_smollm2_as_a_pairwise_judge_end_to_end(client, auth, qa, smollm2_folder, inference):
+    """A real small model judging: whatever it answers is read or counted as unread."""
+    registered = client.post(
+        "/api/v1/base-models",
+        json={"technical_name": "smol", "path": str(smollm2_folder)},
+        headers=auth,
+    )
+    assert registered.status_code == 201, registered.text
+    builtin = prompts.BUILTIN_JUDGE_PROMPTS["pairwise"]
+    with (
+        OpenAIDouble(lambda m: str(2 * number(last_user(m)))) as right,
+        OpenAIDouble(lambda m: "I do not know.") as vague,
+    ):
+        request = body(
+            qa,
+            third_party(client, auth, "right", right),
+            third_party(client, auth, "vague", vague),
+            sample={"size": 3},
+            judge={
+                "model": "base:" + registered.json()["id"],
+                "kind": "pairwise",
+                "system": builtin["system"],
+                "prompt": builtin["prompt"],
+                "params": {"max_tokens": 48},
+            },
+        )
+        assessment = run(client, auth, request)
+    verdicts = assessment["summary"]["judge"]
+    assert verdicts["answers_total"] == 6 and verdicts["judge_errors"] == 0
+    assert verdicts["answers_parsed"] + verdicts["unparsed"] == 6
+    assert f"verdicts parsed: {verdicts['verdicts_parsed']} of 3" in assessment["summary"]["lines"]
+    for row in rows(client, auth, assessment["id"]):
+        assert {j["order"] for j in row["judgments"]} == {"AB", "BA"}
+        assert all(j["raw"].strip() and j["completion_tokens"] for j in row["judgments"])
+        read = [j for j in row["judgments"] if j["verdict"]["value"] is not None]
+        assert (row["verdict"]["winner"] is not None) == (len(read) == 2)

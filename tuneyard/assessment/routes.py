@@ -78,10 +78,14 @@ def assessment_results(
         Literal["pending", "done", "error"] | None,
         Query(alias="status", description="Only rows in this state."),
     ] = None,
+    winner: Annotated[
+        Literal["A", "B", "tie", "unparsed"] | None,
+        Query(description="Pairwise runs: only rows with this verdict."),
+    ] = None,
 ):
     """The rows in sample order: prompts, answers, judge outputs, verdicts, metrics."""
     items, total = service.results(
-        session, principal, assessment_id, row_status, page.limit, page.offset
+        session, principal, assessment_id, row_status, page.limit, page.offset, winner
     )
     return {"items": items, "total": total}
 

@@ -475,6 +475,9 @@ def delete_assessment(session: Session, principal: Principal, assessment_id: str
 # -- reading the rows -------------------------------------------------------------------------
 
 
+WINNERS = ("A", "B", "tie", "unparsed")
+
+
 def results(
     session: Session,
     principal: Principal,
@@ -482,14 +485,39 @@ def results(
     status: str | None = None,
     limit: int = 50,
     offset: int = 0,
+    winner: str | None = None,
 ):
+    """A page of rows in sample order; `status` keeps rows in that state, `winner` those of a
+    pairwise run with that verdict (`unparsed`: judged, and unread)."""
     assessment = get_assessment(session, principal, assessment_id)
     stmt = select(AssessmentRow).where(AssessmentRow.assessment_id == assessment.id)
     if status is not None:
         if status not in ROW_STATUSES:
             raise Invalid(f"A row's status is one of: {', '.join(ROW_STATUSES)}.")
         stmt = stmt.where(AssessmentRow.status == status)
-    return paginate(session, stmt.order_by(AssessmentRow.position), limit, offset)
+    stmt = stmt.order_by(AssessmentRow.position)
+    if winner is None:
+        return paginate(session, stmt, limit, offset)
+    if winner not in WINNERS:
+        raise Invalid(f"winner is one of: {', '.join(WINNERS)}.")
+    # Verdicts are JSON: filtered here (a run has at most MAX_SAMPLE rows), then paged.
+    wanted = None if winner == "unparsed" else winner
+    positions = [
+        position
+        for position, verdict in session.execute(
+            stmt.with_only_columns(AssessmentRow.position, AssessmentRow.verdict).where(
+                AssessmentRow.status != "pending"
+            )
+        )
+        if verdict is not None and "winner" in verdict and verdict["winner"] == wanted
+    ]
+    page = positions[offset : offset + limit]
+    rows = session.scalars(
+        select(AssessmentRow)
+        .where(AssessmentRow.assessment_id == assessment.id, AssessmentRow.position.in_(page))
+        .order_by(AssessmentRow.position)
+    )
+    return list(rows), len(positions)
 
 
 def iter_rows(assessment_id: str, page: int = EXPORT_PAGE) -> Iterator[AssessmentRow]:

@@ -221,7 +221,11 @@ def _scores(rows, config: dict[str, Any]) -> dict[str, Any]:
     lines = [f"verdicts parsed: {parsed} of {total}"]
     for index, values in enumerate(per_candidate):
         estimate = bootstrap_mean(_present(values))
-        result["scores"].append({"label": label(index), **estimate})
+        # How many answers got each whole score, 1 to 10 (a fraction rounds down).
+        histogram = [0] * 10
+        for value in _present(values):
+            histogram[min(9, max(0, int(value) - 1))] += 1
+        result["scores"].append({"label": label(index), **estimate, "histogram": histogram})
         if estimate["mean"] is not None:
             lines.append(
                 f"{label(index)} mean score {estimate['mean']:.2f} over {estimate['n']} rows"
