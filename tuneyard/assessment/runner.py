@@ -17,7 +17,6 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any
@@ -52,7 +51,6 @@ BACKOFF_SECONDS = 0.5
 BACKOFF_MAX_SECONDS = 30.0
 MAX_ROW_WORKERS = 64
 CALL_TIMEOUT_SECONDS = 600.0
-NEW_ROWS_BATCH = 500
 
 
 class Stopped(Exception):
@@ -436,7 +434,7 @@ def run_assessment(ctx) -> dict[str, Any]:
     return {"rows": summary["rows"], "lines": summary["lines"], "seconds": round(seconds, 3)}
 
 
-def _run_rows(ctx, pool, work: Callable, pending, done: int, total: int) -> None:
+def _run_rows(ctx, pool, work: RowWork, pending, done: int, total: int) -> None:
     futures = {pool.submit(work, row_id, record) for row_id, record in pending}
     finished: list[dict[str, Any]] = []
     last_flush = time.monotonic()

@@ -50,6 +50,7 @@ ACTIVE = ("queued", "running")
 ROW_STATUSES = ("pending", "done", "error")
 JUDGE_DEFAULTS = {"max_tokens": 512}
 PAIR = ("A", "B")
+WINNERS = ("A", "B", "tie", "unparsed")
 EXPORT_PAGE = 200
 
 
@@ -475,9 +476,6 @@ def delete_assessment(session: Session, principal: Principal, assessment_id: str
 # -- reading the rows -------------------------------------------------------------------------
 
 
-WINNERS = ("A", "B", "tie", "unparsed")
-
-
 def results(
     session: Session,
     principal: Principal,
@@ -775,9 +773,9 @@ def _format_prompt(dataset: Dataset) -> tuple[str, str | None]:
     return template, reference if reference in fields else None
 
 
-def _stages(session: Session, principal: Principal, source) -> list[tuple[str, str, str]]:
-    """(stage, reference, name) of the models made from a customized model that can answer
-    now: its complete models, oldest first, then the live models of it or of them."""
+def _stages(session: Session, principal: Principal, source) -> list[tuple[str, str]]:
+    """(stage, reference) of the models made from a customized model that can answer now: its
+    complete models, oldest first, then the live models of it or of them."""
     from tuneyard.complete.service import usable_complete
     from tuneyard.deploy.service import usable_live
 
@@ -788,8 +786,8 @@ def _stages(session: Session, principal: Principal, source) -> list[tuple[str, s
     origins = {("customized", source.id)} | {("complete", m.id) for m in completes}
     lives = [m for m in usable_live(session, principal) if (m.source_kind, m.source_id) in origins]
     lives.sort(key=lambda m: m.created_at)
-    stages = [("complete", f"complete:{m.id}", m.name) for m in completes]
-    stages += [(f"live {m.quantization}", f"live:{m.id}", m.name) for m in lives]
+    stages = [("complete", f"complete:{m.id}") for m in completes]
+    stages += [(f"live {m.quantization}", f"live:{m.id}") for m in lives]
     return stages
 
 
@@ -826,7 +824,7 @@ def start_fidelity(
     datasets.ensure_ready(dataset)
     template, reference = _format_prompt(dataset)
     params = GenerationParams(temperature=0, max_tokens=request.max_tokens)
-    models = [("customized", f"customized:{source.id}")] + [(s, ref) for s, ref, _ in stages]
+    models = [("customized", f"customized:{source.id}"), *stages]
     plan = _plan(
         session,
         principal,
