@@ -551,10 +551,8 @@ class TestRuns:
         assert slow.max_in_flight == 3
         assert len(slow.requests) == 16
 
-    def test_cancel_keeps_finished_rows_and_resume_runs_the_rest(
-        self, client, auth, qa, monkeypatch
-    ):
-        with OpenAIDouble(lambda m: f"slow {number(last_user(m))}", latency=0.4) as slow:
+    def test_cancel_keeps_finished_rows_and_resume_runs_the_rest(self, client, auth, qa):
+        with OpenAIDouble(lambda m: f"slow {number(last_user(m))}", latency=1.0) as slow:
             request = body(qa, third_party(client, auth, "slow", slow))
             accepted = client.post(API, json=request, headers=auth).json()
             deadline = time.monotonic() + 60
