@@ -40,6 +40,7 @@ NewPassword = typer.Option(
 
 
 def _mount() -> None:
+    from tuneyard.assessment.cli import app as assess_app
     from tuneyard.basemodels.cli import app as base_app
     from tuneyard.chat.cli import chat as chat_command
     from tuneyard.complete.cli import app as complete_app
@@ -63,6 +64,7 @@ def _mount() -> None:
     app.add_typer(live_app, name="live")
     app.command("chat")(chat_command)
     app.add_typer(thirdparty_app, name="thirdparty")
+    app.add_typer(assess_app, name="assess")
     app.add_typer(jobs_app, name="jobs")
     app.add_typer(users_app, name="users")
     app.add_typer(tokens_app, name="tokens")
