@@ -7,6 +7,7 @@ import contextlib
 import io
 import json
 import os
+import re
 import shutil
 import socket
 import time
@@ -16,6 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from fastapi.testclient import TestClient
 
+from tests.openai_double import last_user
 from tuneyard.auth.service import create_project, create_user, get_project_by_code, local_principal
 from tuneyard.cards import file_digest, folder_size
 from tuneyard.db import session_scope
@@ -380,3 +382,40 @@ def pg_admin_engine():
     from sqlalchemy import create_engine
 
     return create_engine(PG_URL, isolation_level="AUTOCOMMIT")
+
+
+# -- assessments: sums to answer, and a judge double's scripted verdicts ------------------------
+
+SUMS = [
+    {"prompt": f"What is {i} plus {i}?", "completion": str(2 * i), "topic": f"t{i}"}
+    for i in range(1, 9)
+]
+SUM_QUESTION = re.compile(r"What is (\d+) plus")
+
+
+def number(text: str) -> int:
+    """The number a sum's question is about."""
+    return int(SUM_QUESTION.search(text).group(1))
+
+
+def scripted_pairwise(messages) -> str:
+    """Verdicts by question: 1 A wins, 2 B wins, 3 always the first position (a flip),
+    4 unreadable, 5 A wins (JSON after other JSON, then MT-Bench's pattern), 6 a tie, 7 and
+    8 A wins."""
+    text = last_user(messages)
+    n = number(text)
+    a_first = re.search(r"\[A\] alpha", text) is not None
+    candidate_a, candidate_b = ("A", "B") if a_first else ("B", "A")
+    if n == 2:
+        return json.dumps({"winner": candidate_b, "reason": "B is right"})
+    if n == 3:
+        return '{"winner": "A", "reason": "the first one"}'
+    if n == 4:
+        return "Both answers have merit; I prefer the first one."
+    if n == 5:
+        if a_first:
+            return 'Draft: {"winner": "B"}\nFinal:\n```json\n{"winner": "A", "reason": "x"}\n```'
+        return f"My verdict: [[{candidate_a}]]"
+    if n == 6:
+        return '{"winner": "tie", "reason": "same"}'
+    return json.dumps({"winner": candidate_a, "reason": "A is right"})

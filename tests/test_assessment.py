@@ -7,14 +7,12 @@ from __future__ import annotations
 import csv
 import io
 import json
-import re
 import time
 
 import pytest
 
-from tests.conftest import login, wait_for_job
+from tests.helpers import SUMS, login, number, scripted_pairwise, upload, wait_for_job
 from tests.openai_double import OpenAIDouble, Reply, last_user
-from tests.test_training import upload
 from tuneyard.assessment import prompts
 from tuneyard.assessment.metrics import agreement, score_answer, token_agreement, token_overlap
 from tuneyard.assessment.service import candidate_messages
@@ -24,11 +22,6 @@ from tuneyard.config import reset_settings
 from tuneyard.errors import Invalid
 
 API = "/api/v1/assessments"
-QA = [
-    {"prompt": f"What is {i} plus {i}?", "completion": str(2 * i), "topic": f"t{i}"}
-    for i in range(1, 9)
-]
-QUESTION = re.compile(r"What is (\d+) plus")
 
 
 @pytest.fixture(autouse=True)
@@ -37,10 +30,6 @@ def assessment_settings(data_dir, monkeypatch):
     monkeypatch.setenv("TUNEYARD_ASSESSMENT_REMOTE_CONCURRENCY", "3")
     monkeypatch.setenv("TUNEYARD_ASSESSMENT_RETRIES", "2")
     reset_settings()
-
-
-def number(text: str) -> int:
-    return int(QUESTION.search(text).group(1))
 
 
 def third_party(client, auth, name: str, double: OpenAIDouble) -> str:
@@ -62,7 +51,7 @@ def body(dataset: str, *candidates: str, **extra) -> dict:
     return {
         "name": extra.pop("name", "run"),
         "dataset_id": dataset,
-        "sample": extra.pop("sample", {"size": len(QA)}),
+        "sample": extra.pop("sample", {"size": len(SUMS)}),
         "candidates": [{"model": model, "prompt": "{{prompt}}"} for model in candidates],
         **extra,
     }
@@ -201,7 +190,7 @@ def test_placeholders_are_checked_and_filled():
 
 @pytest.fixture
 def qa(client, auth, worker) -> str:
-    return upload(client, auth, "qa", QA)
+    return upload(client, auth, "qa", SUMS)
 
 
 @pytest.fixture
@@ -291,7 +280,7 @@ class TestRequests:
         again = client.post(f"{API}/preview", json=request, headers=auth).json()["records"]
         assert [record["record_index"] for record in again] == indices
         first = records[0]
-        source = QA[first["record_index"]]
+        source = SUMS[first["record_index"]]
         assert first["candidates"][0] == {"system": None, "prompt": source["prompt"]}
         assert first["candidates"][1]["system"] == f"Be brief about {source['topic']}."
         assert first["judge"] == [
@@ -334,29 +323,6 @@ class TestRequests:
 # -- running ------------------------------------------------------------------------------------
 
 PAIRWISE_PROMPT = "Question: {{Question}}\n[A] {{ResponseA}}\n[B] {{ResponseB}}"
-
-
-def scripted_pairwise(messages) -> str:
-    """Verdicts by question: 1 A wins, 2 B wins, 3 always the first position (a flip),
-    4 unreadable, 5 A wins (JSON after other JSON, then MT-Bench's pattern), 6 a tie, 7 and
-    8 A wins."""
-    text = last_user(messages)
-    n = number(text)
-    a_first = re.search(r"\[A\] alpha", text) is not None
-    candidate_a, candidate_b = ("A", "B") if a_first else ("B", "A")
-    if n == 2:
-        return json.dumps({"winner": candidate_b, "reason": "B is right"})
-    if n == 3:
-        return '{"winner": "A", "reason": "the first one"}'
-    if n == 4:
-        return "Both answers have merit; I prefer the first one."
-    if n == 5:
-        if a_first:
-            return 'Draft: {"winner": "B"}\nFinal:\n```json\n{"winner": "A", "reason": "x"}\n```'
-        return f"My verdict: [[{candidate_a}]]"
-    if n == 6:
-        return '{"winner": "tie", "reason": "same"}'
-    return json.dumps({"winner": candidate_a, "reason": "A is right"})
 
 
 class TestRuns:
@@ -472,7 +438,7 @@ class TestRuns:
         assert 'filename="run.csv"' in exported.headers["content-disposition"]
         table = list(csv.DictReader(io.StringIO(exported.text)))
         assert len(table) == 8
-        assert table[0]["prompt"] == QA[0]["prompt"] and table[0]["A_answer"] == "2"
+        assert table[0]["prompt"] == SUMS[0]["prompt"] and table[0]["A_answer"] == "2"
         assert table[0]["A_score"] == "1.0" and table[0]["A_exact"] == "1.0"
         assert table[7]["A_score"] == "" and "12" in table[7]["A_judge_raw"]
         lines = client.get(f"{API}/{assessment['id']}/export?format=jsonl", headers=auth)
@@ -647,7 +613,7 @@ def test_a_tiny_model_as_candidate_judged_by_a_double(client, auth, qa, tiny_bas
 def test_fidelity_compares_a_customized_model_with_its_complete_and_live_models(
     client, auth, qa, tiny_base, made_adapter_dir, inference
 ):
-    from tests.test_complete import make_customized, saved
+    from tests.helpers import make_customized, saved
     from tests.vllm_double import VllmDouble
     from tuneyard.db import session_scope
     from tuneyard.models import DeployEnvironment, LiveModel
@@ -693,7 +659,7 @@ def test_fidelity_compares_a_customized_model_with_its_complete_and_live_models(
     assert [c["params"]["temperature"] for c in assessment["config"]["candidates"]] == [0, 0, 0]
     found = rows(client, auth, assessment["id"])
     assert all(len(row["answers"]) == 3 and row["status"] == "done" for row in found)
-    assert found[0]["answers"][0]["prompt"] == QA[0]["prompt"]
+    assert found[0]["answers"][0]["prompt"] == SUMS[0]["prompt"]
     card = client.get(f"/api/v1/live-models/{live_id}", headers=auth).json()["model_card"]
     figure = card["fidelity"]
     assert figure["assessment_id"] == assessment["id"] and figure["compared"] == 4

@@ -9,8 +9,8 @@ import json
 
 from typer.testing import CliRunner
 
+from tests.helpers import SUMS, number, scripted_pairwise
 from tests.openai_double import OpenAIDouble, last_user
-from tests.test_assessment import QA, number, scripted_pairwise
 from tuneyard.cli import app
 
 runner = CliRunner()
@@ -37,7 +37,7 @@ def add_model(name: str, double: OpenAIDouble) -> None:
 
 def test_preview_run_show_results_export_and_prefs(cli, worker, tmp_path):
     data = tmp_path / "qa.jsonl"
-    data.write_text("\n".join(json.dumps(record) for record in QA))
+    data.write_text("\n".join(json.dumps(record) for record in SUMS))
     assert invoke("data", "add", str(data), "--name", "qa").exit_code == 0
     with (
         OpenAIDouble(lambda m: f"alpha {number(last_user(m))}") as alpha,
@@ -96,7 +96,7 @@ def test_preview_run_show_results_export_and_prefs(cli, worker, tmp_path):
 
 def test_errors_read_as_the_server_says_them(cli, worker, tmp_path):
     data = tmp_path / "qa.jsonl"
-    data.write_text("\n".join(json.dumps(record) for record in QA))
+    data.write_text("\n".join(json.dumps(record) for record in SUMS))
     assert invoke("data", "add", str(data), "--name", "qa").exit_code == 0
     with OpenAIDouble(lambda m: "ok") as alpha:
         add_model("alpha", alpha)

@@ -13,8 +13,8 @@ import httpx
 import pytest
 
 from tests.console_harness import api_headers, check_narrow, choose, console_url, screenshot
+from tests.helpers import SUMS, number, scripted_pairwise
 from tests.openai_double import OpenAIDouble, last_user
-from tests.test_assessment import QA, number, scripted_pairwise
 
 pytestmark = pytest.mark.console
 
@@ -25,7 +25,7 @@ JUDGE_PROMPT = "Question: {{Question}}\n[A] {{ResponseA}}\n[B] {{ResponseB}}"
 
 def setup(server, headers, doubles: dict[str, OpenAIDouble]) -> None:
     """The dataset, parsed, and a third-party model on each double."""
-    body = "\n".join(json.dumps(record) for record in QA).encode()
+    body = "\n".join(json.dumps(record) for record in SUMS).encode()
     response = httpx.post(
         f"{server.url}/api/v1/datasets",
         data={"name": "qa"},
