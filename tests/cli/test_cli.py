@@ -19,7 +19,7 @@ from tests.helpers import closed_port, flat
 from tuneyard.cli import app
 
 runner = CliRunner()
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def invoke(*args: str, input: str | None = None, env: dict | None = None):
