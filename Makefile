@@ -65,6 +65,7 @@ test-fast:
 lint:
 	$(BIN)/ruff check tuneyard tests benchmarks
 	$(BIN)/ruff format --check tuneyard tests benchmarks
+	$(BIN)/mypy
 	TUNEYARD_DATA_DIR=$$(mktemp -d) $(BIN)/tuneyard db check
 
 clean:

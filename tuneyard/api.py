@@ -183,6 +183,7 @@ def create_app(run_worker: bool = False, console: bool = False) -> FastAPI:
         yield
         if executor is not None:
             executor.stop()
+        if supervisor is not None:
             supervisor.stop()
         # Chats start the inference process on demand; it ends with the server.
         from tuneyard.inference.process import running_inference, stop_inference

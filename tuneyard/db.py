@@ -8,8 +8,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import Any, cast
 
-from sqlalchemy import Engine, MetaData, create_engine, event, text
+from sqlalchemy import CursorResult, Engine, Executable, MetaData, create_engine, event, text
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
 from tuneyard.config import Settings, get_settings
@@ -118,6 +119,12 @@ def schema_lock(settings: Settings | None = None, announce=lambda _text: None) -
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def rows_changed(session: Session, statement: Executable) -> int:
+    """Run an UPDATE or DELETE; how many rows it changed. Session.execute is typed to answer a
+    plain Result, but for these statements it is a CursorResult, which has the count."""
+    return cast(CursorResult[Any], session.execute(statement)).rowcount
 
 
 def alembic_config(settings: Settings | None = None):

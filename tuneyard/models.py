@@ -24,6 +24,9 @@ from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from tuneyard.db import Base
 
+# The longest training method name that a training or a profile records.
+METHOD_NAME_MAX = 40
+
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
@@ -214,7 +217,7 @@ class TrainingProfile(Base):
     )
     name: Mapped[str] = mapped_column(String(100), nullable=False)
     description: Mapped[str] = mapped_column(Text, nullable=False, default="")
-    method: Mapped[str | None] = mapped_column(String(40))  # None: any method
+    method: Mapped[str | None] = mapped_column(String(METHOD_NAME_MAX))  # None: any method
     params: Mapped[dict[str, Any]] = mapped_column(JSON, nullable=False, default=dict)
     created_at: Mapped[datetime] = created_column()
 
@@ -251,7 +254,7 @@ class Training(Base):
         ForeignKey("projects.id", ondelete="CASCADE"), index=True
     )
     name: Mapped[str] = mapped_column(String(100), nullable=False)
-    method: Mapped[str] = mapped_column(String(40), nullable=False)
+    method: Mapped[str] = mapped_column(String(METHOD_NAME_MAX), nullable=False)
     base_model_id: Mapped[str | None] = mapped_column(
         ForeignKey("base_models.id", ondelete="SET NULL")
     )

@@ -44,7 +44,7 @@ _METRICS: dict[str, Metric] = {}
 def register_metric(
     name: str,
     score: Callable[[str, str], float],
-    description: str,
+    description: str | None,
     *,
     scale: str = "0-1",
     default: bool = True,
@@ -52,7 +52,7 @@ def register_metric(
     """Add a reference metric under `name` (a plugin calls this at import)."""
     if name in _METRICS and _METRICS[name].score is not score:
         raise ValueError(f"Assessment metric '{name}' is registered twice.")
-    _METRICS[name] = Metric(name, score, description, scale, default)
+    _METRICS[name] = Metric(name, score, description or "", scale, default)
 
 
 def get_metric(name: str) -> Metric:

@@ -13,7 +13,7 @@ import difflib
 import json
 import re
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, TypeGuard
 
 from tuneyard.errors import Invalid
 
@@ -161,7 +161,7 @@ def render(template: str | None, values: Mapping[str, Any], keep: Iterable[str] 
     return PLACEHOLDER.sub(fill, template or "")
 
 
-def _is_conversation(value: Any) -> bool:
+def _is_conversation(value: Any) -> TypeGuard[list[dict[str, Any]]]:
     return (
         isinstance(value, list)
         and bool(value)

@@ -208,7 +208,7 @@ class RowWork:
             answers.append({"prompt": messages[-1]["content"], **answer})
         texts = [answer["text"] if answer["error"] is None else None for answer in answers]
         metrics = [self._metrics(record, text) for text in texts]
-        both = None
+        both: dict[str, Any] | None = None
         if config.get("kind") == FIDELITY:
             source = texts[0]
             both = {
@@ -219,7 +219,7 @@ class RowWork:
                     for index, text in enumerate(texts)
                 ]
             }
-        elif len(texts) == 2 and None not in texts:
+        elif len(texts) == 2 and texts[0] is not None and texts[1] is not None:
             both = agreement(texts[0], texts[1])
         judgments, verdict = [], None
         if config.get("judge") is not None:
@@ -250,9 +250,10 @@ class RowWork:
     def _judge(self, record, question: str, texts: list[str | None]):
         judge = self.config["judge"]
         if judge["kind"] == prompts.PAIRWISE:
-            if None in texts:
+            first, second = texts
+            if first is None or second is None:
                 return [], {"winner": None, "consistent": None, "flip": None}
-            orders = {"AB": [texts[0], texts[1]], "BA": [texts[1], texts[0]]}
+            orders = {"AB": [first, second], "BA": [second, first]}
             futures = {
                 order: self._ask_judge(record, question, pair) for order, pair in orders.items()
             }
@@ -265,13 +266,14 @@ class RowWork:
             if read["AB"] is None or read["BA"] is None:
                 return judgments, {"winner": None, "consistent": None, "flip": None}
             return judgments, combine_pairwise(read["AB"], read["BA"])
-        futures = {
+        by_candidate = {
             index: self._ask_judge(record, question, [text])
             for index, text in enumerate(texts)
             if text is not None
         }
-        judgments, scores = [], [None] * len(texts)
-        for index, future in futures.items():
+        judgments = []
+        scores: list[float | str | None] = [None] * len(texts)
+        for index, future in by_candidate.items():
             answer = _result(future)
             parsed = parse_score(answer["text"]) if answer["error"] is None else None
             if parsed is not None and parsed.parsed:
@@ -305,7 +307,7 @@ def job_principal(job: Job) -> Principal:
 def _draw_sample(ctx, assessment_id: str) -> None:
     """The sample's rows, written once (the first run): a resumed run finds them there."""
     with session_scope(ctx.settings) as session:
-        assessment = session.get(Assessment, assessment_id)
+        assessment = session.get_one(Assessment, assessment_id)
         if session.scalar(
             select(AssessmentRow.id).where(AssessmentRow.assessment_id == assessment_id).limit(1)
         ):
@@ -342,12 +344,12 @@ def _draw_sample(ctx, assessment_id: str) -> None:
     ]
     with ctx.session() as session:
         session.add_all(rows)
-        session.get(Assessment, assessment_id).row_count = len(rows)
+        session.get_one(Assessment, assessment_id).row_count = len(rows)
 
 
 def _prepare(ctx, assessment_id: str):
     with ctx.session() as session:
-        assessment = session.get(Assessment, assessment_id)
+        assessment = session.get_one(Assessment, assessment_id)
         assessment.status = "running"
         job = session.get(Job, ctx.job_id)
         principal = job_principal(job)
@@ -373,7 +375,7 @@ def _prepare(ctx, assessment_id: str):
                 .order_by(AssessmentRow.position)
             )
         ]
-        total = session.get(Assessment, assessment_id).row_count
+        total = session.get_one(Assessment, assessment_id).row_count
     return name, config, models, judge, backends, pending, total
 
 
@@ -408,7 +410,7 @@ def run_assessment(ctx) -> dict[str, Any]:
         caller.shutdown()
     seconds = time.monotonic() - started
     with ctx.session() as session:
-        assessment = session.get(Assessment, assessment_id)
+        assessment = session.get_one(Assessment, assessment_id)
         rows = list(
             session.scalars(
                 select(AssessmentRow).where(AssessmentRow.assessment_id == assessment_id)

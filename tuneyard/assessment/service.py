@@ -347,6 +347,7 @@ def _enqueue(session: Session, principal: Principal, assessment: Assessment) -> 
         uses.append(UseKey(Resource.DATASET, assessment.dataset_id))
     for ref in _models_of(assessment.config):
         kind, model_id = parse_reference(ref)
+        assert kind is not None, "an assessment stores its models as kind:id"
         uses.append(model_key(kind, model_id))
     job = jobs.enqueue(
         session,
@@ -623,7 +624,9 @@ def _csv_values(config: dict[str, Any], columns: list[str], row: AssessmentRow) 
         metrics = row.metrics[index] if index < len(row.metrics) else {}
         values += [metrics.get(metric) for metric in config.get("metrics") or []]
         if judge is not None and judge["kind"] == prompts.SCORE:
-            judgment = next((j for j in row.judgments if j.get("candidate") == index), {})
+            judgment: dict[str, Any] = next(
+                (j for j in row.judgments if j.get("candidate") == index), {}
+            )
             scores = verdict.get("scores") or []
             values += [
                 scores[index] if index < len(scores) else None,

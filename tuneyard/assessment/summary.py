@@ -183,7 +183,7 @@ def _fidelity(rows, config: dict[str, Any]) -> dict[str, Any]:
 
 def _judge_counts(rows, kind: str) -> dict[str, int]:
     """Judge answers made, read, unread and failed (over every judge call of the rows)."""
-    counts = Counter()
+    counts: Counter[str] = Counter()
     for row in rows:
         for judgment in row.judgments or []:
             counts["answers_total"] += 1

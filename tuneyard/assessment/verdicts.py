@@ -164,7 +164,7 @@ def combine_pairwise(first: Verdict, swapped: Verdict) -> dict[str, Any]:
     if not (first.parsed and swapped.parsed):
         return {"winner": None, "consistent": None, "flip": None}
     # Map the swapped verdict back to the candidates: its "A" was candidate B.
-    unswapped = {"A": "B", "B": "A", "tie": "tie"}[swapped.value]
+    unswapped = {"A": "B", "B": "A", "tie": "tie"}[str(swapped.value)]
     if first.value == unswapped:
         return {"winner": first.value, "consistent": True, "flip": False}
     flip = first.value != "tie" and first.value == swapped.value

@@ -158,13 +158,12 @@ def password_section() -> None:
     async def change_password() -> None:
         if not all([current.validate(), new.validate(), again.validate()]):
             return
-        changed = await act(
-            lambda session, principal: (
-                service.change_password(session, principal, current.value, new.value, address)
-                or True
-            ),
-            done="Password changed; your other sessions have ended.",
-        )
+
+        def change_it(session, principal) -> bool:
+            service.change_password(session, principal, current.value, new.value, address)
+            return True
+
+        changed = await act(change_it, done="Password changed; your other sessions have ended.")
         if changed:
             for field in (current, new, again):
                 field.value = ""
@@ -192,12 +191,12 @@ def reset_password_dialog(username: str) -> None:
         async def save() -> None:
             if not password.validate():
                 return
-            changed = await act(
-                lambda session, principal: (
-                    service.reset_password(session, principal, username, password.value) or True
-                ),
-                done=f"Password of {username} changed",
-            )
+
+            def reset_it(session, principal) -> bool:
+                service.reset_password(session, principal, username, password.value)
+                return True
+
+            changed = await act(reset_it, done=f"Password of {username} changed")
             if changed:
                 dialog.close()
                 dialog.delete()

@@ -31,6 +31,7 @@ from sqlalchemy.orm import Session
 
 from tuneyard.auth.throttle import throttle
 from tuneyard.config import Settings, get_settings
+from tuneyard.db import rows_changed
 from tuneyard.errors import Conflict, Forbidden, Invalid, NotFound, Unauthorized
 from tuneyard.models import ApiToken, Project, User, utcnow
 from tuneyard.pagination import paginate
@@ -149,7 +150,7 @@ def create_user(
 ) -> User:
     """A user in the admin's own project."""
     principal.require("admin")
-    project = session.get(Project, principal.project_id)
+    project = session.get_one(Project, principal.project_id)
     return _add_user(session, project, username, password, role)
 
 
@@ -217,7 +218,7 @@ def login(
         matches = False
     else:
         matches = _password_matches(user.password_hash, password)
-    if not matches:
+    if user is None or not matches:
         throttle.failed(project_code, username, address)
         raise Unauthorized("Wrong project code, username or password.")
     throttle.succeeded(project_code, username)
@@ -234,7 +235,8 @@ def remove_ended_tokens(session: Session) -> int:
     API tokens that ended over ENDED_API_TOKENS_KEPT ago. Returns how many went."""
     now = utcnow()
     long_ago = now - ENDED_API_TOKENS_KEPT
-    result = session.execute(
+    return rows_changed(
+        session,
         delete(ApiToken)
         .where(
             or_(
@@ -246,9 +248,8 @@ def remove_ended_tokens(session: Session) -> int:
                 ApiToken.expires_at < long_ago,
             )
         )
-        .execution_options(synchronize_session=False)
+        .execution_options(synchronize_session=False),
     )
-    return result.rowcount
 
 
 # -- passwords ---------------------------------------------------------------------------
@@ -326,7 +327,7 @@ def create_token(session: Session, principal: Principal, name: str, days: int | 
         raise Invalid("Give the token a name of 1-100 characters.")
     if days is not None and days < 1:
         raise Invalid("A token's lifetime is at least 1 day; leave it out for no expiry.")
-    user = session.get(User, principal.user_id)
+    user = session.get_one(User, principal.user_id)
     expires = utcnow() + timedelta(days=days) if days else None
     return _issue_token(session, user, name, "api", expires)
 

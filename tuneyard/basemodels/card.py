@@ -193,7 +193,7 @@ def _count_parameters(folder: Path) -> tuple[int | None, str | None, str]:
             total += count
             by_dtype[entry["dtype"]] += count
     dtype = by_dtype.most_common(1)[0][0] if by_dtype else None
-    return total, SAFETENSORS_DTYPES.get(dtype, dtype), "safetensors"
+    return total, SAFETENSORS_DTYPES.get(dtype, dtype) if dtype else None, "safetensors"
 
 
 def _read_readme(path: Path) -> tuple[str | None, str | None]:

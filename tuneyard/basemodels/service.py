@@ -107,6 +107,7 @@ def create_base_model(
         return register_path(session, principal, technical_name, path, model_name, model_type), None
     if gguf_path:
         return import_gguf(session, principal, technical_name, gguf_path, model_name, model_type)
+    assert hub_id is not None, "exactly one source is given"
     return register_hub(session, principal, technical_name, hub_id, model_name, model_type)
 
 
@@ -336,7 +337,7 @@ def describe_folder(model: BaseModel, folder: Path) -> None:
 
 def finish_folder(session: Session, model_id: str, folder: Path) -> BaseModel:
     """A job made the model's folder: describe it and mark the model ready."""
-    model = session.get(BaseModel, model_id)
+    model = session.get_one(BaseModel, model_id)
     describe_folder(model, folder)
     model.path = str(folder)
     model.managed = True

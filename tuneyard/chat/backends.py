@@ -150,6 +150,7 @@ def _endpoint(model: ChatModel) -> tuple[str, dict[str, str], dict[str, Any]]:
             {"Authorization": f"Bearer {token}"},
             {"tuneyard_model": model.local},
         )
+    assert model.base_url is not None, "a model that is not local has a base URL"
     # Stored base URLs already end where the API's paths begin (often /v1, not always).
     base = model.base_url.rstrip("/")
     headers = {"Authorization": f"Bearer {model.api_key}"} if model.api_key else {}

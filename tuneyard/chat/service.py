@@ -179,7 +179,7 @@ def run_turn(turn: PreparedTurn) -> Iterator[dict[str, Any]]:
             if delta.finish_reason:
                 final = delta
     except AppError as exc:
-        usage = {"error": exc.message}
+        usage: dict[str, Any] = {"error": exc.message}
         record_answer(turn.session_id, turn.model.ref, "".join(parts), usage)
         yield {"error": type(exc).__name__, "detail": exc.message}
         return

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, status
 from fastapi.responses import StreamingResponse
@@ -31,7 +31,7 @@ ArchiveFormat = Annotated[
         json_schema_extra={"enum": list(ARCHIVE_FORMATS)},
     ),
 ]
-ARCHIVE_RESPONSES = {
+ARCHIVE_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {
         "description": "The folder as a tar or tar.gz stream",
         "content": {

@@ -129,7 +129,7 @@ def read_tensor(handle, info: TensorInfo):
 
     # torch.empty, unlike bytearray, does not zero memory that the read overwrites anyway.
     raw = torch.empty(info.nbytes, dtype=torch.uint8)
-    view = memoryview(raw.numpy()).cast("B")
+    view = raw.numpy().data.cast("B")
     handle.seek(info.start)
     done = 0
     while done < info.nbytes:

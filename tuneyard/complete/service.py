@@ -166,6 +166,7 @@ def start_save(
         )
     customized = get_customized(session, principal, customized_id)
     base = _save_base(session, customized)
+    assert base.path is not None, "_save_base answers a ready base, which has its folder"
     adapter = read_adapter(Path(customized.path))
     plan_merge(Path(base.path), adapter, dtype)
     save_id, name = _free_name(session, principal, customized.name)

@@ -65,7 +65,7 @@ def save_complete_model(ctx) -> dict:
             raise NotFound(f"Complete model {model_id} was deleted before it was saved.")
         customized = session.get(CustomizedModel, row.customized_model_id)
         base = session.get(BaseModel, row.base_model_id)
-        if customized is None or base is None:
+        if customized is None or base is None or base.path is None:
             raise Conflict(f"The customized or base model of {row.name} was deleted.")
         name, card, target = row.name, dict(row.model_card), Path(row.path)
         adapter_dir, base_dir = Path(customized.path), Path(base.path)

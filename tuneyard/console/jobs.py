@@ -42,12 +42,11 @@ class JobWatch:
             with ui.row().classes("items-center gap-2"):
                 self.badge = status_badge("queued")
                 self.message = ui.label("").classes("text-grey-8")
+                self.cancel_button: ui.button | None = None
                 if cancellable:
                     self.cancel_button = ui.button("Cancel", on_click=self.cancel).props(
                         "flat dense color=negative no-caps"
                     )
-                else:
-                    self.cancel_button = None
             self.bar = ui.linear_progress(value=0, show_value=False).props("rounded size=10px")
             self.error = ui.label("").classes("text-negative whitespace-pre-wrap")
             self.error.set_visibility(False)
@@ -115,7 +114,8 @@ def job_notices() -> None:
         except (SignedOut, AppError):
             return
         for job in jobs:
-            state["since"] = max(state["since"], job.finished_at)
+            if job.finished_at is not None:  # a finished job has its time
+                state["since"] = max(state["since"], job.finished_at)
             label = job_label(job.kind)
             if job.status == "succeeded":
                 ui.notify(f"Job {label} succeeded", type="positive")

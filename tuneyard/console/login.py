@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 from fastapi.responses import RedirectResponse
 from nicegui import ui
 
@@ -28,7 +31,7 @@ def login_page():
         ui.label("Fine-tune, save, deploy and chat with language models.").classes(
             "text-grey-8 -mt-2"
         )
-        required = {"Required": bool}
+        required: dict[str, Callable[[Any], bool]] = {"Required": bool}
         project = ui.input("Project code", value=DEFAULT_PROJECT_CODE, validation=required)
         username = ui.input("Username", validation=required)
         password = ui.input("Password", password=True, password_toggle_button=True)

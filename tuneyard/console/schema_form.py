@@ -4,9 +4,11 @@ schema's order, with its default, bounds and description; and the values read ba
 from __future__ import annotations
 
 import json
+from collections.abc import Collection
 from typing import Any
 
 from nicegui import ui
+from nicegui.elements.mixins.value_element import ValueElement
 
 from tuneyard.console.widgets import column
 
@@ -123,7 +125,7 @@ def _range_rules(spec: dict[str, Any]) -> dict[str, Any]:
 
 def is_json_object_or_empty(text: str | None) -> bool:
     """A validation rule for a JSON field that may be left empty."""
-    if not (text or "").strip():
+    if not text or not text.strip():
         return True
     try:
         return isinstance(json.loads(text), dict)
@@ -137,7 +139,7 @@ class ParameterFields:
     def __init__(self, container: ui.element):
         self.container = container
         self.specs: dict[str, dict[str, Any]] = {}
-        self.inputs: dict[str, ui.element] = {}
+        self.inputs: dict[str, ValueElement] = {}
 
     def build(self, schema: dict[str, Any], values: dict[str, Any]) -> None:
         self.container.clear()
@@ -149,10 +151,11 @@ class ParameterFields:
                 self.inputs[name] = self._field(name, spec, value)
 
     @staticmethod
-    def _field(name: str, spec: dict[str, Any], value: Any) -> ui.element:
+    def _field(name: str, spec: dict[str, Any], value: Any) -> ValueElement:
         description = spec.get("description", "")
         options = spec.get("enum") or ([spec["const"]] if "const" in spec else None)
         kind = spec.get("type")
+        field: ValueElement
         if kind == "boolean" and not options:
             with ui.column().classes("gap-0 w-full min-w-0"):
                 field = ui.switch(name, value=bool(value))
@@ -192,7 +195,7 @@ class ParameterFields:
             name: _parse_value(self.specs[name], field.value) for name, field in self.inputs.items()
         }
 
-    def changed(self, always: set[str] = frozenset()) -> dict[str, Any]:
+    def changed(self, always: Collection[str] = frozenset()) -> dict[str, Any]:
         """The parameters that differ from the method's defaults (or are named in `always`)."""
         return {
             name: value

@@ -7,6 +7,7 @@ only reachable on the event loop, so the token is read there and handed to worke
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -85,11 +86,17 @@ def read(fn: Callable[[Session, Principal], T]) -> T:
 
 async def fetch(fn: Callable[[Session, Principal], T]) -> T:
     """`read`, off the event loop (for polling and slow reads); errors propagate."""
+    token = browser_token()
     try:
-        return await run.io_bound(run_signed_in, fn, browser_token())
+        # In a tuple, so that an answer of None is told apart from NiceGUI's None for a call
+        # cancelled or refused while the app stops (NiceGUI 4 raises CancelledError instead).
+        answer = await run.io_bound(lambda: (run_signed_in(fn, token),))
     except SignedOut:
         app.storage.user.pop(TOKEN_KEY, None)
         raise
+    if answer is None:
+        raise asyncio.CancelledError
+    return answer[0]
 
 
 async def act(

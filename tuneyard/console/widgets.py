@@ -168,10 +168,11 @@ def when(value: datetime | None) -> str:
 def size_text(size: int | None) -> str:
     if not size:
         return ""
+    amount = float(size)
     for unit in ("B", "KB", "MB", "GB"):
-        if size < 1024 or unit == "GB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
+        if amount < 1024 or unit == "GB":
+            return f"{amount:.0f} {unit}" if unit == "B" else f"{amount:.1f} {unit}"
+        amount /= 1024
     return ""
 
 
@@ -270,7 +271,7 @@ class PagedTable:
 
     def _on_click(self, event) -> None:
         row = event.args[1] if isinstance(event.args, list) and len(event.args) > 1 else None
-        if row is not None:
+        if row is not None and self.link is not None:
             ui.navigate.to(self.link(row))
 
 

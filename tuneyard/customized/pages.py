@@ -214,6 +214,7 @@ def customized_model_page(model_id: str):
 
 def _started_save(session, principal, model_id: str, dtype: str) -> dict[str, str]:
     row = complete_service.start_save(session, principal, model_id, dtype)
+    assert row.job_id is not None, "a save is queued as a job"
     return {"id": row.id, "name": row.name, "job_id": row.job_id}
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -130,7 +131,7 @@ def promote_checkpoint(
                 shutil.copy2(source / filename, staging / filename)
         if not (staging / "adapter_model.safetensors").exists():
             raise Invalid(f"Checkpoint {step} holds no adapter weights.")
-        card = {
+        card: dict[str, Any] = {
             "name": name,
             "kind": "customized",
             "created_at": utcnow().isoformat(),

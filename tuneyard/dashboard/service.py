@@ -21,7 +21,18 @@ from tuneyard.models import (
     utcnow,
 )
 
-COUNTED = {
+# Each is a table of one project's rows.
+COUNTED: dict[
+    str,
+    type[BaseModel]
+    | type[Dataset]
+    | type[Training]
+    | type[CustomizedModel]
+    | type[CompleteModel]
+    | type[LiveModel]
+    | type[ThirdPartyModel]
+    | type[DeployEnvironment],
+] = {
     "base_models": BaseModel,
     "datasets": Dataset,
     "trainings": Training,

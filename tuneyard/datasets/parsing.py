@@ -9,7 +9,7 @@ import hashlib
 import io
 import json
 import re
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Generator, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -270,6 +270,8 @@ def _message_problems(messages: Any) -> Iterator[str]:
 # -- readers: each yields (where, value, fraction of the file read) ---------------------------
 
 Item = tuple[str, Any, float]
+# A generator, not a plain iterator: whoever stops reading early closes it (and its file).
+Items = Generator[Item, None, None]
 
 
 def _read_items(
@@ -279,7 +281,7 @@ def _read_items(
     column_mapping: Mapping[str, str],
     max_line_chars: int,
     max_records: int,
-) -> Iterator[Item]:
+) -> Items:
     size = max(source.stat().st_size, 1)
     if file_type == "jsonl":
         return _jsonl_items(source, size, problems, max_line_chars)
@@ -383,15 +385,15 @@ def _report_bad_utf8_lines(source: Path, problems: Problems) -> None:
                 reported = False
                 decoder.reset()
         if not reported:
-            pending = decoder.getstate()[0]
-            if pending:  # the file ends inside a character
+            unfinished = decoder.getstate()[0]
+            if unfinished:  # the file ends inside a character
                 problems.add(
-                    f"Line {number}: not valid UTF-8 (byte 0x{pending[0]:02x} at byte offset "
-                    f"{offset - len(pending)}); save the file as UTF-8"
+                    f"Line {number}: not valid UTF-8 (byte 0x{unfinished[0]:02x} at byte offset "
+                    f"{offset - len(unfinished)}); save the file as UTF-8"
                 )
 
 
-def _jsonl_items(source: Path, size: int, problems: Problems, max_chars: int) -> Iterator[Item]:
+def _jsonl_items(source: Path, size: int, problems: Problems, max_chars: int) -> Items:
     with source.open("rb") as handle:
         for number, text, offset in _lines(handle, problems, max_chars):
             if not text.strip():
@@ -497,7 +499,7 @@ def _next_value(decoder: json.JSONDecoder, text: _JsonText, max_chars: int):
             return value, end
 
 
-def _json_items(source: Path, size: int, problems: Problems, max_chars: int) -> Iterator[Item]:
+def _json_items(source: Path, size: int, problems: Problems, max_chars: int) -> Items:
     """The items of a JSON array, one at a time: the file is never held whole."""
     _check_utf8(source, problems)
     if problems:
@@ -546,7 +548,7 @@ def _json_items(source: Path, size: int, problems: Problems, max_chars: int) -> 
             problems.add(text.error(text.pos, "Extra data"))
 
 
-def _csv_items(source: Path, size: int, problems: Problems, known: set[str]) -> Iterator[Item]:
+def _csv_items(source: Path, size: int, problems: Problems, known: set[str]) -> Items:
     _check_utf8(source, problems)
     if problems:
         return
@@ -606,7 +608,7 @@ def _header_ok(
     return ok
 
 
-def _parquet_items(source: Path, problems: Problems, max_records: int) -> Iterator[Item]:
+def _parquet_items(source: Path, problems: Problems, max_records: int) -> Items:
     import pyarrow as pa
     import pyarrow.parquet as pq
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Generator, Iterator, Mapping
 from itertools import islice
 from pathlib import Path, PurePath, PureWindowsPath
 from typing import Any, BinaryIO
@@ -254,7 +254,7 @@ def ensure_ready(dataset: Dataset) -> None:
         )
 
 
-def iter_records(dataset: Dataset) -> Iterator[dict[str, Any]]:
+def iter_records(dataset: Dataset) -> Generator[dict[str, Any], None, None]:
     """The normalised records of a ready dataset, one dict each, in file order."""
     ensure_ready(dataset)
     with records_path(dataset).open(encoding="utf-8") as handle:
@@ -337,7 +337,7 @@ def dataset_stats(
             _token_lengths(
                 base_model_id, counter.method(dataset.format), token_counts, max_seq_length
             )
-            if counter is not None
+            if counter is not None and base_model_id is not None
             else None
         ),
     )
@@ -441,6 +441,7 @@ class TokenCounter:
             return [self._render(record["messages"], index)]
         if fmt == "preference":
             return [f"{record['prompt']}\n{record[side]}" for side in ("chosen", "rejected")]
+        parts: tuple[Any, ...]
         if fmt == "alpaca":
             parts = (record["instruction"], record.get("input"), record["output"])
         elif fmt == "prompt_completion":

@@ -70,7 +70,7 @@ def parse_dataset(ctx) -> dict:
     except ParseFailed as failure:
         # Recorded here, where the whole list is known; the job's error carries the summary.
         with session_scope(ctx.settings) as session:
-            session.get(Dataset, dataset_id).errors = failure.errors
+            session.get_one(Dataset, dataset_id).errors = failure.errors
         raise Invalid(failure.summary) from None
     with ctx.session() as session:
         dataset = session.get(Dataset, dataset_id)

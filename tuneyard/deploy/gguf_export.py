@@ -340,9 +340,9 @@ def _byte_level_vocab(tokenizer: dict[str, Any], rows: int) -> tuple[list[str], 
     texts, types = [], []
     for index in range(rows):
         # Embedding rows past the tokenizer's last id (vocab padded for speed) stay unused.
-        text, kind = tokens.get(index, (f"[PAD{index}]", gguf.TokenType.UNUSED))
+        text, token_type = tokens.get(index, (f"[PAD{index}]", gguf.TokenType.UNUSED))
         texts.append(text)
-        types.append(int(kind))
+        types.append(int(token_type))
     return texts, types
 
 

@@ -171,7 +171,7 @@ def record_fidelity(session: Session, live_id: str, figure: dict[str, Any]) -> N
 
 
 def live_summary(session: Session, row: LiveModel) -> dict[str, Any]:
-    environment = session.get(DeployEnvironment, row.environment_id)
+    environment = session.get_one(DeployEnvironment, row.environment_id)
     return {
         "id": row.id,
         "name": row.name,
@@ -199,7 +199,7 @@ def check_live(session: Session, principal: Principal, live_id: str) -> dict[str
     row = get_live(session, principal, live_id)
     if row.status in ("deploying", "failed"):
         return {"ok": False, "status": row.status, "detail": row.error or "Not deployed yet."}
-    environment = session.get(DeployEnvironment, row.environment_id)
+    environment = session.get_one(DeployEnvironment, row.environment_id)
     try:
         ok, detail = target_for(environment.kind).check(
             environment, row, live_models_in(session, environment.id)
@@ -224,7 +224,7 @@ def delete_live(session: Session, principal: Principal, live_id: str) -> str:
     principal.require("member")
     row = get_live(session, principal, live_id)
     jobs.ensure_not_in_use(session, UseKey(Resource.LIVE_MODEL, row.id), f"Live model {row.name}")
-    environment = session.get(DeployEnvironment, row.environment_id)
+    environment = session.get_one(DeployEnvironment, row.environment_id)
     others = [live for live in live_models_in(session, environment.id) if live.id != row.id]
     session.delete(row)
     session.flush()
@@ -249,7 +249,7 @@ def register_live(
     row = get_live(session, principal, live_id)
     if row.status != "live" or not row.endpoint_url or not row.model_id:
         raise Conflict(f"Live model {row.name} is {row.status}; register it once it is live.")
-    environment = session.get(DeployEnvironment, row.environment_id)
+    environment = session.get_one(DeployEnvironment, row.environment_id)
     entry = create_third_party(
         session,
         principal,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -227,7 +228,7 @@ class OllamaClient:
         digests: dict[str, str] = {}
         for name, path in files.items():
             digests[name] = file_sha256(
-                path, progress=lambda done, name=name: reporter.at(done, f"Hashing {name}")
+                path, progress=functools.partial(reporter.at, message=f"Hashing {name}")
             )
             reporter.advance(sizes[name], f"Hashed {name}")
         sent: set[str] = set()
@@ -237,7 +238,7 @@ class OllamaClient:
                 reporter.advance(sizes[name], f"Ollama already has {name}")
                 continue
             self.push_blob(
-                path, digest, lambda done, name=name: reporter.at(done, f"Uploading {name}")
+                path, digest, functools.partial(reporter.at, message=f"Uploading {name}")
             )
             sent.add(digest)
             reporter.advance(sizes[name], f"Uploaded {name}")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, status
 
@@ -105,7 +105,7 @@ def _deploy(kind: str, model_id: str, body: DeployRequest, principal, session) -
     return JobAccepted(id=row.id, job_id=row.job_id)
 
 
-DEPLOY = {
+DEPLOY: dict[str, Any] = {
     "response_model": JobAccepted,
     "status_code": status.HTTP_202_ACCEPTED,
     "tags": ["live models"],

@@ -63,6 +63,7 @@ def _deploy_base_first(ctx, session_factory, live_id: str) -> str:
         job = session.get(Job, ctx.job_id)
         principal = _job_principal(live, job.created_by)
         source = resolve_source(session, principal, live.source_kind, live.source_id)
+        assert source.base_model_id is not None, "an adapter's source names its base"
         existing = live_base_to_reuse(
             session, environment.id, source.base_model_id, live.quantization
         )

@@ -19,7 +19,7 @@ import traceback
 from sqlalchemy import update
 
 from tuneyard.config import Settings, get_settings
-from tuneyard.db import session_scope
+from tuneyard.db import rows_changed, session_scope
 from tuneyard.errors import AppError
 from tuneyard.jobs import service
 from tuneyard.jobs.context import JobCancelled, JobContext, JobFenced
@@ -36,15 +36,16 @@ def _heartbeat(ctx: JobContext, settings: Settings, stop: threading.Event) -> No
     while not stop.wait(settings.job_heartbeat_seconds):
         try:
             with session_scope(settings) as session:
-                beat = session.execute(
+                beat = rows_changed(
+                    session,
                     update(Job)
                     .where(
                         Job.id == ctx.job_id,
                         Job.status == "running",
                         Job.attempt == ctx.attempt,
                     )
-                    .values(heartbeat_at=utcnow())
-                ).rowcount
+                    .values(heartbeat_at=utcnow()),
+                )
         except Exception:  # a missed beat is not fatal; the next one may get through
             log.warning("heartbeat failed", exc_info=True)
             continue
@@ -65,16 +66,17 @@ def _describe(exc: BaseException) -> str:
 def _start(job_id: str, settings: Settings) -> JobContext | None:
     """Record this process as the job's, in the same write that checks the job is running."""
     with session_scope(settings) as session:
-        started = session.execute(
+        started = rows_changed(
+            session,
             update(Job)
             .where(Job.id == job_id, Job.status == "running")
-            .values(pid=os.getpid(), heartbeat_at=utcnow())
-        ).rowcount
-        job = session.get(Job, job_id)
+            .values(pid=os.getpid(), heartbeat_at=utcnow()),
+        )
         if not started:
+            job = session.get(Job, job_id)
             log.error("job %s is not running here (status %s)", job_id, job and job.status)
             return None
-        return JobContext(job, settings)
+        return JobContext(session.get_one(Job, job_id), settings)
 
 
 def run(job_id: str) -> int:
@@ -104,7 +106,7 @@ def run(job_id: str) -> int:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         log.info("job cancelled")
         with session_scope(settings) as session:
-            service.finish(session, session.get(Job, job_id), "cancelled", message="Cancelled")
+            service.finish(session, session.get_one(Job, job_id), "cancelled", message="Cancelled")
         return 0
     except JobFenced as fenced:
         log.error("%s Stopping without writing more.", fenced)
@@ -114,7 +116,11 @@ def run(job_id: str) -> int:
         log.error("job failed: %s\n%s", _describe(exc), traceback.format_exc())
         with session_scope(settings) as session:
             service.finish(
-                session, session.get(Job, job_id), "failed", message="Failed", error=_describe(exc)
+                session,
+                session.get_one(Job, job_id),
+                "failed",
+                message="Failed",
+                error=_describe(exc),
             )
         return 1
     finally:
@@ -124,7 +130,7 @@ def run(job_id: str) -> int:
     elapsed = time.monotonic() - started
     log.info("job succeeded in %.1f s", elapsed)
     with session_scope(settings) as session:
-        job = session.get(Job, job_id)
+        job = session.get_one(Job, job_id)
         service.finish(
             session,
             job,

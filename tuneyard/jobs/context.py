@@ -16,7 +16,7 @@ from sqlalchemy import update
 from sqlalchemy.orm import Session
 
 from tuneyard.config import Settings
-from tuneyard.db import session_scope
+from tuneyard.db import rows_changed, session_scope
 from tuneyard.models import Job, JobEvent, utcnow
 from tuneyard.storage import Layout
 
@@ -68,11 +68,12 @@ class JobContext:
             yield session
 
     def _still_running(self, session: Session, values: dict[str, Any]) -> None:
-        written = session.execute(
+        written = rows_changed(
+            session,
             update(Job)
             .where(Job.id == self.job_id, Job.status == "running", Job.attempt == self.attempt)
-            .values(**values)
-        ).rowcount
+            .values(**values),
+        )
         if not written:
             raise JobFenced(f"Job {self.job_id} is no longer running for attempt {self.attempt}.")
 

@@ -46,13 +46,14 @@ import threading
 import time
 from dataclasses import dataclass, field
 from datetime import timedelta
+from typing import IO
 
 import psutil
 from sqlalchemy import and_, or_, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
 from tuneyard.config import Settings, get_settings
-from tuneyard.db import session_scope
+from tuneyard.db import rows_changed, session_scope
 from tuneyard.jobs import service
 from tuneyard.jobs.registry import get_kind
 from tuneyard.jobs.workers import forget_worker, record_heartbeat
@@ -138,7 +139,7 @@ class _Running:
     process: subprocess.Popen | psutil.Process
     grace_seconds: float
     term_sent_at: float | None = None
-    log_handle: object = field(default=None, repr=False)
+    log_handle: IO[bytes] | None = field(default=None, repr=False)
 
     def exit_code(self) -> int | None:
         """None while it runs; its exit code once ended (for an adopted process, which is not
@@ -266,10 +267,11 @@ class Executor:
             ).all()
             session.expunge_all()
         for job in jobs:
-            if worker_host(job.worker_id or "") != HOST:
+            worker_id = job.worker_id or ""
+            if worker_host(worker_id) != HOST:
                 if job.heartbeat_at is not None and job.heartbeat_at < cutoff:
                     self._fail_silent(job, cutoff)
-            elif worker_alive(job.worker_id):
+            elif worker_alive(worker_id):
                 continue  # its worker reaps it
             elif job.status != "running":
                 if job_process(job) is None:
@@ -283,11 +285,12 @@ class Executor:
 
     def _adopt(self, job: Job, process: psutil.Process) -> None:
         with session_scope(self.settings) as session:
-            taken = session.execute(
+            taken = rows_changed(
+                session,
                 update(Job)
                 .where(Job.id == job.id, Job.status == "running", Job.worker_id == job.worker_id)
-                .values(worker_id=self.worker_id)
-            ).rowcount
+                .values(worker_id=self.worker_id),
+            )
         if not taken:
             return  # another worker of this machine adopted it first, or it ended
         grace = get_kind(job.kind).cancel_grace_seconds or self.settings.job_cancel_grace_seconds
@@ -299,7 +302,7 @@ class Executor:
     def _fail_orphan(self, job: Job) -> None:
         log.warning("job %s was left running by a stopped worker; its process is gone", job.id)
         with session_scope(self.settings) as session:
-            row = session.get(Job, job.id)
+            row = session.get_one(Job, job.id)
             if row.worker_id != job.worker_id:
                 return  # adopted meanwhile
             service.finish(
@@ -315,12 +318,13 @@ class Executor:
         with session_scope(self.settings) as session:
             failed = service.finish(
                 session,
-                session.get(Job, job.id),
+                session.get_one(Job, job.id),
                 "failed",
                 message="Failed",
                 error=f"The job stopped reporting (no heartbeat for "
                 f"{self.settings.job_stale_after_seconds:.0f} s): its machine "
-                f"{worker_host(job.worker_id)} died or lost the database. Start the job again.",
+                f"{worker_host(job.worker_id or '')} died or lost the database. "
+                "Start the job again.",
                 process_may_live=True,
                 stale_before=cutoff,
             )
@@ -329,7 +333,7 @@ class Executor:
 
     def _clean_up(self, job: Job) -> None:
         with session_scope(self.settings) as session:
-            service.clean_up(session, session.get(Job, job.id))
+            service.clean_up(session, session.get_one(Job, job.id))
 
     # -- running ---------------------------------------------------------------------------
 
@@ -390,7 +394,8 @@ class Executor:
         """Take a queued job for this worker; returns its kind, or None if it was not queued."""
         now = utcnow()
         with session_scope(self.settings) as session:
-            claimed = session.execute(
+            claimed = rows_changed(
+                session,
                 update(Job)
                 .where(Job.id == job_id, Job.status == "queued")
                 .values(
@@ -401,9 +406,9 @@ class Executor:
                     attempt=Job.attempt + 1,
                     pid=None,
                     message="Starting",
-                )
-            ).rowcount
-            return session.get(Job, job_id).kind if claimed else None
+                ),
+            )
+            return session.get_one(Job, job_id).kind if claimed else None
 
     def start_job(self, job_id: str) -> bool:
         """Claim a queued job and start its process (which records its own pid); False if
@@ -428,7 +433,7 @@ class Executor:
             with session_scope(self.settings) as session:
                 service.finish(
                     session,
-                    session.get(Job, job_id),
+                    session.get_one(Job, job_id),
                     "failed",
                     message="Failed",
                     error=f"Could not start the job's process: {exc}",
@@ -447,7 +452,7 @@ class Executor:
             self.reap()
             self.forward_cancels()
             with session_scope(self.settings) as session:
-                job = session.get(Job, job_id)
+                job = session.get_one(Job, job_id)
             if on_poll is not None:
                 on_poll(job)
             if job.status in service.FINISHED:

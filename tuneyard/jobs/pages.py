@@ -81,7 +81,7 @@ def job_page(job_id: str):
     with ui.card().classes("w-full"):
         ui.label("Log (last lines)").classes("font-semibold")
         log = ui.log(max_lines=400).classes("w-full h-80 text-xs").props('data-testid="job-log"')
-        shown = {"text": None}
+        shown: dict[str, str | None] = {"text": None}
 
         async def refresh() -> None:
             try:

@@ -11,6 +11,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from tuneyard.auth.service import Principal
+from tuneyard.db import rows_changed
 from tuneyard.errors import Conflict, NotFound
 from tuneyard.jobs.keys import UseKey, check, stored
 from tuneyard.jobs.registry import get_kind
@@ -79,17 +80,18 @@ def cancel_job(session: Session, principal: Principal, job_id: str) -> Job:
     job = get_job(session, principal, job_id)
     if job.status in FINISHED:
         raise Conflict(f"Job {job_id} has already {job.status}; nothing to cancel.")
-    queued = session.execute(
+    queued = rows_changed(
+        session,
         update(Job)
         .where(Job.id == job.id, Job.status == "queued")
-        .values(status="cancelled", finished_at=utcnow(), message="Cancelled before it started")
+        .values(status="cancelled", finished_at=utcnow(), message="Cancelled before it started"),
     )
-    if queued.rowcount == 0:
+    if queued == 0:
         job.cancel_requested = True
         job.message = "Cancelling"
     session.flush()
     session.refresh(job)
-    if queued.rowcount:
+    if queued:
         # No process will ever report this job, so its domain settles here (an import that
         # never started is marked failed, not left "importing").
         _run_on_failure(session, job)
@@ -167,7 +169,7 @@ def finish(
     where = [Job.id == job.id, Job.status.in_(ACTIVE)]
     if stale_before is not None:
         where.append(Job.heartbeat_at < stale_before)
-    changed = session.execute(update(Job).where(*where).values(**values)).rowcount
+    changed = rows_changed(session, update(Job).where(*where).values(**values))
     if not changed:
         return False
     session.refresh(job)

@@ -9,6 +9,7 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
 from tuneyard.config import Settings
+from tuneyard.db import rows_changed
 from tuneyard.models import Job, Worker, utcnow
 
 # A worker unseen for this long is gone for good (stopped without saying so): its row goes.
@@ -18,9 +19,10 @@ FORGET_AFTER = timedelta(days=1)
 def record_heartbeat(session: Session, worker_id: str, host: str, running_jobs: int) -> None:
     """Mark the worker seen now; its first heartbeat adds it (and drops long-gone workers)."""
     now = utcnow()
-    seen = session.execute(
-        update(Worker).where(Worker.id == worker_id).values(seen_at=now, running_jobs=running_jobs)
-    ).rowcount
+    seen = rows_changed(
+        session,
+        update(Worker).where(Worker.id == worker_id).values(seen_at=now, running_jobs=running_jobs),
+    )
     if seen:
         return
     session.execute(delete(Worker).where(Worker.seen_at < now - FORGET_AFTER))
@@ -44,4 +46,4 @@ def live_workers(session: Session, settings: Settings) -> list[Worker]:
 
 def backlog(session: Session) -> int:
     """Jobs waiting for a worker."""
-    return session.scalar(select(func.count()).select_from(Job).where(Job.status == "queued"))
+    return session.scalar(select(func.count()).select_from(Job).where(Job.status == "queued")) or 0

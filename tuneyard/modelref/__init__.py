@@ -74,7 +74,7 @@ _CAN: dict[tuple[ModelKind, str | None], frozenset[Capability]] = {
     (ModelKind.THIRD_PARTY, "embedding"): frozenset({Capability.EMBED}),
 }
 # Where a not-found message sends the reader to see what there is.
-_LIST_HINT = {
+_LIST_HINT: dict[Capability | None, str] = {
     Capability.DEPLOY: "`tuneyard complete list`, `tuneyard customized list` or "
     "`tuneyard base list`",
 }

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict, Field
+from pydantic.json_schema import JsonDict
 
 from tuneyard.outbound import API_KEY_PATTERN
 
@@ -21,11 +22,11 @@ PROVIDERS = tuple(PROVIDER_BASE_URLS)
 MODEL_TYPES = ("chat", "embedding")
 NAME_PATTERN = r"^[A-Za-z0-9._:/-]{1,200}$"
 # What the service checks, as documentation for clients (and the fuzzer).
-NAME = {"pattern": NAME_PATTERN}
-PROVIDER = {"enum": list(PROVIDERS)}
-MODEL_TYPE = {"enum": list(MODEL_TYPES)}
-MODEL_NAME = {"pattern": r"\S", "maxLength": 500}
-BASE_URL = {"pattern": r"^\s*(https?://[^\s/]+\S*)?\s*$"}
+NAME: JsonDict = {"pattern": NAME_PATTERN}
+PROVIDER: JsonDict = {"enum": list(PROVIDERS)}
+MODEL_TYPE: JsonDict = {"enum": list(MODEL_TYPES)}
+MODEL_NAME: JsonDict = {"pattern": r"\S", "maxLength": 500}
+BASE_URL: JsonDict = {"pattern": r"^\s*(https?://[^\s/]+\S*)?\s*$"}
 
 
 class ThirdPartyCreate(BaseModel):

@@ -109,6 +109,8 @@ def _text(message: Any) -> str | None:
 
 def _load(path: Path, module_name: str):
     spec = importlib.util.spec_from_file_location(module_name, path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"{path} cannot be imported as a Python file.")
     module = importlib.util.module_from_spec(spec)
     sys.modules[module_name] = module  # dataclasses and pickling in the script look it up
     spec.loader.exec_module(module)

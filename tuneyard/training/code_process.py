@@ -25,7 +25,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from tuneyard.errors import AppError
 
@@ -97,8 +97,8 @@ class CodeProcess:
         self.scratch = scratch
         self.label = label
         self.process: subprocess.Popen | None = None
-        self._to_child = None
-        self._from_child = None
+        self._to_child: TextIO | None = None
+        self._from_child: TextIO | None = None
 
     def start(self, setup: dict[str, Any]) -> None:
         """Start the process and send it its setup."""
@@ -132,6 +132,7 @@ class CodeProcess:
         self.send(setup)
 
     def send(self, message: dict[str, Any]) -> None:
+        assert self._to_child is not None, "start the process first"
         try:
             self._to_child.write(json.dumps(message) + "\n")
             self._to_child.flush()
@@ -140,6 +141,7 @@ class CodeProcess:
 
     def receive(self) -> dict[str, Any]:
         """The next message; AppError when the process ended or sent something malformed."""
+        assert self._from_child is not None, "start the process first"
         line = self._from_child.readline(MAX_MESSAGE_CHARS + 1)
         if not line:
             raise self._ended()

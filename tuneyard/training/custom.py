@@ -71,13 +71,13 @@ from tuneyard.datasets.parsing import FORMATS as RECORD_FORMATS
 from tuneyard.errors import Conflict, Forbidden, Invalid, NotFound, TooLarge
 from tuneyard.jobs import service as jobs
 from tuneyard.jobs.keys import Resource, UseKey
-from tuneyard.models import Training, TrainingMethodScript, new_id
+from tuneyard.models import METHOD_NAME_MAX, Training, TrainingMethodScript, new_id
 from tuneyard.storage import Layout, atomic_file, delete_on_commit
 from tuneyard.training.methods import TrainingMethod, all_methods, get_method
 from tuneyard.training.params import CommonParams
 
 # A training records its method's name, so a method name is never longer than that column.
-NAME_MAX = Training.__table__.c.method.type.length
+NAME_MAX = METHOD_NAME_MAX
 NAME_RE = re.compile(rf"^[a-z][a-z0-9_-]{{0,{NAME_MAX - 1}}}$")
 MAX_SCRIPT_BYTES = 1_000_000
 PARAM_NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")

@@ -45,7 +45,7 @@ class TrainingReporter:
         elapsed = time.monotonic() - self._started
         eta = elapsed * (100.0 - percent) / percent if percent > 0 else None
         with session_scope(self._ctx.settings) as session:
-            training = session.get(Training, self._training_id)
+            training = session.get_one(Training, self._training_id)
             training.progress = percent
             training.eta_seconds = eta
         self._percent = percent
@@ -200,7 +200,7 @@ def check_adapter(method: CustomMethod, folder: Path, inputs: RunInputs) -> None
     from transformers import AutoConfig, AutoModelForCausalLM
 
     try:
-        config = PeftConfig.from_pretrained(folder)
+        config = PeftConfig.from_pretrained(str(folder))
     except Exception as exc:
         raise Invalid(
             f"{method.name} wrote an adapter_config.json that PEFT cannot read: {exc}"
@@ -290,7 +290,8 @@ def add_base_tokenizer(folder: Path, base_path: Path) -> None:
 
 def run_custom_training(ctx: JobContext) -> dict[str, Any]:
     inputs = load_inputs(ctx, custom_method_of)
-    method: CustomMethod = inputs.method
+    method = inputs.method
+    assert isinstance(method, CustomMethod), "custom_method_of gives the uploaded method"
     require_code_runs(ctx.settings, f"Training method {method.name}")
     check_hardware(inputs.params)
     ctx.progress(1, f"Loading the {method.name} script")

@@ -34,7 +34,8 @@ class TrainingMethod:
     params_model: type[CommonParams]
     formats: tuple[str, ...]  # dataset formats it trains on
     needs_chat_template: bool
-    to_rows: Callable[[Iterable[dict], str, CommonParams], Iterator[dict]]
+    # (records, dataset format, an instance of params_model)
+    to_rows: Callable[[Iterable[dict], str, Any], Iterator[dict]]
     # (model, tokenizer, train rows, eval rows, training args dict, peft config, params, extra)
     build_trainer: Callable[..., Any]
     # What the method needs of a dataset beyond its format, checked before a job exists:
@@ -131,7 +132,7 @@ def kto_rows(records: Iterable[dict], fmt: str, params: KTOParams) -> Iterator[d
 
 def grpo_rows(records: Iterable[dict], fmt: str, params: GRPOParams) -> Iterator[dict]:
     for record in records:
-        row = {"prompt": _user(record["prompt"])}
+        row: dict[str, Any] = {"prompt": _user(record["prompt"])}
         if "answer" in record:
             row["answer"] = str(record["answer"])
         yield row
@@ -277,8 +278,8 @@ def _grpo_trainer(
     )
     return GRPOTrainer(
         model=model,
-        reward_funcs=build_reward_functions(
-            params, extra.get("reward_files", {}), extra["code_dir"]
+        reward_funcs=list(
+            build_reward_functions(params, extra.get("reward_files", {}), extra["code_dir"])
         ),
         args=config,
         train_dataset=train,

@@ -121,7 +121,7 @@ def write_result(
     work_dir = ctx.layout.training_dir(training_id)
     steps = [int(p.name.removeprefix(CHECKPOINT_PREFIX)) for p in checkpoints(work_dir)]
     with session_scope(ctx.settings) as session:
-        training = session.get(Training, training_id)
+        training = session.get_one(Training, training_id)
         summary = final_metrics(session, training.id)
         done_id = training.customized_model_id or training.summary.get("complete_model_id")
         if done_id:  # a resumed run whose first attempt had already written its result
@@ -157,7 +157,7 @@ def write_result(
         write_readme(staging, card)
     produced.rmdir()
     with ctx.session() as session:
-        training = session.get(Training, training_id)
+        training = session.get_one(Training, training_id)
         if full:
             session.add(
                 CompleteModel(

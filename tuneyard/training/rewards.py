@@ -147,7 +147,7 @@ class UploadedReward:
 def build_reward_functions(
     params: GRPOParams, reward_files: dict[str, str], scratch: Path
 ) -> list[Callable]:
-    functions = []
+    functions: list[Callable] = []
     for name in params.rewards:
         if name == "answer_match":
             functions.append(answer_match)

@@ -55,12 +55,13 @@ def load_inputs(ctx: JobContext, method_of=None) -> RunInputs:
     """
     training_id = ctx.params["training_id"]
     with session_scope(ctx.settings) as session:
-        training = session.get(Training, training_id)
+        training = session.get_one(Training, training_id)
         base = session.get(BaseModel, training.base_model_id) if training.base_model_id else None
         dataset = session.get(Dataset, training.dataset_id) if training.dataset_id else None
-        if base is None or base.status != "ready":
+        # A ready base model has its folder, and a ready dataset its format.
+        if base is None or base.status != "ready" or base.path is None:
             raise Invalid("The base model of this training was deleted or is not ready.")
-        if dataset is None or dataset.status != "ready":
+        if dataset is None or dataset.status != "ready" or dataset.format is None:
             raise Invalid("The dataset of this training was deleted or is not ready.")
         method = method_of(session, training) if method_of else get_method(training.method)
         training.status = "running"
@@ -257,7 +258,7 @@ def make_reporting_callback(ctx: JobContext, training_id: str):
                 session.add(
                     TrainingMetric(training_id=training_id, step=step, kind=kind, data=data)
                 )
-                training = session.get(Training, training_id)
+                training = session.get_one(Training, training_id)
                 training.progress = min(percent, 99.0)
                 training.eta_seconds = eta
             if not is_eval:
@@ -321,6 +322,8 @@ def run_training(ctx: JobContext) -> dict[str, Any]:
     from transformers import AutoTokenizer, set_seed
 
     inputs = load_inputs(ctx)
+    method = inputs.method
+    assert isinstance(method, TrainingMethod), "load_inputs gives a built-in method by default"
     params = inputs.params
     check_hardware(params)
     if inputs.reward_files:
@@ -330,7 +333,7 @@ def run_training(ctx: JobContext) -> dict[str, Any]:
     set_seed(params.seed)
     ctx.progress(1, "Loading the dataset")
     records = read_records(inputs.records_path)
-    rows = list(inputs.method.to_rows(records, inputs.dataset_format, params))
+    rows = list(method.to_rows(records, inputs.dataset_format, params))
     random.Random(params.seed).shuffle(rows)
     if params.max_samples > 0:
         rows = rows[: params.max_samples]
@@ -351,7 +354,7 @@ def run_training(ctx: JobContext) -> dict[str, Any]:
     model = load_model(inputs, dtype)
 
     ctx.progress(5, "Preparing the trainer")
-    trainer = inputs.method.build_trainer(
+    trainer = method.build_trainer(
         model,
         tokenizer,
         HFDataset.from_list(train_rows),

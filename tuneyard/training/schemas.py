@@ -78,8 +78,8 @@ class MethodOut(BaseModel):
             needs_chat_template=method.needs_chat_template,
             params_schema=method.schema(),
             custom=uploaded,
-            result=method.result if uploaded else None,
-            digest=method.digest if uploaded else None,
+            result=method.result if isinstance(method, CustomMethod) else None,
+            digest=method.digest if isinstance(method, CustomMethod) else None,
         )
 
 

@@ -7,6 +7,7 @@ hardware an option needs is checked by the job, on the machine that runs it.
 
 from __future__ import annotations
 
+import ast
 import json
 import re
 from pathlib import Path
@@ -246,11 +247,12 @@ def _enqueue_run(
     method: TrainingMethod | CustomMethod,
     reward_files: dict[str, str],
 ) -> None:
-    uses = [
-        UseKey(Resource.TRAINING, training.id),
-        UseKey(Resource.BASE_MODEL, training.base_model_id),
-        UseKey(Resource.DATASET, training.dataset_id),
-    ]
+    uses = [UseKey(Resource.TRAINING, training.id)]
+    # A resumed training whose base model or dataset was deleted since has none to hold.
+    if training.base_model_id is not None:
+        uses.append(UseKey(Resource.BASE_MODEL, training.base_model_id))
+    if training.dataset_id is not None:
+        uses.append(UseKey(Resource.DATASET, training.dataset_id))
     kind = "training.run"
     if isinstance(method, CustomMethod):
         kind = "training.custom"
@@ -301,7 +303,7 @@ def compare(session: Session, principal: Principal, training_ids: list[str], met
     """One metric of two or more trainings, aligned on the union of their steps."""
     if len(training_ids) < 2:
         raise Invalid("Compare needs at least two training ids.")
-    per_training = {}
+    per_training: dict[str, dict[str, Any]] = {}
     for training_id in training_ids:
         training = get_training(session, principal, training_id)
         points = metrics(session, principal, training.id)["series"]
@@ -456,7 +458,7 @@ def save_reward_file(principal: Principal, name: str, source: bytes) -> str:
         raise Invalid(f"A reward file name is {REWARD_NAME_RULE}.")
     try:
         text = source.decode("utf-8")
-        tree = compile(text, f"{name}.py", "exec", dont_inherit=True, flags=0x400)  # ast only
+        tree = ast.parse(text, f"{name}.py")
     except (UnicodeDecodeError, SyntaxError) as exc:
         raise Invalid(f"The reward file is not valid UTF-8 Python: {exc}") from None
     if not any(getattr(node, "name", None) == "reward" for node in tree.body):

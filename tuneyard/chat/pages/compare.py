@@ -33,7 +33,6 @@ class CompareSlot:
 
     def __init__(self, index: int, options: dict[str, str], value: str | None):
         self.index = index
-        self.own_params: ParamsForm | None = None
         with ui.column().classes("w-full gap-1") as self.box:
             self.picker = (
                 ui.select(options, value=value, label=f"Model {index + 1}", with_input=True)
@@ -48,7 +47,7 @@ class CompareSlot:
                 .classes("w-full pl-2")
                 .props(f'data-testid="own-params-box-{index}"') as self.own_box
             ):
-                self.own_params = ParamsForm(with_system=False)
+                self.own_params: ParamsForm = ParamsForm(with_system=False)
             self.own_box.bind_visibility_from(self.own, "value")
 
 

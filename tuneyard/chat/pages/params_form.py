@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 from nicegui import ui
+from nicegui.elements.mixins.validation_element import ValidationElement
 from pydantic import ValidationError
 
 from tuneyard.chat.schemas import DEFAULT_SYSTEM_PROMPT, ChatParams
@@ -102,7 +103,7 @@ class ParamsForm:
 
     def values(self) -> ChatParams | None:
         """The parameters, or None (the fields show why) when one is out of range."""
-        fields = [*self.numbers, self.stop]
+        fields: list[ValidationElement] = [*self.numbers, self.stop]
         if not all([field.validate() for field in fields]):
             ui.notify("Fix the parameters marked in red first.", type="warning")
             return None

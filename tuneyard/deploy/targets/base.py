@@ -22,6 +22,16 @@ GGUF_MODEL = "model.gguf"
 GGUF_ADAPTER = "adapter.gguf"
 
 
+def server_address(environment: DeployEnvironment) -> str:
+    """The address of a serving tool that runs elsewhere (Ollama, an OpenAI-compatible one)."""
+    if not environment.url:
+        raise Invalid(
+            f"Deployment environment {environment.name} has no address: set its URL to the "
+            "server's, like http://127.0.0.1:11434."
+        )
+    return environment.url
+
+
 @dataclass
 class Deployed:
     endpoint_url: str

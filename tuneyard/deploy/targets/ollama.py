@@ -15,6 +15,7 @@ from tuneyard.deploy.targets.base import (
     has_chat_template,
     model_files,
     register_target,
+    server_address,
 )
 from tuneyard.errors import Invalid, Unavailable
 from tuneyard.models import DeployEnvironment, LiveModel
@@ -39,7 +40,7 @@ class OllamaTarget(DeployTarget):
     def _client(self, environment: DeployEnvironment, upload: bool = False):
         from tuneyard.deploy.ollama import OllamaClient
 
-        return OllamaClient(environment.url, upload_timeout=None if upload else 60.0)
+        return OllamaClient(server_address(environment), upload_timeout=None if upload else 60.0)
 
     def preflight(self, environment, source, quantization: str) -> list[str]:
         from tuneyard.deploy.ollama import check_adapter_base, check_importable

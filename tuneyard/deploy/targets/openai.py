@@ -12,6 +12,7 @@ from tuneyard.deploy.targets.base import (
     DeployTarget,
     environment_api_key,
     register_target,
+    server_address,
 )
 from tuneyard.errors import Invalid, Unavailable
 from tuneyard.models import DeployEnvironment
@@ -27,7 +28,7 @@ class OpenAICompatibleTarget(DeployTarget):
     def _client(self, environment: DeployEnvironment):
         from tuneyard.deploy.openai_compat import OpenAICompatClient
 
-        return OpenAICompatClient(environment.url, environment_api_key(environment))
+        return OpenAICompatClient(server_address(environment), environment_api_key(environment))
 
     def preflight(self, environment, source, quantization: str) -> list[str]:
         if quantization != NO_QUANTIZATION:
