@@ -58,7 +58,7 @@ test-postgres:
 	TUNEYARD_TEST_DATABASE_URL=$(PG_TEST_URL) $(BIN)/python -m pytest -q $(DURATIONS) \
 		-m "not nodb and (not console or journey)"
 
-## The quick loop while developing: SQLite, no slow end-to-end tests.
+## The quick loop while developing: SQLite, none of the tests marked slow (real models, training).
 test-fast:
 	$(BIN)/python -m pytest -q -m "not slow"
 

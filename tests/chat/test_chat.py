@@ -100,6 +100,7 @@ class TestLocalModels:
         ]
         assert stored["messages"][1]["model"] == f"base:{tiny_base}"
 
+    @pytest.mark.slow
     def test_trained_adapter_changes_the_answer(self, client, auth, worker, tiny_base):
         dataset = upload(client, auth, "codes", CHAT)
         training = finish(client, auth, start(client, auth, tiny_base, dataset, **FAST))

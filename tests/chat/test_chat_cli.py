@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 
+import pytest
 from typer.testing import CliRunner
 
 from tests.helpers import flat
@@ -13,6 +14,7 @@ from tuneyard.cli import app
 runner = CliRunner()
 
 
+@pytest.mark.slow
 def test_interactive_conversation_is_stored_and_the_process_stopped(cli, api_server, tiny_base):
     from tuneyard.inference.process import running_inference
 
@@ -32,6 +34,7 @@ def test_interactive_conversation_is_stored_and_the_process_stopped(cli, api_ser
     assert running_inference() is None
 
 
+@pytest.mark.slow
 def test_one_shot_prints_the_answer(cli, tiny_base):
     from tuneyard.auth.service import local_principal
     from tuneyard.chat.service import list_sessions, session_messages

@@ -142,6 +142,7 @@ class TestSave:
         for prompt in PROMPTS:
             assert greedy(complete, tokenizer, prompt) == greedy(reference, tokenizer, prompt)
 
+    @pytest.mark.slow
     def test_default_bf16_name_card_and_row(
         self,
         client,
@@ -213,6 +214,7 @@ class TestSave:
         assert listed["items"][0]["customized_model_name"] == customized["name"]
         assert "model_card" not in listed["items"][0]
 
+    @pytest.mark.slow
     def test_sharded_base_keeps_its_shards(self, client, auth, worker, tiny_model_dir, tmp_path):
         import torch
         from transformers import AutoModelForCausalLM
@@ -566,6 +568,7 @@ class TestArchive:
 
 
 class TestFullFineTune:
+    @pytest.mark.slow
     def test_a_full_fine_tune_is_a_complete_model_too(self, client, auth, worker, tiny_base):
         dataset = upload(client, auth, "full-data", CHAT)
         training = finish(

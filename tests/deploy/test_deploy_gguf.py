@@ -199,6 +199,7 @@ class TestExportGguf:
             llama_cpp_logits(tiny_f32_gguf, ids), transformers_logits(load(tiny_model_dir), ids)
         )
 
+    @pytest.mark.slow
     @pytest.mark.parametrize("kind", ["qwen2", "qwen3"])
     def test_qwen_logits_match_transformers(self, kind, request, tmp_path):
         model_dir = request.getfixturevalue(f"tiny_{kind}_dir")
@@ -259,6 +260,7 @@ class TestExportGguf:
         ours = llama_cpp_logits(tmp_path / "m.gguf", ids)
         assert_same_logits(ours, transformers_logits(model, ids))
 
+    @pytest.mark.slow
     def test_reads_older_transformers_rope_keys(self, tiny_model_dir, tmp_path):
         import shutil
 
@@ -282,6 +284,7 @@ class TestExportGguf:
         assert fields["llama.rope.scaling.factor"] == 4.0
         assert fields["llama.rope.scaling.original_context_length"] == 512
 
+    @pytest.mark.slow
     @pytest.mark.parametrize(
         ("pre_tokenizer", "ignore_merges", "llama_cpp_name"),
         [
@@ -327,6 +330,7 @@ class TestExportGguf:
                 expected = tokenizer(text)["input_ids"]
                 assert llm.tokenize(text.encode(), add_bos=True, special=True) == expected, text
 
+    @pytest.mark.slow
     def test_gguf_carries_chat_template_and_special_tokens(self, tiny_model_dir, tiny_f16_gguf):
         from transformers import AutoTokenizer
 
@@ -357,6 +361,7 @@ class TestExportGguf:
         assert fields["tensors"]["token_embd.weight"] == "F16"
         assert fields["tensors"]["blk.0.attn_norm.weight"] == "F32"
 
+    @pytest.mark.slow
     @pytest.mark.parametrize(("outtype", "atol"), [("f16", 2e-3), ("bf16", 2e-2)])
     def test_half_precision_exports_load(self, outtype, atol, tiny_model_dir, tmp_path):
         seen: list[float] = []

@@ -51,6 +51,7 @@ def assert_stopped(server: ManagedServer, pid: int | None = None) -> None:
 
 
 class TestApply:
+    @pytest.mark.slow
     def test_server_outlives_the_job_that_applied(self, server, smollm2_gguf):
         # A deploy job applies, then ends the way a cancelled job does: its whole process
         # group is killed (the executor's killpg).
@@ -75,6 +76,7 @@ class TestApply:
         assert answer(server, "smol").strip()
         assert server.models() == [ServedModel("smol", smollm2_gguf)]
 
+    @pytest.mark.slow
     def test_two_aliases_are_listed_and_answer(self, server, smollm2_gguf):
         server.apply([ServedModel("first", smollm2_gguf), ServedModel("second", smollm2_gguf)])
 
@@ -85,6 +87,7 @@ class TestApply:
         # No chat_format: the server renders the GGUF's own chat template.
         assert all("chat_format" not in m for m in config["models"])
 
+    @pytest.mark.slow
     def test_chat_renders_the_ggufs_own_template(self, server, smollm2_gguf, tokenizer_dir):
         # The prompt the server evaluates is exactly the model's chat template, rendered.
         from transformers import AutoTokenizer
@@ -100,6 +103,7 @@ class TestApply:
             expected = tokenizer.apply_chat_template(messages, add_generation_prompt=True)
             assert response.json()["usage"]["prompt_tokens"] == len(expected["input_ids"])
 
+    @pytest.mark.slow
     def test_empty_list_stops_the_server(self, server, smollm2_gguf):
         server.apply([ServedModel("smol", smollm2_gguf)])
         pid = served_pid(server)
@@ -129,6 +133,7 @@ class TestApply:
         assert f"Failed to load model from file: {garbage}" in failure.value.message
         assert_stopped(server)
 
+    @pytest.mark.slow
     def test_failed_second_model_brings_back_what_was_served(self, server, smollm2_gguf, tmp_path):
         # The server loads only its first model at start; apply asks the others too.
         server.apply([ServedModel("smol", smollm2_gguf)])
@@ -151,6 +156,7 @@ class TestApply:
         assert not server.config_path.exists()
         assert not server.is_running()
 
+    @pytest.mark.slow
     def test_taken_port_is_named(self, tmp_path, smollm2_gguf):
         with socket.socket() as squatter:
             squatter.bind(("127.0.0.1", 0))
@@ -163,6 +169,7 @@ class TestApply:
 
 
 class TestApiKey:
+    @pytest.mark.slow
     def test_a_server_with_a_key_answers_only_requests_that_carry_it(self, tmp_path, smollm2_gguf):
         keyed = ManagedServer(tmp_path / "environment", api_key="k-0815-secret")
         try:
@@ -196,6 +203,7 @@ class TestApiKey:
 
 
 class TestSupervision:
+    @pytest.mark.slow
     def test_killed_server_restarts_on_the_same_port(self, server, smollm2_gguf):
         server.apply([ServedModel("smol", smollm2_gguf)])
         url = server.base_url
@@ -224,6 +232,7 @@ class TestSupervision:
         assert ManagedServer(tmp_path / "environment").port == first.port
         assert first.base_url == f"http://127.0.0.1:{first.port}"
 
+    @pytest.mark.slow
     def test_a_stale_pid_is_not_our_server(self, server, smollm2_gguf):
         server.apply([ServedModel("smol", smollm2_gguf)])
         server.stop()

@@ -55,6 +55,7 @@ def chat(live: dict, messages=HELLO, max_tokens: int = 12) -> str:
 
 
 class TestLlamaCpp:
+    @pytest.mark.slow
     def test_base_model_served_checked_and_removed(
         self, client, auth, worker, llama_env, tiny_base
     ):
@@ -104,6 +105,7 @@ class TestLlamaCpp:
         assert not folder.exists()
         assert not server.is_running()
 
+    @pytest.mark.slow
     def test_adapter_is_served_on_its_base(
         self, client, auth, worker, llama_env, tiny_base, made_adapter_dir
     ):
@@ -115,6 +117,7 @@ class TestLlamaCpp:
         # Both stay served by the one server; the adapter changes the greedy answer.
         assert chat(live, max_tokens=16) != chat(base_live, max_tokens=16)
 
+    @pytest.mark.slow
     def test_two_deploys_at_once_are_both_served(
         self, client, auth, admin_password, llama_env, tiny_base
     ):

@@ -395,6 +395,7 @@ class TestProcess:
         assert state_file.stat().st_mode & 0o777 == 0o600
         assert set(json.loads(state_file.read_text())) == {"pid", "port", "token"}
 
+    @pytest.mark.slow
     def test_killed_process_is_started_again(self, inference, tiny_model_dir):
         old_pid = json.loads(inference_state_file(inference).read_text())["pid"]
         os.kill(old_pid, signal.SIGKILL)

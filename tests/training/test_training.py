@@ -18,6 +18,7 @@ PROMPTS = [{"prompt": f"What is {i} plus {i}?", "answer": str(2 * i)} for i in r
 
 
 class TestSFT:
+    @pytest.mark.slow
     def test_trains_learns_and_creates_customized_model(self, client, auth, worker, tiny_base):
         from peft import PeftModel
         from transformers import AutoModelForCausalLM
@@ -66,6 +67,7 @@ class TestSFT:
 
 
 class TestFullFineTune:
+    @pytest.mark.slow
     def test_full_fine_tune_makes_a_complete_model(self, client, auth, worker, tiny_base):
         from transformers import AutoModelForCausalLM
 
@@ -223,6 +225,7 @@ class TestValidation:
 
 
 class TestCancelAndResume:
+    @pytest.mark.slow
     def test_kill_9_then_resume_finishes_with_one_model(self, client, auth, worker, tiny_base):
         dataset = upload(client, auth, "codes", CHAT)
         params = {**FAST, "max_steps": 40, "save_steps": 2, "learning_rate": 1e-3}
@@ -256,6 +259,7 @@ class TestCancelAndResume:
         loss_steps = [s for s, _ in steps["series"]["train"]["loss"]]
         assert loss_steps == sorted(set(loss_steps)) and loss_steps[-1] == 40
 
+    @pytest.mark.slow
     def test_cancel_stops_at_a_step_and_keeps_a_checkpoint(self, client, auth, worker, tiny_base):
         dataset = upload(client, auth, "codes", CHAT)
         params = {**FAST, "max_steps": 400, "save_steps": 1000}
@@ -300,6 +304,7 @@ class TestOtherMethods:
             ),
         ],
     )
+    @pytest.mark.slow
     def test_method_trains(self, client, auth, worker, tiny_base, method, records, extra):
         dataset = upload(client, auth, f"{method}-data", records)
         params = {**FAST, "max_steps": 2, "learning_rate": 1e-2, **extra}
@@ -317,6 +322,7 @@ class TestOtherMethods:
         if method == "grpo":
             assert "reward" in train and "reward_std" in train
 
+    @pytest.mark.slow
     def test_grpo_with_an_uploaded_reward_file(self, code_uploads, client, auth, worker, tiny_base):
         # It runs in a process of its own, which has none of Tuneyard's settings.
         source = (
@@ -400,6 +406,7 @@ class TestOtherMethods:
 
 
 class TestProfilesAndCopy:
+    @pytest.mark.slow
     def test_profile_applies_and_request_wins(self, client, auth, worker, tiny_base):
         profile = client.post(
             "/api/v1/profiles",

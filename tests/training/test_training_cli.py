@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from typer.testing import CliRunner
 
 from tests.helpers import CHAT, FAST, finish, start, upload
@@ -17,6 +18,7 @@ def invoke(*args: str):
     return runner.invoke(app, list(args))
 
 
+@pytest.mark.slow
 def test_train_start_wait_show_metrics_and_customized(cli, worker, tiny_base, tmp_path):
     data = tmp_path / "codes.jsonl"
     data.write_text("\n".join(json.dumps(r) for r in CHAT))
@@ -67,6 +69,7 @@ def test_train_start_errors(cli, tiny_base):
     assert odd.exit_code == 1 and "--param takes key=value" in odd.output
 
 
+@pytest.mark.slow
 def test_compare_and_promote_checkpoint(client, auth, worker, tiny_base):
     dataset = upload(client, auth, "codes", CHAT)
     first = finish(client, auth, start(client, auth, tiny_base, dataset, name="a", **FAST))
@@ -101,6 +104,7 @@ def test_compare_and_promote_checkpoint(client, auth, worker, tiny_base):
     assert listed["total"] == 3
 
 
+@pytest.mark.slow
 def test_customized_delete_while_in_use_is_409(client, auth, worker, tiny_base, principal):
     from tuneyard.db import session_scope
     from tuneyard.jobs import service as jobs
@@ -123,6 +127,7 @@ def test_customized_delete_while_in_use_is_409(client, auth, worker, tiny_base, 
     assert "in use by test.sleep job" in response.json()["detail"]
 
 
+@pytest.mark.slow
 def test_customized_of_another_project_is_404(client, auth, worker, tiny_base):
     from tests.helpers import login, make_project_user
 

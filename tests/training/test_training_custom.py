@@ -597,6 +597,7 @@ class TestStartValidation:
 
 
 class TestRun:
+    @pytest.mark.slow
     def test_lora_script_makes_a_customized_model(self, client, auth, worker, tiny_base):
         from peft import PeftModel
         from transformers import AutoModelForCausalLM
@@ -652,6 +653,7 @@ class TestRun:
         logs = client.get(f"/api/v1/jobs/{job.id}/logs", headers=auth).text
         assert "greeting: hi from the test" in logs
 
+    @pytest.mark.slow
     def test_full_script_makes_a_complete_model(self, client, auth, worker, tiny_base):
         from transformers import AutoModelForCausalLM
 
@@ -723,6 +725,7 @@ class TestFailures:
         )
         assert model_folders() == [] and not result_folder(response.json()["id"]).exists()
 
+    @pytest.mark.slow
     def test_adapter_for_another_model_fails(self, client, auth, tiny_base, chat_dataset):
         added(client, auth, "foreign", FOREIGN_ADAPTER_SCRIPT)
         response = start(client, auth, tiny_base, chat_dataset, "foreign")
