@@ -35,19 +35,21 @@ SERVICE_MODULES = [
     "tuneyard.deploy.environments",
     "tuneyard.deploy.live",
     "tuneyard.deploy.sources",
+    # The assessment domain's service, by concern.
+    "tuneyard.assessment.results",
+    "tuneyard.assessment.fidelity",
 ]
 
 # Reviewed: these change nothing.
 READS = {
     "tuneyard.assessment.service": {
         "check_request",
-        "export",
         "find_assessment",
         "get_assessment",
         "list_assessments",
         "preview",
-        "results",
     },
+    "tuneyard.assessment.results": {"export", "results"},
     "tuneyard.auth.service": {"get_project_by_code", "get_user", "list_users", "list_tokens"},
     "tuneyard.basemodels.service": {
         "active_job",
@@ -127,16 +129,14 @@ WITHOUT_PRINCIPAL = {
     "tuneyard.assessment.service": {
         "candidate_messages",
         "describe",
-        "fidelity_figures",
-        "iter_rows",
         "judge_messages",
         "judge_values",
-        "preference_records",
         "row_counts",
-        "row_dict",
         "sample_indices",
         "sampled_records",
     },
+    "tuneyard.assessment.results": {"iter_rows", "preference_records", "row_dict"},
+    "tuneyard.assessment.fidelity": {"fidelity_figures"},
     "tuneyard.auth.service": {
         "authenticate",
         "create_project",
@@ -224,12 +224,12 @@ def change_arguments(w) -> dict[str, dict]:
     "x" for each argument it needs: the role check comes first, whatever the arguments."""
     return {
         "tuneyard.assessment.service.cancel_assessment": {"assessment_id": w.assessment},
-        "tuneyard.assessment.service.create_preference_dataset": {
+        "tuneyard.assessment.results.create_preference_dataset": {
             "assessment_id": w.assessment,
         },
         "tuneyard.assessment.service.delete_assessment": {"assessment_id": w.assessment},
         "tuneyard.assessment.service.resume_assessment": {"assessment_id": w.assessment},
-        "tuneyard.assessment.service.start_fidelity": {"customized_id": w.customized},
+        "tuneyard.assessment.fidelity.start_fidelity": {"customized_id": w.customized},
         "tuneyard.auth.service.create_user": {
             "username": "newcomer",
             "password": "password-123",

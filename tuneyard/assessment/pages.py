@@ -11,7 +11,7 @@ from nicegui import app, ui
 from pydantic import ValidationError
 
 from tuneyard import modelref
-from tuneyard.assessment import prompts, service
+from tuneyard.assessment import prompts, results, service
 from tuneyard.assessment.routes import EXPORT_TYPES
 from tuneyard.assessment.schemas import AssessmentCreate
 from tuneyard.console.session import SignedOut, act, browser_token, call, fetch, read, run_signed_in
@@ -481,7 +481,7 @@ def _rows(assessment_id: str, count: int, judge: dict[str, Any] | None) -> None:
             winner.props('dense outlined data-testid="rows-winner-filter"')
 
     def fetch_rows(session, principal, limit, offset):
-        rows, total = service.results(
+        rows, total = results.results(
             session,
             principal,
             assessment_id,
@@ -517,7 +517,7 @@ async def assessment_download(assessment_id: str, format: str = "csv") -> Respon
     """The rows as CSV or JSONL, signed in by the console's session."""
     try:
         filename, chunks = run_signed_in(
-            lambda session, principal: service.export(session, principal, assessment_id, format),
+            lambda session, principal: results.export(session, principal, assessment_id, format),
             browser_token(),
         )
     except SignedOut:

@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Query, status
 from fastapi.responses import StreamingResponse
 
-from tuneyard.assessment import prompts, service
+from tuneyard.assessment import prompts, results, service
 from tuneyard.assessment.metrics import list_metrics
 from tuneyard.assessment.schemas import (
     AssessmentCreate,
@@ -84,7 +84,7 @@ def assessment_results(
     ] = None,
 ):
     """The rows in sample order: prompts, answers, judge outputs, verdicts, metrics."""
-    items, total = service.results(
+    items, total = results.results(
         session, principal, assessment_id, row_status, page.limit, page.offset, winner
     )
     return {"items": items, "total": total}
@@ -102,7 +102,7 @@ def export_assessment(
     format: Annotated[Literal["csv", "jsonl"], Query()] = "csv",
 ):
     """Every row as CSV (one column per field) or JSONL (the rows as the results show them)."""
-    filename, chunks = service.export(session, principal, assessment_id, format)
+    filename, chunks = results.export(session, principal, assessment_id, format)
     return StreamingResponse(
         chunks,
         media_type=EXPORT_TYPES[format],
@@ -120,7 +120,7 @@ def preference_dataset(
 ):
     """A new dataset of preference pairs (prompt, chosen, rejected) from the verdicts, parsed
     as any upload is; follow its job_id."""
-    dataset, _job = service.create_preference_dataset(session, principal, assessment_id, body)
+    dataset, _job = results.create_preference_dataset(session, principal, assessment_id, body)
     return dataset
 
 

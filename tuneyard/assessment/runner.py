@@ -24,11 +24,11 @@ from typing import Any
 from sqlalchemy import select
 
 from tuneyard.assessment import prompts
+from tuneyard.assessment.fidelity import fidelity_figures
 from tuneyard.assessment.metrics import agreement, score_answer
 from tuneyard.assessment.service import (
     FIDELITY,
     candidate_messages,
-    fidelity_figures,
     judge_messages,
     judge_values,
     sample_indices,

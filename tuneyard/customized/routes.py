@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, status
 
-from tuneyard.assessment import service as assessments
+from tuneyard.assessment import fidelity
 from tuneyard.assessment.schemas import FidelityIn
 from tuneyard.customized import service
 from tuneyard.customized.schemas import (
@@ -68,5 +68,5 @@ def check_fidelity(
     """Compare the customized model with its complete models and live models (each
     quantization) on the same prompts, greedily; an assessment (GET /api/v1/assessments/{id})
     whose summary gives each stage's agreement, also shown on each live model's card."""
-    assessment = assessments.start_fidelity(session, principal, model_id, body or FidelityIn())
+    assessment = fidelity.start_fidelity(session, principal, model_id, body or FidelityIn())
     return JobAccepted(id=assessment.id, job_id=assessment.job_id)

@@ -1,0 +1,158 @@
+"""The fidelity check: a customized model against its complete and live models, on the same
+prompts, greedily; each live model's figure goes on its card."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from tuneyard.assessment.schemas import (
+    CandidateIn,
+    FidelityIn,
+    GenerationParams,
+    Sample,
+)
+from tuneyard.assessment.service import (
+    FIDELITY,
+    _by_name,
+    _enqueue,
+    _plan,
+)
+from tuneyard.auth.service import Principal
+from tuneyard.datasets import service as datasets
+from tuneyard.errors import Conflict, Invalid
+from tuneyard.modelref import parse_reference
+from tuneyard.models import Assessment, Dataset, new_id
+
+# -- fidelity across the lifecycle -------------------------------------------------------------
+
+MAX_STAGES = 8
+# What a record asks and answers, by the dataset's format: (prompt template, reference column).
+_FORMAT_PROMPTS = {
+    "chat": ("{{messages}}", "messages"),
+    "prompt_completion": ("{{prompt}}", "completion"),
+    "preference": ("{{prompt}}", "chosen"),
+    "prompt_only": ("{{prompt}}", "answer"),
+    "alpaca": ("{{instruction}}", "output"),
+}
+
+
+def _format_prompt(dataset: Dataset) -> tuple[str, str | None]:
+    fields = dataset.fields or []
+    template, reference = _FORMAT_PROMPTS.get(dataset.format or "", ("{{prompt}}", None))
+    if dataset.format == "alpaca" and "input" in fields:
+        template = "{{instruction}}\n\n{{input}}"
+    return template, reference if reference in fields else None
+
+
+def _stages(session: Session, principal: Principal, source) -> list[tuple[str, str]]:
+    """(stage, reference) of the models made from a customized model that can answer now: its
+    complete models, oldest first, then the live models of it or of them."""
+    from tuneyard.complete.service import usable_complete
+    from tuneyard.deploy.service import usable_live
+
+    completes = [
+        m for m in usable_complete(session, principal) if m.customized_model_id == source.id
+    ]
+    completes.sort(key=lambda m: m.created_at)
+    origins = {("customized", source.id)} | {("complete", m.id) for m in completes}
+    lives = [m for m in usable_live(session, principal) if (m.source_kind, m.source_id) in origins]
+    lives.sort(key=lambda m: m.created_at)
+    stages = [("complete", f"complete:{m.id}") for m in completes]
+    stages += [(f"live {m.quantization}", f"live:{m.id}") for m in lives]
+    return stages
+
+
+def start_fidelity(
+    session: Session, principal: Principal, customized_id: str, request: FidelityIn
+) -> Assessment:
+    """Compare a customized model with its complete models and live models (each
+    quantization) on the same prompts, greedily: per stage, identical answers, word
+    agreement and reference metrics. Each live model's card gets its figure."""
+    principal.require("member")
+    from tuneyard.customized.service import get_customized
+    from tuneyard.training.service import get_training
+
+    source = get_customized(session, principal, customized_id)
+    stages = _stages(session, principal, source)
+    if not stages:
+        raise Conflict(
+            f"Customized model {source.name} has no complete or live model that can answer; "
+            "save it or deploy it first, then check that they answer as it does."
+        )
+    stages = stages[-(MAX_STAGES - 1) :]
+    if request.dataset_id is not None:
+        dataset = datasets.find_dataset(session, principal, request.dataset_id)
+    else:
+        training = (
+            get_training(session, principal, source.training_id) if source.training_id else None
+        )
+        if training is None or training.dataset_id is None:
+            raise Invalid(
+                f"The dataset customized model {source.name} was trained on is gone; name a "
+                "dataset_id to check it on."
+            )
+        dataset = datasets.get_dataset(session, principal, training.dataset_id)
+    datasets.ensure_ready(dataset)
+    template, reference = _format_prompt(dataset)
+    params = GenerationParams(temperature=0, max_tokens=request.max_tokens)
+    models = [("customized", f"customized:{source.id}"), *stages]
+    plan = _plan(
+        session,
+        principal,
+        dataset,
+        Sample(size=min(request.size, dataset.record_count), seed=request.seed),
+        [
+            CandidateIn(
+                model=ref, system=request.system, prompt=request.prompt or template, params=params
+            )
+            for _stage, ref in models
+        ],
+        None,
+        reference,
+        None,
+    )
+    config = plan.config
+    for candidate, (stage, _ref) in zip(config["candidates"], models, strict=True):
+        candidate["stage"] = stage
+    config["kind"] = FIDELITY
+    config["source"] = {"customized_id": source.id, "name": source.name}
+    name = (request.name or f"fidelity {source.name[:150]} {new_id()[:4]}").strip()
+    if _by_name(session, principal, name) is not None:
+        raise Conflict(f"An assessment named '{name}' already exists; choose another name.")
+    assessment = Assessment(
+        project_id=principal.project_id,
+        name=name,
+        dataset_id=dataset.id,
+        dataset_name=dataset.name,
+        dataset_digest=dataset.digest,
+        config=config,
+        row_count=config["sample"]["size"],
+        created_by=principal.user_id,
+    )
+    session.add(assessment)
+    session.flush()
+    _enqueue(session, principal, assessment)
+    return assessment
+
+
+def fidelity_figures(assessment: Assessment) -> dict[str, dict[str, Any]]:
+    """{live model id: the figure its card shows} of a finished fidelity check."""
+    summary = assessment.summary or {}
+    figures = {}
+    for stage in (summary.get("fidelity") or {}).get("stages", []):
+        kind, model_id = parse_reference(stage["model"])
+        if kind is None or kind.value != "live":
+            continue
+        figures[model_id] = {
+            "assessment_id": assessment.id,
+            "source": assessment.config["source"]["name"],
+            "identical": stage["identical"],
+            "compared": stage["compared"],
+            "token_agreement": stage["token_agreement"]["mean"],
+            "text": f"{stage['stage'].removeprefix('live ')} agrees with its source on "
+            f"{stage['identical']} of {stage['compared']} prompts",
+            "checked_at": assessment.finished_at.isoformat() if assessment.finished_at else None,
+        }
+    return figures
