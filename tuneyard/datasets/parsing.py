@@ -1,4 +1,8 @@
-"""Reading an uploaded dataset file: validation with located errors, and format detection."""
+"""Reading an uploaded dataset file: validation with located errors, and format detection.
+
+One module for the four file types on purpose: their readers share the record limit, the line
+limit and the one list of located problems, and each reader is a few dozen lines.
+"""
 
 from __future__ import annotations
 
