@@ -88,6 +88,44 @@ class TestApply:
         assert all("chat_format" not in m for m in config["models"])
 
     @pytest.mark.slow
+    def test_a_second_request_does_not_cut_the_first_answer_short(self, server, smollm2_gguf):
+        import threading
+
+        server.apply([ServedModel("only", smollm2_gguf)])
+        body = {"model": "only", "messages": QUESTION, "max_tokens": 48, "temperature": 0}
+        finish_reasons, pieces, started = [], [], threading.Event()
+
+        def stream() -> None:
+            with httpx.stream(
+                "POST",
+                f"{server.base_url}/v1/chat/completions",
+                json={**body, "stream": True},
+                timeout=120,
+            ) as response:
+                for line in response.iter_lines():
+                    if not line.startswith("data: {"):
+                        continue
+                    choice = json.loads(line[len("data: ") :])["choices"][0]
+                    pieces.append(choice.get("delta", {}).get("content") or "")
+                    started.set()
+                    if choice.get("finish_reason"):
+                        finish_reasons.append(choice["finish_reason"])
+
+        first = threading.Thread(target=stream)
+        first.start()
+        assert started.wait(120), "the first answer never began"
+        second = answer(server, "only")
+        first.join(120)
+
+        assert second.strip()
+        # The first answer ran to its end, the same as when it is asked alone.
+        alone = httpx.post(f"{server.base_url}/v1/chat/completions", json=body, timeout=120)
+        expected = alone.json()["choices"][0]
+        assert len(finish_reasons) == 1, (finish_reasons, "".join(pieces))
+        assert "".join(pieces) == expected["message"]["content"]
+        assert finish_reasons[0] == expected["finish_reason"]
+
+    @pytest.mark.slow
     def test_chat_renders_the_ggufs_own_template(self, server, smollm2_gguf, tokenizer_dir):
         # The prompt the server evaluates is exactly the model's chat template, rendered.
         from transformers import AutoTokenizer

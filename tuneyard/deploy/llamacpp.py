@@ -343,7 +343,9 @@ class ManagedServer:
             return {}
 
     def _write_config(self, models: list[ServedModel]) -> None:
-        config = {"host": self.host, "port": self.port}
+        # A second request waits for the first instead of cutting its answer short (the
+        # server's default), so chats and assessments on one live model can overlap.
+        config: dict = {"host": self.host, "port": self.port, "interrupt_requests": False}
         if self.api_key:
             config["api_key"] = self.api_key
         config["models"] = [model.to_config() for model in models]
