@@ -364,7 +364,7 @@ def users_add(
 def users_list(as_json: bool = JsonOption):
     """List your project's users."""
     with api() as client:
-        users, _ = client.items("/users", limit=500)
+        users = client.every("/users")
     columns = ["username", "role", "operator", "created_at"]
     print_json(users) if as_json else print_table(users, columns)
 
@@ -411,7 +411,7 @@ def tokens_create(
 def tokens_list(as_json: bool = JsonOption):
     """List API tokens (never their secrets)."""
     with api() as client:
-        tokens, _ = client.items("/tokens", limit=500)
+        tokens = client.every("/tokens")
     if as_json:
         print_json(tokens)
     else:

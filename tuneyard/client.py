@@ -18,6 +18,9 @@ API_PREFIX = "/api/v1"
 NOT_LOGGED_IN = "not logged in: run `tuneyard login URL`"
 # Long enough for a slow request (a model check, a file upload); a chat streams past it.
 TIMEOUT = httpx.Timeout(60.0, connect=10.0)
+# The largest page the server gives (tuneyard.pagination.MAX_LIMIT, which needs the database
+# libraries this module does without).
+PAGE = 500
 
 
 class ApiError(Exception):
@@ -164,6 +167,15 @@ class Client:
         """One page of a list: its items and how many there are in all."""
         page = self.get(path, **params)
         return page["items"], page["total"]
+
+    def every(self, path: str, **params: Any) -> list[dict]:
+        """Every item of a list, fetched a page (the server's largest) at a time."""
+        found: list[dict] = []
+        while True:
+            items, total = self.items(path, limit=PAGE, offset=len(found), **params)
+            found += items
+            if not items or len(found) >= total:
+                return found
 
     @contextmanager
     def stream(self, method: str, path: str, **kwargs) -> Iterator[httpx.Response]:

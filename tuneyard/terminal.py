@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, NoReturn
 
@@ -223,17 +223,6 @@ def run_job_here(job_id: str, project: str | None = None) -> None:
         fail(f"Job {job.id} {job.status}: {job.error or job.message}")
 
 
-def pages_of(fetch: Callable[[int], tuple[list[dict], int]], limit: int = 500):
-    """Every item of a paged list, fetched a page at a time."""
-    offset = 0
-    while True:
-        items, total = fetch(offset)
-        yield from items
-        offset += len(items)
-        if not items or offset >= total or len(items) < limit:
-            return
-
-
 def find_by_name(client: Client, path: str, ref: str, name_field: str) -> dict[str, Any]:
     """An object by id (GET PATH/REF), else by its name among the list at PATH; the server's
     "not found" when neither matches."""
@@ -245,7 +234,7 @@ def find_by_name(client: Client, path: str, ref: str, name_field: str) -> dict[s
         if exc.status != 404:
             raise
         missing = exc
-    for item in pages_of(lambda offset: client.items(path, limit=500, offset=offset)):
+    for item in client.every(path):
         if item.get(name_field) == ref:
             return item
     raise missing

@@ -412,3 +412,14 @@ def test_list_commands_print_json(cli, command):
     result = invoke(*command, "--json")
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout) == []
+
+
+def test_a_list_longer_than_a_page_is_printed_whole(cli, monkeypatch):
+    from tuneyard import client
+
+    monkeypatch.setattr(client, "PAGE", 2)
+    names = [f"script-{n}" for n in range(5)]
+    for name in names:
+        assert invoke("tokens", "create", name).exit_code == 0
+    rows = json.loads(invoke("tokens", "list", "--json").stdout)
+    assert sorted(row["name"] for row in rows) == names

@@ -214,7 +214,7 @@ def run(
 def list_(as_json: bool = JsonOption):
     """List assessments, newest first."""
     with api() as client:
-        rows, _ = client.items("/assessments", limit=500)
+        rows = client.every("/assessments")
     if as_json:
         print_json(rows)
     else:
@@ -258,13 +258,9 @@ def results(
     as_json: bool = JsonOption,
 ):
     """The rows: each candidate's answer and the verdict (whole rows with --json)."""
-    from tuneyard.terminal import pages_of
-
     with api() as client:
         url = f"{_url(find(client, assessment))}/results"
-        rows = list(
-            pages_of(lambda offset: client.items(url, status=status, limit=500, offset=offset))
-        )
+        rows = client.every(url, status=status)
     if as_json:
         print_json(rows)
         return

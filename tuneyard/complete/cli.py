@@ -63,7 +63,7 @@ def save(
 def list_(as_json: bool = JsonOption):
     """List complete models, newest first."""
     with api() as client:
-        rows, _ = client.items("/complete-models", limit=500)
+        rows = client.every("/complete-models")
     if as_json:
         print_json(rows)
     else:

@@ -19,7 +19,7 @@ def _url(model: str) -> str:
 def list_(as_json: bool = JsonOption):
     """List customized models."""
     with api() as client:
-        rows, _ = client.items("/customized-models", limit=500)
+        rows = client.every("/customized-models")
     if as_json:
         print_json(rows)
     else:

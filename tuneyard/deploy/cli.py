@@ -71,7 +71,7 @@ def env_add(
 def env_list(as_json: bool = JsonOption):
     """List deployment environments."""
     with api() as client:
-        rows, _ = client.items("/deploy-environments", limit=500)
+        rows = client.every("/deploy-environments")
     if as_json:
         print_json(rows)
     else:
@@ -161,7 +161,7 @@ def live_list(
 ):
     """List live models, newest first."""
     with api() as client:
-        rows, _ = client.items("/live-models", environment_id=env, limit=500)
+        rows = client.every("/live-models", environment_id=env)
     if as_json:
         print_json(rows)
     else:

@@ -64,7 +64,7 @@ def list_(
 ):
     """List third-party models (the project's and your private ones)."""
     with api() as client:
-        rows, _ = client.items("/third-party-models", type=model_type, limit=500)
+        rows = client.every("/third-party-models", type=model_type)
     if as_json:
         print_json(rows)
     else:

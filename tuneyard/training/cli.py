@@ -60,13 +60,12 @@ def start(
     """Start a training; the server's worker runs it."""
     from tuneyard.basemodels.cli import find as find_base
     from tuneyard.datasets.cli import find as find_dataset
-    from tuneyard.terminal import pages_of
 
     params = parse_params(param)
     with api() as client:
         profile_id = None
         if profile:
-            profiles = pages_of(lambda offset: client.items("/profiles", limit=500, offset=offset))
+            profiles = client.every("/profiles")
             match = [p for p in profiles if profile in (p["id"], p["name"])]
             if not match:
                 fail(f"No profile '{profile}'.")
@@ -111,7 +110,7 @@ def list_(
 ):
     """List trainings, newest first."""
     with api() as client:
-        rows, _ = client.items("/trainings", status=status, limit=500)
+        rows = client.every("/trainings", status=status)
     if as_json:
         print_json(rows)
     else:
