@@ -16,10 +16,10 @@ $(BIN)/python:
 	$(BIN)/pip install --quiet --upgrade pip
 
 install: $(BIN)/python
-	$(BIN)/pip install --quiet -e '.[train,llama,demo]'
+	$(BIN)/pip install --quiet -e '.[train,embed,llama,demo]'
 
 install-dev: $(BIN)/python browser
-	$(BIN)/pip install --quiet -e '.[train,llama,demo,dev]'
+	$(BIN)/pip install --quiet -e '.[train,embed,llama,demo,dev]'
 
 ## Debian's chromium, which the console's browser tests drive.
 browser:

@@ -1,0 +1,1 @@
+"""Knowledge bases: documents, chunking, embeddings, the index, search and grounded chat."""

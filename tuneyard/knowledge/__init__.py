@@ -1,0 +1,1 @@
+"""Knowledge bases: documents chunked and embedded for grounded chat and retrieval."""
