@@ -91,6 +91,7 @@ def api_router() -> APIRouter:
     from tuneyard.datasets.routes import router as datasets_router
     from tuneyard.deploy.routes import router as deploy_router
     from tuneyard.jobs.routes import router as jobs_router
+    from tuneyard.knowledge.routes import router as knowledge_router
     from tuneyard.modelref.routes import router as modelref_router
     from tuneyard.thirdparty.routes import router as thirdparty_router
     from tuneyard.training.routes import router as training_router
@@ -132,6 +133,7 @@ def api_router() -> APIRouter:
         thirdparty_router,
         chat_router,
         assessment_router,
+        knowledge_router,
         dashboard_router,
         modelref_router,
     ):

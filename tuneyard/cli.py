@@ -49,6 +49,7 @@ def _mount() -> None:
     from tuneyard.datasets.cli import app as data_app
     from tuneyard.deploy.cli import deploy as deploy_command
     from tuneyard.deploy.cli import env_app, live_app
+    from tuneyard.knowledge.cli import app as kb_app
     from tuneyard.thirdparty.cli import app as thirdparty_app
     from tuneyard.training.cli import app as train_app
 
@@ -65,6 +66,7 @@ def _mount() -> None:
     app.command("chat")(chat_command)
     app.add_typer(thirdparty_app, name="thirdparty")
     app.add_typer(assess_app, name="assess")
+    app.add_typer(kb_app, name="kb")
     app.add_typer(jobs_app, name="jobs")
     app.add_typer(users_app, name="users")
     app.add_typer(tokens_app, name="tokens")

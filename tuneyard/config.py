@@ -40,6 +40,9 @@ class Settings(BaseSettings):
         4000, ge=1, description="Longest accepted record: a JSONL line, a JSON array item."
     )
     dataset_max_file_bytes: int = Field(200 * 1024 * 1024, ge=1)
+    knowledge_max_file_bytes: int = Field(
+        100 * 1024 * 1024, ge=1, description="Largest document a knowledge base accepts."
+    )
     dataset_max_records: int = Field(
         1_000_000, ge=1, description="Most records a dataset file may hold."
     )

@@ -464,6 +464,8 @@ class ChatMessage(Base):
     # For answers: which model said it, with what, and how fast.
     model: Mapped[str | None] = mapped_column(String(600))
     usage: Mapped[dict[str, Any]] = mapped_column(JSON, nullable=False, default=dict)
+    # A grounded answer's sources: the passages retrieved for it, numbered as it cites them.
+    citations: Mapped[list[Any] | None] = mapped_column(JSON)
     created_at: Mapped[datetime] = created_column()
 
 
@@ -523,3 +525,113 @@ class AssessmentRow(Base):
     # Two candidates: identical answers and token overlap.
     agreement: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class KnowledgeBase(Base):
+    """Documents, chunked and embedded for retrieval. Its index settings live in its index
+    versions, never on the base itself: a change builds a new version."""
+
+    __tablename__ = "knowledge_bases"
+    __table_args__ = (UniqueConstraint("project_id", "name"),)
+
+    id: Mapped[str] = id_column()
+    project_id: Mapped[str] = mapped_column(
+        ForeignKey("projects.id", ondelete="CASCADE"), index=True
+    )
+    name: Mapped[str] = mapped_column(String(200), nullable=False)
+    description: Mapped[str] = mapped_column(Text, nullable=False, default="")
+    created_by: Mapped[str | None] = mapped_column(String(36))
+    created_at: Mapped[datetime] = created_column()
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
+
+
+class KnowledgeIndex(Base):
+    """One version of a knowledge base's index: one embedding model, one chunking. Built by
+    jobs, searched once active; a new version replaces it only when complete."""
+
+    __tablename__ = "knowledge_indexes"
+    __table_args__ = (UniqueConstraint("knowledge_base_id", "version"),)
+
+    id: Mapped[str] = id_column()
+    knowledge_base_id: Mapped[str] = mapped_column(
+        ForeignKey("knowledge_bases.id", ondelete="CASCADE"), index=True
+    )
+    version: Mapped[int] = mapped_column(Integer, nullable=False)
+    # The embedding model as a canonical reference (`base:<id>`, `third-party:<id>`), and its
+    # name when the version was made (the model may be renamed or deleted later).
+    embedding_model: Mapped[str] = mapped_column(String(250), nullable=False)
+    embedding_name: Mapped[str] = mapped_column(String(200), nullable=False)
+    # Set by the first vectors written; every later write must match.
+    dimensions: Mapped[int | None] = mapped_column(Integer)
+    chunking: Mapped[dict[str, Any]] = mapped_column(JSON, nullable=False, default=dict)
+    # building (a reindex is filling it), active (searched), failed (its build failed).
+    state: Mapped[str] = mapped_column(String(16), nullable=False, default="building")
+    error: Mapped[str | None] = mapped_column(Text)
+    job_id: Mapped[str | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"))
+    created_at: Mapped[datetime] = created_column()
+    activated_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class KnowledgeDocument(Base):
+    """An uploaded document of a knowledge base: its file, and its text once converted."""
+
+    __tablename__ = "knowledge_documents"
+    __table_args__ = (UniqueConstraint("knowledge_base_id", "digest"),)
+
+    id: Mapped[str] = id_column()
+    knowledge_base_id: Mapped[str] = mapped_column(
+        ForeignKey("knowledge_bases.id", ondelete="CASCADE"), index=True
+    )
+    filename: Mapped[str] = mapped_column(String(255), nullable=False)
+    digest: Mapped[str] = mapped_column(String(64), nullable=False)  # sha256 of the file
+    size_bytes: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    media_type: Mapped[str | None] = mapped_column(String(100))
+    # queued, ingesting, ready, failed.
+    status: Mapped[str] = mapped_column(String(16), nullable=False, default="queued")
+    error: Mapped[str | None] = mapped_column(Text)
+    # Page (sheet, slide) spans of the converted text: [{number, label, start, end}].
+    pages: Mapped[list[Any]] = mapped_column(JSON, nullable=False, default=list)
+    char_count: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    job_id: Mapped[str | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"))
+    created_by: Mapped[str | None] = mapped_column(String(36))
+    created_at: Mapped[datetime] = created_column()
+
+
+class KnowledgeIndexDocument(Base):
+    """A document's membership of an index version: claimed by the job that embeds it there
+    (so two jobs never embed the same document twice), ready once its chunks are stored."""
+
+    __tablename__ = "knowledge_index_documents"
+
+    index_id: Mapped[str] = mapped_column(
+        ForeignKey("knowledge_indexes.id", ondelete="CASCADE"), primary_key=True
+    )
+    document_id: Mapped[str] = mapped_column(
+        ForeignKey("knowledge_documents.id", ondelete="CASCADE"), primary_key=True, index=True
+    )
+    # building (a job is embedding it), ready.
+    state: Mapped[str] = mapped_column(String(16), nullable=False, default="building")
+    job_id: Mapped[str | None] = mapped_column(String(36))
+    chunk_count: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+
+
+class KnowledgeChunk(Base):
+    """One passage of a document in one index version: the exact span of the document's text
+    it covers, for citations. Its vector lives in the index folder under the same id."""
+
+    __tablename__ = "knowledge_chunks"
+
+    id: Mapped[str] = id_column()
+    index_id: Mapped[str] = mapped_column(
+        ForeignKey("knowledge_indexes.id", ondelete="CASCADE"), index=True
+    )
+    document_id: Mapped[str] = mapped_column(
+        ForeignKey("knowledge_documents.id", ondelete="CASCADE"), index=True
+    )
+    ordinal: Mapped[int] = mapped_column(Integer, nullable=False)
+    start: Mapped[int] = mapped_column(Integer, nullable=False)
+    end: Mapped[int] = mapped_column(Integer, nullable=False)
+    page: Mapped[int] = mapped_column(Integer, nullable=False)
+    page_label: Mapped[str] = mapped_column(String(100), nullable=False)
+    heading: Mapped[str | None] = mapped_column(Text)
+    text: Mapped[str] = mapped_column(Text, nullable=False)

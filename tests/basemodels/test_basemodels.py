@@ -576,6 +576,30 @@ class TestDemo:
             again = service.add_demo(session, principal)
             assert again.id == first_id
             assert service.active_job(session, again).kind == "base_model.import_gguf"
+            embedding = service.find_demo_embedding(session, principal)
+            assert (embedding.model_type, embedding.status) == ("embedding", "ready")
+            assert (Path(embedding.path) / "modules.json").is_file()
+        # The chat model (imported by one job) and the embedding model (registered in place).
+        assert count_rows() == (2, 1)
+
+    def test_the_api_adds_both_demo_models(self, client, auth, smollm2_gguf):
+        added = client.post(f"{API}/demo", headers=auth)
+        assert added.status_code == 202, added.text
+        by_type = {model["model_type"]: model for model in added.json()}
+        assert by_type["chat"]["technical_name"] == "SmolLM2-135M-Instruct"
+        assert by_type["chat"]["status"] == "importing" and by_type["chat"]["job_id"]
+        assert by_type["embedding"]["technical_name"] == "all-MiniLM-L6-v2"
+        assert (by_type["embedding"]["status"], by_type["embedding"]["job_id"]) == ("ready", None)
+        again = client.post(f"{API}/demo", headers=auth).json()
+        assert {m["id"] for m in again} == {m["id"] for m in added.json()}
+
+    def test_without_the_embedding_package_the_chat_model_still_comes(
+        self, principal, smollm2_gguf, monkeypatch
+    ):
+        monkeypatch.setattr(service, "DEMO_EMBEDDING_PACKAGE", "no_such_demo_package")
+        with session_scope() as session:
+            service.add_demo(session, principal)
+            assert service.find_demo_embedding(session, principal) is None
         assert count_rows() == (1, 1)
 
     def test_a_failed_demo_is_imported_again(self, principal, smollm2_gguf):

@@ -125,6 +125,18 @@ def add(
     _create(body, no_wait=False)
 
 
+@app.command("add-demo")
+def add_demo(no_wait: bool = typer.Option(False, "--no-wait", help="Queue the import and return.")):
+    """Add the demo models: the chat model SmolLM2-135M-Instruct (imported, about a minute) and
+    the embedding model all-MiniLM-L6-v2 (for knowledge bases)."""
+    with api() as client:
+        for model in client.post("/base-models/demo"):
+            if model["job_id"] and not no_wait:
+                follow_job(client, model["job_id"])
+                model = client.get(f"/base-models/{model['id']}")
+            console.print(f"{model['technical_name']} ({model['model_type']}): {model['status']}")
+
+
 @app.command("import-gguf")
 def import_gguf(
     file: Path = typer.Argument(..., help="A .gguf model file on the server's machine."),

@@ -5,7 +5,12 @@ from __future__ import annotations
 from fastapi import APIRouter, Response, status
 
 from tuneyard.basemodels import service
-from tuneyard.basemodels.schemas import BaseModelCreate, BaseModelOut, BaseModelUpdate
+from tuneyard.basemodels.schemas import (
+    BaseModelCreate,
+    BaseModelOut,
+    BaseModelUpdate,
+    DemoModelOut,
+)
 from tuneyard.deps import CurrentPrincipal, DbSession, Paging
 from tuneyard.jobs.schemas import JobAccepted
 from tuneyard.pagination import Page
@@ -41,6 +46,29 @@ def create_base_model(
         return BaseModelOut.model_validate(model)
     response.status_code = status.HTTP_202_ACCEPTED
     return JobAccepted(id=model.id, job_id=job.id)
+
+
+@router.post("/demo", response_model=list[DemoModelOut], status_code=status.HTTP_202_ACCEPTED)
+def add_demo_models(principal: CurrentPrincipal, session: DbSession):
+    """The demo models: SmolLM2-135M-Instruct (imported by a job: follow its job_id) and the
+    embedding model all-MiniLM-L6-v2 (ready at once), where their packages are installed."""
+    models = [service.add_demo(session, principal)]
+    embedding = service.find_demo_embedding(session, principal)
+    if embedding is not None:
+        models.append(embedding)
+    out = []
+    for model in models:
+        job = service.active_job(session, model)
+        out.append(
+            DemoModelOut(
+                id=model.id,
+                technical_name=model.technical_name,
+                model_type=model.model_type,
+                status=model.status,
+                job_id=job.id if job is not None else None,
+            )
+        )
+    return out
 
 
 @router.get("", response_model=Page[BaseModelOut])

