@@ -18,10 +18,20 @@ from tuneyard import modelref
 from tuneyard.auth.service import Principal
 from tuneyard.bounds import INT64_MAX, INT64_MIN
 from tuneyard.chat.backends import stream_chat
-from tuneyard.chat.schemas import MAX_CONTENT_CHARS, MAX_MESSAGES, MAX_STOP, MAX_TOKENS, MAX_TOP_K
+from tuneyard.chat.schemas import (
+    KNOWLEDGE_BASES_FIELD,
+    MAX_CONTENT_CHARS,
+    MAX_MESSAGES,
+    MAX_STOP,
+    MAX_TOKENS,
+    MAX_TOP_K,
+    Grounding,
+)
 from tuneyard.chat.service import chat_model
+from tuneyard.db import session_scope
 from tuneyard.deps import CurrentPrincipal, DbSession
 from tuneyard.errors import AppError, Invalid, error_responses
+from tuneyard.knowledge.grounding import ground, mark_cited
 
 GATEWAY_PREFIX = "/v1"
 
@@ -77,6 +87,9 @@ class GatewayRequest(BaseModel):
     max_completion_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS)
     stop: str | Annotated[list[str], Field(max_length=MAX_STOP)] | None = None
     seed: int | None = Field(None, ge=INT64_MIN, le=INT64_MAX)
+    # Tuneyard's own (OpenAI clients send them with extra_body).
+    knowledge_bases: list[str] | None = KNOWLEDGE_BASES_FIELD
+    grounding: Grounding | None = None
 
 
 def usable_models(session: Session, principal: Principal) -> list[dict[str, Any]]:
@@ -137,14 +150,16 @@ def chat_completions(body: GatewayRequest, principal: CurrentPrincipal):
     """OpenAI's chat completions: one JSON answer, or server-sent chunks with stream."""
     messages, params = _messages(body), _params(body)
     model = chat_model(principal, body.model)
+    citations = _ground(principal, body, messages, params) if body.knowledge_bases else None
     completion_id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
     created = int(time.time())
     if body.stream:
         return StreamingResponse(
-            _stream(completion_id, created, body.model, model, messages, params),
+            _stream(completion_id, created, body.model, model, messages, params, citations),
             media_type="text/event-stream",
         )
     text, finish, usage = _collect(model, messages, params)
+    grounded = {} if citations is None else {"citations": mark_cited(text, citations)}
     return {
         "id": completion_id,
         "object": "chat.completion",
@@ -158,7 +173,37 @@ def chat_completions(body: GatewayRequest, principal: CurrentPrincipal):
             }
         ],
         "usage": usage,
+        **grounded,
     }
+
+
+def _ground(principal, body: GatewayRequest, messages, params) -> list[dict[str, Any]]:
+    """Put the sources retrieved for the last user message into the system message (first,
+    made if there is none); the sources, for the answer's citations."""
+    conversation = [m for m in messages if m["role"] != "system"]
+    question = next((m["content"] for m in reversed(conversation) if m["role"] == "user"), "")
+    if not question.strip():
+        raise Invalid("A grounded request needs a user message to retrieve for.")
+    options = body.grounding or Grounding()
+    with session_scope() as session:
+        grounding = ground(
+            session,
+            principal,
+            body.knowledge_bases or [],
+            question[-2000:],
+            messages,
+            max_tokens=params["max_tokens"] or 256,
+            top_k=options.top_k,
+            mode=options.mode,
+        )
+    if messages and messages[0]["role"] == "system":
+        messages[0] = {
+            "role": "system",
+            "content": f"{messages[0]['content']}\n\n{grounding.system}",
+        }
+    else:
+        messages.insert(0, {"role": "system", "content": grounding.system})
+    return grounding.citations
 
 
 def _collect(model, messages, params) -> tuple[str, str, dict[str, Any]]:
@@ -180,8 +225,8 @@ def _usage(usage: dict[str, Any]) -> dict[str, int]:
     }
 
 
-def _stream(completion_id, created, name, model, messages, params):
-    def chunk(delta: dict[str, Any], finish: str | None = None, usage=None) -> str:
+def _stream(completion_id, created, name, model, messages, params, citations=None):
+    def chunk(delta: dict[str, Any], finish: str | None = None, usage=None, cited=None) -> str:
         payload: dict[str, Any] = {
             "id": completion_id,
             "object": "chat.completion.chunk",
@@ -191,15 +236,20 @@ def _stream(completion_id, created, name, model, messages, params):
         }
         if usage is not None:
             payload["usage"] = usage
+        if cited is not None:
+            payload["citations"] = cited
         return f"data: {json.dumps(payload)}\n\n"
 
     yield chunk({"role": "assistant", "content": ""})
+    parts: list[str] = []
     try:
         for delta in stream_chat(model, messages, params):
             if delta.text:
+                parts.append(delta.text)
                 yield chunk({"content": delta.text})
             if delta.finish_reason:
-                yield chunk({}, delta.finish_reason, _usage(delta.usage or {}))
+                cited = mark_cited("".join(parts), citations) if citations is not None else None
+                yield chunk({}, delta.finish_reason, _usage(delta.usage or {}), cited)
     except AppError as exc:
         error = {"message": exc.message, "type": "api_error", "code": type(exc).__name__}
         yield f"data: {json.dumps({'error': error})}\n\n"

@@ -50,6 +50,24 @@ class Message(BaseModel):
     content: str = Field(max_length=MAX_CONTENT_CHARS)
 
 
+class Grounding(BaseModel):
+    """Retrieval for a grounded turn: how many passages, found how."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    top_k: int = Field(5, ge=1, le=20, description="Passages for all knowledge bases together.")
+    mode: Literal["hybrid", "vector", "fulltext"] = "hybrid"
+
+
+KNOWLEDGE_BASES_FIELD = Field(
+    None,
+    max_length=5,
+    description="Ground the answer in these knowledge bases (ids or names): the passages "
+    "retrieved for the last user message are sent as numbered sources, and the answer's "
+    "citations come with it.",
+)
+
+
 class ChatRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -65,6 +83,8 @@ class ChatRequest(BaseModel):
         None, description="Continue a stored session: its history goes first. Default: a new one."
     )
     stream: bool = Field(True, description="Server-sent events as the answer is generated.")
+    knowledge_bases: list[str] | None = KNOWLEDGE_BASES_FIELD
+    grounding: Grounding | None = None
 
 
 class CompareRequest(BaseModel):
@@ -76,6 +96,8 @@ class CompareRequest(BaseModel):
     params_per_model: list[ChatParams | None] | None = Field(
         None, description="One entry per model; an entry overrides `params` for its model."
     )
+    knowledge_bases: list[str] | None = KNOWLEDGE_BASES_FIELD
+    grounding: Grounding | None = None
 
 
 class ChatAnswer(BaseModel):
@@ -86,6 +108,11 @@ class ChatAnswer(BaseModel):
     finish_reason: str
     usage: dict[str, Any]
     first_token_seconds: float
+    citations: list[dict[str, Any]] | None = Field(
+        None,
+        description="A grounded answer's sources: n, knowledge base, document, page, the exact "
+        "passage (start, end, text), scores, and whether the answer cites it.",
+    )
 
 
 class ChatSessionOut(BaseModel):
@@ -108,6 +135,7 @@ class ChatMessageOut(BaseModel):
     content: str
     model: str | None
     usage: dict[str, Any]
+    citations: list[dict[str, Any]] | None = None
     created_at: datetime
 
 

@@ -23,9 +23,9 @@ from sqlalchemy.orm import Session
 
 from tuneyard.auth.service import Principal
 from tuneyard.chat.backends import ChatModel, Delta, resolve_model, stream_chat
-from tuneyard.chat.schemas import ChatParams, ChatRequest, CompareRequest
+from tuneyard.chat.schemas import ChatParams, ChatRequest, CompareRequest, Grounding
 from tuneyard.db import session_scope
-from tuneyard.errors import AppError, NotFound
+from tuneyard.errors import AppError, Invalid, NotFound
 from tuneyard.models import ChatMessage, ChatSession
 from tuneyard.pagination import paginate
 
@@ -38,6 +38,7 @@ class PreparedTurn:
     session_id: str
     messages: list[dict[str, str]]  # what is sent: system, history, the new messages
     params: dict[str, Any]
+    citations: list[dict[str, Any]] | None = None  # the sources of a grounded turn
 
 
 def get_session(session: Session, principal: Principal, session_id: str) -> ChatSession:
@@ -100,13 +101,16 @@ def prepare_turn(session: Session, principal: Principal, request: ChatRequest) -
     model = resolve_model(session, principal, request.model)
     params = (request.params or ChatParams()).model_dump()
     new = [message.model_dump() for message in request.messages]
-    if request.session_id:
-        chat = get_session(session, principal, request.session_id)
-        history = [
-            {"role": m.role, "content": m.content}
-            for m in session_messages(session, chat)
-            if m.role != "system"
-        ]
+    chat = get_session(session, principal, request.session_id) if request.session_id else None
+    history = [
+        {"role": m.role, "content": m.content}
+        for m in (session_messages(session, chat) if chat is not None else [])
+        if m.role != "system"
+    ]
+    conversation = [*history, *new]
+    # Retrieval (reads, maybe an embedding endpoint) comes before this turn writes anything.
+    grounding = _ground(session, principal, request, conversation, params)
+    if chat is not None:
         chat.model, chat.params = model.ref, params
     else:
         chat = ChatSession(
@@ -118,13 +122,39 @@ def prepare_turn(session: Session, principal: Principal, request: ChatRequest) -
         )
         session.add(chat)
         session.flush()
-        history = []
     position = _next_position(session, chat.id)
     for offset, message in enumerate(new):
         session.add(ChatMessage(session_id=chat.id, position=position + offset, **message))
     session.flush()
-    system = [{"role": "system", "content": params["system"]}] if params.get("system") else []
-    return PreparedTurn(model, chat.id, [*system, *history, *new], params)
+    system = params.get("system") or ""
+    if grounding is not None:
+        system = f"{system}\n\n{grounding.system}" if system else grounding.system
+    sent = [{"role": "system", "content": system}] if system else []
+    citations = grounding.citations if grounding is not None else None
+    return PreparedTurn(model, chat.id, [*sent, *conversation], params, citations)
+
+
+def _ground(session, principal, request: ChatRequest, conversation, params):
+    """Retrieve for the last user message (what the turn asks) from the knowledge bases; None
+    for a turn that names none."""
+    if not request.knowledge_bases:
+        return None
+    from tuneyard.knowledge.grounding import ground
+
+    question = next((m["content"] for m in reversed(conversation) if m["role"] == "user"), "")
+    if not question.strip():
+        raise Invalid("A grounded turn needs a user message to retrieve for.")
+    options = request.grounding or Grounding()
+    return ground(
+        session,
+        principal,
+        request.knowledge_bases or [],
+        question[-2000:],
+        conversation,
+        max_tokens=params["max_tokens"],
+        top_k=options.top_k,
+        mode=options.mode,
+    )
 
 
 def start_turn(principal: Principal, request: ChatRequest) -> PreparedTurn:
@@ -141,7 +171,13 @@ def chat_model(principal: Principal, ref: str) -> ChatModel:
         return resolve_model(session, principal, ref)
 
 
-def record_answer(session_id: str, model_ref: str, text: str, usage: dict[str, Any]) -> str:
+def record_answer(
+    session_id: str,
+    model_ref: str,
+    text: str,
+    usage: dict[str, Any],
+    citations: list[dict[str, Any]] | None = None,
+) -> str:
     """Store an answer in its own unit of work (it arrives after the request's has ended)."""
     with session_scope() as session:
         message = ChatMessage(
@@ -151,6 +187,7 @@ def record_answer(session_id: str, model_ref: str, text: str, usage: dict[str, A
             content=text,
             model=model_ref,
             usage=usage,
+            citations=citations,
         )
         session.add(message)
         chat = session.get(ChatSession, session_id)
@@ -180,7 +217,7 @@ def run_turn(turn: PreparedTurn) -> Iterator[dict[str, Any]]:
                 final = delta
     except AppError as exc:
         usage: dict[str, Any] = {"error": exc.message}
-        record_answer(turn.session_id, turn.model.ref, "".join(parts), usage)
+        record_answer(turn.session_id, turn.model.ref, "".join(parts), usage, turn.citations)
         yield {"error": type(exc).__name__, "detail": exc.message}
         return
     seconds = time.monotonic() - started
@@ -190,7 +227,8 @@ def run_turn(turn: PreparedTurn) -> Iterator[dict[str, Any]]:
         "first_token_seconds": round(first or 0.0, 3),
         "seconds": round(seconds, 3),
     }
-    message_id = record_answer(turn.session_id, turn.model.ref, "".join(parts), usage)
+    citations = _cited("".join(parts), turn.citations)
+    message_id = record_answer(turn.session_id, turn.model.ref, "".join(parts), usage, citations)
     yield {
         "done": True,
         "session_id": turn.session_id,
@@ -200,7 +238,16 @@ def run_turn(turn: PreparedTurn) -> Iterator[dict[str, Any]]:
         "finish_reason": final.finish_reason,
         "usage": final.usage or {},
         "first_token_seconds": round(first or 0.0, 3),
+        "citations": citations,
     }
+
+
+def _cited(answer: str, citations: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
+    if citations is None:
+        return None
+    from tuneyard.knowledge.grounding import mark_cited
+
+    return mark_cited(answer, citations)
 
 
 def prepare_compare(
@@ -222,7 +269,13 @@ def prepare_compare(
             prepare_turn(
                 session,
                 principal,
-                ChatRequest(model=ref, messages=request.messages, params=params),
+                ChatRequest(
+                    model=ref,
+                    messages=request.messages,
+                    params=params,
+                    knowledge_bases=request.knowledge_bases,
+                    grounding=request.grounding,
+                ),
             )
         )
     return turns
