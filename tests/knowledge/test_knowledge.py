@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from tests.helpers import upload as upload_dataset
 from tests.helpers import user_in, wait_for_job
 from tests.openai_double import OpenAIDouble
 from tuneyard.basemodels.service import add_demo_embedding
@@ -214,6 +215,39 @@ class TestReindex:
         second = client.post(f"{API}/handbook/reindex", json={}, headers=auth)
         assert second.status_code == 409
         assert "being built" in second.json()["detail"]
+
+
+class TestRetrievalEvaluation:
+    def test_hit_rate_and_mrr_on_questions(self, client, auth, kb, worker):
+        upload(client, auth, "handbook", "handbook.md", HANDBOOK)
+        upload(client, auth, "handbook", "recipes.txt", RECIPES)
+        questions = upload_dataset(
+            client,
+            auth,
+            "questions",
+            [
+                {"q": "How many days of paid leave do employees get?", "doc": "handbook.md"},
+                {"q": "How long does the tomato sauce simmer?", "doc": "recipes.txt"},
+                {"q": "Which class are trains booked in?", "doc": "handbook.md"},
+                {"q": "What is the tallest mountain of Peru?", "doc": "atlas.pdf"},
+            ],
+        )
+        body = {"dataset_id": questions, "question_column": "q", "expected_column": "doc"}
+        result = client.post(f"{API}/handbook/evaluate", json={**body, "top_k": 2}, headers=auth)
+        assert result.status_code == 200, result.text
+        scored = result.json()
+        assert (scored["questions"], scored["k"]) == (4, 2)
+        ranks = [row["rank"] for row in scored["rows"]]
+        assert ranks[3] is None  # no such document
+        assert all(rank is not None for rank in ranks[:3])
+        assert scored["hit_rate"] == 0.75
+        assert scored["mrr"] == pytest.approx(sum(1 / r for r in ranks[:3]) / 4)
+
+        wrong = client.post(
+            f"{API}/handbook/evaluate", json={**body, "expected_column": "answer"}, headers=auth
+        )
+        assert wrong.status_code == 422
+        assert "'answer' is not a column" in wrong.json()["detail"]
 
 
 class TestGroundedChat:

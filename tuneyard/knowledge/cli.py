@@ -12,6 +12,7 @@ from tuneyard.terminal import (
     api,
     console,
     err_console,
+    fail,
     follow_job,
     print_json,
     print_record,
@@ -150,6 +151,46 @@ def search(
         console.print()
 
 
+@app.command("evaluate")
+def evaluate(
+    kb: str = typer.Argument(..., help="The knowledge base, by id or name."),
+    dataset: str = typer.Option(..., "--dataset", help="Questions, by dataset id or name."),
+    question_column: str = typer.Option("question", "--question-column"),
+    expected_column: str = typer.Option("document", "--expected-column"),
+    expected: str = typer.Option("document", help="document (a file name) or passage (text)."),
+    top_k: int = typer.Option(5, "--top-k", "-k", min=1, max=50),
+    mode: str = typer.Option("hybrid", help="hybrid, vector or fulltext."),
+    size: int = typer.Option(100, min=1, max=500, help="How many questions."),
+    seed: int | None = typer.Option(None, help="Draw the questions at random with this seed."),
+    as_json: bool = JsonOption,
+):
+    """Retrieval only: hit rate and MRR@k on a dataset of questions with what should be found."""
+    body = {
+        "dataset_id": dataset,
+        "question_column": question_column,
+        "expected_column": expected_column,
+        "expected": expected,
+        "top_k": top_k,
+        "mode": mode,
+        "size": size,
+        "seed": seed,
+    }
+    with api() as client:
+        result = client.post(f"{_kb_path(kb)}/evaluate", body)
+    if as_json:
+        print_json(result)
+        return
+    misses = [row for row in result["rows"] if row["rank"] is None and not row.get("skipped")]
+    print_table(misses[:20], ["record_index", "question", "expected"])
+    if not result["questions"]:
+        fail(f"No question could be scored: {result['skipped']} had an empty value.")
+    console.print(
+        f"{result['questions']} questions, k={result['k']} ({result['mode']}): "
+        f"hit rate {result['hit_rate']:.3f}, MRR@{result['k']} {result['mrr']:.3f}"
+        + (f"; {result['skipped']} skipped" if result["skipped"] else "")
+    )
+
+
 @app.command("ls")
 def ls(
     kb: str | None = typer.Argument(None, help="A knowledge base: list its documents instead."),
@@ -231,8 +272,6 @@ def rm(
         documents = client.every(f"{_kb_path(kb)}/documents")
         matches = [d for d in documents if document in (d["id"], d["filename"])]
         if len(matches) != 1:
-            from tuneyard.terminal import fail
-
             fail(
                 f"No document '{document}' in {kb}."
                 if not matches

@@ -10,11 +10,13 @@ from fastapi import APIRouter, File, Query, UploadFile, status
 from tuneyard.deps import CurrentPrincipal, DbSession, Paging
 from tuneyard.gate import body_limit
 from tuneyard.jobs.schemas import JobAccepted
-from tuneyard.knowledge import retrieval, service
+from tuneyard.knowledge import evaluation, retrieval, service
 from tuneyard.knowledge.schemas import (
     DocumentAccepted,
     DocumentOut,
     DocumentTextOut,
+    EvaluateIn,
+    EvaluationOut,
     IndexOut,
     KnowledgeBaseCreate,
     KnowledgeBaseOut,
@@ -109,6 +111,25 @@ def search(kb: str, body: SearchIn, principal: CurrentPrincipal, session: DbSess
         mode=body.mode,
         document_ids=body.document_ids,
         min_score=body.min_score,
+    )
+
+
+@router.post("/{kb}/evaluate", response_model=EvaluationOut)
+def evaluate(kb: str, body: EvaluateIn, principal: CurrentPrincipal, session: DbSession):
+    """Retrieval only: the hit rate and MRR@k of search on a dataset of questions with the
+    expected document (file name) or passage."""
+    return evaluation.evaluate(
+        session,
+        principal,
+        kb,
+        dataset=body.dataset_id,
+        question_column=body.question_column,
+        expected_column=body.expected_column,
+        expected=body.expected,
+        top_k=body.top_k,
+        mode=body.mode,
+        size=body.size,
+        seed=body.seed,
     )
 
 

@@ -157,3 +157,42 @@ class DocumentTextOut(BaseModel):
     end: int
     char_count: int
     text: str
+
+
+class EvaluateIn(BaseModel):
+    """Questions of a dataset, each with the document or passage search should find."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    dataset_id: str = Field(min_length=1, max_length=200, description="A dataset, by id or name.")
+    question_column: str = Field(min_length=1, max_length=200)
+    expected_column: str = Field(
+        min_length=1, max_length=200, description="The expected document's file name, or passage."
+    )
+    expected: Literal["document", "passage"] = "document"
+    top_k: int = Field(5, ge=1, le=TOP_K_MAX)
+    mode: SearchMode = "hybrid"
+    size: int = Field(100, ge=1, le=500, description="How many questions (the first, or drawn).")
+    seed: int | None = Field(None, ge=0, le=2**32 - 1, description="Draw them with this seed.")
+
+
+class EvaluationRow(BaseModel):
+    record_index: int
+    question: str
+    expected: str
+    rank: int | None = Field(description="Where the first match ranks; null when not in top k.")
+    skipped: str | None = None
+    retrieved: list[dict] | None = None
+
+
+class EvaluationOut(BaseModel):
+    knowledge_base: str
+    dataset: str
+    k: int
+    mode: SearchMode
+    expected: str
+    questions: int
+    skipped: int
+    hit_rate: float | None = Field(description="Share of questions with a match in the top k.")
+    mrr: float | None = Field(description="Mean reciprocal rank of the first match (MRR@k).")
+    rows: list[EvaluationRow]
