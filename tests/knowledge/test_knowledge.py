@@ -305,6 +305,56 @@ class TestGroundedChat:
             assert gateway.json()["citations"][0]["filename"] == "handbook.md"
             assert "approval of a director" in double.requests[-1]["messages"][0]["content"]
 
+    def test_an_assessment_compares_a_grounded_candidate_with_a_plain_one(
+        self, client, auth, kb, worker
+    ):
+        upload(client, auth, "handbook", "handbook.md", HANDBOOK)
+        questions = upload_dataset(
+            client, auth, "asked", [{"q": "How many days of paid leave?", "a": "twenty-five"}]
+        )
+
+        def script(messages):
+            grounded = messages[0]["role"] == "system" and "Sources:" in messages[0]["content"]
+            return "twenty-five [1]" if grounded else "I do not know."
+
+        with OpenAIDouble(script) as double:
+            client.post(
+                "/api/v1/third-party-models",
+                json={
+                    "name": "helper",
+                    "provider": "openai-compatible",
+                    "model_name": "scripted",
+                    "base_url": double.url,
+                },
+                headers=auth,
+            )
+            candidate = {"model": "third-party:helper", "prompt": "{{q}}"}
+            created = client.post(
+                "/api/v1/assessments",
+                json={
+                    "name": "rag",
+                    "dataset_id": questions,
+                    "sample": {"size": 1},
+                    "candidates": [
+                        {**candidate, "knowledge_bases": ["handbook"], "grounding": {"top_k": 1}},
+                        candidate,
+                    ],
+                    "reference_column": "a",
+                    "metrics": ["contains"],
+                },
+                headers=auth,
+            )
+            assert created.status_code == 202, created.text
+            assert wait_for_job(created.json()["job_id"]).status == "succeeded"
+        row = client.get(
+            f"/api/v1/assessments/{created.json()['id']}/results", headers=auth
+        ).json()["items"][0]
+        grounded, plain = row["answers"]
+        assert grounded["text"] == "twenty-five [1]"
+        assert grounded["citations"][0]["filename"] == "handbook.md"
+        assert plain["text"] == "I do not know." and "citations" not in plain
+        assert [m["contains"] for m in row["metrics"]] == [1.0, 0.0]
+
     def test_an_unknown_knowledge_base_is_refused_before_the_model_is_asked(
         self, client, auth, tiny_base
     ):

@@ -187,24 +187,45 @@ def _result(future: Future) -> dict[str, Any]:
 class RowWork:
     """What one row needs: its candidates' calls, then its judge's, then its figures."""
 
-    def __init__(self, config: dict[str, Any], models: list[ChatModel], judge, caller: Caller):
+    def __init__(
+        self,
+        config: dict[str, Any],
+        models: list[ChatModel],
+        judge,
+        caller: Caller,
+        principal: Principal | None = None,
+    ):
         self.config = config
         self.models = models
         self.judge_model = judge
         self.caller = caller
+        self.principal = principal
 
     def __call__(self, row_id: int, record: dict[str, Any]) -> dict[str, Any]:
         config = self.config
         asked = [candidate_messages(c, record) for c in config["candidates"]]
+        sources: list[list[dict] | None] = []
+        failures: list[str | None] = []
+        for candidate, messages in zip(config["candidates"], asked, strict=True):
+            try:
+                sources.append(self._ground(candidate, messages))
+                failures.append(None)
+            except AppError as exc:
+                sources.append(None)
+                failures.append(f"Retrieval failed: {exc.message}")
         futures = [
-            self.caller.submit(model, messages, candidate["params"])
-            for model, messages, candidate in zip(
-                self.models, asked, config["candidates"], strict=True
+            None if failed else self.caller.submit(model, messages, candidate["params"])
+            for model, messages, candidate, failed in zip(
+                self.models, asked, config["candidates"], failures, strict=True
             )
         ]
         answers = []
-        for messages, future in zip(asked, futures, strict=True):
-            answer = _result(future)
+        for messages, future, cited, why in zip(asked, futures, sources, failures, strict=True):
+            answer = (
+                _result(future) if future is not None else _failed(str(why), time.monotonic(), 0)
+            )
+            if cited is not None:
+                answer["citations"] = cited
             answers.append({"prompt": messages[-1]["content"], **answer})
         texts = [answer["text"] if answer["error"] is None else None for answer in answers]
         metrics = [self._metrics(record, text) for text in texts]
@@ -234,6 +255,37 @@ class RowWork:
             "metrics": metrics,
             "agreement": both,
         }
+
+    def _ground(self, candidate: dict[str, Any], messages: list[dict]) -> list[dict] | None:
+        """For a retrieval-augmented candidate, put the sources retrieved for its question into
+        the system message (in place); where each source came from, for the row."""
+        if not candidate.get("knowledge_bases") or self.principal is None:
+            return None
+        from tuneyard.knowledge.grounding import ground
+
+        options = candidate.get("grounding") or {}
+        with session_scope() as session:
+            grounding = ground(
+                session,
+                self.principal,
+                candidate["knowledge_bases"],
+                messages[-1]["content"][-2000:],
+                messages,
+                max_tokens=candidate["params"]["max_tokens"],
+                top_k=options.get("top_k", 5),
+                mode=options.get("mode", "hybrid"),
+            )
+        if messages and messages[0]["role"] == "system":
+            messages[0] = {
+                **messages[0],
+                "content": f"{messages[0]['content']}\n\n{grounding.system}",
+            }
+        else:
+            messages.insert(0, {"role": "system", "content": grounding.system})
+        return [
+            {key: source[key] for key in ("n", "filename", "page_label", "chunk_id", "score")}
+            for source in grounding.citations
+        ]
 
     def _metrics(self, record: dict[str, Any], text: str | None) -> dict[str, Any]:
         names = self.config.get("metrics") or []
@@ -376,7 +428,7 @@ def _prepare(ctx, assessment_id: str):
             )
         ]
         total = session.get_one(Assessment, assessment_id).row_count
-    return name, config, models, judge, backends, pending, total
+    return name, config, models, judge, backends, pending, total, principal
 
 
 def _write(ctx, results: list[dict[str, Any]]) -> None:
@@ -393,13 +445,13 @@ def _write(ctx, results: list[dict[str, Any]]) -> None:
 def run_assessment(ctx) -> dict[str, Any]:
     assessment_id = ctx.params["assessment_id"]
     _draw_sample(ctx, assessment_id)
-    name, config, models, judge, backends, pending, total = _prepare(ctx, assessment_id)
+    name, config, models, judge, backends, pending, total, principal = _prepare(ctx, assessment_id)
     done = total - len(pending)
     ctx.progress(
         100 * done / max(total, 1), f"Assessing {len(pending):,} rows ({done:,} already done)"
     )
     caller = Caller(backends, ctx.settings)
-    work = RowWork(config, models, judge, caller)
+    work = RowWork(config, models, judge, caller, principal)
     workers = max(1, min(MAX_ROW_WORKERS, 2 * caller.capacity, len(pending) or 1))
     rows_pool = ThreadPoolExecutor(workers, thread_name_prefix="assess-row")
     started = time.monotonic()

@@ -9,7 +9,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from tuneyard.bounds import INT64_MAX, INT64_MIN, SEED_MAX
-from tuneyard.chat.schemas import MAX_STOP, MAX_TOKENS, MAX_TOP_K
+from tuneyard.chat.schemas import MAX_STOP, MAX_TOKENS, MAX_TOP_K, Grounding
 
 NAME_MAX = 200
 MAX_SAMPLE = 10_000
@@ -67,6 +67,13 @@ class CandidateIn(BaseModel):
         description="The user message, with {{column}} placeholders.",
     )
     params: GenerationParams | None = None
+    knowledge_bases: list[str] | None = Field(
+        None,
+        max_length=5,
+        description="Ground each answer in these knowledge bases (ids or names): retrieval-"
+        "augmented candidates, to compare retrieval setups on the same questions.",
+    )
+    grounding: Grounding | None = Field(None, description="top_k and mode of the retrieval.")
 
 
 class JudgeIn(BaseModel):

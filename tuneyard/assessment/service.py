@@ -28,6 +28,7 @@ from tuneyard.assessment.schemas import (
 )
 from tuneyard.auth.service import Principal
 from tuneyard.chat.backends import resolve_model
+from tuneyard.chat.schemas import Grounding
 from tuneyard.datasets import service as datasets
 from tuneyard.errors import Conflict, Invalid, NotFound
 from tuneyard.jobs import service as jobs
@@ -141,6 +142,7 @@ def _plan(
             "system": candidate.system,
             "prompt": candidate.prompt,
             "params": _params(candidate.params),
+            **_grounding(session, principal, candidate, f"candidates[{index}]"),
         }
         for index, candidate in enumerate(candidates_in)
     ]
@@ -161,6 +163,26 @@ def _plan(
         "metrics": metrics,
     }
     return Plan(dataset, config)
+
+
+def _grounding(
+    session: Session, principal: Principal, candidate: CandidateIn, where: str
+) -> dict[str, Any]:
+    """A retrieval-augmented candidate's knowledge bases (by id) and retrieval settings."""
+    if not candidate.knowledge_bases:
+        return {}
+    from tuneyard.knowledge.service import find_knowledge_bases
+
+    try:
+        bases = find_knowledge_bases(session, principal, candidate.knowledge_bases)
+    except (NotFound, Invalid) as exc:
+        raise type(exc)(f"{where}.knowledge_bases: {exc.message}") from None
+    options = candidate.grounding or Grounding()
+    return {
+        "knowledge_bases": [kb.id for kb in bases],
+        "knowledge_base_names": [kb.name for kb in bases],
+        "grounding": options.model_dump(),
+    }
 
 
 def _metrics(names: list[str] | None, reference: str | None) -> list[str]:
