@@ -1,10 +1,12 @@
-"""An OpenAI-compatible chat server for tests and benchmarks, whose answers are scripted.
+"""An OpenAI-compatible chat and embedding server for tests and benchmarks, whose answers are
+scripted.
 
 It speaks `POST /v1/chat/completions` as OpenAI's API does (a JSON answer, or server-sent chunks
-with `stream`, the usage in the last chunk when asked for) and `GET /v1/models`, over real HTTP
-on 127.0.0.1. What it answers is a function of the request's messages: a text, or a `Reply`
-with an error status (429 with Retry-After, 500, ...). It can wait before each answer (a
-server's latency) and counts the requests it holds at once.
+with `stream`, the usage in the last chunk when asked for), `POST /v1/embeddings` (one vector
+per input, `index` in order) and `GET /v1/models`, over real HTTP on 127.0.0.1. What it answers
+is a function of the request's messages (a text, or a `Reply` with an error status: 429 with
+Retry-After, 500, ...) or, for embeddings, of the inputs (their vectors, or a `Reply`). It can
+wait before each chat answer (a server's latency) and counts the requests it holds at once.
 
     with OpenAIDouble(lambda messages: '{"score": 7}', latency=0.2) as judge:
         ...  # a third-party model with base_url=judge.url
@@ -13,6 +15,7 @@ server's latency) and counts the requests it holds at once.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import threading
 import time
@@ -37,6 +40,17 @@ class Reply:
 
 
 Script = Callable[[list[dict[str, Any]]], "str | Reply"]
+# What the embeddings endpoint answers for a request's inputs: their vectors, or an error.
+EmbedScript = Callable[[list[str]], "list[list[float]] | Reply"]
+
+
+def hashed_vectors(inputs: list[str], dimensions: int = 8) -> list[list[float]]:
+    """Deterministic vectors: the same text always the same vector, different texts apart."""
+    vectors = []
+    for text in inputs:
+        digest = hashlib.sha256(text.encode()).digest()
+        vectors.append([(byte - 127.5) / 127.5 for byte in digest[:dimensions]])
+    return vectors
 
 
 def last_user(messages: list[dict[str, Any]]) -> str:
@@ -50,8 +64,16 @@ class OpenAIDouble:
     (requests held at once, now and at most).
     """
 
-    def __init__(self, script: Script, *, latency: float = 0.0, model: str = "scripted"):
+    def __init__(
+        self,
+        script: Script = lambda messages: "",
+        *,
+        latency: float = 0.0,
+        model: str = "scripted",
+        embed: EmbedScript = hashed_vectors,
+    ):
         self.script = script
+        self.embed = embed
         self.latency = latency
         self.model = model
         self.requests: list[dict[str, Any]] = []
@@ -125,6 +147,28 @@ class OpenAIDouble:
                     }
                 ],
                 "usage": usage,
+            }
+
+        @app.post("/v1/embeddings")
+        def embeddings(body: dict[str, Any]):
+            with self._lock:
+                self.requests.append(body)
+            inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
+            reply = self.embed(inputs)
+            if isinstance(reply, Reply):
+                headers = {}
+                if reply.retry_after is not None:
+                    headers["Retry-After"] = f"{reply.retry_after:g}"
+                error = {"message": reply.text or "scripted failure", "type": "server_error"}
+                return JSONResponse({"error": error}, reply.status, headers=headers)
+            return {
+                "object": "list",
+                "data": [
+                    {"object": "embedding", "index": i, "embedding": vector}
+                    for i, vector in enumerate(reply)
+                ],
+                "model": body.get("model", self.model),
+                "usage": {"prompt_tokens": 0, "total_tokens": 0},
             }
 
         return app
