@@ -3,7 +3,8 @@
 A chunk is never edited: its text is `document.text[start:end]`, so a citation can point at
 the very characters it quotes. Both splitters cut at the strongest boundary that keeps a chunk
 within its token budget (paragraph, then line, sentence, word, and a long word by characters),
-never across a page, sheet or slide, and count the tokens of each piece once.
+never across a page, sheet or slide. Sentences are counted once and summed; each chunk is
+counted once more as a whole, since a counter may see more in the joined text.
 """
 
 from __future__ import annotations
@@ -27,11 +28,15 @@ _BOUNDARIES = (
     re.compile(r"(?<=[.!?…])\s+|(?<=[。！？])\s*"),  # sentence
     re.compile(r"\s+"),  # word
 )
+_SENTENCE, _WORD = 2, 3
 _CHARACTERS = len(_BOUNDARIES)  # the level at which a single long word is cut by characters
+# Tokenizers give a token for every few characters: a stretch this many times longer than the
+# overlap left is not counted for it (being wrong only shortens the overlap).
+_MOST_CHARS_PER_TOKEN = 12
 # A long word counts as one token per ten characters, as subword tokenizers cut rare words.
 _TOKEN = re.compile(r"\w{1,10}|[^\w\s]")
-# An ATX heading (`## Install`), with its optional closing hashes.
-_HEADING = re.compile(r"^ {0,3}(#{1,6})[ \t]+(.+?)(?:[ \t]+#+)?[ \t]*$", re.MULTILINE)
+# An ATX heading (`## Install`); its optional closing hashes are dropped in `_headings`.
+_HEADING = re.compile(r"^ {0,3}(#{1,6})[ \t]+([^\n]*)", re.MULTILINE)
 _FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})", re.MULTILINE)
 
 
@@ -228,6 +233,8 @@ class _Packer:
             tail: list[_Piece] = []
             used = 0
             for part_start, part_end in reversed(parts[1:]):
+                if part_end - part_start > (budget - used) * _MOST_CHARS_PER_TOKEN:
+                    break  # surely over the budget: not worth counting
                 tokens = self.count(self.text[part_start:part_end])
                 if used + tokens > budget:
                     break
@@ -238,18 +245,43 @@ class _Packer:
         return []
 
     def _pieces(self, start: int, end: int, level: int, gap: int) -> Iterator[_Piece]:
-        """The stripped pieces of text[start:end], each within the size, cut at boundaries
-        of `level` and, inside a piece still too long, weaker ones; `gap` is the boundary
-        before the first."""
+        """The sentences of text[start:end] (a sentence longer than a chunk cut into runs of
+        words), each with the boundary before it; `gap` is the boundary before the first.
+
+        Only sentences and smaller are counted: a paragraph's tokens are the sum of its
+        sentences', so each character is counted once, and the packer keeps a paragraph whole
+        when it fits by preferring to end chunks at paragraph boundaries."""
         for index, (piece_start, piece_end) in enumerate(self._segments(start, end, level)):
             before = level if index else gap
-            tokens = self.count(self.text[piece_start:piece_end])
-            if tokens <= self.size or piece_end - piece_start == 1:
-                yield _Piece(piece_start, piece_end, tokens, before)
-            elif level + 1 < _CHARACTERS:
+            if level < _SENTENCE:
                 yield from self._pieces(piece_start, piece_end, level + 1, before)
+                continue
+            tokens = self.count(self.text[piece_start:piece_end])
+            if tokens <= self.size:
+                yield _Piece(piece_start, piece_end, tokens, before)
             else:
-                yield from self._characters(piece_start, piece_end, tokens, before)
+                yield from self._word_runs(piece_start, piece_end, tokens, before)
+
+    def _word_runs(self, start: int, end: int, tokens: int, gap: int) -> Iterator[_Piece]:
+        """A sentence longer than a chunk, as runs of words of about an eighth of a chunk
+        (counting every word alone would call the counter once per word)."""
+        words = list(self._segments(start, end, _WORD))
+        per_run = max(1, int(self.size / 8 / (tokens / len(words))))
+        for first in range(0, len(words), per_run):
+            run = words[first : first + per_run]
+            run_start, run_end = run[0][0], run[-1][1]
+            run_tokens = self.count(self.text[run_start:run_end])
+            if run_tokens <= self.size:
+                yield _Piece(run_start, run_end, run_tokens, gap)
+                gap = _WORD
+                continue
+            for word_start, word_end in run:
+                word_tokens = self.count(self.text[word_start:word_end])
+                if word_tokens <= self.size or word_end - word_start == 1:
+                    yield _Piece(word_start, word_end, word_tokens, gap)
+                else:
+                    yield from self._characters(word_start, word_end, word_tokens, gap)
+                gap = _WORD
 
     def _characters(self, start: int, end: int, tokens: int, gap: int) -> Iterator[_Piece]:
         """A word longer than a chunk, cut into runs of characters that each fit; the length
@@ -335,7 +367,16 @@ def _headings(text: str) -> list[tuple[int, str, int]]:
             fence_index += 1
         if fence_index < len(fenced) and fenced[fence_index][0] <= match.start():
             continue
-        title = match.group(2).strip()
+        title = _heading_title(match.group(2))
         if title:
             headings.append((len(match.group(1)), title, match.start()))
     return headings
+
+
+def _heading_title(line: str) -> str:
+    """A heading's text without the closing hashes (`## Install ##` -> "Install")."""
+    title = line.strip(" \t")
+    unclosed = title.rstrip("#")
+    if unclosed != title and (not unclosed or unclosed[-1] in " \t"):
+        title = unclosed.rstrip(" \t")
+    return title

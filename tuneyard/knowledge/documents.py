@@ -284,9 +284,10 @@ def _flatten(value: Any, key: str) -> Iterator[tuple[str, str]]:
 def _pdf(path: Path, filename: str, deadline: _Deadline) -> list[_Page]:
     """pypdf's text of each page.
 
-    markitdown reads a PDF with pdfminer as one stream (pages only marked by form feeds) after
-    a pdfplumber pass over every page; pypdf gives each page's text directly, keeps reading
-    order as well on ordinary documents, and is several times faster.
+    markitdown reads a PDF with pdfminer as one stream (pages marked only by form feeds) after
+    a pdfplumber pass over every page: on a 40-page text PDF it took 9 s against pypdf's
+    0.2 s, doubled the spaces between words and made every line a paragraph. pypdf gives each
+    page's text directly, in reading order, with single spaces.
     """
     import pypdf
     from pypdf.errors import FileNotDecryptedError, PyPdfError
@@ -472,10 +473,13 @@ def _pptx(path: Path, filename: str, deadline: _Deadline) -> list[_Page]:
 
 
 def _shapes(shapes: Any) -> Iterator[Any]:
+    """The shapes of a slide in order, those inside groups included."""
+    from pptx.enum.shapes import MSO_SHAPE_TYPE
+
     stack = list(reversed(list(shapes)))
     while stack:
         shape = stack.pop()
-        if getattr(shape, "shape_type", None) == 6:  # a group: its own shapes, in order
+        if getattr(shape, "shape_type", None) == MSO_SHAPE_TYPE.GROUP:
             stack.extend(reversed(list(shape.shapes)))
         else:
             yield shape
