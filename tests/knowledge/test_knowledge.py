@@ -114,7 +114,7 @@ class TestKnowledgeBases:
 
 
 class TestDocuments:
-    def test_ingest_search_and_cite(self, client, auth, kb, worker):
+    def test_ingest_search_cite_evaluate_and_delete(self, client, auth, kb, worker):
         document = upload(client, auth, "handbook", "handbook.md", HANDBOOK)
         assert document["job_status"] == "succeeded", document["job_error"]
         assert document["status"] == "ready" and document["chunks"] >= 3
@@ -147,13 +147,49 @@ class TestDocuments:
         assert kb_now["active_index"]["dimensions"] == 384
         assert kb_now["active_index"]["documents"] == 2
 
-    def test_the_same_file_twice_is_refused(self, client, auth, kb, worker):
-        upload(client, auth, "handbook", "handbook.md", HANDBOOK)
+        questions = upload_dataset(
+            client,
+            auth,
+            "questions",
+            [
+                {
+                    "prompt": "How many days of paid leave do employees get?",
+                    "answer": "handbook.md",
+                },
+                {"prompt": "How long does the tomato sauce simmer?", "answer": "recipes.txt"},
+                {"prompt": "Which class are trains booked in?", "answer": "handbook.md"},
+                {"prompt": "What is the tallest mountain of Peru?", "answer": "atlas.pdf"},
+            ],
+        )
+        body = {"dataset_id": questions, "question_column": "prompt", "expected_column": "answer"}
+        result = client.post(f"{API}/handbook/evaluate", json={**body, "top_k": 2}, headers=auth)
+        assert result.status_code == 200, result.text
+        scored = result.json()
+        assert (scored["questions"], scored["k"]) == (4, 2)
+        ranks = [row["rank"] for row in scored["rows"]]
+        assert ranks[3] is None  # no such document
+        assert all(rank is not None for rank in ranks[:3])
+        assert scored["hit_rate"] == 0.75
+        assert scored["mrr"] == pytest.approx(sum(1 / r for r in ranks[:3]) / 4)
+
+        wrong = client.post(
+            f"{API}/handbook/evaluate", json={**body, "expected_column": "doc"}, headers=auth
+        )
+        assert wrong.status_code == 422
+        assert "'doc' is not a column" in wrong.json()["detail"]
+
         again = client.post(
             f"{API}/handbook/documents", files={"file": ("copy.md", HANDBOOK)}, headers=auth
         )
         assert again.status_code == 409
         assert "already has this file, as 'handbook.md'" in again.json()["detail"]
+
+        recipes = fulltext[0]["document_id"]
+        removed = client.delete(f"{API}/handbook/documents/{recipes}", headers=auth)
+        assert removed.status_code == 204
+        assert search(client, auth, "handbook", "tomato sauce garlic", mode="fulltext") == []
+        with session_scope() as session:
+            assert session.query(KnowledgeChunk).filter_by(document_id=recipes).count() == 0
 
     def test_unreadable_and_unsupported_files(self, client, auth, kb, worker):
         broken = upload(client, auth, "handbook", "broken.pdf", b"%PDF-1.4 not really a pdf")
@@ -168,23 +204,6 @@ class TestDocuments:
             f"{API}/handbook/documents", files={"file": ("empty.md", b"")}, headers=auth
         )
         assert empty.status_code == 422
-
-    def test_deleting_a_document_removes_its_passages(self, client, auth, kb, worker):
-        document = upload(client, auth, "handbook", "handbook.md", HANDBOOK)
-        assert search(client, auth, "handbook", "paid leave")
-        removed = client.delete(f"{API}/handbook/documents/{document['id']}", headers=auth)
-        assert removed.status_code == 204
-        assert search(client, auth, "handbook", "paid leave") == []
-        with session_scope() as session:
-            assert session.query(KnowledgeChunk).count() == 0
-
-    def test_deleting_the_base_removes_its_folder(self, client, auth, kb, worker, data_dir):
-        upload(client, auth, "handbook", "handbook.md", HANDBOOK)
-        folder = data_dir / "knowledge" / kb["id"]
-        assert folder.is_dir()
-        assert client.delete(f"{API}/handbook", headers=auth).status_code == 204
-        assert not folder.exists()
-        assert client.get(f"{API}/handbook", headers=auth).status_code == 404
 
 
 class TestReindex:
@@ -209,6 +228,10 @@ class TestReindex:
             assert session.get(KnowledgeIndex, before["id"]) is None
         assert search(client, auth, "handbook", "paid leave")[0]["filename"] == "handbook.md"
 
+        assert client.delete(f"{API}/handbook", headers=auth).status_code == 204
+        assert not (data_dir / "knowledge" / kb["id"]).exists()
+        assert client.get(f"{API}/handbook", headers=auth).status_code == 404
+
     def test_one_build_at_a_time(self, client, auth, kb):
         first = client.post(f"{API}/handbook/reindex", json={}, headers=auth)
         assert first.status_code == 202
@@ -217,43 +240,21 @@ class TestReindex:
         assert "being built" in second.json()["detail"]
 
 
-class TestRetrievalEvaluation:
-    def test_hit_rate_and_mrr_on_questions(self, client, auth, kb, worker):
+class TestGroundedChat:
+    def test_chat_gateway_and_assessment_are_grounded(self, client, auth, kb, worker):
         upload(client, auth, "handbook", "handbook.md", HANDBOOK)
-        upload(client, auth, "handbook", "recipes.txt", RECIPES)
         questions = upload_dataset(
             client,
             auth,
-            "questions",
-            [
-                {"q": "How many days of paid leave do employees get?", "doc": "handbook.md"},
-                {"q": "How long does the tomato sauce simmer?", "doc": "recipes.txt"},
-                {"q": "Which class are trains booked in?", "doc": "handbook.md"},
-                {"q": "What is the tallest mountain of Peru?", "doc": "atlas.pdf"},
-            ],
+            "asked",
+            [{"prompt": "How many days of paid leave?", "answer": "twenty-five"}],
         )
-        body = {"dataset_id": questions, "question_column": "q", "expected_column": "doc"}
-        result = client.post(f"{API}/handbook/evaluate", json={**body, "top_k": 2}, headers=auth)
-        assert result.status_code == 200, result.text
-        scored = result.json()
-        assert (scored["questions"], scored["k"]) == (4, 2)
-        ranks = [row["rank"] for row in scored["rows"]]
-        assert ranks[3] is None  # no such document
-        assert all(rank is not None for rank in ranks[:3])
-        assert scored["hit_rate"] == 0.75
-        assert scored["mrr"] == pytest.approx(sum(1 / r for r in ranks[:3]) / 4)
 
-        wrong = client.post(
-            f"{API}/handbook/evaluate", json={**body, "expected_column": "answer"}, headers=auth
-        )
-        assert wrong.status_code == 422
-        assert "'answer' is not a column" in wrong.json()["detail"]
+        def script(messages):
+            grounded = messages[0]["role"] == "system" and "Sources:" in messages[0]["content"]
+            return "You get twenty-five days [1]." if grounded else "I do not know."
 
-
-class TestGroundedChat:
-    def test_chat_and_gateway_answers_carry_citations(self, client, auth, kb, worker):
-        upload(client, auth, "handbook", "handbook.md", HANDBOOK)
-        with OpenAIDouble(lambda messages: "You get twenty-five days [1].") as double:
+        with OpenAIDouble(script) as double:
             entry = client.post(
                 "/api/v1/third-party-models",
                 json={
@@ -305,30 +306,8 @@ class TestGroundedChat:
             assert gateway.json()["citations"][0]["filename"] == "handbook.md"
             assert "approval of a director" in double.requests[-1]["messages"][0]["content"]
 
-    def test_an_assessment_compares_a_grounded_candidate_with_a_plain_one(
-        self, client, auth, kb, worker
-    ):
-        upload(client, auth, "handbook", "handbook.md", HANDBOOK)
-        questions = upload_dataset(
-            client, auth, "asked", [{"q": "How many days of paid leave?", "a": "twenty-five"}]
-        )
-
-        def script(messages):
-            grounded = messages[0]["role"] == "system" and "Sources:" in messages[0]["content"]
-            return "twenty-five [1]" if grounded else "I do not know."
-
-        with OpenAIDouble(script) as double:
-            client.post(
-                "/api/v1/third-party-models",
-                json={
-                    "name": "helper",
-                    "provider": "openai-compatible",
-                    "model_name": "scripted",
-                    "base_url": double.url,
-                },
-                headers=auth,
-            )
-            candidate = {"model": "third-party:helper", "prompt": "{{q}}"}
+            # An assessment compares a retrieval-augmented candidate with the plain model.
+            candidate = {"model": "third-party:helper", "prompt": "{{prompt}}"}
             created = client.post(
                 "/api/v1/assessments",
                 json={
@@ -339,7 +318,7 @@ class TestGroundedChat:
                         {**candidate, "knowledge_bases": ["handbook"], "grounding": {"top_k": 1}},
                         candidate,
                     ],
-                    "reference_column": "a",
+                    "reference_column": "answer",
                     "metrics": ["contains"],
                 },
                 headers=auth,
@@ -350,7 +329,7 @@ class TestGroundedChat:
             f"/api/v1/assessments/{created.json()['id']}/results", headers=auth
         ).json()["items"][0]
         grounded, plain = row["answers"]
-        assert grounded["text"] == "twenty-five [1]"
+        assert grounded["text"] == "You get twenty-five days [1]."
         assert grounded["citations"][0]["filename"] == "handbook.md"
         assert plain["text"] == "I do not know." and "citations" not in plain
         assert [m["contains"] for m in row["metrics"]] == [1.0, 0.0]

@@ -211,16 +211,18 @@ def embedder_of(ctx, index: KnowledgeIndex, created_by: str | None):
 
 def _versions_taking_documents(ctx, kb_id: str) -> list[KnowledgeIndex]:
     with session_scope(ctx.settings) as session:
-        rows = session.scalars(
-            select(KnowledgeIndex)
-            .where(
-                KnowledgeIndex.knowledge_base_id == kb_id,
-                KnowledgeIndex.state.in_(service.ACTIVE_STATES),
+        rows = list(
+            session.scalars(
+                select(KnowledgeIndex)
+                .where(
+                    KnowledgeIndex.knowledge_base_id == kb_id,
+                    KnowledgeIndex.state.in_(service.ACTIVE_STATES),
+                )
+                .order_by(KnowledgeIndex.version)
             )
-            .order_by(KnowledgeIndex.version)
         )
         session.expunge_all()
-        return list(rows)
+        return rows
 
 
 # -- the two jobs --------------------------------------------------------------------------
