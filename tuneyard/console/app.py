@@ -27,6 +27,7 @@ PAGE_MODULES = (
     "tuneyard.deploy.pages",
     "tuneyard.thirdparty.pages",
     "tuneyard.chat.pages",
+    "tuneyard.knowledge.pages",
     "tuneyard.assessment.pages",
     "tuneyard.auth.pages",
 )

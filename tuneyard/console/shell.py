@@ -33,6 +33,7 @@ NAV = (
     NavItem("Third-party Models", "/third-party-models", "hub"),
     NavItem("Deployment Environments", "/deploy-environments", "dns"),
     NavItem("DeepText", "/deeptext", "forum"),
+    NavItem("Knowledge", "/knowledge", "menu_book"),
     NavItem("Assessment", "/assessments", "fact_check"),
     NavItem("Users", "/users", "group"),
 )

@@ -23,6 +23,8 @@ STATUS_COLORS = {
     "deploying": "blue",
     "saving": "blue",
     "parsing": "blue",
+    "ingesting": "blue",
+    "building": "blue",
     "importing": "blue",
     "downloading": "blue",
     "stopped": "warning",
