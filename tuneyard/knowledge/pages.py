@@ -280,6 +280,31 @@ def knowledge_base_page(kb_id: str):
     principal = current_principal()
     member = principal.allows("member")
     heading(kb["name"], kb["description"])
+
+    # What a finished upload or a deletion changes: the counts, and each version's.
+    @ui.refreshable
+    def summary() -> None:
+        _facts(read(call(_base_view, kb_id)))
+
+    @ui.refreshable
+    def versions() -> None:
+        _indexes(kb_id, member)
+
+    def changed() -> None:
+        summary.refresh()
+        versions.refresh()
+
+    summary()
+    if member:
+        delete_button(lambda: _confirm_delete_base(kb["id"], kb["name"]), testid="kb-delete")
+    else:
+        cannot(f"Uploading, deleting and rebuilding: {principal.refusal('member')}")
+    _documents(kb, member, changed)
+    versions()
+    _playground(kb)
+
+
+def _facts(kb: dict[str, Any]) -> None:
     active = kb["active_index"]
     with ui.card().classes("w-full").props('flat bordered data-testid="kb-facts"'):
         facts(
@@ -292,13 +317,6 @@ def knowledge_base_page(kb_id: str):
                 ("Created", when(kb["created_at"])),
             ]
         )
-    if member:
-        delete_button(lambda: _confirm_delete_base(kb["id"], kb["name"]), testid="kb-delete")
-    else:
-        cannot(f"Uploading, deleting and rebuilding: {principal.refusal('member')}")
-    _documents(kb, member)
-    _indexes(kb, member)
-    _playground(kb)
 
 
 # -- documents -----------------------------------------------------------------------------
@@ -335,7 +353,8 @@ def _add_document(session, principal, *, kb_id: str, path: str, filename: str):
     return document.id, job.id
 
 
-def _documents(kb: dict[str, Any], member: bool) -> None:
+def _documents(kb: dict[str, Any], member: bool, changed: Callable[[], None]) -> None:
+    """The documents table; uploads and deletions then call `changed`."""
     from tuneyard.knowledge.documents import SUPPORTED_SUFFIXES
 
     with ui.card().classes("w-full").props('flat bordered data-testid="kb-documents"'):
@@ -354,6 +373,10 @@ def _documents(kb: dict[str, Any], member: bool) -> None:
             "body-cell-actions", actions_slot([("Delete", "drop-document", "negative", "")])
         )
 
+        def reload() -> None:
+            table.load()
+            changed()
+
         def ask_delete(event) -> None:
             row = event.args
             confirm_delete(
@@ -362,11 +385,11 @@ def _documents(kb: dict[str, Any], member: bool) -> None:
                 "before keep their citation text.",
                 call(service.delete_document, kb["id"], row["id"]),
                 done=f"Deleted {row['name']}",
-                then=table.load,
+                then=reload,
             )
 
         table.table.on("drop-document", ask_delete)
-        _upload(kb["id"], SUPPORTED_SUFFIXES, table.load)
+        _upload(kb["id"], SUPPORTED_SUFFIXES, reload)
 
 
 def _upload(kb_id: str, suffixes: tuple[str, ...], refresh: Callable[[], None]) -> None:
@@ -376,9 +399,6 @@ def _upload(kb_id: str, suffixes: tuple[str, ...], refresh: Callable[[], None]) 
         "chunked and embedded by a job whose progress shows below."
     ).classes("text-grey-7 text-sm")
     progress = ui.column().classes("w-full gap-2").props('data-testid="upload-jobs"')
-
-    def finished(_job) -> None:
-        refresh()
 
     async def received(event) -> None:
         filename = Path(event.file.name).name
@@ -396,7 +416,7 @@ def _upload(kb_id: str, suffixes: tuple[str, ...], refresh: Callable[[], None]) 
         refresh()
         with progress, ui.card().classes("w-full").props("flat bordered"):
             ui.label(filename).classes("font-medium wrap-anywhere")
-            JobWatch(job_id, finished)
+            JobWatch(job_id, lambda _job: refresh())
 
     upload = ui.upload(
         label="Documents",
@@ -440,8 +460,8 @@ def _index_rows(session, principal, kb_id: str) -> list[dict[str, Any]]:
     return rows
 
 
-def _indexes(kb: dict[str, Any], member: bool) -> None:
-    rows = read(call(_index_rows, kb["id"]))
+def _indexes(kb_id: str, member: bool) -> None:
+    rows = read(call(_index_rows, kb_id))
     with ui.card().classes("w-full").props('flat bordered data-testid="kb-indexes"'):
         ui.label("Index versions").classes("text-lg font-semibold")
         ui.label(
@@ -465,14 +485,15 @@ def _indexes(kb: dict[str, Any], member: bool) -> None:
         if member:
             building = any(row["status"] == "building" for row in rows)
             button = ui.button(
-                "Rebuild with…", icon="sync", on_click=lambda: _rebuild_dialog(kb)
+                "Rebuild with…", icon="sync", on_click=lambda: _rebuild_dialog(kb_id)
             ).props('outline no-caps data-testid="kb-rebuild"')
             if building:
                 button.disable()
                 cannot("A version is being built; rebuild again once it is done.")
 
 
-def _rebuild_dialog(kb: dict[str, Any]) -> None:
+def _rebuild_dialog(kb_id: str) -> None:
+    kb = read(call(_base_view, kb_id))
     models = read(_embedding_choices)
     active = kb["active_index"] or {}
     current = active.get("embedding_model")
