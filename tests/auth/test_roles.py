@@ -38,6 +38,7 @@ SERVICE_MODULES = [
     # The assessment domain's service, by concern.
     "tuneyard.assessment.results",
     "tuneyard.assessment.fidelity",
+    "tuneyard.assessment.compare",
 ]
 
 # Reviewed: these change nothing.
@@ -50,6 +51,8 @@ READS = {
         "preview",
     },
     "tuneyard.assessment.results": {"export", "results"},
+    "tuneyard.assessment.compare": {"comparable", "compare"},
+    "tuneyard.assessment.fidelity": {"live_fidelity"},
     "tuneyard.auth.service": {"get_project_by_code", "get_user", "list_users", "list_tokens"},
     "tuneyard.basemodels.service": {
         "active_job",
@@ -181,7 +184,6 @@ WITHOUT_PRINCIPAL = {
         "live_base_to_reuse",
         "live_model_name",
         "live_models_of_job",
-        "record_fidelity",
     },
     "tuneyard.jobs.service": {"clean_up", "finish"},
     "tuneyard.thirdparty.service": {"third_party_api_key", "third_party_out"},

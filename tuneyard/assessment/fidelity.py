@@ -1,10 +1,11 @@
 """The fidelity check: a customized model against its complete and live models, on the same
-prompts, greedily; each live model's figure goes on its card."""
+prompts, greedily; and the rule that finds a live model's figure for its card."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from tuneyard.assessment.schemas import (
@@ -28,6 +29,8 @@ from tuneyard.models import Assessment, Dataset, new_id
 # -- fidelity across the lifecycle -------------------------------------------------------------
 
 MAX_STAGES = 8
+# Fidelity checks read at a time while looking for a live model's latest.
+FIDELITY_PAGE = 50
 # What a record asks and answers, by the dataset's format: (prompt template, reference column).
 _FORMAT_PROMPTS = {
     "chat": ("{{messages}}", "messages"),
@@ -138,21 +141,49 @@ def start_fidelity(
 
 
 def fidelity_figures(assessment: Assessment) -> dict[str, dict[str, Any]]:
-    """{live model id: the figure its card shows} of a finished fidelity check."""
+    """{live model id: its figure} of a finished fidelity check."""
     summary = assessment.summary or {}
     figures = {}
     for stage in (summary.get("fidelity") or {}).get("stages", []):
         kind, model_id = parse_reference(stage["model"])
         if kind is None or kind.value != "live":
             continue
+        quantization = stage["stage"].removeprefix("live ")
+        text = (
+            f"{quantization} agrees with its source on {stage['identical']} of "
+            f"{stage['compared']} prompts"
+            if stage["compared"]
+            else f"{quantization} could not be compared with its source: no prompt was "
+            "answered by both"
+        )
         figures[model_id] = {
             "assessment_id": assessment.id,
+            "assessment_name": assessment.name,
             "source": assessment.config["source"]["name"],
             "identical": stage["identical"],
             "compared": stage["compared"],
             "token_agreement": stage["token_agreement"]["mean"],
-            "text": f"{stage['stage'].removeprefix('live ')} agrees with its source on "
-            f"{stage['identical']} of {stage['compared']} prompts",
+            "text": text,
             "checked_at": assessment.finished_at.isoformat() if assessment.finished_at else None,
         }
     return figures
+
+
+def live_fidelity(session: Session, principal: Principal, live_id: str) -> dict[str, Any] | None:
+    """The figure of a live model (how often it answers as its source): from the latest
+    fidelity check of the project that succeeded and included it; None if none did."""
+    checks = session.scalars(
+        select(Assessment)
+        .where(
+            Assessment.project_id == principal.project_id,
+            Assessment.status == "succeeded",
+            Assessment.config["kind"].as_string() == FIDELITY,
+        )
+        .order_by(Assessment.finished_at.desc(), Assessment.created_at.desc(), Assessment.id)
+        .execution_options(yield_per=FIDELITY_PAGE)
+    )
+    ref = f"live:{live_id}"
+    for check in checks:
+        if any(candidate["model"] == ref for candidate in check.config["candidates"]):
+            return fidelity_figures(check).get(live_id)
+    return None

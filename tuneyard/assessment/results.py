@@ -27,10 +27,12 @@ from tuneyard.assessment.service import (
 )
 from tuneyard.assessment.summary import label
 from tuneyard.auth.service import Principal
+from tuneyard.config import get_settings
 from tuneyard.datasets import service as datasets
+from tuneyard.datasets.schemas import DatasetOut
 from tuneyard.db import session_scope
 from tuneyard.errors import Conflict, Invalid
-from tuneyard.models import Assessment, AssessmentRow, Dataset, Job
+from tuneyard.models import Assessment, AssessmentRow
 from tuneyard.pagination import paginate
 
 # -- reading the rows -------------------------------------------------------------------------
@@ -276,8 +278,10 @@ def preference_records(
 
 def create_preference_dataset(
     session: Session, principal: Principal, assessment_id: str, request: PreferenceDatasetIn
-) -> tuple[Dataset, Job]:
-    """A new dataset (preference format, parsed as any upload is) from a judged run."""
+) -> dict[str, Any]:
+    """A new dataset (preference format, parsed as any upload is) from a judged run, as the
+    API shows it with `pairs` (written) and `left_out` (pairs longer than a dataset line may
+    be, TUNEYARD_DATASET_MAX_LINE_CHARS, which its parse would refuse)."""
     principal.require("member")
     assessment = get_assessment(session, principal, assessment_id)
     if assessment.status in ACTIVE:
@@ -300,15 +304,28 @@ def create_preference_dataset(
             else f"no answer of candidate {request.candidate} scored {request.max_score:g} or lower"
         )
         raise Conflict(f"Nothing to export from assessment {assessment.name}: {what}.")
-    content = "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records)
+    max_chars = get_settings().dataset_max_line_chars
+    lines = [json.dumps(record, ensure_ascii=False) for record in records]
+    kept = [line for line in lines if len(line) <= max_chars]
+    left_out = len(lines) - len(kept)
+    if not kept:
+        raise Conflict(
+            f"Nothing to export from assessment {assessment.name}: each of its {left_out} "
+            f"pairs is longer than a dataset line may be ({max_chars:,} characters); raise "
+            "TUNEYARD_DATASET_MAX_LINE_CHARS, or lower max_tokens so the answers are shorter."
+        )
     description = request.description or (
-        f"Preference pairs from assessment {assessment.name} ({len(records)} rows)."
+        f"Preference pairs from assessment {assessment.name} ({len(kept)} rows"
+        + (f"; {left_out} longer than {max_chars:,} characters left out" if left_out else "")
+        + ")."
     )
-    return datasets.create_dataset(
+    dataset, _job = datasets.create_dataset(
         session,
         principal,
         name=request.name,
         filename=f"{_file_stem(request.name)}.jsonl",
-        content=io.BytesIO(content.encode("utf-8")),
+        content=io.BytesIO("".join(line + "\n" for line in kept).encode("utf-8")),
         description=description,
     )
+    shown = DatasetOut.model_validate(dataset).model_dump()
+    return {**shown, "pairs": len(kept), "left_out": left_out}

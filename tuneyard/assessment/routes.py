@@ -1,5 +1,5 @@
-"""Assessments: create (a job), preview, list, show with the summary, rows, export, cancel,
-resume, delete, and preference datasets from the verdicts."""
+"""Assessments: create (a job), preview, list, show with the summary, rows, two runs side by
+side, export, cancel, resume, delete, and preference datasets from the verdicts."""
 
 from __future__ import annotations
 
@@ -8,24 +8,28 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Query, status
 from fastapi.responses import StreamingResponse
 
-from tuneyard.assessment import prompts, results, service
+from tuneyard.assessment import compare, prompts, results, service
+from tuneyard.assessment.fidelity import MAX_STAGES
 from tuneyard.assessment.metrics import list_metrics
 from tuneyard.assessment.schemas import (
     AssessmentCreate,
     AssessmentOut,
+    CompareOut,
     JudgePromptOut,
     MetricOut,
     PreferenceDatasetIn,
+    PreferenceDatasetOut,
     PreviewOut,
     RowOut,
 )
-from tuneyard.datasets.schemas import DatasetOut
 from tuneyard.deps import CurrentPrincipal, DbSession, Paging
 from tuneyard.jobs.schemas import JobAccepted
 from tuneyard.pagination import Page
 
 router = APIRouter(prefix="/assessments", tags=["assessments"])
 
+# A fidelity check has the most candidates: its source and its stages.
+MAX_CANDIDATE = MAX_STAGES - 1
 EXPORT_TYPES = {"csv": "text/csv; charset=utf-8", "jsonl": "application/x-ndjson"}
 
 
@@ -90,6 +94,41 @@ def assessment_results(
     return {"items": items, "total": total}
 
 
+@router.get("/{assessment_id}/compare/{other_id}", response_model=CompareOut)
+def compare_assessments(
+    assessment_id: str,
+    other_id: str,
+    principal: CurrentPrincipal,
+    session: DbSession,
+    page: Paging,
+    candidate: Annotated[
+        int, Query(ge=0, le=MAX_CANDIDATE, description="The first's candidate followed (0 is A).")
+    ] = 0,
+    other_candidate: Annotated[
+        int, Query(ge=0, le=MAX_CANDIDATE, description="The second's candidate followed.")
+    ] = 0,
+    changed: Annotated[
+        Literal["better", "worse", "same"] | None,
+        Query(description="Only records where the second did better, worse or the same."),
+    ] = None,
+):
+    """Two finished assessments of the same dataset side by side, matched by record (e.g.
+    before and after a training): a page of records with both runs' answers, verdicts and
+    metrics, each marked better/worse/same where a score or verdict allows it, and a summary
+    with the difference (second - first) and its 95% bootstrap interval."""
+    return compare.compare(
+        session,
+        principal,
+        assessment_id,
+        other_id,
+        candidate=candidate,
+        other_candidate=other_candidate,
+        changed=changed,
+        limit=page.limit,
+        offset=page.offset,
+    )
+
+
 @router.get(
     "/{assessment_id}/export",
     responses={200: {"content": {"text/csv": {}, "application/x-ndjson": {}}}},
@@ -112,16 +151,16 @@ def export_assessment(
 
 @router.post(
     "/{assessment_id}/preference-dataset",
-    response_model=DatasetOut,
+    response_model=PreferenceDatasetOut,
     status_code=status.HTTP_201_CREATED,
 )
 def preference_dataset(
     assessment_id: str, body: PreferenceDatasetIn, principal: CurrentPrincipal, session: DbSession
 ):
     """A new dataset of preference pairs (prompt, chosen, rejected) from the verdicts, parsed
-    as any upload is; follow its job_id."""
-    dataset, _job = results.create_preference_dataset(session, principal, assessment_id, body)
-    return dataset
+    as any upload is; follow its job_id. Pairs longer than a dataset line may be are left out,
+    and `left_out` counts them."""
+    return results.create_preference_dataset(session, principal, assessment_id, body)
 
 
 @router.post("/{assessment_id}/cancel", response_model=AssessmentOut)

@@ -24,7 +24,6 @@ from typing import Any
 from sqlalchemy import select
 
 from tuneyard.assessment import prompts
-from tuneyard.assessment.fidelity import fidelity_figures
 from tuneyard.assessment.metrics import agreement, score_answer
 from tuneyard.assessment.service import (
     FIDELITY,
@@ -478,11 +477,6 @@ def run_assessment(ctx) -> dict[str, Any]:
         assessment.summary = summary
         assessment.status = "succeeded"
         assessment.finished_at = utcnow()
-        if config.get("kind") == FIDELITY:
-            from tuneyard.deploy.live import record_fidelity
-
-            for live_id, figure in fidelity_figures(assessment).items():
-                record_fidelity(session, live_id, figure)
     judged = summary.get("judge", {}).get("lines", [])
     ctx.progress(100, "; ".join([f"Assessed {len(rows):,} rows", *judged[:1]]))
     return {"rows": summary["rows"], "lines": summary["lines"], "seconds": round(seconds, 3)}

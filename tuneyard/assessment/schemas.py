@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from tuneyard.bounds import INT64_MAX, INT64_MIN, SEED_MAX
 from tuneyard.chat.schemas import MAX_STOP, MAX_TOKENS, MAX_TOP_K, Grounding
+from tuneyard.datasets.schemas import DatasetOut
 
 NAME_MAX = 200
 MAX_SAMPLE = 10_000
@@ -214,3 +215,46 @@ class FidelityIn(BaseModel):
         description="Default by the dataset's format: its prompt (chat: the conversation).",
     )
     max_tokens: int = Field(128, ge=1, le=MAX_TOKENS)
+
+
+class CompareSideRow(BaseModel):
+    """One assessment's row of a record: as the results show it, and the followed candidate's
+    figure (`value`: its score, or 1/0.5/0 for a pairwise win/tie/loss)."""
+
+    position: int
+    status: str
+    answers: list[dict[str, Any]]
+    judgments: list[dict[str, Any]]
+    verdict: dict[str, Any] | None
+    metrics: list[dict[str, Any]]
+    value: float | None
+
+
+class CompareRow(BaseModel):
+    record_index: int = Field(description="The record's position in the dataset.")
+    record: dict[str, Any]
+    first: CompareSideRow | None = Field(description="None: not in the first's sample.")
+    second: CompareSideRow | None = Field(description="None: not in the second's sample.")
+    changed: Literal["better", "worse", "same"] | None = Field(
+        description="How the second did against the first on this record, where both were "
+        "judged the same way and both verdicts were read."
+    )
+
+
+class CompareOut(BaseModel):
+    summary: dict[str, Any] = Field(
+        description="Rows in both and in one only; each run's mean score or win rate and the "
+        "difference (second - first) with its 95% interval and whether it is within noise, "
+        "over the records judged in both; the same for each reference metric both used; "
+        "`lines` says it in words."
+    )
+    items: list[CompareRow]
+    total: int
+
+
+class PreferenceDatasetOut(DatasetOut):
+    pairs: int = Field(description="Preference pairs written to the new dataset.")
+    left_out: int = Field(
+        description="Pairs left out: longer than the dataset line limit "
+        "(TUNEYARD_DATASET_MAX_LINE_CHARS)."
+    )

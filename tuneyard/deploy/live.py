@@ -162,14 +162,6 @@ def usable_live(session: Session, principal: Principal) -> list[LiveModel]:
     return list(session.scalars(stmt.order_by(LiveModel.created_at.desc(), LiveModel.id)))
 
 
-def record_fidelity(session: Session, live_id: str, figure: dict[str, Any]) -> None:
-    """Put the figure of a fidelity check (how often the live model answers as its source) on
-    its card; the latest check replaces the one before."""
-    row = session.get(LiveModel, live_id)
-    if row is not None:
-        row.model_card = {**(row.model_card or {}), "fidelity": figure}
-
-
 def live_summary(session: Session, row: LiveModel) -> dict[str, Any]:
     environment = session.get_one(DeployEnvironment, row.environment_id)
     return {

@@ -6,6 +6,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, status
 
+from tuneyard.assessment import fidelity
 from tuneyard.deploy import service
 from tuneyard.deploy.schemas import (
     DeployRequest,
@@ -154,7 +155,10 @@ def list_live(
 
 @router.get("/live-models/{live_id}", response_model=LiveModelOut, tags=["live models"])
 def get_live(live_id: str, principal: CurrentPrincipal, session: DbSession):
-    return service.get_live(session, principal, live_id)
+    """The live model, its card, and its fidelity figure (from its latest fidelity check)."""
+    shown = LiveModelOut.model_validate(service.get_live(session, principal, live_id))
+    shown.fidelity = fidelity.live_fidelity(session, principal, shown.id)
+    return shown
 
 
 @router.post("/live-models/{live_id}/check", response_model=LiveModelCheck, tags=["live models"])

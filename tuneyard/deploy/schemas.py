@@ -123,6 +123,12 @@ class LiveModelOut(BaseModel):
     parameters: dict[str, Any]
     size_bytes: int
     model_card: dict[str, Any]
+    fidelity: dict[str, Any] | None = Field(
+        None,
+        description="From the latest fidelity check that included it: how often it answers as "
+        'its source (`text`: "q4_K_M agrees with its source on 41 of 50 prompts"), the check\'s '
+        "assessment_id and when it ran; None before any.",
+    )
     last_checked_at: datetime | None
     created_at: datetime
 

@@ -8,6 +8,7 @@ from typing import Any
 
 from nicegui import ui
 
+from tuneyard.assessment import fidelity
 from tuneyard.console.jobs import job_card
 from tuneyard.console.session import act, call, read
 from tuneyard.console.shell import console_page
@@ -113,6 +114,7 @@ def _live_detail(session, principal, live_id: str) -> dict[str, Any]:
         "parameters": row.parameters,
         "model_card": row.model_card,
         "last_checked_at": row.last_checked_at,
+        "fidelity": fidelity.live_fidelity(session, principal, row.id),
     }
 
 
@@ -153,6 +155,13 @@ def live_model_page(live_id: str):
         fact("Quantization", live["quantization"])
         fact("Size", size_text(live["size_bytes"]) or "—")
         fact("Template parity", live["template_parity"] or "—")
+        figure = live["fidelity"]
+        fact(
+            "Fidelity to its source",
+            figure["text"] if figure else "not checked",
+            f"/assessments/{figure['assessment_id']}" if figure else None,
+            testid="live-fidelity",
+        )
         fact("Created", when(live["created_at"]))
         fact("Last health check", when(live["last_checked_at"]) or "never")
 
