@@ -419,3 +419,96 @@ def scripted_pairwise(messages) -> str:
     if n == 6:
         return '{"winner": "tie", "reason": "same"}'
     return json.dumps({"winner": candidate_a, "reason": "A is right"})
+
+
+def live_model_row(project_code: str = "1001", quantization: str = "q4_K_M") -> str:
+    """A live model, as a deploy records it, on an environment nothing serves; its id."""
+    from tuneyard.models import DeployEnvironment, LiveModel
+
+    with session_scope() as session:
+        project_id = get_project_by_code(session, project_code).id
+        environment = DeployEnvironment(
+            project_id=project_id, name=f"env-{new_id()[:8]}", kind="openai", url="http://x"
+        )
+        session.add(environment)
+        session.flush()
+        live = LiveModel(
+            project_id=project_id,
+            name=f"tiny_s_abcd_d_{new_id()[:4]}_{quantization}",
+            tag="tiny",
+            environment_id=environment.id,
+            source_kind="complete",
+            source_id=new_id(),
+            source_name="tiny_s_abcd",
+            quantization=quantization,
+            status="live",
+        )
+        session.add(live)
+        session.flush()
+        return live.id
+
+
+def finished_fidelity_check(
+    live_ids: dict[str, list[bool]], project_code: str = "1001", status: str = "succeeded"
+) -> str:
+    """A fidelity check as its run leaves it: each live model's answers identical to the
+    source's or not, one a prompt, and the summary the run computes from them; its id."""
+    from types import SimpleNamespace
+
+    from tuneyard.assessment.summary import summarize
+    from tuneyard.models import Assessment, LiveModel
+
+    with session_scope() as session:
+        stages = [session.get_one(LiveModel, live_id) for live_id in live_ids]
+        config = {
+            "kind": "fidelity",
+            "sample": {"size": 4, "seed": None},
+            "candidates": [{"model": f"customized:{new_id()}", "name": "tiny_made"}]
+            + [
+                {
+                    "model": f"live:{live.id}",
+                    "name": live.name,
+                    "stage": f"live {live.quantization}",
+                }
+                for live in stages
+            ],
+            "judge": None,
+            "reference_column": None,
+            "metrics": [],
+            "source": {"customized_id": new_id(), "name": "tiny_made"},
+        }
+        prompts = max(len(same) for same in live_ids.values())
+        rows = [
+            SimpleNamespace(
+                status="done",
+                answers=[{"text": "a", "error": None}] * (len(stages) + 1),
+                metrics=[{}] * (len(stages) + 1),
+                verdict=None,
+                judgments=[],
+                agreement={
+                    "stages": [None]
+                    + [
+                        {
+                            "identical": same[index],
+                            "token_overlap": 1.0 if same[index] else 0.5,
+                            "token_agreement": 1.0 if same[index] else 0.5,
+                        }
+                        for same in live_ids.values()
+                    ]
+                },
+            )
+            for index in range(prompts)
+        ]
+        check = Assessment(
+            project_id=get_project_by_code(session, project_code).id,
+            name=f"fidelity {new_id()[:8]}",
+            dataset_name="qa",
+            config=config,
+            status=status,
+            row_count=prompts,
+            summary=summarize(config, rows),
+            finished_at=utcnow(),
+        )
+        session.add(check)
+        session.flush()
+        return check.id

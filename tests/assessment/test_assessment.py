@@ -11,7 +11,15 @@ import time
 
 import pytest
 
-from tests.helpers import SUMS, login, number, scripted_pairwise, upload, wait_for_job
+from tests.helpers import (
+    SUMS,
+    login,
+    number,
+    scripted_pairwise,
+    upload,
+    user_in,
+    wait_for_job,
+)
 from tests.openai_double import OpenAIDouble, Reply, last_user
 from tuneyard.assessment import prompts
 from tuneyard.assessment.metrics import agreement, score_answer, token_agreement, token_overlap
@@ -568,6 +576,229 @@ class TestRuns:
             assert wait_for_job(accepted["job_id"]).status == "cancelled"
 
 
+class TestPreferenceBound:
+    def test_pairs_longer_than_a_dataset_line_are_left_out_and_counted(
+        self, client, auth, qa, monkeypatch
+    ):
+        padding = " and so on" * 60
+
+        def alpha(messages):
+            n = number(last_user(messages))
+            return f"alpha {n}" + (padding if n >= 7 else "")
+
+        with (
+            OpenAIDouble(alpha) as first,
+            OpenAIDouble(lambda m: f"beta {number(last_user(m))}") as second,
+            OpenAIDouble(scripted_pairwise) as judge,
+        ):
+            request = body(
+                qa,
+                third_party(client, auth, "alpha", first),
+                third_party(client, auth, "beta", second),
+                judge={
+                    "model": third_party(client, auth, "judge", judge),
+                    "kind": "pairwise",
+                    "prompt": PAIRWISE_PROMPT,
+                },
+            )
+            assessment = run(client, auth, request)
+        url = f"{API}/{assessment['id']}/preference-dataset"
+        monkeypatch.setenv("TUNEYARD_DATASET_MAX_LINE_CHARS", "300")
+        reset_settings()
+        response = client.post(url, json={"name": "short"}, headers=auth)
+        assert response.status_code == 201, response.text
+        made = response.json()
+        # Rows 7 and 8 were won by a 600-character answer: their pairs would not parse.
+        assert (made["pairs"], made["left_out"]) == (3, 2)
+        assert "2 longer than 300 characters left out" in made["description"]
+        assert wait_for_job(made["job_id"]).status == "succeeded"
+        preview = client.get(f"/api/v1/datasets/{made['id']}/preview", headers=auth).json()
+        assert sorted(number(r["prompt"]) for r in preview["items"]) == [1, 2, 5]
+
+        monkeypatch.setenv("TUNEYARD_DATASET_MAX_LINE_CHARS", "40")
+        reset_settings()
+        refused = client.post(url, json={"name": "none"}, headers=auth)
+        assert refused.status_code == 409
+        assert refused.json()["detail"] == (
+            "Nothing to export from assessment run: each of its 5 pairs is longer than a "
+            "dataset line may be (40 characters); raise TUNEYARD_DATASET_MAX_LINE_CHARS, or "
+            "lower max_tokens so the answers are shorter."
+        )
+        names = [d["name"] for d in client.get("/api/v1/datasets", headers=auth).json()["items"]]
+        assert "none" not in names
+
+
+# -- two runs side by side ----------------------------------------------------------------------
+
+
+def grade_sum(messages) -> str:
+    """A score judge: 9 for the right sum, 2 otherwise; question 8's verdict unreadable."""
+    text = last_user(messages)
+    n = number(text)
+    if n == 8:
+        return "Hard to say."
+    right = text.rsplit("Answer: ", 1)[1].strip() == str(2 * n)
+    return json.dumps({"score": 9 if right else 2})
+
+
+SCORE_JUDGE_PROMPT = "Question: {{Question}}\nAnswer: {{ResponseA}}"
+
+
+class TestCompare:
+    @pytest.fixture
+    def before_after(self, client, auth, qa):
+        """Before: right on odd questions only, 6 records. After: right but on question 5,
+        all 8 records. Both scored by the same judge, with the exact metric."""
+
+        def before(messages):
+            n = number(last_user(messages))
+            return str(2 * n) if n % 2 else "no idea"
+
+        def after(messages):
+            n = number(last_user(messages))
+            return "eleven" if n == 5 else str(2 * n)
+
+        with (
+            OpenAIDouble(before) as old,
+            OpenAIDouble(after) as new,
+            OpenAIDouble(grade_sum) as judge,
+        ):
+            judged = {
+                "model": third_party(client, auth, "judge", judge),
+                "kind": "score",
+                "prompt": SCORE_JUDGE_PROMPT,
+            }
+            common = {"reference_column": "completion", "metrics": ["exact"], "judge": judged}
+            first = run(
+                client,
+                auth,
+                body(
+                    qa,
+                    third_party(client, auth, "old", old),
+                    name="before",
+                    sample={"size": 6},
+                    **common,
+                ),
+            )
+            second = run(
+                client,
+                auth,
+                body(qa, third_party(client, auth, "new", new), name="after", **common),
+            )
+        return first["id"], second["id"]
+
+    def test_rows_match_by_record_and_say_what_changed(self, client, auth, before_after):
+        first, second = before_after
+        response = client.get(f"{API}/{first}/compare/{second}", headers=auth)
+        assert response.status_code == 200, response.text
+        found = response.json()
+        summary = found["summary"]
+        assert summary["rows"] == {"both": 6, "only_first": 0, "only_second": 2}
+        assert summary["changed"] == {"better": 3, "worse": 1, "same": 2, "unknown": 0}
+        assert (summary["first"]["name"], summary["second"]["model"]) == ("before", "new")
+        judge = summary["judge"]
+        assert judge["first"]["mean"] == pytest.approx(5.5)
+        assert judge["second"]["mean"] == pytest.approx(47 / 6)
+        assert judge["difference"]["mean"] == pytest.approx(14 / 6)
+        assert judge["difference"]["n"] == 6
+        low, high = judge["difference"]["ci"]
+        assert low <= 14 / 6 <= high
+        assert judge["difference"]["within_noise"] == (low <= 0 <= high)
+        exact = summary["metrics"]["exact"]["difference"]
+        assert exact["mean"] == pytest.approx(2 / 6) and exact["n"] == 6
+        assert (
+            "per record, after against before: 3 better, 1 worse, 2 the same" in (summary["lines"])
+        )
+        assert any(
+            line.startswith("mean score: before 5.5, after 7.83") for line in summary["lines"]
+        )
+
+        items = found["items"]
+        assert found["total"] == 8
+        assert [item["record_index"] for item in items] == list(range(8))
+        two = items[1]
+        assert two["record"]["prompt"] == "What is 2 plus 2?"
+        assert two["first"]["answers"][0]["text"] == "no idea" and two["first"]["value"] == 2
+        assert two["second"]["answers"][0]["text"] == "4" and two["second"]["value"] == 9
+        assert two["first"]["metrics"][0]["exact"] == 0 and two["changed"] == "better"
+        assert items[4]["changed"] == "worse" and items[0]["changed"] == "same"
+        # Records only one run sampled: the other side is empty, and nothing is said to change.
+        assert items[6]["first"] is None and items[6]["changed"] is None
+        assert items[7]["second"]["verdict"]["scores"] == [None]
+
+        worse = client.get(f"{API}/{first}/compare/{second}?changed=worse", headers=auth).json()
+        assert worse["total"] == 1 and worse["items"][0]["record_index"] == 4
+        page = client.get(f"{API}/{first}/compare/{second}?limit=3&offset=3", headers=auth)
+        assert [item["record_index"] for item in page.json()["items"]] == [3, 4, 5]
+        # The other way round, better and worse swap and the difference changes sign.
+        back = client.get(f"{API}/{second}/compare/{first}", headers=auth).json()["summary"]
+        assert back["changed"] == {"better": 1, "worse": 3, "same": 2, "unknown": 0}
+        assert back["judge"]["difference"]["mean"] == pytest.approx(-14 / 6)
+        assert back["rows"]["only_first"] == 2
+
+    def test_what_cannot_be_compared_is_refused(self, client, auth, qa, before_after):
+        first, second = before_after
+        other = upload(client, auth, "other", SUMS[::-1])
+        with OpenAIDouble(lambda m: "ok") as echo:
+            model = third_party(client, auth, "echo", echo)
+            elsewhere = run(client, auth, body(other, model, name="other", sample={"size": 2}))
+        with OpenAIDouble(lambda m: Reply("no", status=500, retry_after=0)) as broken:
+            failed = run(
+                client,
+                auth,
+                body(qa, third_party(client, auth, "broken", broken), name="x", sample={"size": 1}),
+                status="failed",
+            )
+        cases = [
+            (f"{first}/compare/{elsewhere['id']}", "ran on dataset 'qa' and other on 'other'"),
+            (f"{first}/compare/{failed['id']}", "Assessment x is failed; compare finished"),
+            (f"{first}/compare/{first}", "not itself"),
+            (f"{first}/compare/{second}?candidate=1", "before has 1 candidate; choose 0."),
+            (f"{first}/compare/{second}?changed=maybe", "changed"),
+        ]
+        for path, words in cases:
+            response = client.get(f"{API}/{path}", headers=auth)
+            assert response.status_code == 422, (path, response.text)
+            assert words in response.json()["detail"], response.text
+        # Another project sees none of them.
+        stranger = user_in(client, "2002", "mallory")
+        hidden = client.get(f"{API}/{first}/compare/{second}", headers=stranger)
+        assert hidden.status_code == 404
+        assert hidden.json()["detail"].startswith(f"No assessment '{first}'")
+
+
+# -- a live model's fidelity figure --------------------------------------------------------------
+
+
+def test_a_live_model_shows_its_latest_fidelity_check(client, auth):
+    from tests.helpers import finished_fidelity_check, live_model_row, user_in
+
+    live = live_model_row(quantization="q4_K_M")
+    other = live_model_row(quantization="q8_0")
+    url = f"/api/v1/live-models/{live}"
+    assert client.get(url, headers=auth).json()["fidelity"] is None
+    older = finished_fidelity_check({live: [True, True, True, False], other: [True] * 4})
+    newer = finished_fidelity_check({live: [True, False, False, False]})
+    # Later checks that do not count: one that failed, one of another live model only, and
+    # one in another project that names this live model.
+    finished_fidelity_check({live: [True] * 4}, status="failed")
+    finished_fidelity_check({other: [False] * 4})
+    user_in(client, "2002", "mallory")
+    finished_fidelity_check({live: [True] * 4}, project_code="2002")
+
+    figure = client.get(url, headers=auth).json()["fidelity"]
+    assert figure["text"] == "q4_K_M agrees with its source on 1 of 4 prompts"
+    assert (figure["assessment_id"], figure["identical"], figure["compared"]) == (newer, 1, 4)
+    assert figure["token_agreement"] == pytest.approx(0.625)
+    shown = client.get(f"/api/v1/live-models/{other}", headers=auth).json()["fidelity"]
+    assert shown["text"] == "q8_0 agrees with its source on 0 of 4 prompts"
+    # Deleting the latest check brings back the one before it.
+    assert client.delete(f"{API}/{newer}", headers=auth).status_code == 204
+    figure = client.get(url, headers=auth).json()["fidelity"]
+    assert figure["text"] == "q4_K_M agrees with its source on 3 of 4 prompts"
+    assert figure["assessment_id"] == older
+
+
 # -- real models --------------------------------------------------------------------------------
 
 
@@ -660,8 +891,7 @@ def test_fidelity_compares_a_customized_model_with_its_complete_and_live_models(
     found = rows(client, auth, assessment["id"])
     assert all(len(row["answers"]) == 3 and row["status"] == "done" for row in found)
     assert found[0]["answers"][0]["prompt"] == SUMS[0]["prompt"]
-    card = client.get(f"/api/v1/live-models/{live_id}", headers=auth).json()["model_card"]
-    figure = card["fidelity"]
+    figure = client.get(f"/api/v1/live-models/{live_id}", headers=auth).json()["fidelity"]
     assert figure["assessment_id"] == assessment["id"] and figure["compared"] == 4
     assert figure["text"] == (
         f"no_quantization agrees with its source on {figure['identical']} of 4 prompts"

@@ -1,6 +1,6 @@
 """`tuneyard assess`: run an assessment (or preview its prompts), follow it, read its summary
-and rows, export them, turn verdicts into a preference dataset, and check a customized model's
-fidelity across the lifecycle."""
+and rows, compare two runs record by record, export them, turn verdicts into a preference
+dataset, and check a customized model's fidelity across the lifecycle."""
 
 from __future__ import annotations
 
@@ -269,6 +269,86 @@ def results(
     print_table(lines, columns)
 
 
+def _side_text(side: dict[str, Any] | None, candidate: int) -> tuple[str, str]:
+    """(the followed candidate's answer, its figure) of one run's row, for the table."""
+    if side is None:
+        return "(not in its sample)", ""
+    answers = side["answers"]
+    answer = answers[candidate] if candidate < len(answers) else {}
+    text = _short(answer.get("error") and f"error: {answer['error']}" or answer.get("text"))
+    verdict = side.get("verdict") or {}
+    value = side.get("value")
+    if "winner" in verdict:
+        figure = {None: "unread", 1.0: "win", 0.5: "tie", 0.0: "loss"}[value]
+    elif "scores" in verdict:
+        figure = "unread" if value is None else f"{value:g}"
+    else:
+        figure = ""
+    return text, figure
+
+
+def _compare_line(row: dict[str, Any], summary: dict[str, Any]) -> dict[str, Any]:
+    first, first_figure = _side_text(row["first"], summary["first"]["candidate"])
+    second, second_figure = _side_text(row["second"], summary["second"]["candidate"])
+    prompt = next(
+        (side["answers"][0]["prompt"] for side in (row["first"], row["second"]) if side),
+        "",
+    )
+    return {
+        "record": row["record_index"],
+        "prompt": _short(prompt),
+        "first": first,
+        "second": second,
+        "first_verdict": first_figure,
+        "second_verdict": second_figure,
+        "changed": row["changed"] or "",
+    }
+
+
+@app.command("compare")
+def compare(
+    first: str = typer.Argument(..., help="The first run (e.g. before): name or id."),
+    second: str = typer.Argument(..., help="The other one, of the same dataset (e.g. after)."),
+    candidate: int = typer.Option(
+        0, "--candidate", min=0, help="The first's candidate followed (0 is A)."
+    ),
+    other_candidate: int = typer.Option(
+        0, "--other-candidate", min=0, help="The second's candidate followed."
+    ),
+    changed: str = typer.Option(
+        None, "--changed", help="Only records where the second did better, worse or the same."
+    ),
+    as_json: bool = JsonOption,
+):
+    """Two finished assessments of the same dataset side by side, record by record: each
+    record marked better, worse or the same, and the difference with its 95% interval."""
+    from tuneyard.client import PAGE
+
+    with api() as client:
+        url = f"{_url(find(client, first))}/compare/{find(client, second)['id']}"
+        params = {"candidate": candidate, "other_candidate": other_candidate, "changed": changed}
+        found = client.get(url, limit=PAGE, offset=0, **params)
+        rows = found["items"]
+        while len(rows) < found["total"]:
+            more = client.get(url, limit=PAGE, offset=len(rows), **params)["items"]
+            if not more:
+                break
+            rows += more
+    summary = found["summary"]
+    if as_json:
+        print_json({"summary": summary, "items": rows, "total": found["total"]})
+        return
+    print_table(
+        [_compare_line(row, summary) for row in rows],
+        ["record", "prompt", "first", "second", "first_verdict", "second_verdict", "changed"],
+    )
+    for which in ("first", "second"):
+        side = summary[which]
+        err_console.print(f"{which}: {side['name']} (candidate {side['label']}, {side['model']})")
+    for line in summary["lines"]:
+        console.print(line, markup=False, highlight=False)
+
+
 @app.command("export")
 def export(
     assessment: str,
@@ -344,6 +424,11 @@ def preference_dataset(
     with api() as client:
         dataset = client.post(f"{_url(find(client, assessment))}/preference-dataset", body)
         console.print(f"Dataset {dataset['name']} ({dataset['id']}) is being parsed.")
+        if dataset["left_out"]:
+            err_console.print(
+                f"{dataset['left_out']} of {dataset['pairs'] + dataset['left_out']} pairs were "
+                "left out: longer than a dataset line may be (TUNEYARD_DATASET_MAX_LINE_CHARS)."
+            )
         if wait:
             follow_job(client, dataset["job_id"])
             shown = client.get(f"/datasets/{dataset['id']}")

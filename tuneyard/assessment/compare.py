@@ -92,8 +92,7 @@ def _side(assessment: Assessment, candidate: int, which: str) -> Side:
     if candidate >= count:
         raise Invalid(
             f"{which}: assessment {assessment.name} has {count} candidate"
-            f"{'s' if count > 1 else ''}; choose 0"
-            + (f" to {count - 1}." if count > 1 else ".")
+            f"{'s' if count > 1 else ''}; choose 0" + (f" to {count - 1}." if count > 1 else ".")
         )
     return Side(assessment, candidate)
 
@@ -160,7 +159,7 @@ def _figure(value: float, measure: str | None) -> str:
 def _difference_line(
     what: str, first: Side, second: Side, paired: dict[str, Any], measure: str | None
 ) -> str | None:
-    """"score: before 3.5, after 5 over 7 rows; after - before +1.5 (95% CI ...), beyond
+    """ "score: before 3.5, after 5 over 7 rows; after - before +1.5 (95% CI ...), beyond
     noise"."""
     if paired["first"]["mean"] is None:
         return None
