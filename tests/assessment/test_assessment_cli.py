@@ -1,5 +1,5 @@
 """`tuneyard assess` against a real server: preview, run with a pairwise judge, show, results,
-export, preference pairs, and the errors a person sees."""
+two runs compared, export, preference pairs, and the errors a person sees."""
 
 from __future__ import annotations
 
@@ -70,6 +70,33 @@ def test_preview_run_show_results_export_and_prefs(cli, worker, tmp_path):
         assert ran.exit_code == 0, ran.output
         assert "verdicts parsed: 7 of 8" in ran.stdout
         assert "wins: A 4, B 1, ties 2" in ran.stdout
+        again = invoke(
+            "assess", "run", "--name", "ab2", *options, "--size", "4",
+            "--judge-prompt", "Question: {{Question}}\n[A] {{ResponseA}}\n[B] {{ResponseB}}",
+            "--wait",
+        )  # fmt: skip
+        assert again.exit_code == 0, again.output
+
+    # The same judge on the same answers: every verdict read in both is the same.
+    compared = invoke("assess", "compare", "ab", "ab2")
+    assert compared.exit_code == 0, compared.output
+    assert "records in both: 4; only in ab: 4; only in ab2: 0" in compared.stdout
+    assert "per record, ab2 against ab: 0 better, 0 worse, 3 the same, 1 not judged in both" in (
+        compared.stdout
+    )
+    assert (
+        "win rate (ties count half): ab 50%, ab2 50% over 3 rows in both; difference +0 points"
+        in compared.stdout
+    )
+    assert "within noise" in compared.stdout and "alpha 3" in compared.stdout
+    found = json.loads(invoke("assess", "compare", "ab", "ab2", "--json").stdout)
+    assert found["total"] == 8 and found["items"][5]["second"] is None
+    assert [row["changed"] for row in found["items"][:4]] == ["same", "same", "same", None]
+    worse = invoke("assess", "compare", "ab", "ab2", "--changed", "worse", "--json").stdout
+    assert json.loads(worse)["items"] == []
+    refused = invoke("assess", "compare", "ab", "ab2", "--candidate", "2")
+    assert refused.exit_code == 1 and "ab has 2 candidates; choose 0 to 1." in refused.output
+    assert invoke("assess", "rm", "ab2").exit_code == 0
 
     shown = json.loads(invoke("assess", "show", "ab", "--json").stdout)
     assert shown["status"] == "succeeded" and shown["summary"]["judge"]["flips"] == 1

@@ -346,7 +346,7 @@ def compare(
         side = summary[which]
         err_console.print(f"{which}: {side['name']} (candidate {side['label']}, {side['model']})")
     for line in summary["lines"]:
-        console.print(line, markup=False, highlight=False)
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
 
 
 @app.command("export")
