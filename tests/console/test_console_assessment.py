@@ -1,5 +1,6 @@
 """The console's Assessment page in a real browser: a new assessment with its preview, the run's
-progress, the summary's win-rate bars, rows filtered by verdict, and the download."""
+progress, the summary's win-rate bars, rows filtered by verdict, another run beside it, and the
+download."""
 
 from __future__ import annotations
 
@@ -56,6 +57,30 @@ def setup(server, headers, doubles: dict[str, OpenAIDouble]) -> None:
         assert added.status_code == 201, added.text
 
 
+def second_run(server, headers) -> None:
+    """Assessment ab2: the first 4 records, the same models and judge; waits for it."""
+    response = httpx.post(
+        f"{server.url}/api/v1/assessments",
+        json={
+            "name": "ab2",
+            "dataset_id": "qa",
+            "sample": {"size": 4},
+            "candidates": [
+                {"model": "alpha", "prompt": "{{prompt}}"},
+                {"model": "beta", "prompt": "{{prompt}}"},
+            ],
+            "judge": {"model": "judge", "kind": "pairwise", "prompt": JUDGE_PROMPT},
+        },
+        headers=headers,
+    )
+    assert response.status_code == 202, response.text
+    url = f"{server.url}/api/v1/assessments/{response.json()['id']}"
+    deadline = time.monotonic() + JOB_TIMEOUT_MS / 1000
+    while (status := httpx.get(url, headers=headers).json()["status"]) != "succeeded":
+        assert status in ("queued", "running") and time.monotonic() < deadline, status
+        time.sleep(0.2)
+
+
 def test_new_assessment_preview_run_summary_rows_and_download(
     signed_in, console_server, admin_password
 ):
@@ -95,6 +120,7 @@ def test_new_assessment_preview_run_summary_rows_and_download(
         page.wait_for_url(DETAIL_PAGE)
         summary = page.get_by_test_id("assessment-summary")
         summary.get_by_text("verdicts parsed: 7 of 8").wait_for(timeout=JOB_TIMEOUT_MS)
+        second_run(console_server, headers)
     summary.get_by_text("wins: A 4, B 1, ties 2", exact=False).wait_for()
     for label in ("A", "B"):
         page.get_by_test_id(f"win-rate-{label}").wait_for()
@@ -105,6 +131,14 @@ def test_new_assessment_preview_run_summary_rows_and_download(
     rows.get_by_text("alpha 1", exact=True).wait_for(state="detached")
     screenshot(page, "assessment")
     check_narrow(page, "assessment")
+
+    # Beside another finished run of the dataset: the same verdicts on the records in both.
+    page.reload()
+    page.get_by_test_id("compare-other").click()
+    page.get_by_role("option", name=re.compile(r"^ab2 ")).click()
+    page.get_by_test_id("compare-summary").get_by_text(
+        "per record, ab2 against ab: 0 better, 0 worse, 3 the same, 1 not judged in both"
+    ).wait_for()
 
     href = page.get_by_test_id("download-csv").locator("xpath=..").get_attribute("href")
     download = page.request.get(f"{console_server.url}{href}")

@@ -304,3 +304,17 @@ def test_deploy_base_to_managed_llamacpp(
     page.get_by_text("No live models here").wait_for()
     page.goto(console_url(console_server, "/third-party-models"))
     page.get_by_test_id("third-party-table").get_by_text("q8_0").first.wait_for()
+
+
+def test_a_live_models_page_shows_its_fidelity_figure(signed_in, console_server):
+    from tests.helpers import finished_fidelity_check, live_model_row
+
+    page = signed_in
+    live = live_model_row(quantization="q4_K_M")
+    page.goto(console_url(console_server, f"/live-models/{live}"))
+    assert page.get_by_test_id("live-fidelity").inner_text() == "not checked"
+    check = finished_fidelity_check({live: [True, True, False, True]})
+    page.reload()
+    figure = page.get_by_test_id("live-fidelity")
+    assert figure.inner_text() == "q4_K_M agrees with its source on 3 of 4 prompts"
+    assert figure.get_attribute("href").endswith(f"/assessments/{check}")

@@ -1,6 +1,7 @@
 """Console pages for assessments: the list with a new-assessment form (and its preview), and
 one assessment's progress, summary (win-rate bars with their intervals, score histogram),
-rows with both answers side by side, and downloads."""
+rows with both answers side by side, another finished run of the same dataset beside it record
+by record, and downloads."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from nicegui import app, ui
 from pydantic import ValidationError
 
 from tuneyard import modelref
-from tuneyard.assessment import prompts, results, service
+from tuneyard.assessment import compare, prompts, results, service
 from tuneyard.assessment.routes import EXPORT_TYPES
 from tuneyard.assessment.schemas import AssessmentCreate
 from tuneyard.console.session import SignedOut, act, browser_token, call, fetch, read, run_signed_in
@@ -48,6 +49,21 @@ ROW_COLUMNS = [
 ]
 ROW_STATUSES = {"": "All rows", "done": "Answered", "error": "A call failed", "pending": "Pending"}
 WINNERS = {"": "Any verdict", "A": "A wins", "B": "B wins", "tie": "Tie", "unparsed": "Unread"}
+COMPARE_COLUMNS = [
+    column("record", "Record"),
+    column("prompt", "Prompt", wide_only="gt-sm"),
+    column("first", "This run"),
+    column("second", "Other run"),
+    column("first_verdict", "This verdict", wide_only=True),
+    column("second_verdict", "Other verdict", wide_only=True),
+    column("changed", "Changed"),
+]
+CHANGES = {
+    "": "Every record",
+    "better": "The other did better",
+    "worse": "The other did worse",
+    "same": "The same",
+}
 ACTIVE = ("queued", "running")
 POLL_SECONDS = 1.0
 
@@ -302,6 +318,8 @@ async def assessment_page(assessment_id: str):
     if shown["summary"]:
         _summary(shown["summary"], judge)
     _rows(assessment_id, len(candidates), judge)
+    if shown["status"] == "succeeded":
+        _compare(shown)
 
     if shown["status"] in ACTIVE:
 
@@ -510,6 +528,116 @@ def _rows(assessment_id: str, count: int, judge: dict[str, Any] | None) -> None:
     status.on_value_change(on_filter)
     if winner is not None:
         winner.on_value_change(on_filter)
+
+
+def _compare(shown: dict[str, Any]) -> None:
+    """Another finished assessment of the same dataset beside this one, record by record."""
+    others = read(
+        lambda session, principal: {
+            other.id: f"{other.name} ({when(other.finished_at)})"
+            for other in compare.comparable(session, principal, shown["id"])
+        }
+    )
+    with ui.card().classes("w-full").props('flat bordered data-testid="compare-card"'):
+        ui.label("Compare with another run").classes("text-lg font-semibold")
+        if not others:
+            ui.label(
+                f"No other finished assessment of dataset {shown['dataset_name']} yet; run one "
+                "(after a training, say) to see the two side by side, record by record."
+            ).classes("text-grey-8")
+            return
+        ui.label(
+            "Another finished assessment of the same dataset, matched by record: where the "
+            "other run's first candidate did better, worse or the same as this run's."
+        ).classes("text-grey-8")
+        other = ui.select(others, label="Other assessment", with_input=True).classes("w-full")
+        other.props('data-testid="compare-other"')
+        problem = error_label("compare-error")
+        shown_box = ui.column().classes("w-full gap-2")
+
+        async def show() -> None:
+            shown_box.clear()
+            problem.text = ""
+            if not other.value:
+                return
+            other_id = other.value
+            summary = await act(
+                lambda session, principal: compare.compare(
+                    session, principal, shown["id"], other_id, limit=1
+                )["summary"],
+                error_label=problem,
+            )
+            if summary is None:
+                return
+            with shown_box:
+                _side_by_side(shown["id"], other_id, summary)
+
+        other.on_value_change(show)
+
+
+def _compare_cell(side: dict[str, Any] | None, candidate: int) -> tuple[str, str]:
+    if side is None:
+        return "(not in its sample)", ""
+    answers = side["answers"]
+    answer = answers[candidate] if candidate < len(answers) else {}
+    text = f"error: {answer['error']}" if answer.get("error") else _short(answer.get("text"))
+    verdict, value = side["verdict"] or {}, side["value"]
+    if "winner" in verdict:
+        return text, {None: "unread", 1.0: "win", 0.5: "tie", 0.0: "loss"}[value]
+    if "scores" in verdict:
+        return text, "unread" if value is None else f"{value:g}"
+    return text, ""
+
+
+def _side_by_side(first_id: str, second_id: str, summary: dict[str, Any]) -> None:
+    with ui.column().classes("w-full gap-1").props('data-testid="compare-summary"'):
+        for line in summary["lines"]:
+            ui.label(line).classes("wrap-anywhere")
+    state = {"changed": ""}
+    changed = ui.select(CHANGES, label="Records", value="").classes("w-56")
+    changed.props('dense outlined data-testid="compare-changed-filter"')
+    first_candidate = summary["first"]["candidate"]
+    second_candidate = summary["second"]["candidate"]
+
+    def fetch_rows(session, principal, limit, offset):
+        found = compare.compare(
+            session,
+            principal,
+            first_id,
+            second_id,
+            changed=state["changed"] or None,
+            limit=limit,
+            offset=offset,
+        )
+        rows = []
+        for item in found["items"]:
+            first, first_verdict = _compare_cell(item["first"], first_candidate)
+            second, second_verdict = _compare_cell(item["second"], second_candidate)
+            sides = [side for side in (item["first"], item["second"]) if side]
+            rows.append(
+                {
+                    "record": item["record_index"],
+                    "prompt": _short(sides[0]["answers"][0].get("prompt"), 200),
+                    "first": first,
+                    "second": second,
+                    "first_verdict": first_verdict,
+                    "second_verdict": second_verdict,
+                    "changed": item["changed"] or "",
+                }
+            )
+        return rows, found["total"]
+
+    table = PagedTable(
+        COMPARE_COLUMNS, fetch_rows, row_key="record", empty="No records here.", status_column=None
+    )
+    table.table.props('data-testid="compare-table"')
+    table.table.classes("[&_td]:align-top [&_td]:whitespace-pre-wrap")
+
+    def on_filter() -> None:
+        state["changed"] = changed.value or ""
+        table.load(1)
+
+    changed.on_value_change(on_filter)
 
 
 @app.get("/download/assessments/{assessment_id}", include_in_schema=False)
