@@ -59,6 +59,7 @@ REAL_OBJECTS = {
     r"^/api/v1/jobs/": {"path.job_id": "job"},
     r"^/api/v1/assessments": {
         "path.assessment_id": "assessment",
+        "path.other_id": "assessment",
         "body.dataset_id": "dataset",
     },
     r"^/api/v1/chat": {
