@@ -246,6 +246,9 @@ def project_world(admin_password):
         Dataset,
         DeployEnvironment,
         Job,
+        KnowledgeBase,
+        KnowledgeDocument,
+        KnowledgeIndex,
         LiveModel,
         ThirdPartyModel,
         Training,
@@ -383,6 +386,27 @@ def project_world(admin_password):
             created_by=admin.user_id,
         )
         session.add_all([live, script, assessment])
+        knowledge = KnowledgeBase(project_id=admin.project_id, name="handbook")
+        session.add(knowledge)
+        session.flush()
+        session.add(
+            KnowledgeIndex(
+                knowledge_base_id=knowledge.id,
+                version=1,
+                embedding_model="base:none",
+                embedding_name="none",
+                chunking={"splitter": "recursive", "size": 256, "overlap": 32},
+                state="active",
+            )
+        )
+        document = KnowledgeDocument(
+            knowledge_base_id=knowledge.id,
+            filename="notes.md",
+            digest="0" * 64,
+            size_bytes=5,
+            status="ready",
+        )
+        session.add(document)
         session.flush()
         _files(layout.live_model_dir(live.id), "model.gguf")
         script.path = str(layout.method_script(admin.project_id, script.id))
@@ -405,6 +429,8 @@ def project_world(admin_password):
             third_party=third_party.id,
             chat=chat.id,
             assessment=assessment.id,
+            knowledge_base=knowledge.id,
+            document=document.id,
         )
 
 

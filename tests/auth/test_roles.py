@@ -39,6 +39,9 @@ SERVICE_MODULES = [
     "tuneyard.assessment.results",
     "tuneyard.assessment.fidelity",
     "tuneyard.assessment.compare",
+    # The knowledge domain's search and retrieval evaluation.
+    "tuneyard.knowledge.retrieval",
+    "tuneyard.knowledge.evaluation",
 ]
 
 # Reviewed: these change nothing.
@@ -56,6 +59,7 @@ READS = {
     "tuneyard.auth.service": {"get_project_by_code", "get_user", "list_users", "list_tokens"},
     "tuneyard.basemodels.service": {
         "active_job",
+        "find_demo_embedding",
         "find_base_model",
         "get_base_model",
         "list_base_models",
@@ -90,6 +94,17 @@ READS = {
         "get_job",
         "list_jobs",
         "read_log",
+    },
+    "tuneyard.knowledge.evaluation": {"evaluate"},
+    "tuneyard.knowledge.retrieval": {"retrieve", "search"},
+    "tuneyard.knowledge.service": {
+        "document_text",
+        "find_knowledge_bases",
+        "get_document",
+        "get_knowledge_base",
+        "list_documents",
+        "list_indexes",
+        "list_knowledge_bases",
     },
     "tuneyard.thirdparty.service": {"get_third_party", "list_third_party", "usable_third_party"},
     "tuneyard.training.custom": {
@@ -151,6 +166,7 @@ WITHOUT_PRINCIPAL = {
     },
     "tuneyard.basemodels.service": {
         "base_model_of",
+        "demo_embedding_folder",
         "demo_gguf_file",
         "describe_folder",
         "finish_folder",
@@ -186,6 +202,21 @@ WITHOUT_PRINCIPAL = {
         "live_models_of_job",
     },
     "tuneyard.jobs.service": {"clean_up", "finish"},
+    "tuneyard.knowledge.evaluation": {"matches"},
+    "tuneyard.knowledge.service": {
+        "active_index",
+        "base_dir",
+        "building_index",
+        "chunks_by_id",
+        "describe",
+        "describe_document",
+        "describe_index",
+        "document_dir",
+        "index_counts",
+        "index_dir",
+        "original_path",
+        "text_path",
+    },
     "tuneyard.thirdparty.service": {"third_party_api_key", "third_party_out"},
     "tuneyard.training.custom": {"params_model", "read_script", "require_code_runs"},
     "tuneyard.training.service": {
@@ -445,6 +476,8 @@ VIEWER_ROUTES = {
     ("DELETE", "/api/v1/tokens/{token_id}"),
     ("POST", "/api/v1/chat"),
     ("POST", "/api/v1/chat/compare"),
+    ("POST", "/api/v1/knowledge-bases/{kb}/search"),
+    ("POST", "/api/v1/knowledge-bases/{kb}/evaluate"),
     ("PATCH", "/api/v1/chat/sessions/{session_id}"),
     ("DELETE", "/api/v1/chat/sessions/{session_id}"),
     ("POST", "/api/v1/trainings/compare"),
@@ -587,6 +620,25 @@ def route_requests(w) -> dict[tuple[str, str], tuple[dict, dict]]:
         ),
         ("POST", "/api/v1/third-party-models/{third_party_id}/test"): (
             {"third_party_id": w.third_party},
+            {},
+        ),
+        ("POST", "/api/v1/base-models/demo"): ({}, {}),
+        ("POST", "/api/v1/knowledge-bases"): (
+            {},
+            {"json": {"name": "more", "embedding_model": f"base:{w.base}"}},
+        ),
+        ("PATCH", "/api/v1/knowledge-bases/{kb}"): (
+            {"kb": w.knowledge_base},
+            {"json": {"name": "renamed"}},
+        ),
+        ("DELETE", "/api/v1/knowledge-bases/{kb}"): ({"kb": w.knowledge_base}, {}),
+        ("POST", "/api/v1/knowledge-bases/{kb}/reindex"): ({"kb": w.knowledge_base}, {"json": {}}),
+        ("POST", "/api/v1/knowledge-bases/{kb}/documents"): (
+            {"kb": w.knowledge_base},
+            {"files": {"file": ("more.md", b"# More")}},
+        ),
+        ("DELETE", "/api/v1/knowledge-bases/{kb}/documents/{document_id}"): (
+            {"kb": w.knowledge_base, "document_id": w.document},
             {},
         ),
     }
