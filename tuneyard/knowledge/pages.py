@@ -18,7 +18,7 @@ from tuneyard import modelref
 from tuneyard.basemodels import service as base_models
 from tuneyard.config import get_settings
 from tuneyard.console.jobs import JobWatch, job_card
-from tuneyard.console.session import SignedOut, act, call, current_principal, fetch, read
+from tuneyard.console.session import act, call, current_principal, read
 from tuneyard.console.shell import console_page
 from tuneyard.console.widgets import (
     STATUS_SLOT,
@@ -37,6 +37,7 @@ from tuneyard.console.widgets import (
 )
 from tuneyard.errors import AppError
 from tuneyard.knowledge import retrieval, service
+from tuneyard.knowledge.passage_dialog import open_passage
 from tuneyard.knowledge.schemas import NAME_MAX, TOP_K_MAX, ChunkingIn
 from tuneyard.models import KnowledgeBase
 
@@ -47,8 +48,6 @@ SPLITTERS = {
 }
 MODES = {"hybrid": "Hybrid (BM25 + vector)", "vector": "Vector", "fulltext": "Full text (BM25)"}
 DEFAULT_CHUNKING = ChunkingIn()
-# Characters of the document shown on each side of an opened passage.
-CONTEXT_CHARS = 1500
 BASE_COLUMNS = [
     column("name", "Name"),
     column("documents", "Documents"),
@@ -618,7 +617,7 @@ def _passage_card(kb_id: str, number: int, passage: dict[str, Any]) -> None:
             ui.button(
                 "Open in document",
                 icon="article",
-                on_click=lambda: _open_passage(kb_id, passage),
+                on_click=lambda: open_passage(kb_id, passage),
             ).props('flat dense no-caps data-testid="open-passage"')
         with ui.row().classes("gap-x-6 gap-y-1 text-sm").props('data-testid="passage-scores"'):
             ui.label(f"Fused: {passage['score']:.4f}")
@@ -628,57 +627,3 @@ def _passage_card(kb_id: str, number: int, passage: dict[str, Any]) -> None:
         ui.label(passage["text"]).classes(
             "whitespace-pre-wrap wrap-anywhere bg-grey-2 rounded p-2 w-full"
         ).props('data-testid="passage-text"')
-
-
-async def _open_passage(kb_id: str, passage: dict[str, Any]) -> None:
-    """The passage in its document's text, with what surrounds it, the passage highlighted."""
-    start, end = passage["start"], passage["end"]
-    try:
-        window = await fetch(
-            call(
-                service.document_text,
-                kb_id,
-                passage["document_id"],
-                max(0, start - CONTEXT_CHARS),
-                end + CONTEXT_CHARS,
-            )
-        )
-    except SignedOut:
-        ui.navigate.to("/login")
-        return
-    except AppError as exc:
-        ui.notify(exc.message, type="negative", multi_line=True, close_button=True)
-        return
-    text, offset = window["text"], window["start"]
-    before = text[: start - offset]
-    marked = text[start - offset : end - offset]
-    after = text[end - offset :]
-    with ui.dialog() as dialog, ui.card().classes("w-full max-w-3xl"):
-        dialog.props('data-testid="document-dialog"')
-        with ui.row().classes("items-center gap-2 w-full"):
-            ui.label(window["filename"]).classes("text-lg font-semibold wrap-anywhere")
-            ui.badge(passage["page_label"], color="secondary")
-            ui.space()
-            ui.button(icon="close", on_click=dialog.close).props("flat round dense")
-        ui.label(
-            f"Characters {window['start']:,}–{window['end']:,} of {window['char_count']:,}; "
-            "the passage is highlighted."
-        ).classes("text-grey-7 text-sm")
-        with ui.element("div").classes(
-            "whitespace-pre-wrap wrap-anywhere max-h-[60vh] overflow-auto w-full font-mono text-sm"
-        ):
-            if window["start"] > 0:
-                ui.label("…").classes("inline text-grey-6")
-            ui.label(before).classes("inline")
-            highlight = ui.label(marked).classes("inline bg-amber-3 rounded")
-            highlight.props('data-testid="passage-highlight"')
-            ui.label(after).classes("inline")
-            if window["end"] < window["char_count"]:
-                ui.label("…").classes("inline text-grey-6")
-        # Once the dialog has drawn its text, bring the passage into view.
-        ui.timer(
-            0.3,
-            lambda: highlight.run_method("scrollIntoView", {"block": "center"}),
-            once=True,
-        )
-    dialog.open()

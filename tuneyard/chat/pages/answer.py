@@ -11,6 +11,7 @@ from typing import Any
 from nicegui import ui
 
 from tuneyard.chat import service
+from tuneyard.chat.pages.grounding import source_chips
 from tuneyard.console.stream import EventStream
 
 
@@ -71,6 +72,8 @@ class AnswerView:
                 .classes("whitespace-pre-wrap break-words")
                 .props(f'data-testid="{testid}-text"')
             )
+            # A grounded answer's sources, once it is done.
+            self.sources = ui.element("div")
             self.error = ui.label("").classes("text-negative whitespace-pre-wrap break-words")
             self.error.props(f'data-testid="{testid}-error"')
             self.error.set_visibility(False)
@@ -97,6 +100,8 @@ class AnswerView:
                 "finish_reason": event.get("finish_reason"),
             }
             self.show_stats(speed_text(usage, time.monotonic() - self.started, self.pieces))
+            with self.sources:
+                source_chips(event.get("citations") or [])
         elif "error" in event:
             self.fail(event.get("detail") or event["error"])
 

@@ -17,6 +17,7 @@ from tuneyard.chat.pages.frame import (
     model_options,
     no_models_guidance,
 )
+from tuneyard.chat.pages.grounding import GroundingForm
 from tuneyard.chat.pages.params_form import ParamsForm
 from tuneyard.chat.schemas import ChatParams, CompareRequest, Message
 from tuneyard.console.session import act, call, read
@@ -111,6 +112,7 @@ def compare_page(models: str = ""):
             .props('dense data-testid="params"')
         ):
             shared = ParamsForm()
+        grounding = GroundingForm()
         bar = PromptBar("One prompt for every model", "Send to all", state)
         prompt = bar.prompt
 
@@ -127,7 +129,8 @@ def compare_page(models: str = ""):
             ui.notify("Pick a model in every column (or remove the column).", type="warning")
             return
         params = shared.values()
-        if params is None:
+        grounded = grounding.values()
+        if params is None or grounded is None:
             return
         per_model: list[ChatParams | None] = []
         for slot in slots:
@@ -144,6 +147,7 @@ def compare_page(models: str = ""):
                 messages=[Message(role="user", content=text)],
                 params=params,
                 params_per_model=per_model if any(per_model) else None,
+                **grounded,
             )
         except ValidationError as exc:
             ui.notify(f"Not sent: {exc.errors()[0]['msg']}", type="warning", multi_line=True)

@@ -25,6 +25,7 @@ from tuneyard.chat.pages.frame import (
     model_options,
     no_models_guidance,
 )
+from tuneyard.chat.pages.grounding import GroundingForm, source_chips
 from tuneyard.chat.pages.params_form import ParamsForm
 from tuneyard.chat.schemas import ChatRequest, Message
 from tuneyard.console.session import act, call, read
@@ -43,7 +44,13 @@ def _session_view(session, principal, session_id: str) -> dict[str, Any]:
         "model": chat.model,
         "params": dict(chat.params or {}),
         "messages": [
-            {"role": m.role, "content": m.content, "model": m.model, "usage": dict(m.usage or {})}
+            {
+                "role": m.role,
+                "content": m.content,
+                "model": m.model,
+                "usage": dict(m.usage or {}),
+                "citations": list(m.citations or []),
+            }
             for m in service.session_messages(session, chat)
         ],
     }
@@ -69,6 +76,7 @@ def _show_message(message: dict[str, Any], names: dict[str, str]) -> None:
         ui.label(message["content"]).classes("whitespace-pre-wrap break-words").props(
             'data-testid="answer-text"'
         )
+        source_chips(message["citations"])
         if usage.get("error"):
             ui.label(usage["error"]).classes("text-negative whitespace-pre-wrap")
         else:
@@ -118,6 +126,7 @@ def deeptext_page(model: str = "", session: str = ""):
                     .props('dense data-testid="params"')
                 ):
                     form = ParamsForm(opened["params"] if opened else None)
+                grounding = GroundingForm()
 
             with ui.card().classes("w-full gap-2"):
                 with ui.row().classes("w-full items-center gap-2 flex-wrap"):
@@ -268,7 +277,8 @@ def deeptext_page(model: str = "", session: str = ""):
             ui.notify("Pick a model first.", type="warning")
             return
         params = form.values()
-        if params is None:
+        grounded = grounding.values()
+        if params is None or grounded is None:
             return
         try:
             request = ChatRequest(
@@ -276,6 +286,7 @@ def deeptext_page(model: str = "", session: str = ""):
                 messages=[Message(role="user", content=text)],
                 params=params,
                 session_id=state["session_id"],
+                **grounded,
             )
         except ValidationError as exc:
             ui.notify(f"Not sent: {exc.errors()[0]['msg']}", type="warning", multi_line=True)
