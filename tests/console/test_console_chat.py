@@ -1,4 +1,5 @@
-"""DeepText (chat, sessions, side by side) and Users (users, API tokens) in a real browser."""
+"""DeepText (chat, sessions, side by side, grounded in a knowledge base) and Users (users, API
+tokens) in a real browser."""
 
 from __future__ import annotations
 
@@ -21,11 +22,22 @@ from tests.console_harness import (
     resize,
     screenshot,
 )
+from tests.openai_double import OpenAIDouble
 
 pytestmark = pytest.mark.console
 
 # The first answer starts the inference process: loading torch and the model takes a while.
 ANSWER_TIMEOUT_MS = 120_000
+GUIDE = """# Greenhouse guide
+
+## Watering
+
+Tomatoes want deep watering twice a week; shallow daily sprinkles keep their roots lazy.
+
+## Pruning
+
+Pinch the side shoots of cordon tomatoes every week, before they grow longer than a thumb.
+"""
 
 
 def register_base(server, headers: dict[str, str], name: str, folder) -> str:
@@ -59,6 +71,10 @@ def test_chat_streams_and_keeps_the_session(
     base_id = register_base(console_server, headers, "tiny", tiny_model_dir)
 
     page.goto(console_url(console_server, "/deeptext"))
+    # No knowledge base yet: where one is made, instead of an empty picker.
+    hint = page.get_by_test_id("knowledge-hint")
+    assert hint.get_by_role("link", name="Knowledge").is_visible()
+    assert page.get_by_test_id("knowledge-bases").count() == 0
     choose(page, "model-picker", "Base: tiny")
 
     # A parameter out of ChatParams' range is marked as typed, and nothing is sent.
@@ -181,6 +197,118 @@ def test_side_by_side_streams_two_answers(
     page.get_by_test_id("user-message").get_by_text("Say something nice.").wait_for()
     sessions = httpx.get(f"{console_server.url}/api/v1/chat/sessions", headers=headers).json()
     assert sessions["total"] == 2
+
+
+def grounded_knowledge_base(server, headers: dict[str, str], principal) -> str:
+    """A knowledge base "garden" on the demo embedding model, holding the greenhouse guide
+    ingested by the server's worker; the guide's document id."""
+    from tuneyard.basemodels.service import add_demo_embedding
+    from tuneyard.db import session_scope
+
+    with session_scope() as session:
+        embedding = f"base:{add_demo_embedding(session, principal).id}"
+    api = f"{server.url}/api/v1/knowledge-bases"
+    created = httpx.post(
+        api,
+        json={
+            "name": "garden",
+            "embedding_model": embedding,
+            "chunking": {"splitter": "markdown", "size": 64, "overlap": 8},
+        },
+        headers=headers,
+        timeout=60,
+    )
+    assert created.status_code == 201, created.text
+    accepted = httpx.post(
+        f"{api}/garden/documents",
+        files={"file": ("greenhouse.md", GUIDE.encode())},
+        headers=headers,
+        timeout=60,
+    )
+    assert accepted.status_code == 202, accepted.text
+    document = f"{api}/garden/documents/{accepted.json()['id']}"
+    deadline = time.monotonic() + ANSWER_TIMEOUT_MS / 1000
+    status = "queued"
+    while status not in ("ready", "failed") and time.monotonic() < deadline:
+        time.sleep(0.5)
+        status = httpx.get(document, headers=headers).json()["status"]
+    assert status == "ready", httpx.get(document, headers=headers).text
+    return accepted.json()["id"]
+
+
+@pytest.mark.slow
+def test_a_chat_grounded_in_a_knowledge_base_shows_its_sources(
+    signed_in, console_server, admin_password, principal
+):
+    page = signed_in
+    headers = api_headers(console_server, admin_password)
+    grounded_knowledge_base(console_server, headers, principal)
+
+    def script(messages):
+        sources = messages[0]["content"] if messages[0]["role"] == "system" else ""
+        return "Pinch them every week [1]." if "Sources:" in sources else "I do not know."
+
+    with OpenAIDouble(script) as double:
+        entry = httpx.post(
+            f"{console_server.url}/api/v1/third-party-models",
+            json={
+                "name": "helper",
+                "provider": "openai-compatible",
+                "model_name": "scripted",
+                "base_url": double.url,
+            },
+            headers=headers,
+        )
+        assert entry.status_code == 201, entry.text
+
+        page.goto(console_url(console_server, "/deeptext"))
+        choose(page, "model-picker", "Third-party: helper")
+        page.get_by_test_id("knowledge-bases").click()
+        page.get_by_role("option", name="garden", exact=True).click()
+        page.keyboard.press("Escape")
+        page.get_by_test_id("knowledge-top-k").fill("2")
+        page.get_by_test_id("prompt").fill("When do I pinch the side shoots?")
+        page.get_by_test_id("send").click()
+        assert wait_for_answer(page, "answer") == "Pinch them every week [1]."
+        assert "Pinch the side shoots" in double.requests[-1]["messages"][0]["content"]
+
+        # The answer's sources: the one it cites marked, the other retrieved one dimmed.
+        sources = page.get_by_test_id("sources")
+        cited = sources.get_by_test_id("source-1")
+        expect(cited).to_have_text(re.compile(r"\[1\] greenhouse\.md, text"))
+        expect(cited).to_have_attribute("data-cited", "true")
+        expect(sources.get_by_test_id("source-2")).to_have_attribute("data-cited", "false")
+        screenshot(page, "deeptext-grounded")
+        cited.click()
+        dialog = page.get_by_test_id("document-dialog")
+        highlight = dialog.get_by_test_id("passage-highlight")
+        expect(highlight).to_contain_text("Pinch the side shoots")
+        assert "Tomatoes want deep watering" in dialog.inner_text()
+        screenshot(page, "deeptext-grounded-source")
+        page.keyboard.press("Escape")
+        dialog.wait_for(state="hidden")
+
+        # The stored chat shows the sources of its past answer.
+        page.wait_for_url(re.compile(r".*/deeptext\?session=.+"))
+        page.reload()
+        expect(page.get_by_test_id("sources").get_by_test_id("source-1")).to_have_attribute(
+            "data-cited", "true"
+        )
+
+        # Side by side, every column's answer is grounded and shows its sources.
+        page.goto(console_url(console_server, "/deeptext/compare"))
+        choose(page, "compare-model-0", "Third-party: helper")
+        choose(page, "compare-model-1", "Third-party: helper")
+        page.get_by_test_id("knowledge-bases").click()
+        page.get_by_role("option", name="garden", exact=True).click()
+        page.keyboard.press("Escape")
+        page.get_by_test_id("prompt").fill("When do I pinch the side shoots?")
+        page.get_by_test_id("send").click()
+        for index in (0, 1):
+            column = page.get_by_test_id(f"column-{index}")
+            expect(column.get_by_test_id("source-1")).to_have_attribute(
+                "data-cited", "true", timeout=ANSWER_TIMEOUT_MS
+            )
 
 
 def test_users_and_tokens(signed_in, console_server, admin_password):
