@@ -73,7 +73,7 @@ def test_chat_streams_and_keeps_the_session(
     page.goto(console_url(console_server, "/deeptext"))
     # No knowledge base yet: where one is made, instead of an empty picker.
     hint = page.get_by_test_id("knowledge-hint")
-    assert hint.get_by_role("link", name="Knowledge").is_visible()
+    hint.get_by_role("link", name="create a knowledge base", exact=True).wait_for()
     assert page.get_by_test_id("knowledge-bases").count() == 0
     choose(page, "model-picker", "Base: tiny")
 

@@ -48,12 +48,12 @@ class GroundingForm:
         if not choices:
             with (
                 ui.row()
-                .classes("items-center gap-2 text-grey-8 text-sm")
+                .classes("items-center gap-x-2 text-grey-8 text-sm flex-wrap")
                 .props('data-testid="knowledge-hint"')
             ):
                 ui.icon("menu_book")
-                ui.label("Ground answers in your own documents: create a knowledge base on")
-                ui.link("Knowledge", "/knowledge")
+                ui.label("Answers can be grounded in your own documents:")
+                ui.link("create a knowledge base", "/knowledge")
             return
         with ui.row().classes("w-full items-start gap-2 flex-nowrap"):
             self.picker = (
