@@ -242,7 +242,7 @@ def test_a_chat_grounded_in_a_knowledge_base_shows_its_sources(
 ):
     page = signed_in
     headers = api_headers(console_server, admin_password)
-    grounded_knowledge_base(console_server, headers, principal)
+    document_id = grounded_knowledge_base(console_server, headers, principal)
 
     def script(messages):
         sources = messages[0]["content"] if messages[0]["role"] == "system" else ""
@@ -290,6 +290,7 @@ def test_a_chat_grounded_in_a_knowledge_base_shows_its_sources(
 
         # The stored chat shows the sources of its past answer.
         page.wait_for_url(re.compile(r".*/deeptext\?session=.+"))
+        kept_chat = page.url
         page.reload()
         expect(page.get_by_test_id("sources").get_by_test_id("source-1")).to_have_attribute(
             "data-cited", "true"
@@ -309,6 +310,18 @@ def test_a_chat_grounded_in_a_knowledge_base_shows_its_sources(
             expect(column.get_by_test_id("source-1")).to_have_attribute(
                 "data-cited", "true", timeout=ANSWER_TIMEOUT_MS
             )
+
+    # Its document deleted, a kept answer's source still opens: the passage as it was cited.
+    deleted = httpx.delete(
+        f"{console_server.url}/api/v1/knowledge-bases/garden/documents/{document_id}",
+        headers=headers,
+    )
+    assert deleted.status_code == 204, deleted.text
+    page.goto(kept_chat)
+    page.get_by_test_id("sources").get_by_test_id("source-1").click()
+    dialog = page.get_by_test_id("document-dialog")
+    expect(dialog.get_by_test_id("document-missing")).to_contain_text("cannot be shown")
+    expect(dialog.get_by_test_id("passage-highlight")).to_contain_text("Pinch the side shoots")
 
 
 def test_users_and_tokens(signed_in, console_server, admin_password):
