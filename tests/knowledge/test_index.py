@@ -256,3 +256,30 @@ def test_searches_keep_answering_while_another_process_adds(index, tmp_path):
     assert len(set(seen)) > 1
     words = index.search(query="concurrent", vector=None, mode="fulltext", top_k=100)
     assert len(words) == 100
+
+
+def test_many_rows_get_a_vector_index_and_a_folded_text_index(tmp_path, monkeypatch):
+    from tuneyard.knowledge import index as index_module
+
+    monkeypatch.setattr(index_module, "ANN_MIN_ROWS", 300)
+    monkeypatch.setattr(index_module, "TEXT_INDEX_BACKLOG", 100)
+    rng = numpy.random.default_rng(3)
+    vectors = rng.normal(size=(400, DIMS)).astype(numpy.float32)
+    vectors /= numpy.linalg.norm(vectors, axis=1, keepdims=True)
+    index = KnowledgeIndex.create(tmp_path / "big", DIMS)
+    for start in range(0, 400, 100):
+        index.add(
+            [
+                IndexRow(f"r{i}", DOC_A, f"row {i} word{i}", vectors[i])
+                for i in range(start, start + 100)
+            ]
+        )
+    stats = index._table.index_stats("text_idx")
+    assert stats.num_unindexed_rows == 0
+    assert any("vector" in found.columns for found in index._table.list_indices())
+    hits = index.search(query="word123", vector=vectors[123], top_k=3)
+    assert hits[0].chunk_id == "r123"
+    assert hits[0].vector_rank == 1 and hits[0].text_rank == 1
+    assert hits[0].vector_score == pytest.approx(1.0, abs=1e-4)
+    reopened = KnowledgeIndex.open(tmp_path / "big")
+    assert reopened.search(query="", vector=vectors[7], mode="vector", top_k=1)[0].chunk_id == "r7"

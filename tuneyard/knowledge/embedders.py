@@ -136,6 +136,7 @@ class LocalEmbedder:
         self.name = name or self.path.name
         self.dimensions = int(self._model.get_embedding_dimension())
         tokenizer = self._model.tokenizer
+        self._fast = getattr(tokenizer, "backend_tokenizer", None)
         # The model reads max_seq_length tokens, its own markers ([CLS], [SEP]) among them.
         specials = tokenizer.num_special_tokens_to_add(pair=False)
         self.max_tokens = int(self._model.max_seq_length) - specials
@@ -145,7 +146,10 @@ class LocalEmbedder:
 
     def count_tokens(self, text: str) -> int:
         with self._lock:
-            return len(self._model.tokenizer.encode(text, add_special_tokens=False))
+            if self._fast is not None:
+                # The Rust tokenizer itself: no warning for a text longer than the model reads.
+                return len(self._fast.encode(text, add_special_tokens=False).ids)
+            return len(self._model.tokenizer.encode(text, add_special_tokens=False, verbose=False))
 
     def embed(self, texts: list[str]) -> numpy.ndarray:
         texts = [text[: self._max_chars] for text in _check_texts(texts)]

@@ -43,12 +43,15 @@ MAX_TOP_K = 100
 MAX_QUERY_CHARS = 2000
 MAX_FILTER_IDS = 1000
 MAX_DIMENSIONS = 8192
-# Rows added since the full-text index was built are searched flat; once this many (or more
-# than a fifth of the indexed rows) wait, the index takes them in.
-TEXT_INDEX_BACKLOG = 20_000
-# Below this many rows a flat scan of every vector is fast enough (100k x 384 scans in tens of
-# milliseconds here) and exact; above it an IVF index keeps searches fast.
-ANN_MIN_ROWS = 300_000
+# Rows added since the indexes were last brought up to date are searched flat: at 100k rows a
+# full-text search takes 5 ms with none waiting and 64 ms with 2,000 waiting, and folding 2,000
+# rows in (optimize: compaction and both indexes) takes about 1.7 s, a rebuild 2.6 s
+# (benchmarks/knowledge.py --maintenance). So an add folds them in once this many wait.
+TEXT_INDEX_BACKLOG = 1000
+# A flat scan of every vector is exact and costs about 1 ms per 1,000 rows here (100 ms at
+# 100k x 384); an IVF index answers in 6 ms at 100k and builds in 6.5 s. Past this many rows
+# the index is built.
+ANN_MIN_ROWS = 20_000
 ANN_PROBE_PARTITIONS = 32
 ANN_REFINE_FACTOR = 4
 # Ids enter filter expressions: letters, digits, '-' and '_' only (uuids and hex digests).
@@ -132,6 +135,7 @@ class KnowledgeIndex:
         self.folder = folder
         self.dimensions = dimensions
         self._table = table
+        self._vector_indexed = self._has_vector_index()
 
     @classmethod
     def create(cls, folder: Path, dimensions: int) -> KnowledgeIndex:
@@ -211,21 +215,25 @@ class KnowledgeIndex:
         """Remove the folder and everything in it."""
         shutil.rmtree(self.folder, ignore_errors=True)
 
+    def optimize(self) -> None:
+        """Fold every waiting row into the indexes and compact the files (an ingest job calls
+        it when it ends; adds call it on their own once TEXT_INDEX_BACKLOG rows wait)."""
+        self._table.optimize()
+
     def _maintain(self) -> None:
-        """Fold a long backlog of rows into the full-text index; index vectors once many."""
+        """Fold waiting rows into the indexes once many wait; index vectors once there are many."""
+        from lancedb.index import IvfFlat
+
         stats = self._table.index_stats(TEXT_INDEX)
-        waiting = stats.num_unindexed_rows if stats is not None else 0
-        indexed = stats.num_indexed_rows if stats is not None else 0
-        if waiting >= TEXT_INDEX_BACKLOG or waiting > max(indexed, 1000) // 5:
-            self._table.optimize()
+        if stats is not None and stats.num_unindexed_rows >= TEXT_INDEX_BACKLOG:
+            self.optimize()
         total = self.count()
-        if total >= ANN_MIN_ROWS and not self._has_vector_index():
+        if total >= ANN_MIN_ROWS and not self._vector_indexed:
+            partitions = max(16, int(math.sqrt(total)))
             self._table.create_index(
-                metric="cosine",
-                vector_column_name="vector",
-                index_type="IVF_FLAT",
-                num_partitions=max(16, int(math.sqrt(total))),
+                "vector", config=IvfFlat(distance_type="cosine", num_partitions=partitions)
             )
+            self._vector_indexed = True
 
     def _has_vector_index(self) -> bool:
         return any("vector" in index.columns for index in self._table.list_indices())
@@ -302,10 +310,10 @@ class KnowledgeIndex:
         builder = (
             self._table.search(vector, query_type="vector", vector_column_name="vector")
             .distance_type("cosine")
-            .select(_COLUMNS)
+            .select([*_COLUMNS, "_distance"])
             .limit(limit)
         )
-        if self._has_vector_index():
+        if self._vector_indexed:
             builder = builder.nprobes(ANN_PROBE_PARTITIONS).refine_factor(ANN_REFINE_FACTOR)
         if where is not None:
             builder = builder.where(where, prefilter=True)
@@ -319,7 +327,7 @@ class KnowledgeIndex:
 
         # A match query is not parsed: quotes, colons and AND/OR in it are only characters.
         match = MatchQuery(text, "text")  # type: ignore[call-arg]  # the rest have defaults
-        builder = self._table.search(match).select(_COLUMNS).limit(limit)
+        builder = self._table.search(match).select([*_COLUMNS, "_score"]).limit(limit)
         if where is not None:
             builder = builder.where(where, prefilter=True)
         return list(enumerate(builder.to_list(), start=1))
