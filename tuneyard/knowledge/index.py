@@ -52,8 +52,9 @@ TEXT_INDEX_BACKLOG = 1000
 # 100k x 384); an IVF index answers in 6 ms at 100k and builds in 6.5 s. Past this many rows
 # the index is built.
 ANN_MIN_ROWS = 20_000
-ANN_PROBE_PARTITIONS = 32
-ANN_REFINE_FACTOR = 4
+# Partitions an IVF search reads. At 100k random unit vectors (the worst case: no clusters)
+# recall@5 against the flat scan is 0.42 at 32, 0.58 at 64, 0.78 at 128, p50 9-13 ms for all.
+ANN_PROBE_PARTITIONS = 128
 # Ids enter filter expressions: letters, digits, '-' and '_' only (uuids and hex digests).
 _ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _COLUMNS = ["chunk_id", "document_id", "text"]
@@ -314,7 +315,7 @@ class KnowledgeIndex:
             .limit(limit)
         )
         if self._vector_indexed:
-            builder = builder.nprobes(ANN_PROBE_PARTITIONS).refine_factor(ANN_REFINE_FACTOR)
+            builder = builder.nprobes(ANN_PROBE_PARTITIONS)
         if where is not None:
             builder = builder.where(where, prefilter=True)
         rows = builder.to_list()
