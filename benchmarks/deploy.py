@@ -28,6 +28,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from _models import CACHE, smollm2_folder  # noqa: E402
 
+from tuneyard.deploy.llamacpp_server import plain_buffers  # noqa: E402
+
 THREADS = 2
 PROMPTS = (
     "What is the capital of France?",
@@ -85,6 +87,7 @@ def llama_cpp_generate(gguf_file: Path, prompts: list[list[int]], new_tokens: in
                 return tokens
         return tokens
 
+    plain_buffers()
     llm = llama_cpp.Llama(str(gguf_file), n_ctx=512, n_threads=THREADS, verbose=False)
     with closing(llm):
         greedy(llm, prompts[0], 4)  # warm-up

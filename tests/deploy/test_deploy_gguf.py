@@ -17,6 +17,7 @@ from tuneyard.deploy.gguf_export import (
     gguf_architecture,
     lora_exportable,
 )
+from tuneyard.deploy.llamacpp_server import plain_buffers
 from tuneyard.deploy.quantization import QUANTIZATIONS, check_quantization
 from tuneyard.deploy.quantize import quantize_gguf
 from tuneyard.errors import Invalid
@@ -63,6 +64,7 @@ def llama_cpp_logits(gguf_file: Path, ids: list[int], lora: Path | None = None):
     import llama_cpp
     import numpy as np
 
+    plain_buffers()
     llm = llama_cpp.Llama(
         str(gguf_file),
         lora_path=str(lora) if lora else None,
@@ -573,6 +575,7 @@ def test_smollm2_f16_greedy_decoding_matches_transformers(smollm2_folder, tmp_pa
     export_gguf(smollm2_folder, out, "f16")
     tokenizer = AutoTokenizer.from_pretrained(smollm2_folder)
     model = load(smollm2_folder)
+    plain_buffers()
     llm = llama_cpp.Llama(str(out), n_ctx=512, n_threads=2, verbose=False)
     with closing(llm):
         assert llm.token_eos() == tokenizer.eos_token_id

@@ -621,7 +621,7 @@ def llamacpp_server(smollm2_gguf):
     command = [
         sys.executable,
         "-m",
-        "llama_cpp.server",
+        "tuneyard.deploy.llamacpp_server",
         "--model",
         str(smollm2_gguf),
         "--embedding",

@@ -1,6 +1,7 @@
 """The llama.cpp server Tuneyard runs for a deployment environment: its models, process and port.
 
-One llama-cpp-python server (`python -m llama_cpp.server --config_file config.json`) serves
+One llama-cpp-python server (`python -m tuneyard.deploy.llamacpp_server --config_file
+config.json`, llama-cpp-python's own server with its weights in plain buffers) serves
 every live model of the environment, each under its alias. Its state lives in one folder:
 config.json (host, port, API key and models, in the server's own config format; readable by
 its owner only), server.pid and server.log. With an API key the server answers only requests
@@ -38,7 +39,7 @@ CONFIG_FILE = "config.json"
 PID_FILE = "server.pid"
 LOG_FILE = "server.log"
 LOCK_FILE = ".lock"
-SERVER_MODULE = "llama_cpp.server"
+SERVER_MODULE = "tuneyard.deploy.llamacpp_server"
 LOG_TAIL_LINES = 25
 LOG_TAIL_CHARS = 4000
 # How long a port may stay held by a just-killed server's closing connections.
