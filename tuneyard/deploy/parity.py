@@ -10,6 +10,7 @@ reported as not checked rather than guessed at.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -67,39 +68,316 @@ def split_actions(template: str) -> list[tuple[str, str]]:
     return out
 
 
-def render_go_template(template: str, values: dict[str, str]) -> str:
-    """Render Ollama's legacy template subset; stops at {{ .Response }} like a generation does."""
-    rendered: list[str] = []
-    # Each open `if` pushes whether its branch is taken; text is kept only when all are.
-    stack: list[list[bool]] = []  # [condition, in_else]
+# What Ollama hands a template (template.Execute): the legacy values, or with `.Messages` the
+# whole conversation; names beyond these are reported as not checked rather than guessed.
+TOP_FIELDS = {
+    "System": "",
+    "Prompt": "",
+    "Response": "",
+    "Suffix": "",
+    "Messages": [],
+    "Tools": [],
+    "Think": False,
+    "ThinkLevel": "",
+    "IsThinkSet": False,
+}
+MESSAGE_FIELDS = {"Role": "", "Content": "", "Thinking": "", "ToolCalls": [], "ToolName": ""}
+# Nesting deeper than any real template; a crafted one must not exhaust the Python stack.
+MAX_NESTING = 32
 
-    def active() -> bool:
-        return all(cond != in_else for cond, in_else in stack)
 
-    for kind, value in split_actions(template):
-        if kind == "text":
-            if active():
-                rendered.append(value)
-            continue
-        words = value.split()
-        if not words:
-            continue
-        if words[0] == "if" and len(words) == 2 and words[1].lstrip(".") in VARIABLES:
-            stack.append([bool(values.get(words[1].lstrip("."))), False])
-        elif words == ["else"] and stack:
-            stack[-1][1] = True
-        elif words == ["end"] and stack:
-            stack.pop()
-        elif len(words) == 1 and words[0].lstrip(".") in VARIABLES:
-            if words[0] == ".Response":
-                if active():
-                    return "".join(rendered)
-                continue
-            if active():
-                rendered.append(values.get(words[0].lstrip("."), ""))
+class _StopAtResponse(Exception):
+    """A legacy template's last turn ends where the model's answer begins."""
+
+
+@dataclass
+class _Block:
+    """An if/range body: a list of text pieces and actions, with its else branch."""
+
+    head: str
+    body: list[Any]
+    orelse: list[Any] | None = None
+
+
+def _tokens(action: str) -> list[str]:
+    """Words of an action: strings, parentheses, `:=`, `=`, `,`, fields and names."""
+    out: list[str] = []
+    i = 0
+    while i < len(action):
+        ch = action[i]
+        if ch.isspace():
+            i += 1
+        elif ch in "(),":
+            out.append(ch)
+            i += 1
+        elif ch == '"':
+            end = i + 1
+            while end < len(action) and action[end] != '"':
+                end += 2 if action[end] == "\\" else 1
+            if end >= len(action):
+                raise UnsupportedTemplate(action)
+            out.append(action[i : end + 1])
+            i = end + 1
+        elif action.startswith(":=", i):
+            out.append(":=")
+            i += 2
         else:
-            raise UnsupportedTemplate(value)
-    return "".join(rendered)
+            end = i
+            while end < len(action) and not action[end].isspace() and action[end] not in '(),"':
+                if action.startswith(":=", end):
+                    break
+                end += 1
+            out.append(action[i:end])
+            i = end
+    return out
+
+
+def _parse(pieces: list[tuple[str, str]]) -> list[Any]:
+    """Nest the actions into blocks: [text | action | _Block]."""
+    root: list[Any] = []
+    stack: list[_Block] = []
+    current = root
+    for kind, value in pieces:
+        if kind == "text":
+            if value:
+                current.append(("text", value))
+            continue
+        words = value.split(None, 1)
+        if not words or value.startswith("/*"):
+            continue
+        head = words[0]
+        if head in ("if", "range"):
+            if len(stack) >= MAX_NESTING:
+                raise UnsupportedTemplate(value)
+            block = _Block(value, [])
+            current.append(block)
+            stack.append(block)
+            current = block.body
+        elif head == "else":
+            if not stack or stack[-1].orelse is not None:
+                raise UnsupportedTemplate(value)
+            block = stack[-1]
+            block.orelse = []
+            rest = value[4:].strip()
+            if rest:  # else if ...: an if nested in the else branch, closed by the same end
+                if not rest.startswith("if ") or stack[-1].head.startswith("range"):
+                    raise UnsupportedTemplate(value)
+                inner = _Block("elif " + rest[3:], [])
+                block.orelse.append(inner)
+                stack.append(inner)
+                current = inner.body
+            else:
+                current = block.orelse
+        elif head == "end":
+            if not stack:
+                raise UnsupportedTemplate(value)
+            while stack and stack.pop().head.startswith("elif "):
+                pass
+            top = stack[-1] if stack else None
+            current = root if top is None else (top.orelse if top.orelse is not None else top.body)
+        else:
+            current.append(("action", value))
+    if stack:
+        raise UnsupportedTemplate(stack[-1].head)
+    return root
+
+
+class _Renderer:
+    def __init__(self, values: dict[str, Any], stop_at_response: bool):
+        self.root = {**TOP_FIELDS, **values}
+        self.stop_at_response = stop_at_response
+        self.out: list[str] = []
+
+    def field(self, dot: Any, name: str, action: str) -> Any:
+        fields = MESSAGE_FIELDS if "Role" in dot else TOP_FIELDS
+        if name not in fields:
+            raise UnsupportedTemplate(action)
+        return dot.get(name, fields[name])
+
+    def arg(self, words: list[str], pos: int, dot: Any, env: dict[str, Any], action: str):
+        """One argument starting at words[pos]: its value and the position after it."""
+        word = words[pos]
+        if word == "(":
+            value, pos = self.call(words, pos + 1, dot, env, action)
+            if pos >= len(words) or words[pos] != ")":
+                raise UnsupportedTemplate(action)
+            return value, pos + 1
+        if word.startswith('"'):
+            return json.loads(word), pos + 1
+        if word in ("true", "false"):
+            return word == "true", pos + 1
+        if word.isdigit():
+            return int(word), pos + 1
+        if word == ".":
+            return dot, pos + 1
+        if word.startswith("."):
+            return self.field(dot, word[1:], action), pos + 1
+        if word.startswith("$"):
+            name, _, rest = word.partition(".")
+            if name == "$":
+                base = self.root
+            elif name in env:
+                base = env[name]
+            else:
+                raise UnsupportedTemplate(action)
+            if rest:
+                if not isinstance(base, dict):
+                    raise UnsupportedTemplate(action)
+                return self.field(base, rest, action), pos + 1
+            return base, pos + 1
+        raise UnsupportedTemplate(action)
+
+    def call(self, words: list[str], pos: int, dot: Any, env: dict[str, Any], action: str):
+        """A command: a function with its arguments, or one argument."""
+        if pos >= len(words):
+            raise UnsupportedTemplate(action)
+        name = words[pos]
+        if name not in ("eq", "ne", "not", "and", "or", "len"):
+            return self.arg(words, pos, dot, env, action)
+        pos += 1
+        args = []
+        while pos < len(words) and words[pos] != ")":
+            value, pos = self.arg(words, pos, dot, env, action)
+            args.append(value)
+        if not args or (name in ("not", "len") and len(args) != 1):
+            raise UnsupportedTemplate(action)
+        return self.apply(name, args), pos
+
+    @staticmethod
+    def apply(name: str, args: list[Any]) -> Any:
+        if name == "eq":
+            return any(args[0] == other for other in args[1:])
+        if name == "ne":
+            return len(args) == 2 and args[0] != args[1]
+        if name == "not":
+            return not args[0]
+        if name == "len":
+            return len(args[0])
+        for value in args:
+            if bool(value) == (name == "or"):
+                return value
+        return args[-1]
+
+    def pipeline(self, action: str, dot: Any, env: dict[str, Any]) -> Any:
+        words = _tokens(action)
+        value, pos = self.call(words, 0, dot, env, action)
+        if pos != len(words):
+            raise UnsupportedTemplate(action)
+        return value
+
+    def run(self, nodes: list[Any], dot: Any, env: dict[str, Any]) -> None:
+        for node in nodes:
+            if isinstance(node, _Block):
+                self.block(node, dot, env)
+                continue
+            kind, value = node
+            if kind == "text":
+                self.out.append(value)
+                continue
+            words = _tokens(value)
+            if len(words) > 2 and words[0].startswith("$") and words[1] in (":=", "="):
+                if words[1] == "=" and words[0] not in env:
+                    raise UnsupportedTemplate(value)
+                env[words[0]] = self.pipeline(" ".join(words[2:]), dot, env)
+                continue
+            if words in ([".Response"], ["$.Response"]) and self.stop_at_response:
+                raise _StopAtResponse
+            result = self.pipeline(value, dot, env)
+            if not isinstance(result, (str, int)) or isinstance(result, bool):
+                raise UnsupportedTemplate(value)
+            self.out.append(str(result))
+
+    def block(self, block: _Block, dot: Any, env: dict[str, Any]) -> None:
+        keyword, _, rest = block.head.partition(" ")
+        if keyword in ("if", "elif"):
+            taken = self.pipeline(rest, dot, env)
+            scope = dict(env)
+            self.run(block.body if taken else (block.orelse or []), dot, scope)
+            env.update({k: v for k, v in scope.items() if k in env})
+            return
+        names: list[str] = []
+        if ":=" in rest:
+            declared, _, rest = rest.partition(":=")
+            names = [n.strip() for n in declared.split(",")]
+            if not 1 <= len(names) <= 2 or not all(n.startswith("$") for n in names):
+                raise UnsupportedTemplate(block.head)
+        items = self.pipeline(rest, dot, env)
+        if not isinstance(items, list):
+            raise UnsupportedTemplate(block.head)
+        if not items:
+            self.run(block.orelse or [], dot, dict(env))
+        for index, item in enumerate(items):
+            scope = dict(env)
+            if len(names) == 2:
+                scope[names[0]], scope[names[1]] = index, item
+            elif names:
+                scope[names[0]] = item
+            self.run(block.body, item, scope)
+            env.update({k: v for k, v in scope.items() if k in env})
+
+
+def uses_messages(template: str) -> bool:
+    """Ollama renders the whole conversation through `.Messages` when the template names it."""
+    return any(
+        kind == "action" and ".Messages" in value for kind, value in split_actions(template)
+    )
+
+
+def render_go_template(template: str, values: dict[str, Any]) -> str:
+    """Render the subset of Go templates Ollama's templates use.
+
+    Legacy templates stop at {{ .Response }} like a generation does; with `.Messages` the
+    whole template renders with an empty response, as Ollama does.
+    """
+    pieces = split_actions(template)
+    tree = _parse(pieces)
+    messages = uses_messages(template)
+    renderer = _Renderer(values, stop_at_response=not messages and "Response" not in values)
+    try:
+        renderer.run(tree, renderer.root, {"$": renderer.root})
+    except _StopAtResponse:
+        pass
+    return "".join(renderer.out)
+
+
+def render_ollama_prompt(template: str, messages: list[dict[str, str]]) -> str:
+    """The prompt Ollama builds from a chat conversation (template.Execute, read from its
+    source): consecutive messages of one role merge; `.System` joins the system messages;
+    a legacy template renders once per turn and the last turn stops at the answer."""
+    collated: list[dict[str, str]] = []
+    for message in messages:
+        if collated and collated[-1]["role"] == message["role"]:
+            collated[-1]["content"] += "\n\n" + message["content"]
+        else:
+            collated.append(dict(message))
+    if uses_messages(template):
+        system = "\n\n".join(m["content"] for m in collated if m["role"] == "system")
+        listed = [{"Role": m["role"], "Content": m["content"]} for m in collated]
+        return render_go_template(template, {"System": system, "Messages": listed})
+    legacy = template
+    if not any(
+        kind == "action" and "Response" in value for kind, value in split_actions(template)
+    ):
+        legacy += "{{ .Response }}"
+    out: list[str] = []
+    turn = {"System": "", "Prompt": "", "Response": ""}
+    for message in collated:
+        role, content = message["role"], message["content"]
+        if role == "system":
+            if turn["Prompt"] or turn["Response"]:
+                out.append(render_go_template(legacy, turn))
+                turn = {"System": "", "Prompt": "", "Response": ""}
+            turn["System"] = content
+        elif role == "user":
+            if turn["Response"]:
+                out.append(render_go_template(legacy, turn))
+                turn = {"System": "", "Prompt": "", "Response": ""}
+            turn["Prompt"] = content
+        elif role == "assistant":
+            turn["Response"] = content
+    last = {k: v for k, v in turn.items() if k != "Response"}
+    out.append(render_go_template(legacy, last))
+    return "".join(out)
 
 
 def _special_tokens(folder: Path) -> dict[str, str]:
@@ -117,6 +395,25 @@ def _special_tokens(folder: Path) -> dict[str, str]:
     return tokens
 
 
+def render_chat_prompt(chat, messages: list[dict[str, str]], tokens: dict[str, str]) -> str | None:
+    """The chat template's prompt for a conversation, or None when the template refuses it
+    (many raise for a system message or roles out of order)."""
+    from jinja2 import TemplateError
+
+    try:
+        return chat.render(messages=messages, add_generation_prompt=True, **tokens)
+    except (TemplateError, TypeError, ValueError, KeyError, IndexError, AttributeError):
+        return None
+
+
+def same_prompt(expected: str, rendered: str, bos: str | None) -> bool:
+    """A template that writes the BOS token and one that leaves it to the tokenizer make the
+    same prompt; some models (SmolLM2) use a chat marker as BOS, so both forms count."""
+    if rendered == expected:
+        return True
+    return bool(bos) and expected.startswith(bos) and rendered == expected[len(bos) :]
+
+
 def check_parity(tokenizer_dir: Path, deployment_template: str | None, owner: str) -> Parity:
     """Compare the chat template's prompt for a sample conversation with the deployment one."""
     from tuneyard.basemodels.card import read_chat_template
@@ -132,30 +429,30 @@ def check_parity(tokenizer_dir: Path, deployment_template: str | None, owner: st
     if not deployment_template:
         return Parity("mismatch", "The base model has no deployment template.")
     tokens = _special_tokens(tokenizer_dir)
+    chat = compile_chat_template(source, owner)
     messages = [
         {"role": "system", "content": SAMPLE_SYSTEM},
         {"role": "user", "content": SAMPLE_PROMPT},
     ]
-    expected = compile_chat_template(source, owner).render(
-        messages=messages, add_generation_prompt=True, **tokens
-    )
-    # A template that writes the BOS token and one that leaves it to the tokenizer are the
-    # same prompt; some models (SmolLM2) use a chat marker as BOS, so both forms count.
-    bos = tokens.get("bos_token")
-    equivalent = {expected}
-    if bos and expected.startswith(bos):
-        equivalent.add(expected[len(bos) :])
-    try:
-        rendered = render_go_template(
-            deployment_template, {"System": SAMPLE_SYSTEM, "Prompt": SAMPLE_PROMPT}
+    expected = render_chat_prompt(chat, messages, tokens)
+    if expected is None:  # the chat template refuses a system message: compare without one
+        messages = messages[1:]
+        expected = render_chat_prompt(chat, messages, tokens)
+    if expected is None:
+        return Parity(
+            "not_checked",
+            "The chat template raises an error for a one-question conversation, so there is "
+            "nothing to compare against.",
         )
+    try:
+        rendered = render_ollama_prompt(deployment_template, messages)
     except UnsupportedTemplate as exc:
         return Parity(
             "not_checked",
             f"The deployment template uses '{{{{ {exc} }}}}', which the parity check does not "
             "render; compare a conversation by hand after deploying.",
         )
-    if rendered in equivalent:
+    if same_prompt(expected, rendered, tokens.get("bos_token")):
         return Parity("match", "The deployment template renders the chat template's prompt.")
     return Parity(
         "mismatch",
