@@ -18,7 +18,11 @@ from tuneyard.basemodels import hub
 from tuneyard.basemodels.card import check_model_folder, read_chat_template, read_model_card
 from tuneyard.basemodels.gguf_import import check_gguf_file
 from tuneyard.basemodels.schemas import MAX_MODEL_NAME, TECHNICAL_NAME_PATTERN
-from tuneyard.basemodels.template import derive_template, template_size_problem
+from tuneyard.basemodels.template import (
+    derive_template,
+    ollama_uses_gguf_template,
+    template_size_problem,
+)
 from tuneyard.config import get_settings
 from tuneyard.errors import Conflict, Invalid, NotFound, Unavailable
 from tuneyard.jobs import service as jobs
@@ -389,8 +393,14 @@ def describe_folder(model: BaseModel, folder: Path) -> None:
     """Fill the card and the deployment template from the folder's files."""
     card = read_model_card(folder)
     chat_template, _source = read_chat_template(folder)
-    template = derive_template(chat_template, card["special_tokens"]["eos"])
+    tokens = card["special_tokens"]
+    template = derive_template(chat_template, tokens["eos"], tokens["bos"])
     card["deployment_template_source"] = template.source
+    if ollama_uses_gguf_template(chat_template):
+        card["ollama_template_note"] = (
+            "Ollama v0.30 and later serve this model with its own chat template (it mentions "
+            "tools or thinking) and ignore the deployment template."
+        )
     card["deployment_stop_tokens"] = template.stop
     if template.note:
         card["deployment_template_note"] = template.note

@@ -158,11 +158,10 @@ def _go_text(text: str) -> str:
     return text
 
 
-def _derive_go_template(
-    chat, tokens: dict[str, str]
-) -> tuple[str, list[str], str | None] | None:
+def _derive_go_template(chat, tokens: dict[str, str]) -> tuple[str, list[str], str | None] | None:
     """A `.Messages` Go template read off the chat template's renderings of marker
     conversations, its stop tokens and a note, or None when the layout cannot be read."""
+
     def render(turns, generation=True):
         messages = _conversation(*turns)
         try:
@@ -170,7 +169,11 @@ def _derive_go_template(
         except Exception:  # noqa: BLE001 - a template refusing a conversation is an answer
             return None
 
-    user, assistant, user2 = ("user", MARK_USER), ("assistant", MARK_ASSISTANT), ("user", MARK_USER2)
+    user, assistant, user2 = (
+        ("user", MARK_USER),
+        ("assistant", MARK_ASSISTANT),
+        ("user", MARK_USER2),
+    )
     one = render([user], generation=False)
     one_gen = render([user])
     answered = render([user, assistant], generation=False)
@@ -219,8 +222,7 @@ def _derive_go_template(
     system_prefix = system_suffix = ""
     if system_parts is None:
         note = (
-            "The chat template refuses system messages, so the deployment template leaves "
-            "them out."
+            "The chat template refuses system messages, so the deployment template leaves them out."
         )
     else:
         head = system_parts[0]
@@ -234,9 +236,8 @@ def _derive_go_template(
             system_prefix, system_suffix = head, system_parts[1]
         else:
             return None
-        system_branch = (
-            f"{_go_text(system_prefix)}{{{{ .Content }}}}{_go_text(system_suffix)}"
-            + ("{{ $folded = true }}" if fold else "")
+        system_branch = f"{_go_text(system_prefix)}{{{{ .Content }}}}{_go_text(system_suffix)}" + (
+            "{{ $folded = true }}" if fold else ""
         )
     default_system = ""
     if system_parts is not None and not fold and preamble:
@@ -244,13 +245,17 @@ def _derive_go_template(
         default_system = f"{{{{ if not .System }}}}{_go_text(preamble)}{{{{ end }}}}"
         preamble = ""
     user_open = (
-        f"{{{{ if $folded }}}}{{{{ $folded = false }}}}{{{{ else }}}}{_go_text(user_prefix)}{{{{ end }}}}"
+        "{{ if $folded }}{{ $folded = false }}{{ else }}"
+        f"{_go_text(user_prefix)}{{{{ end }}}}"
         if fold
         else _go_text(user_prefix)
     )
     roles = [
         ("user", f"{user_open}{{{{ .Content }}}}{_go_text(user_suffix)}"),
-        ("assistant", f"{_go_text(assistant_prefix)}{{{{ .Content }}}}{_go_text(assistant_suffix)}"),
+        (
+            "assistant",
+            f"{_go_text(assistant_prefix)}{{{{ .Content }}}}{_go_text(assistant_suffix)}",
+        ),
     ]
     if system_parts is not None:
         roles.insert(0, ("system", system_branch))

@@ -10,6 +10,7 @@ reported as not checked rather than guessed at.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -318,9 +319,7 @@ class _Renderer:
 
 def uses_messages(template: str) -> bool:
     """Ollama renders the whole conversation through `.Messages` when the template names it."""
-    return any(
-        kind == "action" and ".Messages" in value for kind, value in split_actions(template)
-    )
+    return any(kind == "action" and ".Messages" in value for kind, value in split_actions(template))
 
 
 def render_go_template(template: str, values: dict[str, Any]) -> str:
@@ -333,10 +332,8 @@ def render_go_template(template: str, values: dict[str, Any]) -> str:
     tree = _parse(pieces)
     messages = uses_messages(template)
     renderer = _Renderer(values, stop_at_response=not messages and "Response" not in values)
-    try:
+    with contextlib.suppress(_StopAtResponse):
         renderer.run(tree, renderer.root, {"$": renderer.root})
-    except _StopAtResponse:
-        pass
     return "".join(renderer.out)
 
 
@@ -355,9 +352,7 @@ def render_ollama_prompt(template: str, messages: list[dict[str, str]]) -> str:
         listed = [{"Role": m["role"], "Content": m["content"]} for m in collated]
         return render_go_template(template, {"System": system, "Messages": listed})
     legacy = template
-    if not any(
-        kind == "action" and "Response" in value for kind, value in split_actions(template)
-    ):
+    if not any(kind == "action" and "Response" in value for kind, value in split_actions(template)):
         legacy += "{{ .Response }}"
     out: list[str] = []
     turn = {"System": "", "Prompt": "", "Response": ""}
@@ -411,7 +406,7 @@ def same_prompt(expected: str, rendered: str, bos: str | None) -> bool:
     same prompt; some models (SmolLM2) use a chat marker as BOS, so both forms count."""
     if rendered == expected:
         return True
-    return bool(bos) and expected.startswith(bos) and rendered == expected[len(bos) :]
+    return bool(bos) and expected.startswith(bos or "") and rendered == expected[len(bos or "") :]
 
 
 def check_parity(tokenizer_dir: Path, deployment_template: str | None, owner: str) -> Parity:

@@ -44,7 +44,8 @@ def _template_of(base: BaseModel | None, folder: Path) -> tuple[str | None, list
     from tuneyard.basemodels.template import derive_template
 
     chat_template, _ = read_chat_template(folder)
-    derived = derive_template(chat_template, read_model_card(folder)["special_tokens"]["eos"])
+    tokens = read_model_card(folder)["special_tokens"]
+    derived = derive_template(chat_template, tokens["eos"], tokens["bos"])
     return derived.text, derived.stop
 
 
