@@ -3,9 +3,9 @@
 Models that answer worse after export almost always get a different prompt than the chat
 template produced in training. Before a deploy we render one sample conversation through the
 base model's Hugging Face chat template and through the deployment template, and compare.
-The deployment template is Ollama's legacy Go template form ({{ .System }}, {{ .Prompt }},
-{{ .Response }}, {{ if }}...{{ else }}...{{ end }}); templates using other constructs are
-reported as not checked rather than guessed at.
+The deployment template is an Ollama Go template: the legacy form ({{ .System }},
+{{ .Prompt }}, {{ .Response }}) or the `.Messages` form (range, if/else if, eq/ne/not/and/or/len,
+variables); templates using other constructs are reported as not checked rather than guessed at.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ VARIABLES = ("System", "Prompt", "Response")
 
 
 class UnsupportedTemplate(Exception):
-    """The Go template uses constructs beyond the legacy variables and if/else/end."""
+    """The Go template uses constructs beyond the subset Ollama's templates use."""
 
 
 @dataclass(frozen=True)
@@ -351,27 +351,34 @@ def render_ollama_prompt(template: str, messages: list[dict[str, str]]) -> str:
         system = "\n\n".join(m["content"] for m in collated if m["role"] == "system")
         listed = [{"Role": m["role"], "Content": m["content"]} for m in collated]
         return render_go_template(template, {"System": system, "Messages": listed})
-    legacy = template
-    if not any(kind == "action" and "Response" in value for kind, value in split_actions(template)):
-        legacy += "{{ .Response }}"
+    # Ollama appends {{ .Response }} to a legacy template that lacks it; appended here as
+    # text, so an unclosed action in the template stays text as Go would refuse it.
+    answers = any(
+        kind == "action" and "Response" in value for kind, value in split_actions(template)
+    )
+
+    def legacy(values: dict[str, str]) -> str:
+        rendered = render_go_template(template, values)
+        return rendered if answers else rendered + values.get("Response", "")
+
     out: list[str] = []
     turn = {"System": "", "Prompt": "", "Response": ""}
     for message in collated:
         role, content = message["role"], message["content"]
         if role == "system":
             if turn["Prompt"] or turn["Response"]:
-                out.append(render_go_template(legacy, turn))
+                out.append(legacy(turn))
                 turn = {"System": "", "Prompt": "", "Response": ""}
             turn["System"] = content
         elif role == "user":
             if turn["Response"]:
-                out.append(render_go_template(legacy, turn))
+                out.append(legacy(turn))
                 turn = {"System": "", "Prompt": "", "Response": ""}
             turn["Prompt"] = content
         elif role == "assistant":
             turn["Response"] = content
     last = {k: v for k, v in turn.items() if k != "Response"}
-    out.append(render_go_template(legacy, last))
+    out.append(legacy(last))
     return "".join(out)
 
 
