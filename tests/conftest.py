@@ -503,11 +503,20 @@ def smollm2_folder(tmp_path_factory, smollm2_gguf) -> Path:
 
 
 @pytest.fixture
-def ollama(tmp_path):
-    """The Ollama protocol double on a free port."""
+def ollama_version() -> str:
+    """The Ollama release the double plays; parametrize it (tests.ollama_double.FAMILIES) to
+    run a test against every family of releases."""
+    from tests.ollama_double import VERSION
+
+    return VERSION
+
+
+@pytest.fixture
+def ollama(tmp_path, ollama_version):
+    """The Ollama protocol double on a free port, playing `ollama_version`."""
     from tests.ollama_double import OllamaDouble
 
-    with OllamaDouble(tmp_path) as double:
+    with OllamaDouble(tmp_path, version=ollama_version) as double:
         yield double
 
 

@@ -1,13 +1,27 @@
-"""An in-process Ollama for tests: a real HTTP server that speaks Ollama's documented API.
+"""An in-process Ollama for tests: a real HTTP server that speaks Ollama's API, release by
+release.
 
 Ollama cannot run here, so the deploy path is tested against this double over real HTTP on
-127.0.0.1. It checks what Ollama checks, in Ollama's words: the digest of every uploaded
-blob, that create names uploaded blobs, quantize values and the source they quantize, the
-architectures Ollama converts from safetensors and the bases it converts LoRA adapters for.
+127.0.0.1. It checks what Ollama checks, in Ollama's words, as the release it plays does
+(`version`; FAMILIES holds one release of each family that behaves differently):
+- errors: before 0.12.6 every create error is a streamed `{"error", "status"}` line under
+  HTTP 200; since, an error before any output is the HTTP status with `{"error"}`, and a
+  later one a streamed `{"error"}` line without a status;
+- safetensors: converted (not MistralForCausalLM since 0.6.5) until 0.34.1, which imports
+  them unconverted (MLX, int4/int8/nvfp4/mxfp4/mxfp8) and takes no safetensors adapters;
+- GGUF: `files` must hold GGUF files only; since 0.30 an imported GGUF is rewritten, so the
+  stored model digest differs from the uploaded one; since 0.34.1 `quantize` with a GGUF (or
+  `from`) is refused before any output;
+- adapters: safetensors ones on llama and gemma2 bases with an integer lora_alpha; GGUF ones
+  exactly one, which releases before 0.24 fail to load on new-engine architectures (the
+  create succeeds, the chat fails);
+- `quantize`: F32, F16, BF16, Q8_0, Q4_K_S, Q4_K_M, only from an F16/BF16/F32 source;
+- blobs: a POST of a digest the server has answers 200 without reading the body; an upload
+  whose bytes do not match its digest is refused and kept under its real digest.
 It runs no model: a chat answers "[<model>] <last user message>" (with " (adapter)" for a
 model with adapters), enough for a caller to see which model answered.
 
-    with OllamaDouble(tmp_path) as ollama:
+    with OllamaDouble(tmp_path, version="0.31.0") as ollama:
         client = OllamaClient(ollama.url)
 """
 
@@ -32,7 +46,20 @@ from starlette.routing import Route
 
 from tests.http_double import BackgroundServer
 
-VERSION = "0.6.8"
+# One release of each family whose create behaves differently; VERSION is the default.
+FAMILIES = ("0.6.8", "0.12.6", "0.31.0", "0.34.1")
+VERSION = "0.12.6"
+HTTP_ERRORS_SINCE = (0, 12, 6)
+NO_MISTRAL_SINCE = (0, 6, 5)
+ADAPTER_LOAD_FIXED = (0, 24, 0)
+GGUF_REWRITTEN_SINCE = (0, 30, 0)
+NO_CONVERSION_SINCE = (0, 34, 1)
+NEW_ENGINE_FAMILIES = ("qwen3", "gemma3", "mistral3", "llama4")
+MLX_QUANTIZE_TYPES = ("int4", "int8", "nvfp4", "mxfp4", "mxfp8")
+GGUF_QUANTIZE_REFUSED = (
+    "create-time quantization is only supported for safetensors imports; quantize GGUF "
+    "models with llama.cpp tools before importing"
+)
 DIGEST = re.compile(r"sha256[:-][0-9a-fA-F]{64}")
 MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-/]{0,349}(:[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127})?")
 # What Ollama's converter takes from safetensors, and the GGUF architecture (the model's
@@ -118,6 +145,11 @@ class CreateFailed(Exception):
         self.status = status
 
 
+def release(version: str) -> tuple[int, int, int]:
+    major, minor, patch = (version.split("-")[0].split(".") + ["0"])[:3]
+    return int(major), int(minor), int(patch)
+
+
 @dataclasses.dataclass(frozen=True)
 class Weights:
     """What a create builds on: converted safetensors, a GGUF, or an existing model."""
@@ -127,6 +159,7 @@ class Weights:
     file_type: str
     size: int
     digest: str
+    format: str = "gguf"
     chat_template: str | None = None
     template: str | None = None
     template_name: str | None = None
@@ -153,6 +186,9 @@ class ModelRecord:
     system: str | None
     parameters: dict[str, Any]
     modified_at: str
+    # The model layer's blob as stored: an uploaded GGUF's digest, or its rewrite's (0.30+).
+    model_digest: str = ""
+    format: str = "gguf"
 
 
 class OllamaDouble:
@@ -168,6 +204,7 @@ class OllamaDouble:
         self.blobs_dir = root / "ollama-blobs"
         self.blobs_dir.mkdir(parents=True, exist_ok=True)
         self.version = version
+        self.release = release(version)
         self.models: dict[str, ModelRecord] = {}
         self.requests: list[tuple[str, str]] = []
         self.blob_uploads: list[dict[str, Any]] = []
@@ -241,6 +278,10 @@ class OllamaDouble:
 
     async def _receive_blob(self, request: Request, digest: str, path: Path) -> Response:
         """Stream the body to a temporary file while hashing it; keep it only if it matches."""
+        if path.exists():
+            # Ollama answers before reading a byte of a blob it has.
+            self.blob_uploads.append({"digest": digest, "bytes": 0, "status": 200})
+            return Response(status_code=200)
         upload = {
             "digest": digest,
             "bytes": 0,
@@ -260,10 +301,9 @@ class OllamaDouble:
                     upload["bytes"] += len(piece)
                     upload["largest_read"] = max(upload["largest_read"], len(piece))
             got = f"sha256:{hasher.hexdigest()}"
-            if path.exists():
-                upload["status"] = 200
-                return Response(status_code=200)
             if got != digest:
+                # The bytes stay, under the digest they really have.
+                partial.replace(self.blob_path(got))
                 upload["status"] = 400
                 message = f'digest mismatch, expected "{digest}", got "{got}"'
                 return JSONResponse({"error": message}, 400)
@@ -288,10 +328,42 @@ class OllamaDouble:
         problem = self._missing_blob(body)
         if problem:
             return JSONResponse({"error": problem}, 400)
+        refused = self._refused_before_streaming(body)
+        if refused:
+            return JSONResponse({"error": refused}, 400)
         events = self._create_events(full_name(name), body)
         if body.get("stream", True) is False:
             return _single_answer(events)
-        return StreamingResponse(_ndjson(events), media_type="application/x-ndjson")
+        if self.release < HTTP_ERRORS_SINCE:
+            return StreamingResponse(_ndjson(events, True), media_type="application/x-ndjson")
+        try:
+            first = next(events)
+        except CreateFailed as exc:
+            return JSONResponse({"error": exc.message}, exc.status)
+        except StopIteration:
+            first = None
+        return StreamingResponse(
+            _ndjson(_chain(first, events), False), media_type="application/x-ndjson"
+        )
+
+    def _refused_before_streaming(self, body: dict) -> str | None:
+        """What 0.34.1 refuses from the request alone, before it streams anything."""
+        if self.release < NO_CONVERSION_SINCE:
+            return None
+        quantize = body.get("quantize") or body.get("quantization")
+        files = body.get("files") or {}
+        try:
+            kind = self._kind(files) if files else None
+        except CreateFailed:
+            kind = None
+        if quantize and (kind == "gguf" or (kind is None and body.get("from"))):
+            return GGUF_QUANTIZE_REFUSED
+        if quantize and str(quantize).lower() not in MLX_QUANTIZE_TYPES:
+            return (
+                f"unsupported quantize type {quantize!r}: supported types are "
+                f"{', '.join(MLX_QUANTIZE_TYPES)}"
+            ).replace("'", '"')
+        return None
 
     def _missing_blob(self, body: dict) -> str | None:
         """Ollama refuses a create naming a blob it was never sent before streaming anything."""
@@ -311,6 +383,8 @@ class OllamaDouble:
         adapters = body.get("adapters") or {}
         if body.get("from"):
             weights = yield from self._from_model(body["from"])
+        elif files and self._kind(files) == "safetensors" and self.release >= NO_CONVERSION_SINCE:
+            weights = yield from self._import_unconverted(files, body)
         elif files:
             weights = yield from self._convert_model(files)
         else:
@@ -318,7 +392,7 @@ class OllamaDouble:
         if adapters:
             adapters = yield from self._convert_adapters(adapters, weights)
         quantize = body.get("quantize") or body.get("quantization")
-        if quantize:
+        if quantize and weights.format == "gguf":
             weights = yield from self._quantize(weights, str(quantize))
         template, template_name = weights.template, weights.template_name
         if body.get("template"):
@@ -345,6 +419,8 @@ class OllamaDouble:
             size=size,
             digest=_digest_of(layers).split(":", 1)[1],
             files=dict(files),
+            model_digest=weights.digest,
+            format=weights.format,
             adapters=all_adapters,
             parent=full_name(body["from"]) if body.get("from") else None,
             template=template,
@@ -366,7 +442,8 @@ class OllamaDouble:
             model_type=record.model_type,
             file_type=record.quantization,
             size=record.size,
-            digest=f"sha256:{record.digest}",
+            digest=record.model_digest,
+            format=record.format,
             template=record.template,
             template_name=record.template_name,
             system=record.system,
@@ -376,9 +453,15 @@ class OllamaDouble:
 
     def _convert_model(self, files: dict[str, str]) -> Iterator[dict]:
         if self._kind(files) == "gguf":
-            yield {"status": "parsing GGUF"}
-            digest = next(d for n, d in files.items() if self._is_gguf(n, d))
-            info = read_gguf_info(self.blob_path(digest))
+            found = []
+            for file_name in sorted(files):
+                yield {"status": "parsing GGUF"}
+                # Every file must be a GGUF: Ollama reads each one's header.
+                found.append((files[file_name], read_gguf_info(self.blob_path(files[file_name]))))
+            digest, info = next(item for item in found if item[1]["kind"] != "adapter")
+            if self.release >= GGUF_REWRITTEN_SINCE:
+                yield {"status": "validating GGUF model"}
+                digest = self._rewrite(digest)
             return Weights(
                 family=info["architecture"],
                 model_type=info["architecture"],
@@ -393,6 +476,8 @@ class OllamaDouble:
         if not architectures:
             raise CreateFailed("unknown architecture", 400)
         family = CONVERTED_FAMILIES.get(architectures[0])
+        if architectures[0] == "MistralForCausalLM" and self.release >= NO_MISTRAL_SINCE:
+            family = None
         if family is None:
             raise CreateFailed(f'unsupported architecture "{architectures[0]}"', 400)
         chat_template = None
@@ -409,12 +494,46 @@ class OllamaDouble:
             chat_template=chat_template if isinstance(chat_template, str) else None,
         )
 
+    def _import_unconverted(self, files: dict[str, str], body: dict) -> Iterator[dict]:
+        """0.34.1: safetensors become an MLX model as they are, quantized to an MLX type."""
+        yield {"status": "importing safetensors"}
+        config = self._json_blob(files, "config.json")
+        architecture = (config.get("architectures") or ["unknown"])[0]
+        quantize = str(body.get("quantize") or body.get("quantization") or "")
+        weights = [d for n, d in files.items() if n.endswith(".safetensors")]
+        return Weights(
+            family=CONVERTED_FAMILIES.get(architecture, str(config.get("model_type") or "")),
+            model_type=str(config.get("model_type") or ""),
+            file_type=quantize.lower() or "bf16",
+            size=sum(self.blob_path(d).stat().st_size for d in weights),
+            digest=_digest_of(sorted(files.values())),
+            format="safetensors",
+        )
+
+    def _rewrite(self, digest: str) -> str:
+        """0.30+ writes an imported GGUF anew: the same model under another digest."""
+        data = self.blob_path(digest).read_bytes() + b"\0" * 32
+        rewritten = f"sha256:{hashlib.sha256(data).hexdigest()}"
+        self.blob_path(rewritten).write_bytes(data)
+        return rewritten
+
     def _convert_adapters(self, adapters: dict[str, str], weights: Weights) -> Iterator[dict]:
         if self._kind(adapters) == "gguf":
+            if len(adapters) != 1:
+                raise CreateFailed("only one GGUF adapter is supported", 400)
             yield {"status": "parsing GGUF"}
+            read_gguf_info(self.blob_path(next(iter(adapters.values()))))
             return dict(adapters)
+        if self.release >= NO_CONVERSION_SINCE:
+            raise CreateFailed("supplied file was not in GGUF format", 400)
         yield {"status": "converting adapter"}
-        self._json_blob(adapters, "adapter_config.json")
+        config = self._json_blob(adapters, "adapter_config.json")
+        alpha = config.get("lora_alpha")
+        if not isinstance(alpha, int) or isinstance(alpha, bool):
+            raise CreateFailed(
+                f"json: cannot unmarshal number {json.dumps(alpha)} into Go struct field "
+                "safetensorsAdapter.lora_alpha of type uint32"
+            )
         if weights.family not in ADAPTER_FAMILIES:
             raise CreateFailed("unsupported architecture")
         return dict(adapters)
@@ -548,6 +667,12 @@ class OllamaDouble:
         record = self.find(str(model))
         if record is None:
             return _openai_error(404, f'model "{model}" not found, try pulling it first')
+        if (
+            self.release < ADAPTER_LOAD_FIXED
+            and record.family in NEW_ENGINE_FAMILIES
+            and any(self._is_gguf(n, d) for n, d in record.adapters.items())
+        ):
+            return _openai_error(500, "llama runner process has terminated: exit status 2")
         self.loaded.add(record.name)
         answer = f"[{model}] {_last_user_text(messages)}"
         if record.adapters:
@@ -604,6 +729,7 @@ def read_gguf_info(path: Path) -> dict[str, Any]:
         if file_type is not None
         else "F16",
         "chat_template": found.get("tokenizer.chat_template"),
+        "kind": str(found.get("general.type", "model")),
     }
 
 
@@ -655,13 +781,23 @@ async def _json_body(request: Request) -> dict | None:
     return body if isinstance(body, dict) else None
 
 
-def _ndjson(events: Iterator[dict]) -> Iterator[str]:
+def _chain(first: dict | None, rest: Iterator[dict]) -> Iterator[dict]:
+    if first is not None:
+        yield first
+    yield from rest
+
+
+def _ndjson(events: Iterator[dict], with_status: bool) -> Iterator[str]:
     try:
         for event in events:
             yield json.dumps(event) + "\n"
     except CreateFailed as exc:
-        # Newer Ollama puts the HTTP status it would have answered into error lines.
-        yield json.dumps({"error": exc.message, "status": exc.status}) + "\n"
+        # Before 0.12.6 an error line carries the HTTP status it stands for; since, a line
+        # comes only after some output and carries none.
+        error: dict[str, Any] = {"error": exc.message}
+        if with_status:
+            error["status"] = exc.status
+        yield json.dumps(error) + "\n"
 
 
 def _single_answer(events: Iterator[dict]) -> Response:
@@ -694,7 +830,7 @@ def _details(record: ModelRecord) -> dict[str, Any]:
     size = f"{count / 1e9:.1f}B" if count >= 1e9 else f"{count / 1e6:.2f}M"
     return {
         "parent_model": record.parent or "",
-        "format": "gguf",
+        "format": record.format,
         "family": record.family,
         "families": [record.family],
         "parameter_size": size,

@@ -15,23 +15,34 @@ import httpx
 
 from tuneyard.errors import AppError, Invalid, NotFound, Unavailable
 
-# The Hugging Face architectures Ollama's converter imports from safetensors (the first entry
-# of config.json's "architectures" decides, as in Ollama).
-IMPORT_ARCHITECTURES: frozenset[str] = frozenset(
-    {
-        "LlamaForCausalLM",
-        "MistralForCausalLM",
-        "MixtralForCausalLM",
-        "GemmaForCausalLM",
-        "Gemma2ForCausalLM",
-        "Gemma3ForCausalLM",
-        "Gemma3ForConditionalGeneration",
-        "Phi3ForCausalLM",
-        "Qwen2ForCausalLM",
-    }
+# Ollama releases before this one fail to load a GGUF LoRA on the architectures its newer
+# engine runs (the create succeeds; the first chat fails).
+ADAPTER_LOAD_FIXED = (0, 24, 0)
+NEW_ENGINE_ARCHITECTURES = frozenset({"qwen3", "gemma3", "mistral3", "llama4"})
+# Ollama's words for what some releases refuse, and what to do about it. Matched on every
+# failed create whatever the version said, since development builds report 0.0.0.
+REFUSALS: tuple[tuple[str, str], ...] = (
+    (
+        "LoRA adapters are no longer supported",
+        "This Ollama takes no LoRA adapters: save the customized model as a complete model "
+        "and deploy that.",
+    ),
+    (
+        "supplied file was not in GGUF format",
+        "This Ollama imports GGUF only: deploy again with a current Tuneyard, which uploads "
+        "GGUF, or save the customized model as a complete model and deploy that.",
+    ),
+    (
+        "create-time quantization is only supported for safetensors imports",
+        "This Ollama quantizes no GGUF: deploy again with a current Tuneyard, which quantizes "
+        "before uploading.",
+    ),
+    (
+        "unsupported architecture",
+        "Ollama cannot import this architecture: deploy the model to a llama.cpp environment.",
+    ),
 )
-# config.json model_type of the base models whose LoRA adapters Ollama converts.
-ADAPTER_MODEL_TYPES = frozenset({"llama", "gemma2"})
+VERSION_PATTERN = re.compile(r"v?(\d+)\.(\d+)(?:\.(\d+))?")
 DIGEST_PATTERN = re.compile(r"sha256:[0-9a-f]{64}")
 UPLOAD_CHUNK_BYTES = 1 << 20
 # Progress is reported at most this often (as a fraction of all the work) while uploading,
@@ -65,52 +76,39 @@ def file_sha256(
     return f"sha256:{digest.hexdigest()}"
 
 
-def check_importable(model_dir: Path) -> None:
-    """Invalid unless Ollama imports the model's architecture (checked before any upload)."""
-    config = _read_config(model_dir)
-    architectures = config.get("architectures")
-    supported = ", ".join(sorted(IMPORT_ARCHITECTURES))
-    if not isinstance(architectures, list) or not architectures:
-        raise Invalid(
-            f"{model_dir / 'config.json'} names no architecture, and Ollama imports only "
-            f"{supported}. Add the model's architecture to config.json, or deploy it to a "
-            "llama.cpp environment instead."
+def parse_version(text: str) -> tuple[int, int, int] | None:
+    """(major, minor, patch) of an Ollama version ("0.12.6", "v0.30.0-rc2"); None for a
+    development build (0.0.0) or anything else, whose behaviour cannot be told from it."""
+    found = VERSION_PATTERN.match(text.strip())
+    if found is None:
+        return None
+    version = (int(found[1]), int(found[2]), int(found[3] or 0))
+    return None if version == (0, 0, 0) else version
+
+
+def adapter_merge_reason(version: tuple[int, int, int] | None, architecture: str) -> str | None:
+    """None when Ollama `version` loads a GGUF LoRA on `architecture`; else why the adapter
+    must be merged into its base and uploaded whole."""
+    if version is None:
+        return (
+            "Ollama did not tell a release number, so whether it loads a LoRA adapter is "
+            "unknown; a merged model loads on every release"
         )
-    architecture = architectures[0]
-    if architecture not in IMPORT_ARCHITECTURES:
-        raise Invalid(
-            f"Ollama cannot import {architecture} models: it imports {supported}. Deploy this "
-            "model to a llama.cpp environment instead."
+    if version < ADAPTER_LOAD_FIXED and architecture in NEW_ENGINE_ARCHITECTURES:
+        shown = ".".join(map(str, version))
+        return (
+            f"Ollama {shown} fails to load a LoRA adapter on {architecture} models (fixed in "
+            "0.24)"
         )
+    return None
 
 
-def check_adapter_base(base_dir: Path) -> None:
-    """Invalid unless Ollama converts LoRA adapters for the base model's type."""
-    model_type = _read_config(base_dir).get("model_type")
-    if model_type not in ADAPTER_MODEL_TYPES:
-        kinds = " and ".join(sorted(ADAPTER_MODEL_TYPES))
-        raise Invalid(
-            f"Ollama converts LoRA adapters only for {kinds} base models, and this adapter's "
-            f"base model is of type {model_type!r}. Save the customized model as a complete "
-            "model and deploy that instead."
-        )
-
-
-def _read_config(model_dir: Path) -> dict[str, Any]:
-    path = model_dir / "config.json"
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise Invalid(
-            f"{model_dir} has no config.json: give the folder of a Hugging Face model."
-        ) from None
-    except OSError as exc:
-        raise Invalid(f"{path} cannot be read ({exc.strerror}).") from None
-    except ValueError as exc:
-        raise Invalid(f"{path} is not valid JSON ({exc}).") from None
-    if not isinstance(config, dict):
-        raise Invalid(f"{path} is not a JSON object: it cannot be a model's config.")
-    return config
+def with_advice(words: str) -> str:
+    """Ollama's words, and what to do when they are a refusal Tuneyard knows."""
+    for fragment, advice in REFUSALS:
+        if fragment.lower() in words.lower():
+            return f"{words}. {advice}"
+    return f"{words}."
 
 
 def redact_url(url: str) -> str:
@@ -276,8 +274,11 @@ class OllamaClient:
                 "POST", "/api/create", json=payload, timeout=self.long_timeout
             ) as response:
                 if response.status_code >= 400:
+                    # Since 0.12.6 an error before any output is the answer's HTTP status.
                     response.read()
-                    raise OllamaError(f"{what}: {_error_words(response)}.", response.status_code)
+                    raise OllamaError(
+                        f"{what}: {with_advice(_error_words(response))}", response.status_code
+                    )
                 for line in response.iter_lines():
                     event = _status_line(line, what)
                     if event is None:
@@ -408,8 +409,13 @@ def _status_line(line: str, what: str) -> dict | None:
     if not isinstance(event, dict):
         raise OllamaError(f"{what}: it streamed {line[:200]!r} instead of a status.")
     if event.get("error"):
-        # Ollama's error lines may carry a numeric "status" too, so the error is read first.
-        raise OllamaError(f"{what}: {event['error']}.")
+        # Before 0.12.6 every error is such a line, with the HTTP status it stands for; since,
+        # only an error after some output is, and without a status.
+        status = event.get("status")
+        raise OllamaError(
+            f"{what}: {with_advice(str(event['error']))}",
+            status if isinstance(status, int) else None,
+        )
     return event
 
 

@@ -55,7 +55,7 @@ def _reporter(ctx, start: float, span: float):
 
 
 def _deploy_base_first(ctx, session_factory, live_id: str) -> str:
-    """An adapter on Ollama goes on top of its base: reuse a live base at the same quantization,
+    """An adapter that goes on top of its base: reuse a live base at the same quantization,
     or deploy the base now as a live model of its own. Returns the base's tag."""
     with session_factory() as session:
         live = session.get(LiveModel, live_id)
@@ -122,7 +122,7 @@ def deploy_model(ctx) -> dict:
         session.expunge_all()
     target = target_for(environment.kind)
     start, extra = 0.0, {}
-    if environment.kind == "ollama" and source.adapter_dir is not None:
+    if source.adapter_dir is not None and target.base_first(environment, source):
         extra["base_tag"] = _deploy_base_first(ctx, session_factory, live_id)
         start = 45.0
     ctx.progress(start + 1, f"Deploying {live.name} to {environment.name} ({environment.kind})")

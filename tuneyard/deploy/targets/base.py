@@ -58,6 +58,11 @@ class DeployTarget:
         template itself says so instead."""
         return None
 
+    def base_first(self, environment: DeployEnvironment, source) -> bool:
+        """True when a customized model goes on top of its base, which the deploy job makes
+        live first and names to `deploy` as `base_tag`; False deploys it on its own."""
+        return False
+
     def test(self, environment: DeployEnvironment) -> tuple[str, list[str]]:
         """(what the tool said, the models it serves); raise Unavailable if it does not answer."""
         raise NotImplementedError

@@ -7,7 +7,6 @@ from pathlib import Path
 
 from tuneyard.cards import write_readme
 from tuneyard.deploy.parity import Parity
-from tuneyard.deploy.quantization import NO_QUANTIZATION
 from tuneyard.deploy.targets.base import (
     GGUF_ADAPTER,
     GGUF_MODEL,
@@ -89,35 +88,25 @@ class LlamaCppTarget(DeployTarget):
         )
 
     def _export(self, live: LiveModel, source, staging: Path, progress: Progress) -> None:
+        from tuneyard.deploy.gguf_build import merge_adapter_for_export, write_model_gguf
         from tuneyard.deploy.gguf_export import export_lora_gguf, lora_exportable
 
         model_dir = source.model_dir
         if source.adapter_dir is not None and lora_exportable(source.adapter_dir):
             model_dir = staging / "merged"
             progress(0.02, "Merging the adapter into its base before export")
-            _merge_for_export(source.model_dir, source.adapter_dir, model_dir)
-        f16 = staging / "model-f16.gguf"
-        self._export_base(model_dir, f16, live.quantization, staging / GGUF_MODEL, progress)
+            merge_adapter_for_export(source.model_dir, source.adapter_dir, model_dir)
+        write_model_gguf(
+            model_dir,
+            staging / GGUF_MODEL,
+            live.quantization,
+            lambda f, m: progress(0.05 + 0.8 * f, m),
+        )
         if model_dir != source.model_dir:
             shutil.rmtree(model_dir)
         elif source.adapter_dir is not None:
             progress(0.85, "Exporting the adapter as a GGUF LoRA")
             export_lora_gguf(source.adapter_dir, source.model_dir, staging / GGUF_ADAPTER)
-
-    def _export_base(
-        self, model_dir: Path, f16: Path, quantization: str, out: Path, progress: Progress
-    ) -> None:
-        from tuneyard.deploy.gguf_export import export_gguf
-        from tuneyard.deploy.quantize import quantize_gguf
-
-        progress(0.05, "Exporting GGUF (f16)")
-        export_gguf(model_dir, f16, "f16", lambda f, m: progress(0.05 + 0.5 * f, m))
-        if quantization == NO_QUANTIZATION:
-            f16.rename(out)
-            return
-        progress(0.55, f"Quantizing to {quantization}")
-        quantize_gguf(f16, out, quantization)
-        f16.unlink()
 
     def deploy(self, environment, live, source, progress, **_):
         folder = Layout().live_model_dir(live.id)
@@ -182,25 +171,6 @@ def _without(served: list, folder: Path) -> list:
         for model in served
         if model.model_path.parent.resolve() != folder.resolve() and model.model_path.is_file()
     ]
-
-
-def _merge_for_export(base_dir: Path, adapter_dir: Path, out_dir: Path) -> None:
-    """A merged fp16 copy of base + adapter, for adapters GGUF LoRA cannot express."""
-    from tuneyard.complete.merge import (
-        merge_adapter_into_base,
-        merge_with_peft,
-        plan_merge,
-        read_adapter,
-        write_model_files,
-    )
-
-    adapter = read_adapter(adapter_dir)
-    out_dir.mkdir(parents=True)
-    if adapter.method == "peft":
-        merge_with_peft(base_dir, adapter, out_dir, "fp16", lambda *_: None)
-    else:
-        merge_adapter_into_base(plan_merge(base_dir, adapter, "fp16"), out_dir, lambda *_: None)
-    write_model_files(base_dir, adapter_dir, out_dir, "fp16")
 
 
 register_target(LlamaCppTarget())
