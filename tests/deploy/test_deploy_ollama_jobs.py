@@ -7,6 +7,8 @@ import shutil
 
 import pytest
 
+from tests.ollama_double import FAMILIES
+
 from tests.helpers import (
     add_env,
     closed_port,
@@ -32,6 +34,7 @@ def blob_posts(ollama) -> int:
 
 
 class TestDeployToOllama:
+    @pytest.mark.parametrize("ollama_version", FAMILIES)
     def test_base_model_at_q4_k_m(self, client, auth, worker, ollama, ollama_env, tiny_base):
         live = deployed(
             client,
@@ -50,9 +53,16 @@ class TestDeployToOllama:
         assert live["size_bytes"] > 0
 
         record = ollama.find(live["tag"])
-        assert record.quantization == "Q4_K_M"
-        assert set(record.files) >= {"config.json", "model.safetensors", "tokenizer.json"}
-        assert "README.md" not in record.files
+        # Tuneyard's own GGUF, quantized here: the one file, and Ollama quantizes nothing.
+        assert record.quantization == "Q4_K_M" and record.family == "llama"
+        assert list(record.files) == ["model.gguf"]
+        uploaded = live["model_card"]["served"]["uploaded"]["model.gguf"]
+        assert record.files["model.gguf"] == uploaded
+        # Since 0.30 Ollama rewrites the GGUF it imports: the digest it stores is another.
+        rewrites = ollama.release >= (0, 30, 0)
+        assert (record.model_digest != uploaded) is rewrites
+        assert live["model_card"]["served"]["stored"]["quantization_level"] == "Q4_K_M"
+        assert live["model_card"]["served"]["ollama_version"] == ollama.version
         base = client.get(f"/api/v1/base-models/{tiny_base}", headers=auth).json()
         assert record.template == base["deployment_template"]
         assert record.system == "Answer briefly."
@@ -63,7 +73,7 @@ class TestDeployToOllama:
         job = client.get(f"/api/v1/jobs/{live['job_id']}", headers=auth).json()
         assert job["progress"] == 100
         log = client.get(f"/api/v1/jobs/{live['job_id']}/logs", headers=auth).text
-        assert "quantizing" in log.lower()
+        assert "Ollama: parsing GGUF" in log and "quantizing F16" not in log
 
         check = client.post(f"{LIVE}/{live['id']}/check", headers=auth).json()
         assert check == {"ok": True, "status": "live", "detail": check["detail"]}
@@ -73,8 +83,9 @@ class TestDeployToOllama:
     ):
         live = deployed(client, auth, "base", tiny_base, ollama_env["id"])
         assert live["name"].endswith("_no_quantization")
-        assert ollama.find(live["tag"]).quantization in ("F32", "F16", "BF16")
+        assert ollama.find(live["tag"]).quantization == "F16"
 
+    @pytest.mark.parametrize("ollama_version", FAMILIES)
     def test_customized_goes_on_its_base_deployed_first(
         self, client, auth, worker, ollama, ollama_env, tiny_base, made_adapter_dir
     ):
@@ -88,7 +99,8 @@ class TestDeployToOllama:
         assert base_live["status"] == "live" and base_live["quantization"] == "q8_0"
         record = ollama.find(live["tag"])
         assert record.parent is not None and record.parent.startswith(base_live["name"].lower())
-        assert set(record.adapters) == {"adapter_config.json", "adapter_model.safetensors"}
+        assert list(record.adapters) == ["adapter.gguf"]
+        assert "GGUF LoRA" in live["model_card"]["served"]["adapter"]
         answer = ollama_chat(ollama, live["model_id"])
         assert answer.endswith("(adapter)")
 
@@ -97,8 +109,28 @@ class TestDeployToOllama:
         other = make_customized(tiny_base, made_adapter_dir, train_name="again")
         deployed(client, auth, "customized", other["id"], ollama_env["id"], quantization="q8_0")
         assert client.get(LIVE, headers=auth).json()["total"] == 3
-        # Same adapter bytes: Ollama already has both blobs, so nothing is uploaded.
-        assert blob_posts(ollama) == posts_before
+        # Only the second adapter's GGUF (it names its own adapter) is uploaded.
+        assert blob_posts(ollama) == posts_before + 1
+
+    @pytest.mark.parametrize("ollama_version", ["0.0.0"])
+    def test_customized_is_merged_when_the_release_is_unknown(
+        self, client, auth, worker, ollama, ollama_env, tiny_base, made_adapter_dir
+    ):
+        # Development builds say 0.0.0: whether they load a LoRA is unknown, a merged model
+        # loads on every release.
+        made = make_customized(tiny_base, made_adapter_dir)
+        live = deployed(
+            client, auth, "customized", made["id"], ollama_env["id"], quantization="q8_0"
+        )
+
+        assert client.get(LIVE, headers=auth).json()["total"] == 1
+        record = ollama.find(live["tag"])
+        assert record.parent is None and record.adapters == {}
+        assert list(record.files) == ["model.gguf"] and record.quantization == "Q8_0"
+        card = live["model_card"]
+        assert card["served"]["adapter"].startswith("Merged into its base and uploaded whole")
+        assert any("merged into its base" in warning for warning in card["warnings"])
+        assert ollama_chat(ollama, live["model_id"]) == f"[{live['model_id']}] hello"
 
     def test_complete_model(
         self, client, auth, worker, ollama, ollama_env, tiny_base, made_adapter_dir
