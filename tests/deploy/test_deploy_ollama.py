@@ -13,14 +13,14 @@ import httpx
 import pytest
 
 from tests.helpers import closed_port
-from tests.ollama_double import OllamaDouble
+from tests.ollama_double import FAMILIES, OllamaDouble
 from tuneyard.deploy import ollama as ollama_module
 from tuneyard.deploy.ollama import (
     OllamaClient,
     OllamaError,
-    check_adapter_base,
-    check_importable,
+    adapter_merge_reason,
     file_sha256,
+    parse_version,
 )
 from tuneyard.errors import Invalid, NotFound, Unavailable
 
@@ -135,7 +135,9 @@ class TestPushFiles:
         assert peak < 8 * 1024 * 1024, f"the upload held {peak} bytes in memory"
         assert len(sent) == 16 and sent[-1] == 16 * 1024 * 1024
 
-    def test_a_wrong_digest_is_refused_and_nothing_is_stored(self, tmp_path, ollama, ollama_client):
+    def test_a_wrong_digest_is_refused_and_kept_under_its_real_one(
+        self, tmp_path, ollama, ollama_client
+    ):
         path = tmp_path / "model.safetensors"
         path.write_bytes(os.urandom(1024 * 1024))
         wrong = f"sha256:{hashlib.sha256(b'something else').hexdigest()}"
@@ -144,8 +146,22 @@ class TestPushFiles:
             ollama_client.push_blob(path, wrong)
 
         assert wrong in refused.value.message and file_sha256(path) in refused.value.message
-        assert list(ollama.blobs_dir.iterdir()) == []
         assert not ollama_client.has_blob(wrong)
+        assert ollama_client.has_blob(file_sha256(path))
+
+    def test_a_blob_ollama_has_is_answered_without_reading_the_body(
+        self, tmp_path, ollama, ollama_client
+    ):
+        path = tmp_path / "model.gguf"
+        path.write_bytes(os.urandom(64 * 1024))
+        digest = file_sha256(path)
+        ollama_client.push_blob(path, digest)
+
+        again = httpx.post(f"{ollama.url}/api/blobs/{digest}", content=b"other bytes")
+
+        assert again.status_code == 200
+        assert ollama.blob_uploads[-1] == {"digest": digest, "bytes": 0, "status": 200}
+        assert ollama.blob_path(digest).read_bytes() == path.read_bytes()
 
     def test_a_malformed_digest_is_refused_before_sending(self, tmp_path, ollama, ollama_client):
         path = tmp_path / "model.safetensors"
@@ -255,17 +271,14 @@ class TestCreate:
 
 
 class TestArchitectureRules:
-    def test_check_importable_names_the_architecture_and_the_supported_ones(self, tmp_path):
-        gpt2 = write_model(tmp_path / "gpt2", "GPT2LMHeadModel", "gpt2", 1024)
-        llama = write_model(tmp_path / "llama", "LlamaForCausalLM", "llama", 1024)
+    @pytest.mark.parametrize("ollama_version", FAMILIES[:2])
+    def test_mistral_safetensors_are_refused_since_0_6_5(self, tmp_path, ollama, ollama_client):
+        mistral = write_model(tmp_path / "mistral", "MistralForCausalLM", "mistral", 1024)
+        digests = ollama_client.push_files(folder_files(mistral))
 
-        with pytest.raises(Invalid) as refused:
-            check_importable(gpt2)
-        check_importable(llama)
-
-        message = refused.value.message
-        assert "GPT2LMHeadModel" in message
-        assert "LlamaForCausalLM" in message and "Qwen2ForCausalLM" in message
+        with pytest.raises(OllamaError, match='unsupported architecture "MistralForCausalLM"'):
+            ollama_client.create("mistral", files=digests)
+        assert ollama.models == {}
 
     def test_ollama_refuses_an_architecture_it_cannot_convert(
         self, tmp_path, ollama, ollama_client
@@ -273,31 +286,28 @@ class TestArchitectureRules:
         gpt2 = write_model(tmp_path / "gpt2", "GPT2LMHeadModel", "gpt2", 1024)
         digests = ollama_client.push_files(folder_files(gpt2))
 
-        with pytest.raises(OllamaError, match='unsupported architecture "GPT2LMHeadModel"'):
+        with pytest.raises(OllamaError, match='unsupported architecture "GPT2LMHeadModel"') as no:
             ollama_client.create("gpt2", files=digests)
+        assert "deploy the model to a llama.cpp environment" in no.value.message
         assert ollama.models == {}
 
-    def test_an_adapter_on_a_qwen2_base_is_refused_before_upload_and_by_ollama(
+    def test_a_safetensors_adapter_on_a_qwen2_base_is_refused(
         self, tmp_path, ollama, ollama_client
     ):
         base = write_model(tmp_path / "qwen", "Qwen2ForCausalLM", "qwen2", 1024)
         adapter = write_adapter(tmp_path / "adapter")
-
-        with pytest.raises(Invalid) as refused:
-            check_adapter_base(base)
-        assert "'qwen2'" in refused.value.message
-        assert "only for gemma2 and llama base models" in refused.value.message
-
         ollama_client.create("qwen-base", files=ollama_client.push_files(folder_files(base)))
         adapter_digests = ollama_client.push_files(folder_files(adapter))
+
         with pytest.raises(OllamaError, match="unsupported architecture"):
             ollama_client.create("qwen-tuned", from_="qwen-base", adapters=adapter_digests)
         assert ollama.find("qwen-tuned") is None
 
-    def test_an_adapter_on_a_llama_base_deploys_and_answers(self, tmp_path, ollama, ollama_client):
+    def test_a_safetensors_adapter_on_a_llama_base_deploys_and_answers(
+        self, tmp_path, ollama, ollama_client
+    ):
         base = write_model(tmp_path / "llama", "LlamaForCausalLM", "llama", 1024)
         adapter = write_adapter(tmp_path / "adapter")
-        check_adapter_base(base)
         ollama_client.create("llama-base", files=ollama_client.push_files(folder_files(base)))
         statuses: list[dict] = []
 
@@ -312,6 +322,121 @@ class TestArchitectureRules:
         messages = [{"role": "user", "content": "hello"}]
         assert ollama_client.chat("llama-tuned", messages) == "[llama-tuned] hello (adapter)"
         assert ollama_client.chat("llama-base", messages) == "[llama-base] hello"
+
+
+class TestReleaseFamilies:
+    """What differs between Ollama releases, against the double playing each family."""
+
+    @pytest.mark.parametrize("ollama_version", FAMILIES)
+    def test_an_error_before_output_is_an_http_status_since_0_12_6(self, ollama):
+        def create(body: dict) -> tuple[int, list[dict]]:
+            with httpx.stream("POST", f"{ollama.url}/api/create", json=body) as response:
+                response.read()
+            lines = [json.loads(line) for line in response.text.splitlines() if line.strip()]
+            return response.status_code, lines
+
+        before = create({"model": "m"})
+        after = create({"model": "m", "from": "no-such-model"})
+
+        missing = "neither 'from' or 'files' was specified"
+        if ollama.release >= (0, 12, 6):
+            assert before == (400, [{"error": missing}])
+        else:
+            assert before == (200, [{"error": missing, "status": 400}])
+        # "pulling manifest" came first: the error is a line, with a status only before 0.12.6.
+        status, lines = after
+        assert status == 200 and lines[0] == {"status": "pulling manifest"}
+        error = {"error": "pull model manifest: file does not exist"}
+        assert lines[-1] == (error if ollama.release >= (0, 12, 6) else {**error, "status": 500})
+        with OllamaClient(ollama.url) as client, pytest.raises(OllamaError, match=missing) as no:
+            client.create("m")
+        assert no.value.ollama_status == 400
+
+    @pytest.mark.parametrize("ollama_version", FAMILIES)
+    def test_a_gguf_with_another_file_fails(self, tmp_path, ollama, ollama_client):
+        gguf = write_gguf(tmp_path / "model.gguf", "llama", file_type=1)
+        config = tmp_path / "config.json"
+        config.write_text("{}")
+        digests = ollama_client.push_files({"model.gguf": gguf, "config.json": config})
+
+        with pytest.raises(OllamaError, match="invalid file magic") as refused:
+            ollama_client.create("mixed", files=digests)
+        # parsing GGUF streamed first, so on every release it is an error line.
+        assert refused.value.ollama_status == (400 if ollama.release < (0, 12, 6) else None)
+        assert ollama.models == {}
+
+    @pytest.mark.parametrize("ollama_version", FAMILIES)
+    def test_a_gguf_alone_is_imported_and_shown_on_every_release(
+        self, tmp_path, ollama, ollama_client
+    ):
+        gguf = write_gguf(tmp_path / "model.gguf", "qwen2", file_type=15)
+        digests = ollama_client.push_files({"model.gguf": gguf})
+        statuses: list[dict] = []
+
+        ollama_client.create("q", files=digests, on_status=statuses.append)
+
+        details = ollama_client.show("q")["details"]
+        assert (details["family"], details["quantization_level"]) == ("qwen2", "Q4_K_M")
+        validated = "validating GGUF model" in [event["status"] for event in statuses]
+        assert validated is (ollama.release >= (0, 30, 0))
+        assert (ollama.find("q").model_digest != digests["model.gguf"]) is validated
+
+    @pytest.mark.parametrize("ollama_version", ["0.34.1"])
+    def test_0_34_1_refuses_quantizing_a_gguf_before_output_and_says_what_to_do(
+        self, tmp_path, ollama, ollama_client
+    ):
+        gguf = write_gguf(tmp_path / "model.gguf", "llama", file_type=1)
+        digests = ollama_client.push_files({"model.gguf": gguf})
+
+        with pytest.raises(OllamaError) as refused:
+            ollama_client.create("q", files=digests, quantize="q4_K_M")
+
+        assert refused.value.ollama_status == 400
+        assert "create-time quantization is only supported for safetensors imports" in (
+            refused.value.message
+        )
+        assert "which quantizes before uploading" in refused.value.message
+
+    @pytest.mark.parametrize("ollama_version", ["0.34.1"])
+    def test_0_34_1_refuses_safetensors_adapters_and_says_what_to_do(
+        self, tmp_path, ollama, ollama_client
+    ):
+        base = write_gguf(tmp_path / "model.gguf", "llama", file_type=1)
+        ollama_client.create("base", files=ollama_client.push_files({"model.gguf": base}))
+        adapter = ollama_client.push_files(folder_files(write_adapter(tmp_path / "adapter")))
+
+        with pytest.raises(OllamaError, match="supplied file was not in GGUF format") as refused:
+            ollama_client.create("tuned", from_="base", adapters=adapter)
+        assert refused.value.ollama_status == 400
+        assert "save the customized model as a complete model" in refused.value.message
+
+    @pytest.mark.parametrize("ollama_version", ["0.12.6"])
+    def test_a_gguf_lora_on_qwen3_fails_at_load_before_0_24(self, tmp_path, ollama, ollama_client):
+        base = write_gguf(tmp_path / "model.gguf", "qwen3", file_type=1)
+        lora = write_gguf(tmp_path / "adapter.gguf", "qwen3", file_type=0)
+        ollama_client.create("base", files=ollama_client.push_files({"model.gguf": base}))
+        ollama_client.create(
+            "tuned", from_="base", adapters=ollama_client.push_files({"adapter.gguf": lora})
+        )
+
+        with pytest.raises(OllamaError, match="llama runner process has terminated"):
+            ollama_client.chat("tuned", [{"role": "user", "content": "hi"}])
+        assert adapter_merge_reason(parse_version(ollama.version), "qwen3") is not None
+        assert adapter_merge_reason(parse_version("0.24.0"), "qwen3") is None
+
+
+@pytest.mark.nodb
+class TestVersions:
+    def test_parse_version(self):
+        assert parse_version("0.12.6") == (0, 12, 6)
+        assert parse_version("v0.30.0-rc2") == (0, 30, 0)
+        assert parse_version("0.0.0") is None and parse_version("main") is None
+
+    def test_when_an_adapter_is_merged(self):
+        assert adapter_merge_reason((0, 6, 8), "llama") is None
+        assert adapter_merge_reason((0, 34, 1), "qwen3") is None
+        assert "fixed in 0.24" in (adapter_merge_reason((0, 23, 9), "qwen3") or "")
+        assert "release number" in (adapter_merge_reason(None, "llama") or "")
 
 
 class TestModels:

@@ -7,8 +7,6 @@ import shutil
 
 import pytest
 
-from tests.ollama_double import FAMILIES
-
 from tests.helpers import (
     add_env,
     closed_port,
@@ -18,6 +16,7 @@ from tests.helpers import (
     saved,
     wait_for_job,
 )
+from tests.ollama_double import FAMILIES
 from tuneyard.db import session_scope
 from tuneyard.models import LiveModel, ThirdPartyModel
 

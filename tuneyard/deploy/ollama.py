@@ -97,8 +97,7 @@ def adapter_merge_reason(version: tuple[int, int, int] | None, architecture: str
     if version < ADAPTER_LOAD_FIXED and architecture in NEW_ENGINE_ARCHITECTURES:
         shown = ".".join(map(str, version))
         return (
-            f"Ollama {shown} fails to load a LoRA adapter on {architecture} models (fixed in "
-            "0.24)"
+            f"Ollama {shown} fails to load a LoRA adapter on {architecture} models (fixed in 0.24)"
         )
     return None
 

@@ -83,7 +83,9 @@ class OllamaTarget(DeployTarget):
                 text, version = "", None  # the deploy job reads it again and says why it failed
             reason = self._merge_reason(source, version) if text else None
             if reason:
-                warnings.append(f"The adapter is merged into its base and uploaded whole: {reason}.")
+                warnings.append(
+                    f"The adapter is merged into its base and uploaded whole: {reason}."
+                )
         if not has_chat_template(source.model_dir):
             warnings.append("The model has no chat template; Ollama serves it with a plain prompt.")
         return warnings
@@ -181,7 +183,10 @@ class OllamaTarget(DeployTarget):
         from tuneyard.deploy.ollama import OllamaError
 
         details = client.show(live.tag).get("details") or {}
-        expected = {"family": architecture, "quantization_level": stored_file_type(live.quantization)}
+        expected = {
+            "family": architecture,
+            "quantization_level": stored_file_type(live.quantization),
+        }
         wrong = [
             f"{key} {details.get(key)!r} instead of {value!r}"
             for key, value in expected.items()
