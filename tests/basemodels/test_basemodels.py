@@ -311,7 +311,7 @@ class TestDeploymentTemplate:
             "<|im_start|>assistant\n{{ .Response }}<|im_end|>\n"
         )
         card = model["model_card"]
-        assert card["deployment_template_source"] == "derived:chatml"
+        assert card["deployment_template_source"] == "derived:chat_template"
         assert card["deployment_stop_tokens"] == ["<|im_start|>", "<|im_end|>"]
         assert "deployment_template_note" not in card
 
@@ -333,7 +333,7 @@ class TestDeploymentTemplate:
         (model_copy / "tokenizer_config.json").write_text(json.dumps(config))
         card = register(client, auth, model_copy).json()["model_card"]
         assert card["chat_template_source"] == "tokenizer_config.json"
-        assert card["deployment_template_source"] == "derived:chatml"
+        assert card["deployment_template_source"] == "derived:chat_template"
 
 
 class TestUpdate:

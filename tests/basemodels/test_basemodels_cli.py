@@ -39,7 +39,7 @@ class TestAdd:
             "Parameters 3.2M (3,219,776)",
             "Context length 512",
             "Chat template yes (chat_template.jinja)",
-            "Deployment template derived:chatml",
+            "Deployment template derived:chat_template",
             "<|im_start|>user {{ .Prompt }}<|im_end|>",
         ):
             assert expected in text

@@ -53,7 +53,7 @@ class TestImportJob:
         assert card["context_length"] == 8192
         assert card["parameter_count"] == 134_515_008
         assert card["chat_template"] is True
-        assert card["deployment_template_source"] == "derived:chatml"
+        assert card["deployment_template_source"] == "derived:chat_template"
         assert not partial_path(folder).exists()
 
         config = json.loads((folder / "config.json").read_text())
