@@ -335,8 +335,9 @@ def real_chunks(count: int, words_per_chunk: int = 120) -> list[str]:
 def ingest(count: int, batch_sizes: list[int]) -> None:
     from sentence_transformers import SentenceTransformer
 
+    from tuneyard.basemodels.service import demo_embedding_folder
     from tuneyard.knowledge import embedders
-    from tuneyard.knowledge.embedders import LocalEmbedder, demo_embedding_folder
+    from tuneyard.knowledge.embedders import LocalEmbedder
 
     chunks = real_chunks(count)
     folder = demo_embedding_folder()

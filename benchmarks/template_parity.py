@@ -20,8 +20,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent.parent))
 
+from tuneyard.basemodels.gotemplate import split_actions  # noqa: E402
 from tuneyard.basemodels.template import FAMILIES  # noqa: E402
-from tuneyard.deploy.parity import split_actions  # noqa: E402
 
 OLD_ACTION = re.compile(r"\{\{(-?)\s*(.*?)\s*(-?)\}\}", re.S)
 SIZES = (250, 500, 1000, 2000, 4000, 65536)

