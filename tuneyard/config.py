@@ -6,14 +6,17 @@ import importlib.util
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 TRAINING_PACKAGES = ("torch", "transformers", "peft", "trl")
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="TUNEYARD_", env_file=".env", extra="ignore")
+    # An error names the variable, never echoes the values: they hold API keys and passwords.
+    model_config = SettingsConfigDict(
+        env_prefix="TUNEYARD_", env_file=".env", extra="ignore", hide_input_in_errors=True
+    )
 
     data_dir: Path = Field(
         Path("./tuneyard-data"), description="Where models, datasets, logs live."
@@ -83,6 +86,18 @@ class Settings(BaseSettings):
         description="Let the operator upload Python (custom training methods, GRPO reward "
         "files), which runs as code on the machine that trains.",
     )
+    reranker: str | None = Field(
+        None,
+        description="What reorders knowledge-base search results after fusion: a cross-encoder "
+        "model folder on the server, or the http(s) URL of a rerank endpoint (Cohere, Jina, "
+        "vLLM, Infinity, llama.cpp); none by default.",
+    )
+    reranker_model: str | None = Field(
+        None, description="The model name sent to the rerank endpoint."
+    )
+    reranker_api_key: str | None = Field(
+        None, description="The bearer token the rerank endpoint wants, if any."
+    )
 
     @property
     def plugin_modules(self) -> list[str]:
@@ -104,6 +119,24 @@ class Settings(BaseSettings):
     @classmethod
     def _absolute(cls, value: Path) -> Path:
         return value.expanduser().resolve()
+
+    @field_validator("reranker", "reranker_model", "reranker_api_key", mode="before")
+    @classmethod
+    def _blank_is_none(cls, value: object) -> object:
+        if isinstance(value, str):
+            return value.strip() or None
+        return value
+
+    @model_validator(mode="after")
+    def _reranker_usable(self) -> Settings:
+        from tuneyard.knowledge.rerank import reranker_setting_problem
+
+        problem = reranker_setting_problem(
+            self.reranker, self.reranker_model, self.reranker_api_key
+        )
+        if problem:
+            raise ValueError(problem)
+        return self
 
     @property
     def db_url(self) -> str:

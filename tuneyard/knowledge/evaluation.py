@@ -55,6 +55,7 @@ def evaluate(
     mode: SearchMode = "hybrid",
     size: int = 100,
     seed: int | None = None,
+    rerank: bool = True,
 ) -> dict[str, Any]:
     """Search every sampled question and score where the expected document or passage ranks."""
     from tuneyard.assessment.service import sampled_records
@@ -76,6 +77,7 @@ def evaluate(
     if not 1 <= size <= MAX_QUESTIONS:
         raise Invalid(f"Evaluate 1-{MAX_QUESTIONS} questions at a time (size).")
     results: list[dict[str, Any]] = []
+    used: str | None = None
     for record_index, record in sampled_records(rows, size, seed):
         question = str(record.get(question_column) or "").strip()
         target = str(record.get(expected_column) or "").strip()
@@ -90,9 +92,17 @@ def evaluate(
                 }
             )
             continue
-        found = retrieval.search(
-            session, principal, kb.id, question[:QUERY_MAX_CHARS], top_k=top_k, mode=mode
-        )["passages"]
+        searched = retrieval.search(
+            session,
+            principal,
+            kb.id,
+            question[:QUERY_MAX_CHARS],
+            top_k=top_k,
+            mode=mode,
+            rerank=rerank,
+        )
+        found = searched["passages"]
+        used = used or searched["reranker"]
         rank = next(
             (n for n, passage in enumerate(found, 1) if matches(passage, target, expected)), None
         )
@@ -103,7 +113,12 @@ def evaluate(
                 "expected": target,
                 "rank": rank,
                 "retrieved": [
-                    {"filename": p["filename"], "page_label": p["page_label"], "score": p["score"]}
+                    {
+                        "filename": p["filename"],
+                        "page_label": p["page_label"],
+                        "score": p["score"],
+                        "rerank_score": p["rerank_score"],
+                    }
                     for p in found
                 ],
             }
@@ -115,6 +130,7 @@ def evaluate(
         "dataset": rows.name,
         "k": top_k,
         "mode": mode,
+        "reranker": used,
         "expected": expected,
         "questions": len(scored),
         "skipped": len(results) - len(scored),

@@ -111,6 +111,7 @@ def search(kb: str, body: SearchIn, principal: CurrentPrincipal, session: DbSess
         mode=body.mode,
         document_ids=body.document_ids,
         min_score=body.min_score,
+        rerank=body.rerank,
     )
 
 
@@ -130,6 +131,7 @@ def evaluate(kb: str, body: EvaluateIn, principal: CurrentPrincipal, session: Db
         mode=body.mode,
         size=body.size,
         seed=body.seed,
+        rerank=body.rerank,
     )
 
 

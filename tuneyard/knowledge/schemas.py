@@ -116,7 +116,12 @@ class SearchIn(BaseModel):
     min_score: float | None = Field(
         None,
         description="Drop passages scoring below this (the fused score in hybrid mode, cosine "
-        "similarity in vector mode, BM25 in full-text mode).",
+        "similarity in vector mode, BM25 in full-text mode), before any reranking.",
+    )
+    rerank: bool = Field(
+        True,
+        description="Reorder the passages by the server's reranker, when one is configured; "
+        "false keeps the fused order.",
     )
 
 
@@ -139,12 +144,20 @@ class Passage(BaseModel):
     text_score: float | None = Field(description="BM25 score of the query's words.")
     vector_rank: int | None
     text_rank: int | None
+    rerank_score: float | None = Field(
+        None,
+        description="The reranker's relevance score, by which the passages are ordered; null "
+        "when no reranker ran.",
+    )
 
 
 class SearchOut(BaseModel):
     query: str
     mode: SearchMode
     index_version: int
+    reranker: str | None = Field(
+        None, description="The reranker that ordered the passages; null when none ran."
+    )
     passages: list[Passage]
 
 
@@ -174,6 +187,9 @@ class EvaluateIn(BaseModel):
     mode: SearchMode = "hybrid"
     size: int = Field(100, ge=1, le=500, description="How many questions (the first, or drawn).")
     seed: int | None = Field(None, ge=0, le=2**32 - 1, description="Draw them with this seed.")
+    rerank: bool = Field(
+        True, description="Search as a user would, with the reranker when one is configured."
+    )
 
 
 class EvaluationRow(BaseModel):
@@ -190,6 +206,7 @@ class EvaluationOut(BaseModel):
     dataset: str
     k: int
     mode: SearchMode
+    reranker: str | None = Field(None, description="The reranker that ordered the passages.")
     expected: str
     questions: int
     skipped: int
