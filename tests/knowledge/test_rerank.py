@@ -219,6 +219,30 @@ class TestEndpointReranker:
             assert "tomato soup" in grounding[0]["text"]
             assert [p["rerank_score"] for p in grounding] == [2.0, 0.0]
 
+    def test_the_cli_shows_the_rerank_score_and_can_skip_it(self, cli, handbook, monkeypatch):
+        from typer.testing import CliRunner
+
+        from tuneyard.cli import app
+
+        runner = CliRunner()
+        with RerankDouble() as double:
+            use_reranker(monkeypatch, double.url, "rerank-v3.5")
+            shown = runner.invoke(app, ["kb", "search", "handbook", "paid leave?", "-k", "2"])
+            assert shown.exit_code == 0, shown.output
+            first, second = shown.stdout.split("[2] ")
+            assert "[1] handbook.md, text (rerank 2.000, fused " in first
+            assert "tomato soup" in first
+            assert "(rerank 0.000, fused " in second and "paid leave a year" in second
+            plain = runner.invoke(
+                app, ["kb", "search", "handbook", "paid leave?", "-k", "2", "--no-rerank"]
+            )
+            assert plain.exit_code == 0, plain.output
+            assert "rerank" not in plain.stdout and "tomato" not in plain.stdout
+            double.rule = lambda query, documents: Reply("down", 401)
+            failed = runner.invoke(app, ["kb", "search", "handbook", "paid leave?"])
+            assert failed.exit_code != 0
+            assert f"The rerank endpoint {double.url} refused the API key" in failed.output
+
     def test_a_failing_reranker_is_an_error_naming_it(self, client, auth, handbook, monkeypatch):
         with RerankDouble(lambda query, documents: Reply("overloaded", 503, 0)) as double:
             use_reranker(monkeypatch, double.url, "rerank-v3.5", KEY)

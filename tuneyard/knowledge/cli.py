@@ -121,12 +121,16 @@ def search(
     query: str = typer.Argument(...),
     top_k: int = typer.Option(5, "--top-k", "-k", min=1, max=50),
     mode: str = typer.Option("hybrid", help="hybrid, vector or fulltext."),
+    rerank: bool = typer.Option(
+        True, "--rerank/--no-rerank", help="Let the server's reranker, if any, order them."
+    ),
     as_json: bool = JsonOption,
 ):
     """The passages that answer the query best, with their scores."""
     with api() as client:
         found = client.post(
-            f"{_kb_path(kb)}/search", {"query": query, "top_k": top_k, "mode": mode}
+            f"{_kb_path(kb)}/search",
+            {"query": query, "top_k": top_k, "mode": mode, "rerank": rerank},
         )
     if as_json:
         print_json(found)
@@ -137,6 +141,7 @@ def search(
         scores = ", ".join(
             f"{label} {passage[key]:.3f}"
             for label, key in (
+                ("rerank", "rerank_score"),
                 ("fused", "score"),
                 ("vector", "vector_score"),
                 ("bm25", "text_score"),
@@ -162,6 +167,9 @@ def evaluate(
     mode: str = typer.Option("hybrid", help="hybrid, vector or fulltext."),
     size: int = typer.Option(100, min=1, max=500, help="How many questions."),
     seed: int | None = typer.Option(None, help="Draw the questions at random with this seed."),
+    rerank: bool = typer.Option(
+        True, "--rerank/--no-rerank", help="Let the server's reranker, if any, order passages."
+    ),
     as_json: bool = JsonOption,
 ):
     """Retrieval only: hit rate and MRR@k on a dataset of questions with what should be found."""
@@ -174,6 +182,7 @@ def evaluate(
         "mode": mode,
         "size": size,
         "seed": seed,
+        "rerank": rerank,
     }
     with api() as client:
         result = client.post(f"{_kb_path(kb)}/evaluate", body)
@@ -185,7 +194,9 @@ def evaluate(
     if not result["questions"]:
         fail(f"No question could be scored: {result['skipped']} had an empty value.")
     console.print(
-        f"{result['questions']} questions, k={result['k']} ({result['mode']}): "
+        f"{result['questions']} questions, k={result['k']} ({result['mode']}"
+        + (f", reranked by {result['reranker']}" if result.get("reranker") else "")
+        + "): "
         f"hit rate {result['hit_rate']:.3f}, MRR@{result['k']} {result['mrr']:.3f}"
         + (f"; {result['skipped']} skipped" if result["skipped"] else "")
     )

@@ -594,7 +594,9 @@ def _playground(kb: dict[str, Any]) -> None:
             passages = found["passages"]
             ui.label(
                 f"{len(passages)} passages from index version {found['index_version']} "
-                f"({MODES[found['mode']]})."
+                f"({MODES[found['mode']]}"
+                + (f", reranked by {found['reranker']}" if found["reranker"] else "")
+                + ")."
                 if passages
                 else "No passage matches: upload documents, or wait until they are ready."
             ).classes("text-grey-8")
@@ -620,6 +622,8 @@ def _passage_card(kb_id: str, number: int, passage: dict[str, Any]) -> None:
                 on_click=lambda: open_passage(kb_id, passage),
             ).props('flat dense no-caps data-testid="open-passage"')
         with ui.row().classes("gap-x-6 gap-y-1 text-sm").props('data-testid="passage-scores"'):
+            if passage.get("rerank_score") is not None:
+                ui.label(f"Rerank: {passage['rerank_score']:.4f}")
             ui.label(f"Fused: {passage['score']:.4f}")
             ui.label(f"Vector: {_score(passage['vector_score'], passage['vector_rank'])}")
             ui.label(f"BM25: {_score(passage['text_score'], passage['text_rank'])}")
