@@ -330,14 +330,13 @@ class TestEndpointAnswers:
 
 @pytest.mark.nodb
 class TestSettings:
-    def settings(self, monkeypatch, **values: str) -> Settings:
-        for name in ("RERANKER", "RERANKER_MODEL", "RERANKER_API_KEY"):
-            monkeypatch.delenv(f"TUNEYARD_{name}", raising=False)
-        return Settings(**values)
+    def settings(self, **values: str) -> Settings:
+        """Settings of these values alone (no environment, no .env file)."""
+        return Settings.model_validate(values)
 
-    def test_none_by_default_and_a_blank_value_is_none(self, monkeypatch):
-        assert self.settings(monkeypatch).reranker is None
-        assert self.settings(monkeypatch, reranker="  ").reranker is None
+    def test_none_by_default_and_a_blank_value_is_none(self):
+        assert self.settings().reranker is None
+        assert self.settings(reranker="  ").reranker is None
 
     @pytest.mark.parametrize(
         ("values", "message"),
@@ -357,29 +356,27 @@ class TestSettings:
             ({"reranker_model": "m"}, "set TUNEYARD_RERANKER to its URL"),
         ],
     )
-    def test_settings_that_cannot_work_are_refused(self, monkeypatch, values, message):
+    def test_settings_that_cannot_work_are_refused(self, values, message):
         with pytest.raises(ValidationError, match=re.escape(message)) as refused:
-            self.settings(monkeypatch, **values)
+            self.settings(**values)
         assert "a b" not in str(refused.value)  # values are not echoed: keys hide there
 
-    def test_a_folder_that_is_not_a_cross_encoder_is_refused(self, monkeypatch, tmp_path):
+    def test_a_folder_that_is_not_a_cross_encoder_is_refused(self, tmp_path):
         with pytest.raises(ValidationError, match="it has no config.json"):
-            self.settings(monkeypatch, reranker=str(tmp_path))
+            self.settings(reranker=str(tmp_path))
         (tmp_path / "config.json").write_text('{"architectures": ["BertModel"]}')
         with pytest.raises(ValidationError, match="holds a BertModel, not a cross-encoder"):
-            self.settings(monkeypatch, reranker=str(tmp_path))
+            self.settings(reranker=str(tmp_path))
         with pytest.raises(ValidationError, match="a model folder, which has no model name"):
-            self.settings(monkeypatch, reranker=str(tmp_path), reranker_model="m")
+            self.settings(reranker=str(tmp_path), reranker_model="m")
 
-    def test_an_endpoint_and_a_folder_are_accepted(self, monkeypatch, tmp_path):
-        endpoint = self.settings(
-            monkeypatch, reranker="https://api.example.com/v2/rerank", reranker_model="m"
-        )
+    def test_an_endpoint_and_a_folder_are_accepted(self, tmp_path):
+        endpoint = self.settings(reranker="https://api.example.com/v2/rerank", reranker_model="m")
         assert endpoint.reranker == "https://api.example.com/v2/rerank"
         (tmp_path / "config.json").write_text(
             '{"architectures": ["BertForSequenceClassification"]}'
         )
-        assert self.settings(monkeypatch, reranker=str(tmp_path)).reranker == str(tmp_path)
+        assert self.settings(reranker=str(tmp_path)).reranker == str(tmp_path)
 
 
 def tiny_cross_encoder(folder: Path) -> Path:
@@ -400,8 +397,8 @@ def tiny_cross_encoder(folder: Path) -> Path:
         num_attention_heads=2,
         intermediate_size=64,
         max_position_embeddings=512,
-        num_labels=1,
     )
+    config.num_labels = 1  # one relevance score per (query, passage) pair
     BertForSequenceClassification(config).save_pretrained(folder)
     return folder
 
