@@ -32,6 +32,8 @@ GGUF_ARCHITECTURES: dict[str, str] = {
     "MistralForCausalLM": "llama",
     "Qwen2ForCausalLM": "qwen2",
     "Qwen3ForCausalLM": "qwen3",
+    "GemmaForCausalLM": "gemma",
+    "Gemma2ForCausalLM": "gemma2",
 }
 OUTTYPES = ("f16", "f32", "bf16")
 # The general.file_type of each (gguf.LlamaFileType).
@@ -39,6 +41,12 @@ FILE_TYPES = {"f32": "ALL_F32", "f16": "MOSTLY_F16", "bf16": "MOSTLY_BF16"}
 # HF checkpoints store q_proj/k_proj rows with each head's rotary halves split apart
 # (transformers' rotate_half); llama.cpp's llama graph rotates interleaved pairs instead.
 ARCHS_WITH_SPLIT_ROTARY = ("llama",)
+# Gemma's RMSNorm scales by (1 + weight); llama.cpp's by weight, so the 1 is added on export.
+ARCHS_WITH_NORM_OFFSET = ("gemma", "gemma2")
+# Architectures whose llama.cpp graph has no output tensor: the embeddings always serve as it.
+ARCHS_WITH_TIED_OUTPUT = ("gemma", "gemma2")
+# SentencePiece models (tokenizer.model) are small; a bigger file is not a tokenizer.
+MAX_SENTENCEPIECE_BYTES = 64 * 1024 * 1024
 # Buffers some checkpoints carry that are recomputed at load and have no GGUF tensor.
 SKIPPED_SUFFIXES = (".rotary_emb.inv_freq",)
 
@@ -72,6 +80,11 @@ class Hyperparameters:
     rope_theta: float
     rope: dict[str, Any]  # the rope scaling parameters; {} for plain rope
     tied_embeddings: bool
+    rope_dims: int = 0  # rotated dimensions per head; 0: the whole head
+    # Architecture-specific settings: Gemma 2's soft-capping, sliding window (Gemma 2, Phi-3).
+    attn_softcap: float | None = None
+    final_softcap: float | None = None
+    sliding_window: int | None = None
 
 
 def _model_config(model_dir: Path) -> dict[str, Any]:
@@ -128,6 +141,7 @@ def read_hyperparameters(model_dir: Path) -> Hyperparameters:
         raise Invalid(f"The model uses llama3 rope scaling, which llama.cpp's {arch} cannot run.")
     try:
         hidden, heads = int(config["hidden_size"]), int(config["num_attention_heads"])
+        head_dim = int(config.get("head_dim") or hidden // heads)
         return Hyperparameters(
             arch=arch,
             layers=int(config["num_hidden_layers"]),
@@ -135,15 +149,52 @@ def read_hyperparameters(model_dir: Path) -> Hyperparameters:
             intermediate=int(config["intermediate_size"]),
             heads=heads,
             kv_heads=int(config.get("num_key_value_heads") or heads),
-            head_dim=int(config.get("head_dim") or hidden // heads),
+            head_dim=head_dim,
             context_length=int(config.get("max_position_embeddings") or 2048),
             rms_eps=float(config.get("rms_norm_eps") or 1e-6),
             rope_theta=theta,
             rope=rope,
-            tied_embeddings=bool(config.get("tie_word_embeddings", False)),
+            tied_embeddings=bool(config.get("tie_word_embeddings", arch in ARCHS_WITH_TIED_OUTPUT)),
+            **_architecture_settings(config, arch, hidden, heads, head_dim),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise Invalid(f"{model_dir}/config.json lacks or garbles {exc}.") from None
+
+
+def _architecture_settings(
+    config: dict[str, Any], arch: str, hidden: int, heads: int, head_dim: int
+) -> dict[str, Any]:
+    """The Hyperparameters fields only some architectures have, checked for llama.cpp."""
+    if arch in ARCHS_WITH_TIED_OUTPUT and not config.get("tie_word_embeddings", True):
+        raise Invalid(
+            f"The model's lm_head is not tied to its embeddings, which llama.cpp's {arch} "
+            "cannot run: it always uses the embeddings as the output layer."
+        )
+    if arch == "gemma2":
+        # llama.cpp scales Gemma 2's queries by 1/sqrt(head_dim) (by 1/sqrt(hidden / heads)
+        # for the 27B model only); transformers by 1/sqrt(query_pre_attn_scalar).
+        scalar = config.get("query_pre_attn_scalar")
+        if scalar is not None and int(scalar) not in (head_dim, hidden // heads):
+            raise Invalid(
+                f"The model scales queries by query_pre_attn_scalar={scalar}, which llama.cpp's "
+                f"gemma2 cannot run: it uses the head size ({head_dim})."
+            )
+        capping = (config.get("attn_logit_softcapping"), config.get("final_logit_softcapping"))
+        return {
+            "attn_softcap": float(capping[0]) if capping[0] is not None else None,
+            "final_softcap": float(capping[1]) if capping[1] is not None else None,
+            "sliding_window": int(config.get("sliding_window") or 4096),
+        }
+    if arch == "phi3":
+        fraction = float(config.get("partial_rotary_factor") or 1.0)
+        if not 0 < fraction <= 1:
+            raise Invalid(f"partial_rotary_factor {fraction} is not within (0, 1].")
+        # llama.cpp tells Phi-4 (no sliding window) from Phi-3 by a sliding window of 0.
+        return {
+            "rope_dims": int(fraction * hidden) // heads,
+            "sliding_window": int(config.get("sliding_window") or 0),
+        }
+    return {}
 
 
 # -- tensors ----------------------------------------------------------------------------------
@@ -158,6 +209,7 @@ class PlannedTensor:
     info: TensorInfo
     ggml_type: str  # "F32", "F16" or "BF16"
     permute_heads: int  # > 0: undo HF's rotary row order over this many heads
+    offset: float = 0.0  # added to every value (Gemma's norm weights)
 
     @property
     def nbytes(self) -> int:
@@ -210,8 +262,15 @@ def plan_tensors(model_dir: Path, hp: Hyperparameters, outtype: str) -> list[Pla
                 )
             # llama.cpp reads 1-D tensors (norms, biases) in float32 only.
             ggml_type = "F32" if len(info.shape) == 1 else outtype.upper()
+            offset = (
+                1.0
+                if hp.arch in ARCHS_WITH_NORM_OFFSET and info.name.endswith("norm.weight")
+                else 0.0
+            )
             planned.append(
-                PlannedTensor(gguf_name, path, info, ggml_type, _permute_heads(hp, gguf_name))
+                PlannedTensor(
+                    gguf_name, path, info, ggml_type, _permute_heads(hp, gguf_name), offset
+                )
             )
     if not any(t.gguf_name == "token_embd.weight" for t in planned):
         raise Invalid(f"{model_dir} has no token embedding (model.embed_tokens.weight).")
@@ -291,7 +350,7 @@ def _write_hyperparameters(writer, hp: Hyperparameters, vocab_rows: int) -> None
     writer.add_head_count_kv(hp.kv_heads)
     writer.add_key_length(hp.head_dim)
     writer.add_value_length(hp.head_dim)
-    writer.add_rope_dimension_count(hp.head_dim)
+    writer.add_rope_dimension_count(hp.rope_dims or hp.head_dim)
     writer.add_rope_freq_base(hp.rope_theta)
     writer.add_layer_norm_rms_eps(hp.rms_eps)
     writer.add_vocab_size(vocab_rows)
@@ -302,6 +361,12 @@ def _write_hyperparameters(writer, hp: Hyperparameters, vocab_rows: int) -> None
     if kind == "yarn":
         original = hp.rope.get("original_max_position_embeddings") or hp.context_length
         writer.add_rope_scaling_orig_ctx_len(int(original))
+    if hp.attn_softcap is not None:
+        writer.add_attn_logit_softcapping(hp.attn_softcap)
+    if hp.final_softcap is not None:
+        writer.add_final_logit_softcapping(hp.final_softcap)
+    if hp.sliding_window is not None:
+        writer.add_sliding_window(hp.sliding_window)
 
 
 def _pre_tokenizer_name(spec: dict[str, Any] | None, arch: str) -> str:
@@ -319,6 +384,11 @@ def _pre_tokenizer_name(spec: dict[str, Any] | None, arch: str) -> str:
             return "gpt-2"
         if kinds == ["Digits", "ByteLevel"] and steps[0].get("individual_digits"):
             return "smollm"
+    if arch not in DEFAULT_PRE_TOKENIZERS:
+        raise Invalid(
+            "The tokenizer's pre-tokenizer is not one GGUF export knows for a "
+            f"{arch} model; llama.cpp would split text differently from transformers."
+        )
     return DEFAULT_PRE_TOKENIZERS[arch]
 
 
@@ -346,23 +416,122 @@ def _byte_level_vocab(tokenizer: dict[str, Any], rows: int) -> tuple[list[str], 
     return texts, types
 
 
+def _sentencepiece_vocab(
+    model_file: Path, tokenizer: dict[str, Any], rows: int
+) -> tuple[list[str], list[float], list[int]]:
+    """Tokens, scores and llama.cpp types of a SentencePiece model, padded to the embedding."""
+    import gguf
+
+    try:
+        import sentencepiece
+    except ImportError:
+        raise Invalid(
+            "GGUF export of a SentencePiece tokenizer needs the sentencepiece package: "
+            "install tuneyard[train]."
+        ) from None
+    if model_file.stat().st_size > MAX_SENTENCEPIECE_BYTES:
+        raise Invalid(f"{model_file} is over {MAX_SENTENCEPIECE_BYTES >> 20} MiB: not a tokenizer.")
+    processor = sentencepiece.SentencePieceProcessor()
+    try:
+        processor.LoadFromSerializedProto(model_file.read_bytes())
+    except (RuntimeError, OSError) as exc:
+        raise Invalid(f"{model_file} is not a SentencePiece model ({exc}).") from None
+    size = processor.vocab_size()
+    if size > rows:
+        raise Invalid(
+            f"The tokenizer has {size} tokens, but the embedding has only {rows} rows: "
+            "the tokenizer does not belong to these weights."
+        )
+    texts = [f"[PAD{index}]" for index in range(rows)]
+    scores = [-10000.0] * rows
+    types = [int(gguf.TokenType.UNUSED)] * rows
+    for index in range(size):
+        kind = gguf.TokenType.NORMAL
+        if processor.IsUnknown(index):
+            kind = gguf.TokenType.UNKNOWN
+        elif processor.IsControl(index):
+            kind = gguf.TokenType.CONTROL
+        elif processor.IsUnused(index):
+            kind = gguf.TokenType.UNUSED
+        elif processor.IsByte(index):
+            kind = gguf.TokenType.BYTE
+        texts[index] = processor.IdToPiece(index)
+        scores[index] = processor.GetScore(index)
+        types[index] = int(kind)
+    # Tokens transformers added on top of the SentencePiece model (or renamed in it).
+    for added in tokenizer.get("added_tokens") or []:
+        index = int(added["id"])
+        if not 0 <= index < rows:
+            raise Invalid(
+                f"The tokenizer has token id {index}, but the embedding has only {rows} rows: "
+                "the tokenizer does not belong to these weights."
+            )
+        texts[index] = str(added["content"])
+        scores[index] = -1000.0
+        special = added.get("special") or types[index] == gguf.TokenType.CONTROL
+        types[index] = int(gguf.TokenType.CONTROL if special else gguf.TokenType.USER_DEFINED)
+    return texts, scores, types
+
+
+def _prepends_space(tokenizer: dict[str, Any], arch: str) -> bool:
+    """Whether the tokenizer puts a "▁" before the text, as llama.cpp's add_space_prefix does."""
+    if not tokenizer:
+        return arch not in ARCHS_WITH_NORM_OFFSET  # Gemma's tokenizers never do
+    steps: list[dict[str, Any]] = []
+    for part in (tokenizer.get("normalizer"), tokenizer.get("pre_tokenizer")):
+        if part:
+            steps += part.get("normalizers") or part.get("pretokenizers") or [part]
+    for step in steps:
+        if step.get("type") == "Prepend" and step.get("prepend") == "\u2581":
+            return True
+        if step.get("type") == "Metaspace" and step.get("prepend_scheme", "always") != "never":
+            return True
+    return False
+
+
+def _write_sentencepiece_tokenizer(
+    writer, model_dir: Path, tokenizer: dict[str, Any], arch: str, rows: int
+) -> None:
+    import gguf
+
+    tokens, scores, types = _sentencepiece_vocab(model_dir / "tokenizer.model", tokenizer, rows)
+    writer.add_tokenizer_model("llama")
+    writer.add_tokenizer_pre("default")
+    writer.add_token_list(tokens)
+    writer.add_token_scores(scores)
+    writer.add_token_types(types)
+    writer.add_add_space_prefix(_prepends_space(tokenizer, arch))
+    special = gguf.SpecialVocab(model_dir, load_merges=False, n_vocab=rows)
+    special.add_special_token.setdefault("bos", False)
+    special.add_special_token.setdefault("eos", False)
+    special.add_to_gguf(writer, quiet=True)
+
+
 def _write_tokenizer(writer, model_dir: Path, arch: str, rows: int) -> None:
     import gguf
 
+    has_model = (model_dir / "tokenizer.model").is_file()
+    if has_model and not (model_dir / "tokenizer.json").is_file():
+        _write_sentencepiece_tokenizer(writer, model_dir, {}, arch, rows)
+        return
     tokenizer = read_json(
         model_dir / "tokenizer.json",
-        "GGUF export reads the tokenizer from tokenizer.json; save the tokenizer with "
-        "transformers (a fast tokenizer) into the model folder.",
+        "GGUF export reads the tokenizer from tokenizer.json (and tokenizer.model for "
+        "SentencePiece tokenizers); save the tokenizer with transformers into the model folder.",
     )
     model = tokenizer.get("model") or {}
     decoder = tokenizer.get("decoder") or {}
     byte_level = decoder.get("type") == "ByteLevel" and not model.get("byte_fallback")
     if model.get("type") != "BPE" or not byte_level:
+        if has_model:
+            _write_sentencepiece_tokenizer(writer, model_dir, tokenizer, arch, rows)
+            return
         kind = "SentencePiece-style" if model.get("byte_fallback") else model.get("type")
         raise Invalid(
-            f"The tokenizer is a {kind} tokenizer; GGUF export writes byte-level BPE "
-            "tokenizers (GPT-2 style, as in Llama 3, Qwen2/3 and SmolLM2) only. Deploy this "
-            "model to Ollama or an OpenAI-compatible server instead."
+            f"The tokenizer is a {kind} tokenizer without its tokenizer.model; GGUF export "
+            "writes byte-level BPE tokenizers (GPT-2 style, as in Llama 3, Qwen2/3 and SmolLM2) "
+            "and SentencePiece tokenizers from tokenizer.model (Llama 2, Mistral, Gemma). Copy "
+            "the base model's tokenizer.model into the folder."
         )
     tokens, types = _byte_level_vocab(tokenizer, rows)
     writer.add_tokenizer_model("gpt2")
@@ -449,6 +618,8 @@ def _write_tensor_data(writer, planned: list[PlannedTensor], report: Progress) -
             data = read_tensor(handles[tensor.source], tensor.info)
             if tensor.permute_heads:
                 data = rotary_interleaved(data, tensor.permute_heads)
+            if tensor.offset:
+                data = data.float() + tensor.offset
             writer.write_tensor_data(_as_ggml_array(data, tensor.ggml_type, tensor.gguf_name))
             del data
             done += tensor.nbytes
