@@ -1,4 +1,4 @@
-"""GGUF export of SentencePiece tokenizers and of Gemma and Gemma 2 models.
+"""GGUF export of SentencePiece tokenizers and of Gemma, Gemma 2 and Phi-3 models.
 
 Each tiny model is random, built from a config, and checked by what llama.cpp computes from
 its GGUF: the same token ids for the same texts, and the same logits, as transformers.
@@ -238,6 +238,21 @@ class TestArchitectures:
         assert fields["gemma2.final_logit_softcapping"] == pytest.approx(0.3)
         assert fields["gemma2.attention.sliding_window"] == 4
         assert "blk.1.post_ffw_norm.weight" in fields["tensors"]
+
+    def test_phi3(self, tmp_path_factory, tmp_path):
+        # The folder is named phi3: llama.cpp then looks up Phi-3's own special tokens, which
+        # this tokenizer lacks, so the name written must not say Phi-3.
+        folder = tiny_model(tmp_path_factory.mktemp("phi3"), "phi3")
+        out = check_export(folder, tmp_path)
+        fields = gguf_fields(
+            out, "general.architecture", "general.name", "phi3.rope.dimension_count"
+        )
+        assert fields["general.architecture"] == "phi3"
+        assert fields["general.name"] == "phi"
+        assert fields["phi3.rope.dimension_count"] == 16
+        # The fused weights go as they are: llama.cpp splits them itself.
+        assert {"blk.0.attn_qkv.weight", "blk.0.ffn_up.weight"} <= set(fields["tensors"])
+        assert "blk.0.ffn_gate.weight" not in fields["tensors"]
 
 
 @pytest.mark.nodb

@@ -8,6 +8,7 @@ and written on its own; memory stays near the largest tensor, not the model.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +35,7 @@ GGUF_ARCHITECTURES: dict[str, str] = {
     "Qwen3ForCausalLM": "qwen3",
     "GemmaForCausalLM": "gemma",
     "Gemma2ForCausalLM": "gemma2",
+    "Phi3ForCausalLM": "phi3",
 }
 OUTTYPES = ("f16", "f32", "bf16")
 # The general.file_type of each (gguf.LlamaFileType).
@@ -47,6 +49,10 @@ ARCHS_WITH_NORM_OFFSET = ("gemma", "gemma2")
 ARCHS_WITH_TIED_OUTPUT = ("gemma", "gemma2")
 # SentencePiece models (tokenizer.model) are small; a bigger file is not a tokenizer.
 MAX_SENTENCEPIECE_BYTES = 64 * 1024 * 1024
+# llama.cpp looks these tokens up in the vocabulary of any model whose general.name says
+# Phi-3, and fails to load one that lacks any of them.
+PHI3_NAME = re.compile(r"phi-?3", re.IGNORECASE)
+PHI3_NAME_TOKENS = frozenset({"<unk>", "<s>", "</s>", "<|endoftext|>"})
 # Buffers some checkpoints carry that are recomputed at load and have no GGUF tensor.
 SKIPPED_SUFFIXES = (".rotary_emb.inv_freq",)
 
@@ -491,7 +497,7 @@ def _prepends_space(tokenizer: dict[str, Any], arch: str) -> bool:
 
 def _write_sentencepiece_tokenizer(
     writer, model_dir: Path, tokenizer: dict[str, Any], arch: str, rows: int
-) -> None:
+) -> list[str]:
     import gguf
 
     tokens, scores, types = _sentencepiece_vocab(model_dir / "tokenizer.model", tokenizer, rows)
@@ -505,15 +511,23 @@ def _write_sentencepiece_tokenizer(
     special.add_special_token.setdefault("bos", False)
     special.add_special_token.setdefault("eos", False)
     special.add_to_gguf(writer, quiet=True)
+    return tokens
 
 
-def _write_tokenizer(writer, model_dir: Path, arch: str, rows: int) -> None:
+def _model_name(name: str, tokens: list[str]) -> str:
+    """The folder's name as general.name, without a Phi-3 mark llama.cpp would trip over."""
+    if PHI3_NAME.search(name) and not PHI3_NAME_TOKENS.issubset(tokens):
+        return PHI3_NAME.sub("phi", name)
+    return name
+
+
+def _write_tokenizer(writer, model_dir: Path, arch: str, rows: int) -> list[str]:
+    """Write the tokenizer's metadata; returns its token list."""
     import gguf
 
     has_model = (model_dir / "tokenizer.model").is_file()
     if has_model and not (model_dir / "tokenizer.json").is_file():
-        _write_sentencepiece_tokenizer(writer, model_dir, {}, arch, rows)
-        return
+        return _write_sentencepiece_tokenizer(writer, model_dir, {}, arch, rows)
     tokenizer = read_json(
         model_dir / "tokenizer.json",
         "GGUF export reads the tokenizer from tokenizer.json (and tokenizer.model for "
@@ -524,8 +538,7 @@ def _write_tokenizer(writer, model_dir: Path, arch: str, rows: int) -> None:
     byte_level = decoder.get("type") == "ByteLevel" and not model.get("byte_fallback")
     if model.get("type") != "BPE" or not byte_level:
         if has_model:
-            _write_sentencepiece_tokenizer(writer, model_dir, tokenizer, arch, rows)
-            return
+            return _write_sentencepiece_tokenizer(writer, model_dir, tokenizer, arch, rows)
         kind = "SentencePiece-style" if model.get("byte_fallback") else model.get("type")
         raise Invalid(
             f"The tokenizer is a {kind} tokenizer without its tokenizer.model; GGUF export "
@@ -548,6 +561,7 @@ def _write_tokenizer(writer, model_dir: Path, arch: str, rows: int) -> None:
     special.add_special_token.setdefault("bos", False)
     special.add_special_token.setdefault("eos", False)
     special.add_to_gguf(writer, quiet=True)
+    return tokens
 
 
 # -- export -----------------------------------------------------------------------------------
@@ -576,11 +590,11 @@ def export_gguf(
         writer = gguf.GGUFWriter(staging, hp.arch)
         try:
             writer.add_type(gguf.GGUFType.MODEL)
-            writer.add_name(model_dir.name)
             writer.add_file_type(gguf.LlamaFileType[FILE_TYPES[outtype]])
             writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
             _write_hyperparameters(writer, hp, rows)
-            _write_tokenizer(writer, model_dir, hp.arch, rows)
+            tokens = _write_tokenizer(writer, model_dir, hp.arch, rows)
+            writer.add_name(_model_name(model_dir.name, tokens))
             for tensor in planned:
                 writer.add_tensor_info(
                     tensor.gguf_name,
