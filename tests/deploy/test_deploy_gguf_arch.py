@@ -255,7 +255,6 @@ class TestArchitectures:
         assert "blk.0.ffn_gate.weight" not in fields["tensors"]
 
 
-@pytest.mark.nodb
 def test_gemma2_query_scale_llama_cpp_cannot_run_is_refused(tmp_path):
     import json
 
@@ -271,3 +270,25 @@ def test_gemma2_query_scale_llama_cpp_cannot_run_is_refused(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(config))
     with pytest.raises(Invalid, match="query_pre_attn_scalar=256"):
         read_hyperparameters(tmp_path)
+
+
+def test_qwen3_with_attention_bias_is_refused(tmp_path):
+    """llama.cpp's qwen3 has no output-projection bias, so such a GGUF would never load."""
+    import torch
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    torch.manual_seed(0)
+    config = Qwen3Config(
+        vocab_size=64,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        attention_bias=True,
+    )
+    Qwen3ForCausalLM(config).save_pretrained(tmp_path / "model")
+    with pytest.raises(Invalid, match="o_proj.bias"):
+        export_gguf(tmp_path / "model", tmp_path / "out.gguf", "f32")
+    assert not (tmp_path / "out.gguf").exists()

@@ -49,6 +49,10 @@ ARCHS_WITH_NORM_OFFSET = ("gemma", "gemma2")
 ARCHS_WITH_TIED_OUTPUT = ("gemma", "gemma2")
 # SentencePiece models (tokenizer.model) are small; a bigger file is not a tokenizer.
 MAX_SENTENCEPIECE_BYTES = 64 * 1024 * 1024
+# Tensors of a checkpoint that llama.cpp's graph of the architecture has no place for: it then
+# refuses the whole file ("wrong number of tensors"). Qwen3 with attention_bias biases o_proj too,
+# and llama.cpp's qwen3 reads q/k/v biases only.
+UNREAD_TENSORS = {"qwen3": (".attn_output.bias", "attention_bias: o_proj's bias")}
 # llama.cpp looks these tokens up in the vocabulary of any model whose general.name says
 # Phi-3, and fails to load one that lacks any of them.
 PHI3_NAME = re.compile(r"phi-?3", re.IGNORECASE)
@@ -265,6 +269,12 @@ def plan_tensors(model_dir: Path, hp: Hyperparameters, outtype: str) -> list[Pla
                 raise Invalid(
                     f"Tensor {info.name} in {path.name} has no place in a {hp.arch} GGUF: the "
                     "folder is not a plain model of its architecture."
+                )
+            unread = UNREAD_TENSORS.get(hp.arch)
+            if unread and gguf_name.endswith(unread[0]):
+                raise Invalid(
+                    f"The model has {unread[1]} ({info.name}), which llama.cpp's {hp.arch} "
+                    "cannot load. Deploy it to a serving tool that takes Hugging Face folders."
                 )
             # llama.cpp reads 1-D tensors (norms, biases) in float32 only.
             ggml_type = "F32" if len(info.shape) == 1 else outtype.upper()
