@@ -305,14 +305,16 @@ class TestSources:
 class TestDeploymentTemplate:
     def test_derived_as_chatml_from_the_smollm2_tokenizer(self, client, auth, tiny_model_dir):
         model = register(client, auth, tiny_model_dir).json()
-        assert model["deployment_template"] == (
-            "{{ if .System }}<|im_start|>system\n{{ .System }}<|im_end|>\n{{ end }}"
-            "{{ if .Prompt }}<|im_start|>user\n{{ .Prompt }}<|im_end|>\n{{ end }}"
-            "<|im_start|>assistant\n{{ .Response }}<|im_end|>\n"
+        # Read off the chat template itself: its default system message included.
+        template = model["deployment_template"]
+        assert template.startswith(
+            "{{ if not .System }}<|im_start|>system\nYou are a helpful AI assistant named SmolLM"
         )
+        assert '{{ if eq .Role "user" }}<|im_start|>user\n{{ .Content }}<|im_end|>\n' in template
+        assert template.endswith("<|im_start|>assistant\n")
         card = model["model_card"]
         assert card["deployment_template_source"] == "derived:chat_template"
-        assert card["deployment_stop_tokens"] == ["<|im_start|>", "<|im_end|>"]
+        assert card["deployment_stop_tokens"] == ["<|im_end|>"]
         assert "deployment_template_note" not in card
 
     def test_fallback_without_a_chat_template(self, client, auth, model_copy):
@@ -347,7 +349,7 @@ class TestUpdate:
         shown = client.get(f"{API}/{model_id}", headers=auth).json()
         assert shown["deployment_template"] == text
         assert shown["model_card"]["deployment_template_source"] == "custom"
-        assert shown["model_card"]["deployment_stop_tokens"] == ["<|im_start|>", "<|im_end|>"]
+        assert shown["model_card"]["deployment_stop_tokens"] == ["<|im_end|>"]
 
     @pytest.mark.parametrize("text", ["", "  \n"])
     def test_empty_template_is_refused(self, client, auth, tiny_model_dir, text):

@@ -40,7 +40,7 @@ class TestAdd:
             "Context length 512",
             "Chat template yes (chat_template.jinja)",
             "Deployment template derived:chat_template",
-            "<|im_start|>user {{ .Prompt }}<|im_end|>",
+            "<|im_start|>user {{ .Content }}<|im_end|>",
         ):
             assert expected in text
 
@@ -80,7 +80,7 @@ class TestTemplate:
         invoke("add", str(tiny_model_dir), "--name", "tiny")
         printed = invoke("template", "tiny")
         assert printed.exit_code == 0
-        assert printed.stdout.startswith("{{ if .System }}<|im_start|>system\n")
+        assert printed.stdout.startswith("{{ if not .System }}<|im_start|>system\n")
 
         new = tmp_path / "template.txt"
         new.write_text("[INST] {{ .Prompt }} [/INST]")
@@ -95,7 +95,7 @@ class TestTemplate:
         result = invoke("template", "tiny", "--set-file", str(empty))
         assert result.exit_code == 1
         assert "The deployment template is empty" in flat(result.stderr)
-        assert invoke("template", "tiny").stdout.startswith("{{ if .System }}")
+        assert invoke("template", "tiny").stdout.startswith("{{ if not .System }}")
 
     def test_file_over_64_kib_is_refused(self, cli, tiny_model_dir, tmp_path):
         invoke("add", str(tiny_model_dir), "--name", "tiny")
@@ -104,7 +104,7 @@ class TestTemplate:
         result = invoke("template", "tiny", "--set-file", str(long))
         assert result.exit_code == 1
         assert "the limit is 65536 bytes (64 KiB)" in flat(result.stderr)
-        assert invoke("template", "tiny").stdout.startswith("{{ if .System }}")
+        assert invoke("template", "tiny").stdout.startswith("{{ if not .System }}")
 
 
 class TestImport:

@@ -52,6 +52,12 @@ class TestLocalEmbedder:
         assert demo_embedder.count_tokens("hello world") == 2
         assert demo_embedder.count_tokens("") == 0
 
+    def test_counts_stay_unpadded_after_a_batch_is_embedded(self, demo_embedder):
+        # Embedding pads the batch to its longest text; counting must not see that padding.
+        demo_embedder.embed(["a short text", "a longer text " * 40])
+        assert demo_embedder.count_tokens("Hello world") == 2
+        assert demo_embedder.count_tokens("word " * 300) == 300
+
     def test_batches_give_what_one_at_a_time_gives(self, demo_embedder):
         texts = [
             f"sentence number {i} about topic {i % 7}" for i in range(embedders.BATCH_SIZE + 5)

@@ -121,7 +121,16 @@ class LocalEmbedder:
         self.name = name or self.path.name
         self.dimensions = int(self._model.get_embedding_dimension())
         tokenizer = self._model.tokenizer
-        self._fast = getattr(tokenizer, "backend_tokenizer", None)
+        backend = getattr(tokenizer, "backend_tokenizer", None)
+        # A copy that counts: the model's own pads and truncates (to 128 for MiniLM) when a batch
+        # is encoded, and a padded count would make every piece look full.
+        self._fast = None
+        if backend is not None:
+            from tokenizers import Tokenizer
+
+            self._fast = Tokenizer.from_str(backend.to_str())
+            self._fast.no_padding()
+            self._fast.no_truncation()
         # The model reads max_seq_length tokens, its own markers ([CLS], [SEP]) among them.
         specials = tokenizer.num_special_tokens_to_add(pair=False)
         self.max_tokens = int(self._model.max_seq_length) - specials
