@@ -81,6 +81,13 @@ class Settings(BaseSettings):
     assessment_retries: int = Field(
         4, ge=0, le=10, description="Retries of a model call answered 429 or 5xx, with backoff."
     )
+    deploy_fidelity_prompts: int = Field(
+        16,
+        ge=0,
+        le=200,
+        description="Prompts of the fidelity check each deploy runs on its new live model "
+        "against its source; 0 turns the check off.",
+    )
     allow_code_uploads: bool = Field(
         False,
         description="Let the operator upload Python (custom training methods, GRPO reward "

@@ -18,13 +18,24 @@ from tuneyard.assessment.service import (
     FIDELITY,
     _by_name,
     _enqueue,
+    _model,
+    _params,
     _plan,
 )
 from tuneyard.auth.service import Principal
 from tuneyard.datasets import service as datasets
-from tuneyard.errors import Conflict, Invalid
+from tuneyard.errors import Conflict, Invalid, NotFound
 from tuneyard.modelref import parse_reference
-from tuneyard.models import Assessment, Dataset, new_id
+from tuneyard.models import (
+    Assessment,
+    AssessmentRow,
+    CompleteModel,
+    CustomizedModel,
+    Dataset,
+    LiveModel,
+    Training,
+    new_id,
+)
 
 # -- fidelity across the lifecycle -------------------------------------------------------------
 
@@ -140,6 +151,133 @@ def start_fidelity(
     return assessment
 
 
+# -- the check each deploy runs on its new live model ------------------------------------------
+
+# Asked when the source has no training dataset to draw prompts from (a base model, a dataset
+# since deleted): short questions whose greedy answers start at once.
+BUILT_IN_PROMPTS = (
+    "What is the capital of France?",
+    "Name three primary colors.",
+    "Write one sentence about the sea.",
+    "What is 12 plus 7?",
+    "Give a synonym for 'happy'.",
+    "Translate 'good morning' into Spanish.",
+    "List the days of the week.",
+    "What does a thermometer measure?",
+    "Describe a cat in five words.",
+    "Why is the sky blue? Answer in one sentence.",
+    "Write a haiku about autumn.",
+    "What is the opposite of 'cold'?",
+    "Count from one to five.",
+    "Name a planet in the solar system.",
+    "Finish the sentence: The quick brown fox",
+    "Say hello in one short sentence.",
+)
+BUILT_IN_DATASET = "built-in prompts"
+LIVE_MAX_TOKENS = 64
+
+
+def _training_dataset(session: Session, principal: Principal, live: LiveModel) -> Dataset | None:
+    """The ready dataset the live model's source was trained on, if it still has one."""
+    training_id = None
+    if live.source_kind == "customized":
+        customized = session.get(CustomizedModel, live.source_id)
+        training_id = customized.training_id if customized is not None else None
+    elif live.source_kind == "complete":
+        complete = session.get(CompleteModel, live.source_id)
+        training_id = complete.training_id if complete is not None else None
+    training = session.get(Training, training_id) if training_id else None
+    if training is None or training.dataset_id is None:
+        return None
+    try:
+        dataset = datasets.get_dataset(session, principal, training.dataset_id)
+        datasets.ensure_ready(dataset)
+    except (NotFound, Conflict, Invalid):
+        return None
+    return dataset if dataset.record_count else None
+
+
+def start_live_fidelity(
+    session: Session, principal: Principal, live: LiveModel, size: int
+) -> Assessment:
+    """Compare a live model with the model it was deployed from (a base, customized or
+    complete model) on `size` prompts at temperature 0: drawn from the source's training
+    dataset where it has one, else the built-in prompts. Its figure goes on the live model's
+    card once the check's job has run."""
+    if size < 1:
+        raise Invalid("A fidelity check asks at least one prompt.")
+    source_ref = f"{live.source_kind}:{live.source_id}"
+    stage = f"live {live.quantization}"
+    params = GenerationParams(temperature=0, max_tokens=LIVE_MAX_TOKENS)
+    dataset = _training_dataset(session, principal, live)
+    if dataset is not None:
+        template, reference = _format_prompt(dataset)
+        plan = _plan(
+            session,
+            principal,
+            dataset,
+            Sample(size=min(size, dataset.record_count)),
+            [
+                CandidateIn(model=ref, prompt=template, params=params)
+                for ref in (source_ref, f"live:{live.id}")
+            ],
+            None,
+            reference,
+            None,
+        )
+        config = plan.config
+    else:
+        asked = BUILT_IN_PROMPTS[:size]
+        config = {
+            "sample": {"size": len(asked), "seed": None},
+            "candidates": [
+                {
+                    **_model(session, principal, ref, where),
+                    "system": None,
+                    "prompt": "{{prompt}}",
+                    "params": _params(params),
+                }
+                for ref, where in ((source_ref, "source"), (f"live:{live.id}", "live model"))
+            ],
+            "judge": None,
+            "reference_column": None,
+            "metrics": [],
+        }
+    source, target = config["candidates"]
+    source["stage"], target["stage"] = live.source_kind, stage
+    config["kind"] = FIDELITY
+    config["source"] = {"kind": live.source_kind, "id": live.source_id, "name": source["name"]}
+    config["live_model_id"] = live.id
+    name = f"fidelity {live.name[:150]} {new_id()[:8]}"
+    while _by_name(session, principal, name) is not None:
+        name = f"fidelity {live.name[:150]} {new_id()[:8]}"
+    assessment = Assessment(
+        project_id=principal.project_id,
+        name=name,
+        dataset_id=dataset.id if dataset is not None else None,
+        dataset_name=dataset.name if dataset is not None else BUILT_IN_DATASET,
+        dataset_digest=dataset.digest if dataset is not None else None,
+        config=config,
+        row_count=config["sample"]["size"],
+        created_by=principal.user_id,
+    )
+    session.add(assessment)
+    session.flush()
+    if dataset is None:
+        # The rows carry their records: the run finds its sample written and draws nothing.
+        session.add_all(
+            AssessmentRow(
+                assessment_id=assessment.id,
+                position=position,
+                record_index=position,
+                record={"prompt": prompt},
+            )
+            for position, prompt in enumerate(BUILT_IN_PROMPTS[: config["sample"]["size"]])
+        )
+    _enqueue(session, principal, assessment)
+    return assessment
+
+
 def fidelity_figures(assessment: Assessment) -> dict[str, dict[str, Any]]:
     """{live model id: its figure} of a finished fidelity check."""
     summary = assessment.summary or {}
@@ -149,6 +287,7 @@ def fidelity_figures(assessment: Assessment) -> dict[str, dict[str, Any]]:
         if kind is None or kind.value != "live":
             continue
         quantization = stage["stage"].removeprefix("live ")
+        tokens = stage["token_agreement"]["mean"]
         text = (
             f"{quantization} agrees with its source on {stage['identical']} of "
             f"{stage['compared']} prompts"
@@ -162,7 +301,8 @@ def fidelity_figures(assessment: Assessment) -> dict[str, dict[str, Any]]:
             "source": assessment.config["source"]["name"],
             "identical": stage["identical"],
             "compared": stage["compared"],
-            "token_agreement": stage["token_agreement"]["mean"],
+            "identical_rate": stage["identical_rate"],
+            "token_agreement": tokens,
             "text": text,
             "checked_at": assessment.finished_at.isoformat() if assessment.finished_at else None,
         }

@@ -122,6 +122,11 @@ def deploy(
     allow_template_mismatch: bool = typer.Option(
         False, "--allow-template-mismatch", help="Deploy even if template parity fails."
     ),
+    fidelity_check: bool = typer.Option(
+        True,
+        "--fidelity-check/--no-fidelity-check",
+        help="Once live, check that it answers as the model it was deployed from.",
+    ),
     wait: bool = typer.Option(
         False,
         "--wait/--no-wait",
@@ -136,6 +141,7 @@ def deploy(
         "quantization": quant,
         "system": system,
         "allow_template_mismatch": allow_template_mismatch,
+        "fidelity_check": fidelity_check,
     }
     with api() as client:
         source_kind, source_id = _find_source(client, model, kind)

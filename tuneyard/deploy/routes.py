@@ -102,6 +102,7 @@ def _deploy(kind: str, model_id: str, body: DeployRequest, principal, session) -
         body.system,
         body.parameters,
         body.allow_template_mismatch,
+        body.fidelity_check,
     )
     return JobAccepted(id=row.id, job_id=row.job_id)
 

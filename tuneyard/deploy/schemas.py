@@ -101,6 +101,11 @@ class DeployRequest(BaseModel):
         description="Deploy even when the deployment template renders a different prompt than "
         "the chat template (the card keeps the warning).",
     )
+    fidelity_check: bool = Field(
+        True,
+        description="Once live, check on a few prompts (temperature 0) that the live model "
+        "answers as the model it was deployed from; its figure shows on the live model.",
+    )
 
 
 class LiveModelOut(BaseModel):

@@ -110,6 +110,7 @@ def start_deploy(
     system: str | None = None,
     parameters: dict[str, Any] | None = None,
     allow_template_mismatch: bool = False,
+    fidelity_check: bool = True,
 ) -> LiveModel:
     """Preflight, then create the live model (deploying) and its job."""
     from tuneyard.deploy.parity import check_parity
@@ -138,14 +139,18 @@ def start_deploy(
         quantization,
         system=system,
         parameters=parameters,
-        deploy_card={"system": system, "parameters": parameters},
+        deploy_card={
+            "system": system,
+            "parameters": parameters,
+            "fidelity_check": fidelity_check,
+        },
         card={"template_parity": parity.as_card(), "warnings": warnings},
     )
     job = jobs.enqueue(
         session,
         principal,
         DEPLOY_JOB,
-        {"live_model_id": row.id},
+        {"live_model_id": row.id, "fidelity_check": fidelity_check},
         uses=[
             model_key(source.kind, source.id),
             UseKey(Resource.LIVE_MODEL, row.id),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from sqlalchemy.orm import Session
 
@@ -12,7 +13,7 @@ from tuneyard.deploy.live import add_live_model, live_base_to_reuse, live_models
 from tuneyard.deploy.service import DEPLOY_JOB
 from tuneyard.deploy.sources import resolve_source
 from tuneyard.deploy.targets import target_for
-from tuneyard.errors import NotFound
+from tuneyard.errors import AppError, NotFound
 from tuneyard.jobs.registry import job_kind
 from tuneyard.models import DeployEnvironment, Job, LiveModel, utcnow
 
@@ -144,10 +145,33 @@ def deploy_model(ctx) -> dict:
         port = deployed.card.get("port")
         if port and env_row.url is None and env_row.port != port:
             env_row.port = port  # a free port was picked: keep it across restarts
+        check = _queue_fidelity_check(ctx, session, row)
     ctx.progress(100, f"{live.name} is live at {deployed.endpoint_url} as {deployed.model_id}")
     return {
         "live_model_id": live_id,
         "name": live.name,
         "endpoint_url": deployed.endpoint_url,
         "model_id": deployed.model_id,
+        "fidelity_check": check,
     }
+
+
+def _queue_fidelity_check(ctx, session: Session, row: LiveModel) -> dict[str, Any] | None:
+    """Queue the fidelity check of the new live model against its source, in the unit of work
+    that marks it live: a job of its own, so the deploy ends now. A check that cannot start
+    leaves the deploy live and says why on the card."""
+    from tuneyard.assessment.fidelity import start_live_fidelity
+
+    size = ctx.settings.deploy_fidelity_prompts
+    if not ctx.params.get("fidelity_check", True) or size < 1:
+        return None
+    job = session.get_one(Job, ctx.job_id)
+    try:
+        with session.begin_nested():
+            check = start_live_fidelity(session, _job_principal(row, job.created_by), row, size)
+            found = {"assessment_id": check.id, "job_id": check.job_id, "prompts": check.row_count}
+    except AppError as exc:
+        found = {"error": f"The fidelity check could not start: {exc.message}"}
+        ctx.log.warning(found["error"])
+    row.model_card = {**row.model_card, "fidelity_check": found}
+    return found
