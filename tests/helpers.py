@@ -369,6 +369,17 @@ def deployed(client, auth, kind: str, model_id: str, env_id: str, **body) -> dic
     return live
 
 
+def assert_fidelity_queued(client, auth, live: dict) -> dict:
+    """The deploy queued a fidelity check of the live model as a job of its own."""
+    check = live["model_card"]["fidelity_check"]
+    job = client.get(f"/api/v1/jobs/{check['job_id']}", headers=auth).json()
+    assert job["kind"] == "assessment.run" and job["id"] != live["job_id"]
+    assessment = client.get(f"/api/v1/assessments/{check['assessment_id']}", headers=auth).json()
+    assert assessment["config"]["kind"] == "fidelity"
+    assert assessment["config"]["live_model_id"] == live["id"]
+    return check
+
+
 # -- the CLI -----------------------------------------------------------------------------------
 
 

@@ -52,7 +52,9 @@ class TestEnvCommands:
 class TestDeployCommands:
     def test_deploy_wait_show_register_rm(self, cli, worker, ollama, tiny_base):
         invoke("env", "add", "ol", "--kind", "ollama", "--url", ollama.url)
-        result = invoke("deploy", "tiny", "--env", "ol", "--quant", "q4_K_M", "--wait")
+        result = invoke(
+            "deploy", "tiny", "--env", "ol", "--quant", "q4_K_M", "--no-fidelity-check", "--wait"
+        )
         assert result.exit_code == 0, result.output
         [live] = json.loads(invoke("live", "list", "--json").stdout)
         assert live["name"].startswith("tiny_d_") and live["name"].endswith("_q4_K_M")
@@ -61,7 +63,10 @@ class TestDeployCommands:
 
         shown = invoke("live", "show", live["name"], "--check", "--json")
         assert shown.exit_code == 0, shown.output
+        card = json.loads(shown.stdout)["model_card"]
         assert json.loads(shown.stdout)["status"] == "live"
+        # --no-fidelity-check: the request says so, and no check was queued.
+        assert card["deploy"]["fidelity_check"] is False and "fidelity_check" not in card
         registered = invoke("live", "register", live["name"], "--name", "tiny-on-ollama")
         assert registered.exit_code == 0, registered.output
         assert "Registered third-party model tiny-on-ollama" in flat(registered.stdout)

@@ -9,6 +9,7 @@ import pytest
 
 from tests.helpers import (
     add_env,
+    assert_fidelity_queued,
     closed_port,
     deploy,
     deployed,
@@ -76,6 +77,32 @@ class TestDeployToOllama:
 
         check = client.post(f"{LIVE}/{live['id']}/check", headers=auth).json()
         assert check == {"ok": True, "status": "live", "detail": check["detail"]}
+        assert_fidelity_queued(client, auth, live)
+
+    def test_fidelity_figure_appears_once_its_check_has_run(
+        self, client, auth, worker, ollama, ollama_env, tiny_base
+    ):
+        live = deployed(client, auth, "base", tiny_base, ollama_env["id"])
+        check = assert_fidelity_queued(client, auth, live)
+        # A base model has no training dataset: the built-in prompts are asked.
+        assert check["prompts"] == 16
+        job = wait_for_job(check["job_id"], timeout=180)
+        assert job.status == "succeeded", job.error
+        figure = client.get(f"{LIVE}/{live['id']}", headers=auth).json()["fidelity"]
+        assert figure["assessment_id"] == check["assessment_id"]
+        # The double answers "[model] hello", which the real tiny model never says.
+        assert figure["compared"] == 16 and figure["identical"] == 0
+        assert figure["identical_rate"] == 0 and 0 <= figure["token_agreement"] < 1
+        assert figure["text"] == "no_quantization agrees with its source on 0 of 16 prompts"
+        assessment = client.get(
+            f"/api/v1/assessments/{check['assessment_id']}", headers=auth
+        ).json()
+        assert assessment["dataset_name"] == "built-in prompts"
+        assert [c["model"] for c in assessment["config"]["candidates"]] == [
+            f"base:{tiny_base}",
+            f"live:{live['id']}",
+        ]
+        assert {c["params"]["temperature"] for c in assessment["config"]["candidates"]} == {0}
 
     def test_unquantized_leaves_quantize_out(
         self, client, auth, worker, ollama, ollama_env, tiny_base
@@ -137,8 +164,18 @@ class TestDeployToOllama:
         made = make_customized(tiny_base, made_adapter_dir)
         complete = saved(client, auth, made["id"])
         live = deployed(
-            client, auth, "complete", complete["id"], ollama_env["id"], quantization="q4_K_S"
+            client,
+            auth,
+            "complete",
+            complete["id"],
+            ollama_env["id"],
+            quantization="q4_K_S",
+            fidelity_check=False,
         )
+        # Opted out: no check is queued, and the card says the request asked for none.
+        assert "fidelity_check" not in live["model_card"]
+        assert live["model_card"]["deploy"]["fidelity_check"] is False
+        assert client.get("/api/v1/assessments", headers=auth).json()["total"] == 0
         assert live["name"].startswith(complete["name"] + "_d_")
         assert live["model_card"]["lineage"]["complete_model"] == complete["name"]
         assert ollama.find(live["tag"]).quantization == "Q4_K_S"
@@ -155,8 +192,11 @@ class TestDeployToOllama:
         again = client.post(f"{LIVE}/{live['id']}/register", headers=auth)
         assert again.status_code == 409
 
+        # Deleting it ends the fidelity check its deploy queued rather than waiting for it.
+        check = assert_fidelity_queued(client, auth, live)
         assert client.delete(f"{LIVE}/{live['id']}", headers=auth).status_code == 204
         assert ollama.find(live["tag"]) is None
+        assert wait_for_job(check["job_id"]).status in ("cancelled", "succeeded")
         assert client.get(f"{LIVE}/{live['id']}", headers=auth).status_code == 404
         with session_scope() as session:
             assert session.get(ThirdPartyModel, entry["id"]).live_model_id == live["id"]

@@ -211,11 +211,23 @@ def delete_live(session: Session, principal: Principal, live_id: str) -> str:
     fail, the row stays with its files, a check reports it stopped, and deleting it again
     finishes (removing is a no-op on a tool that no longer has the model).
     """
+    from tuneyard.assessment.fidelity import cancel_live_checks
     from tuneyard.deploy.targets import target_for
 
     principal.require("member")
     row = get_live(session, principal, live_id)
-    jobs.ensure_not_in_use(session, UseKey(Resource.LIVE_MODEL, row.id), f"Live model {row.name}")
+    checks = cancel_live_checks(session, principal, row.id)
+    busy = [
+        job
+        for job in jobs.active_jobs_using(session, UseKey(Resource.LIVE_MODEL, row.id))
+        if job.id not in checks
+    ]
+    if busy:
+        raise Conflict(
+            f"Live model {row.name} is in use by {busy[0].kind} job {busy[0].id} "
+            f"({busy[0].status}); wait for it or cancel it with "
+            f"`tuneyard jobs cancel {busy[0].id}`."
+        )
     environment = session.get_one(DeployEnvironment, row.environment_id)
     others = [live for live in live_models_in(session, environment.id) if live.id != row.id]
     session.delete(row)
