@@ -10,7 +10,15 @@ import time
 import httpx
 import pytest
 
-from tests.helpers import add_env, deploy, deployed, make_customized, stop_executor, wait_for_job
+from tests.helpers import (
+    add_env,
+    assert_fidelity_queued,
+    deploy,
+    deployed,
+    make_customized,
+    stop_executor,
+    wait_for_job,
+)
 from tests.vllm_double import VllmDouble
 from tuneyard.deploy.llamacpp import ManagedServer, list_served_models
 from tuneyard.deploy.openai_compat import OpenAICompatClient
@@ -60,6 +68,7 @@ class TestLlamaCpp:
         self, client, auth, worker, llama_env, tiny_base
     ):
         live = deployed(client, auth, "base", tiny_base, llama_env["id"], quantization="q8_0")
+        assert_fidelity_queued(client, auth, live)
         folder = Layout().live_model_dir(live["id"])
         assert sorted(p.name for p in folder.iterdir()) == ["README.md", "model.gguf"]
         assert live["size_bytes"] == (folder / "model.gguf").stat().st_size

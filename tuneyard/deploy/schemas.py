@@ -131,8 +131,9 @@ class LiveModelOut(BaseModel):
     fidelity: dict[str, Any] | None = Field(
         None,
         description="From the latest fidelity check that included it: how often it answers as "
-        'its source (`text`: "q4_K_M agrees with its source on 41 of 50 prompts"), the check\'s '
-        "assessment_id and when it ran; None before any.",
+        'its source (`text`: "q4_K_M agrees with its source on 41 of 50 prompts"), the share '
+        "of identical answers (`identical_rate`) and of greedy tokens (`token_agreement`), the "
+        "check's assessment_id and when it ran; None before any.",
     )
     last_checked_at: datetime | None
     created_at: datetime
