@@ -937,3 +937,65 @@ def test_smollm2_as_a_pairwise_judge_end_to_end(client, auth, qa, smollm2_folder
         assert all(j["raw"].strip() and j["completion_tokens"] for j in row["judgments"])
         read = [j for j in row["judgments"] if j["verdict"]["value"] is not None]
         assert (row["verdict"]["winner"] is not None) == (len(read) == 2)
+
+
+def test_a_deploys_check_asks_its_sources_training_dataset(
+    client, auth, qa, tiny_base, made_adapter_dir, principal
+):
+    """The check a deploy queues compares the live model with the customized model it came
+    from, on the records of the dataset that model was trained on, greedily."""
+    from tests.helpers import make_customized
+    from tuneyard.assessment.fidelity import start_live_fidelity
+    from tuneyard.db import session_scope
+    from tuneyard.models import CustomizedModel, Job, LiveModel, Training
+
+    customized = make_customized(tiny_base, made_adapter_dir)
+    env = client.post(
+        "/api/v1/deploy-environments",
+        json={"name": "vllm", "kind": "openai", "url": "http://127.0.0.1:9/v1"},
+        headers=auth,
+    ).json()
+    with session_scope() as session:
+        training = Training(
+            project_id=principal.project_id,
+            name="made",
+            method="sft",
+            base_model_id=tiny_base,
+            base_model_name="tiny",
+            dataset_id=qa,
+            dataset_name="qa",
+            status="succeeded",
+            customized_model_id=customized["id"],
+        )
+        session.add(training)
+        session.flush()
+        session.get_one(CustomizedModel, customized["id"]).training_id = training.id
+        live = LiveModel(
+            project_id=principal.project_id,
+            name=f"{customized['name']}_d_abcd_q8_0",
+            tag="made",
+            environment_id=env["id"],
+            source_kind="customized",
+            source_id=customized["id"],
+            source_name=customized["name"],
+            quantization="q8_0",
+            status="live",
+            endpoint_url="http://127.0.0.1:9/v1",
+            model_id="made",
+        )
+        session.add(live)
+        session.flush()
+        check = start_live_fidelity(session, principal, live, 16)
+        assert session.get_one(Job, check.job_id).kind == "assessment.run"
+        check_id, live_id = check.id, live.id
+    shown = client.get(f"{API}/{check_id}", headers=auth).json()
+    # The dataset has 8 records: all of them, its completions the reference.
+    assert shown["dataset_id"] == qa and shown["row_count"] == len(SUMS) == 8
+    config = shown["config"]
+    assert config["kind"] == "fidelity" and config["reference_column"] == "completion"
+    assert [c["model"] for c in config["candidates"]] == [
+        f"customized:{customized['id']}",
+        f"live:{live_id}",
+    ]
+    assert [c["stage"] for c in config["candidates"]] == ["customized", "live q8_0"]
+    assert all(c["params"]["temperature"] == 0 for c in config["candidates"])
