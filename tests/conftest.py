@@ -72,6 +72,10 @@ def data_dir(request, tmp_path, tmp_path_factory, template_db, monkeypatch) -> P
     monkeypatch.setenv("TUNEYARD_JOB_STALE_AFTER_SECONDS", "30")
     monkeypatch.setenv("TUNEYARD_PLUGINS", "tests.jobkinds")
     monkeypatch.setenv("TUNEYARD_JOB_CANCEL_GRACE_SECONDS", "3")
+    # A deploy's fidelity check is its own job, asking both models: on only where a test
+    # checks it (marked fidelity_check), so other deploy tests stay short.
+    checks = "16" if request.node.get_closest_marker("fidelity_check") else "0"
+    monkeypatch.setenv("TUNEYARD_DEPLOY_FIDELITY_PROMPTS", checks)
     database = None
     if request.node.get_closest_marker("nodb"):
         # A database that cannot be opened: a `nodb` test that reaches for one fails.

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from typer.testing import CliRunner
 
 from tests.helpers import closed_port, flat
@@ -50,6 +51,7 @@ class TestEnvCommands:
 
 
 class TestDeployCommands:
+    @pytest.mark.fidelity_check
     def test_deploy_wait_show_register_rm(self, cli, worker, ollama, tiny_base):
         invoke("env", "add", "ol", "--kind", "ollama", "--url", ollama.url)
         result = invoke(

@@ -34,6 +34,7 @@ def blob_posts(ollama) -> int:
 
 
 class TestDeployToOllama:
+    @pytest.mark.fidelity_check
     @pytest.mark.parametrize("ollama_version", FAMILIES)
     def test_base_model_at_q4_k_m(self, client, auth, worker, ollama, ollama_env, tiny_base):
         live = deployed(
@@ -79,6 +80,7 @@ class TestDeployToOllama:
         assert check == {"ok": True, "status": "live", "detail": check["detail"]}
         assert_fidelity_queued(client, auth, live)
 
+    @pytest.mark.fidelity_check
     def test_fidelity_figure_appears_once_its_check_has_run(
         self, client, auth, worker, ollama, ollama_env, tiny_base
     ):
@@ -158,6 +160,7 @@ class TestDeployToOllama:
         assert any("merged into its base" in warning for warning in card["warnings"])
         assert ollama_chat(ollama, live["model_id"]) == f"[{live['model_id']}] hello"
 
+    @pytest.mark.fidelity_check
     def test_complete_model(
         self, client, auth, worker, ollama, ollama_env, tiny_base, made_adapter_dir
     ):
@@ -180,6 +183,7 @@ class TestDeployToOllama:
         assert live["model_card"]["lineage"]["complete_model"] == complete["name"]
         assert ollama.find(live["tag"]).quantization == "Q4_K_S"
 
+    @pytest.mark.fidelity_check
     def test_register_then_delete_keeps_the_entry(
         self, client, auth, worker, ollama, ollama_env, tiny_base
     ):

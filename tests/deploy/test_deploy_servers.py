@@ -64,6 +64,7 @@ def chat(live: dict, messages=HELLO, max_tokens: int = 12) -> str:
 
 class TestLlamaCpp:
     @pytest.mark.slow
+    @pytest.mark.fidelity_check
     def test_base_model_served_checked_and_removed(
         self, client, auth, worker, llama_env, tiny_base
     ):
