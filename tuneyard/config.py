@@ -136,7 +136,7 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _reranker_usable(self) -> Settings:
-        from tuneyard.knowledge.rerank import reranker_setting_problem
+        from tuneyard.knowledge.rerank_settings import reranker_setting_problem
 
         problem = reranker_setting_problem(
             self.reranker, self.reranker_model, self.reranker_api_key

@@ -15,7 +15,6 @@ from tuneyard.assessment.schemas import (
     Sample,
 )
 from tuneyard.assessment.service import (
-    ACTIVE,
     FIDELITY,
     _by_name,
     _enqueue,
@@ -33,7 +32,6 @@ from tuneyard.models import (
     CompleteModel,
     CustomizedModel,
     Dataset,
-    Job,
     LiveModel,
     Training,
     new_id,
@@ -206,6 +204,7 @@ def start_live_fidelity(
     complete model) on `size` prompts at temperature 0: drawn from the source's training
     dataset where it has one, else the built-in prompts. Its figure goes on the live model's
     card once the check's job has run."""
+    principal.require("member")
     if size < 1:
         raise Invalid("A fidelity check asks at least one prompt.")
     source_ref = f"{live.source_kind}:{live.source_id}"
@@ -278,25 +277,6 @@ def start_live_fidelity(
         )
     _enqueue(session, principal, assessment)
     return assessment
-
-
-def cancel_live_checks(session: Session, principal: Principal, live_id: str) -> set[str]:
-    """The fidelity checks a deploy queued for a live model end with it: queued ones are
-    cancelled, running ones asked to stop. Returns their job ids."""
-    from tuneyard.jobs import service as jobs
-
-    job_ids = session.scalars(
-        select(Job.id)
-        .join(Assessment, Assessment.job_id == Job.id)
-        .where(
-            Assessment.project_id == principal.project_id,
-            Assessment.config["live_model_id"].as_string() == live_id,
-            Job.status.in_(ACTIVE),
-        )
-    ).all()
-    for job_id in job_ids:
-        jobs.cancel_job(session, principal, job_id)
-    return set(job_ids)
 
 
 def fidelity_figures(assessment: Assessment) -> dict[str, dict[str, Any]]:

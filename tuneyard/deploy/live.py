@@ -18,7 +18,9 @@ from tuneyard.jobs import service as jobs
 from tuneyard.jobs.keys import Resource, UseKey
 from tuneyard.modelref import ModelKind
 from tuneyard.models import (
+    Assessment,
     DeployEnvironment,
+    Job,
     LiveModel,
     ThirdPartyModel,
     new_id,
@@ -203,6 +205,23 @@ def check_live(session: Session, principal: Principal, live_id: str) -> dict[str
     return {"ok": ok, "status": row.status, "detail": detail}
 
 
+def _end_fidelity_checks(session: Session, principal: Principal, live_id: str) -> set[str]:
+    """The fidelity checks a deploy queued for a live model end with it: queued ones are
+    cancelled, running ones asked to stop. Returns their job ids."""
+    job_ids = session.scalars(
+        select(Job.id)
+        .join(Assessment, Assessment.job_id == Job.id)
+        .where(
+            Assessment.project_id == principal.project_id,
+            Assessment.config["live_model_id"].as_string() == live_id,
+            Job.status.in_(jobs.ACTIVE),
+        )
+    ).all()
+    for job_id in job_ids:
+        jobs.cancel_job(session, principal, job_id)
+    return set(job_ids)
+
+
 def delete_live(session: Session, principal: Principal, live_id: str) -> str:
     """Remove the model from its serving tool and forget it. Registered entries stay.
 
@@ -211,12 +230,11 @@ def delete_live(session: Session, principal: Principal, live_id: str) -> str:
     fail, the row stays with its files, a check reports it stopped, and deleting it again
     finishes (removing is a no-op on a tool that no longer has the model).
     """
-    from tuneyard.assessment.fidelity import cancel_live_checks
     from tuneyard.deploy.targets import target_for
 
     principal.require("member")
     row = get_live(session, principal, live_id)
-    checks = cancel_live_checks(session, principal, row.id)
+    checks = _end_fidelity_checks(session, principal, row.id)
     busy = [
         job
         for job in jobs.active_jobs_using(session, UseKey(Resource.LIVE_MODEL, row.id))
