@@ -334,6 +334,30 @@ class TestGroundedChat:
         assert plain["text"] == "I do not know." and "citations" not in plain
         assert [m["contains"] for m in row["metrics"]] == [1.0, 0.0]
 
+    def test_a_real_tiny_model_answers_grounded_with_its_sources(
+        self, client, auth, kb, worker, tiny_base
+    ):
+        upload(client, auth, "handbook", "handbook.md", HANDBOOK)
+        answer = client.post(
+            "/api/v1/chat",
+            json={
+                "model": f"base:{tiny_base}",
+                "messages": [{"role": "user", "content": "Who approves flights?"}],
+                "params": {"temperature": 0, "max_tokens": 8},
+                "stream": False,
+                "knowledge_bases": [kb["id"]],
+                "grounding": {"top_k": 2},
+            },
+            headers=auth,
+        )
+        assert answer.status_code == 200, answer.text
+        grounded = answer.json()
+        assert grounded["usage"]["prompt_tokens"] > 40  # the sources went into the prompt
+        citations = grounded["citations"]
+        assert [c["n"] for c in citations] == [1, 2]
+        assert "approval of a director" in citations[0]["text"]
+        assert all(c["cited"] is False for c in citations)  # random weights cite nothing
+
     def test_an_unknown_knowledge_base_is_refused_before_the_model_is_asked(
         self, client, auth, tiny_base
     ):
