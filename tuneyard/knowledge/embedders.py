@@ -9,9 +9,7 @@ so the chunker cuts chunks the model reads whole.
 from __future__ import annotations
 
 import os
-import random
 import threading
-import time
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Protocol
@@ -23,6 +21,7 @@ from tuneyard import modelref
 from tuneyard.auth.service import Principal
 from tuneyard.errors import AppError, Conflict, Invalid, Unavailable
 from tuneyard.knowledge.chunking import approx_tokens
+from tuneyard.knowledge.endpoint import bearer_client, with_retries
 from tuneyard.modelref import Capability, ModelKind
 
 # Texts a local model embeds at once. Measured here (2 cores, all-MiniLM-L6-v2, 256-token
@@ -220,34 +219,19 @@ class EndpointEmbedder:
             self._client = None
 
     def _http(self):
-        import httpx
-
         with self._client_lock:
             if self._client is None:
-                self._client = httpx.Client(
-                    timeout=httpx.Timeout(self._timeout, connect=10.0),
-                    headers={"Authorization": f"Bearer {self._api_key}"} if self._api_key else {},
-                )
+                self._client = bearer_client(self._timeout, self._api_key)
             return self._client
 
     def _request(self, texts: list[str]) -> numpy.ndarray:
         """The vectors of one batch, retried while the endpoint answers 429 or 5xx."""
-        from tuneyard.chat.backends import EndpointFailed
-
-        attempt = 0
-        while True:
-            try:
-                return self._request_once(texts)
-            except EndpointFailed as exc:
-                if attempt >= ENDPOINT_RETRIES:
-                    raise Unavailable(
-                        f"{exc.message} (gave up after {attempt + 1} attempts)"
-                    ) from None
-                delay = exc.retry_after
-                if delay is None:
-                    delay = BACKOFF_SECONDS * 2**attempt * (1 + random.random() / 2)
-                attempt += 1
-                time.sleep(min(delay, BACKOFF_MAX_SECONDS))
+        return with_retries(
+            lambda: self._request_once(texts),
+            ENDPOINT_RETRIES,
+            BACKOFF_SECONDS,
+            BACKOFF_MAX_SECONDS,
+        )
 
     def _request_once(self, texts: list[str]) -> numpy.ndarray:
         import httpx

@@ -16,14 +16,13 @@ from __future__ import annotations
 
 import math
 import os
-import random
 import threading
-import time
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Protocol
 
 from tuneyard.errors import Invalid, Unavailable
+from tuneyard.knowledge.endpoint import bearer_client, with_retries
 from tuneyard.knowledge.rerank_settings import cross_encoder_problem, is_url
 
 # Passages one call reranks at most: search asks for 3 * top_k, top_k is at most 50.
@@ -154,25 +153,15 @@ class EndpointReranker:
         self._client_lock = threading.Lock()
 
     def rerank(self, query: str, texts: list[str]) -> list[float]:
-        from tuneyard.chat.backends import EndpointFailed
-
         query, texts = _check(query, texts)
         if not texts:
             return []
-        attempt = 0
-        while True:
-            try:
-                return self._request(query, texts)
-            except EndpointFailed as exc:
-                if attempt >= ENDPOINT_RETRIES:
-                    raise Unavailable(
-                        f"{exc.message} (gave up after {attempt + 1} attempts)"
-                    ) from None
-                delay = exc.retry_after
-                if delay is None:
-                    delay = BACKOFF_SECONDS * 2**attempt * (1 + random.random() / 2)
-                attempt += 1
-                time.sleep(min(delay, BACKOFF_MAX_SECONDS))
+        return with_retries(
+            lambda: self._request(query, texts),
+            ENDPOINT_RETRIES,
+            BACKOFF_SECONDS,
+            BACKOFF_MAX_SECONDS,
+        )
 
     def close(self) -> None:
         if self._client is not None:
@@ -180,14 +169,9 @@ class EndpointReranker:
             self._client = None
 
     def _http(self) -> Any:
-        import httpx
-
         with self._client_lock:
             if self._client is None:
-                self._client = httpx.Client(
-                    timeout=httpx.Timeout(self._timeout, connect=10.0),
-                    headers={"Authorization": f"Bearer {self._api_key}"} if self._api_key else {},
-                )
+                self._client = bearer_client(self._timeout, self._api_key)
             return self._client
 
     def _request(self, query: str, texts: list[str]) -> list[float]:
