@@ -24,7 +24,7 @@ COPY pyproject.toml README.md ./
 COPY tuneyard ./tuneyard
 RUN --mount=type=cache,target=/root/.cache/pip \
     pip install --upgrade pip \
-    && pip install ${TORCH_INDEX_URL:+--extra-index-url $TORCH_INDEX_URL} '.[train,embed,llama]'
+    && pip install ${TORCH_INDEX_URL:+--extra-index-url $TORCH_INDEX_URL} '.[train,embed,llama,images]'
 
 
 FROM python:3.11-slim

@@ -16,10 +16,10 @@ $(BIN)/python:
 	$(BIN)/pip install --quiet --upgrade pip
 
 install: $(BIN)/python
-	$(BIN)/pip install --quiet -e '.[train,embed,llama,demo]'
+	$(BIN)/pip install --quiet -e '.[train,embed,llama,images,demo]'
 
 install-dev: $(BIN)/python browser
-	$(BIN)/pip install --quiet -e '.[train,embed,llama,demo,dev]'
+	$(BIN)/pip install --quiet -e '.[train,embed,llama,images,demo,cluster,dev]'
 
 ## Debian's chromium, which the console's browser tests drive.
 browser:
@@ -46,17 +46,20 @@ run: install demo
 test: install-dev lint
 	$(MAKE) --no-print-directory --output-sync=target -j2 test-sqlite test-postgres
 
+# A team's processes started together (`team`) run on PostgreSQL's pass, as teams run them.
 test-sqlite:
-	$(BIN)/python -m pytest -q $(DURATIONS)
+	$(BIN)/python -m pytest -q $(DURATIONS) -m "not team"
 
-# Every test that reaches the database runs again on PostgreSQL. Tests marked `nodb` (export,
-# merge, inference numerics; the database is out of their reach) ran on SQLite's pass already.
+# Every test whose outcome can depend on the database runs again on PostgreSQL. Tests marked
+# `nodb` (export, merge, inference numerics; the database is out of their reach) or
+# `backend_free` (numerics of training, merges and generation, a cluster's placement: they go
+# through the API, but what they check does not depend on the database) ran on SQLite's pass.
 # The console's pages call the same services the API tests run here; of the browser tests, the
 # new user's journey runs here too (the rest run on SQLite), which keeps CI short.
 test-postgres:
 	bash scripts/ensure-postgres.sh
 	TUNEYARD_TEST_DATABASE_URL=$(PG_TEST_URL) $(BIN)/python -m pytest -q $(DURATIONS) \
-		-m "not nodb and (not console or journey)"
+		-m "not nodb and not backend_free and (not console or journey)"
 
 ## The quick loop while developing: SQLite, none of the tests marked slow (real models, training).
 test-fast:

@@ -18,8 +18,37 @@ from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
 from tests.helpers import PG_URL, build_adapter, closed_port, login, pg_admin_engine, stop_executor
+from tests.tiny_llama import save_tiny_llama
 from tuneyard.config import get_settings, reset_settings
 from tuneyard.db import engine_for, upgrade
+
+
+def pytest_collection_modifyitems(config, items):
+    """A test of one backend's own rules (marked postgres_only or sqlite_only) is deselected on
+    the other backend's pass: it is not run there, rather than reported skipped."""
+    other = "sqlite_only" if PG_URL else "postgres_only"
+    kept, left = [], []
+    for item in items:
+        (left if item.get_closest_marker(other) else kept).append(item)
+    if left:
+        config.hook.pytest_deselected(items=left)
+        items[:] = kept
+
+
+@pytest.fixture(autouse=True, scope="session")
+def quick_password_hashing():
+    """Argon2id at its smallest cost in this process. Each test creates its first admin and
+    most log in: at the production cost (about a third of a second a hash here) hashing would
+    be most of a short test's time. Servers and workers the tests start as processes of their
+    own hash at the production cost."""
+    from argon2 import PasswordHasher
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(
+            "tuneyard.auth.service._hasher",
+            PasswordHasher(time_cost=1, memory_cost=8, parallelism=1),
+        )
+        yield
 
 
 @pytest.fixture(scope="session")
@@ -464,28 +493,10 @@ def tokenizer_dir(tmp_path_factory, smollm2_gguf) -> Path:
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory, tokenizer_dir) -> Path:
     """A 2-layer llama with random weights and SmolLM2's tokenizer: trains in seconds."""
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        tie_word_embeddings=True,
-    )
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(config)
-    out = tmp_path_factory.mktemp("tiny-llama")
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return out
+    return save_tiny_llama(tmp_path_factory.mktemp("tiny-llama"), tokenizer)
 
 
 @pytest.fixture(scope="session")
@@ -573,6 +584,9 @@ def page(browser):
 
     context = browser.new_context(viewport=WIDE)
     context.set_default_timeout(15_000)
+    # A new page is built by the server and loads every script before "load": on a machine
+    # busy with other tests' jobs that takes longer than an element of a loaded page.
+    context.set_default_navigation_timeout(60_000)
     tab = context.new_page()
     errors: list[str] = []
     tab.on("pageerror", lambda error: errors.append(str(error)))

@@ -159,6 +159,25 @@ def check_narrow(page, name: str) -> None:
     resize(page, WIDE)
 
 
+def follow(page, target, url: re.Pattern, timeout_ms: float = 60_000) -> None:
+    """Click `target` (a link or a button that navigates) and wait for the page at `url`.
+
+    The wait is longer than an element's: on a loaded machine the new page's first build can
+    take a while. When it does not come, the error says where the browser is instead and
+    whether the page it was on reloaded meanwhile (its click then went to a page being replaced).
+    """
+    page.evaluate("window.__beforeFollow = true")
+    target.click()
+    try:
+        page.wait_for_url(url, timeout=timeout_ms)
+    except PlaywrightTimeout:
+        reloaded = not page.evaluate("window.__beforeFollow === true")
+        raise AssertionError(
+            f"no page at {url.pattern} {timeout_ms / 1000:.0f} s after the click: the browser is "
+            f"at {page.url}" + (", a page that reloaded after the click" if reloaded else "")
+        ) from None
+
+
 def choose(page, testid: str, option: str) -> None:
     """Pick the option named exactly `option` in the select with data-testid `testid`."""
     page.get_by_test_id(testid).click()

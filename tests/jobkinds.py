@@ -4,8 +4,9 @@ import os
 import time
 from pathlib import Path
 
+from tuneyard.jobs.context import JobCancelled
 from tuneyard.jobs.registry import job_kind
-from tuneyard.storage import atomic_dir, discard
+from tuneyard.storage import atomic_dir, atomic_file, discard
 
 
 @job_kind("test.sleep")
@@ -50,3 +51,28 @@ def write_job(ctx):
             time.sleep(pause)
     with ctx.session():
         return {"path": str(target)}
+
+
+def _saved_step(session, job) -> int | None:
+    checkpoint = Path(job.params["checkpoint"])
+    return int(checkpoint.read_text()) if checkpoint.exists() else None
+
+
+@job_kind("test.steps", cooperative_cancel=True, resume_point=_saved_step)
+def steps_job(ctx):
+    """Counts to `steps`, saving the step it reached every `save_every` steps, and on a stop
+    request at the next step; run again, it counts on from the saved step, as training does."""
+    checkpoint = Path(ctx.params["checkpoint"])
+    first = int(checkpoint.read_text()) if checkpoint.exists() else 0
+    ctx.event("started", {"from_step": first, "pid": os.getpid()})
+    Path(ctx.params["pid_file"]).write_text(str(os.getpid()))
+    steps, save_every = int(ctx.params["steps"]), int(ctx.params.get("save_every", 5))
+    for step in range(first + 1, steps + 1):
+        time.sleep(float(ctx.params.get("step_seconds", 0.1)))
+        ctx.progress(100 * step / steps, f"step {step}")
+        if step % save_every == 0 or ctx.cancel_requested:
+            with atomic_file(checkpoint, "w") as handle:
+                handle.write(str(step))
+        if ctx.cancel_requested:
+            raise JobCancelled()
+    return {"from_step": first}

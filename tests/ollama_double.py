@@ -53,6 +53,9 @@ HTTP_ERRORS_SINCE = (0, 12, 6)
 NO_MISTRAL_SINCE = (0, 6, 5)
 ADAPTER_LOAD_FIXED = (0, 24, 0)
 GGUF_REWRITTEN_SINCE = (0, 30, 0)
+# From 0.30 a GGUF chat template offering tools or thinking is rendered (through llama.cpp's
+# Jinja) in place of the Go TEMPLATE.
+GGUF_TEMPLATE_SINCE = (0, 30, 0)
 NO_CONVERSION_SINCE = (0, 34, 1)
 NEW_ENGINE_FAMILIES = ("qwen3", "gemma3", "mistral3", "llama4")
 MLX_QUANTIZE_TYPES = ("int4", "int8", "nvfp4", "mxfp4", "mxfp8")
@@ -188,6 +191,10 @@ class ModelRecord:
     modified_at: str
     # The model layer's blob as stored: an uploaded GGUF's digest, or its rewrite's (0.30+).
     model_digest: str = ""
+    # The chat template the weights carry, and whether prompts are rendered with it (0.30+,
+    # tools or thinking) rather than with `template`.
+    chat_template: str | None = None
+    renders_chat_template: bool = False
     format: str = "gguf"
 
 
@@ -428,6 +435,9 @@ class OllamaDouble:
             system=system,
             parameters=parameters,
             modified_at=datetime.now(UTC).isoformat(),
+            chat_template=weights.chat_template,
+            renders_chat_template=self.release >= GGUF_TEMPLATE_SINCE
+            and _offers_tools_or_thinking(weights.chat_template),
         )
         yield {"status": "success"}
 
@@ -444,6 +454,7 @@ class OllamaDouble:
             size=record.size,
             digest=record.model_digest,
             format=record.format,
+            chat_template=record.chat_template,
             template=record.template,
             template_name=record.template_name,
             system=record.system,
@@ -807,6 +818,10 @@ def _single_answer(events: Iterator[dict]) -> Response:
     except CreateFailed as exc:
         return JSONResponse({"error": exc.message}, exc.status)
     return JSONResponse({"status": "success"})
+
+
+def _offers_tools_or_thinking(chat_template: str | None) -> bool:
+    return bool(chat_template) and ("tools" in chat_template or "<think>" in chat_template)
 
 
 def _template_name(chat_template: str) -> str | None:

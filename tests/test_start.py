@@ -23,8 +23,10 @@ from tuneyard.config import get_settings, reset_settings
 from tuneyard.db import SchemaMismatch, engine_for, schema_state, upgrade
 
 ROOT = Path(__file__).resolve().parent.parent
-on_postgres = pytest.mark.skipif(not PG_URL, reason="the rule for a shared PostgreSQL database")
-on_sqlite = pytest.mark.skipif(bool(PG_URL), reason="the rule for the embedded SQLite database")
+# The rule for a shared PostgreSQL database, and the one for the embedded SQLite database: each
+# test runs on its backend's pass only (tests/conftest.py deselects it on the other).
+on_postgres = pytest.mark.postgres_only
+on_sqlite = pytest.mark.sqlite_only
 
 
 def set_revision(revision: str) -> None:

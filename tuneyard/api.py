@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import logging
 from contextlib import asynccontextmanager
 
@@ -11,6 +13,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from sqlalchemy.exc import DataError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import BaseRoute
 
 from tuneyard import __version__
 from tuneyard.config import get_settings
@@ -90,6 +93,7 @@ def api_router() -> APIRouter:
     from tuneyard.dashboard.routes import router as dashboard_router
     from tuneyard.datasets.routes import router as datasets_router
     from tuneyard.deploy.routes import router as deploy_router
+    from tuneyard.images.routes import image_models_router, images_router
     from tuneyard.jobs.routes import router as jobs_router
     from tuneyard.knowledge.routes import router as knowledge_router
     from tuneyard.modelref.routes import router as modelref_router
@@ -134,6 +138,8 @@ def api_router() -> APIRouter:
         chat_router,
         assessment_router,
         knowledge_router,
+        image_models_router,
+        images_router,
         dashboard_router,
         modelref_router,
     ):
@@ -166,6 +172,21 @@ def prepare(announce=print, migrate: bool = False) -> None:
         )
 
 
+@functools.cache
+def routes() -> tuple[BaseRoute, ...]:
+    """The API's and the gateways' routes, built once per process: building a route (its
+    request and response models) is most of the cost of an app, and routes hold nothing of
+    the app they serve, so every app made here shares them."""
+    from tuneyard.chat.gateway import router as gateway_router
+    from tuneyard.images.gateway import router as image_gateway_router
+
+    everything = APIRouter()
+    everything.include_router(api_router())
+    everything.include_router(gateway_router)
+    everything.include_router(image_gateway_router)
+    return tuple(everything.routes)
+
+
 def create_app(run_worker: bool = False, console: bool = False) -> FastAPI:
     """The API (and, with run_worker, a job executor in the same process; with console, the
     web console at /console: once per process, NiceGUI is global)."""
@@ -175,16 +196,18 @@ def create_app(run_worker: bool = False, console: bool = False) -> FastAPI:
         executor = supervisor = None
         if run_worker:
             from tuneyard.deploy.supervisor import Supervisor
-            from tuneyard.jobs.executor import Executor
+            from tuneyard.jobs.engines import new_executor
 
-            executor = Executor()
+            executor = new_executor()
             executor.start()
             # The worker's host also runs the llama.cpp servers of managed environments.
             supervisor = Supervisor()
             supervisor.start()
         yield
         if executor is not None:
-            executor.stop()
+            # After uvicorn's graceful shutdown let the requests finish: jobs go to other
+            # workers (see Executor.drain), without blocking the event loop meanwhile.
+            await asyncio.to_thread(executor.drain)
         if supervisor is not None:
             supervisor.stop()
         # Chats start the inference process on demand; it ends with the server.
@@ -203,10 +226,7 @@ def create_app(run_worker: bool = False, console: bool = False) -> FastAPI:
     from tuneyard.gate import RequestGate
 
     app.add_middleware(RequestGate)
-    app.include_router(api_router())
-    from tuneyard.chat.gateway import router as gateway_router
-
-    app.include_router(gateway_router)
+    app.router.routes.extend(routes())
     if console:
         from tuneyard.console.app import mount_console
 

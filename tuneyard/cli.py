@@ -49,6 +49,7 @@ def _mount() -> None:
     from tuneyard.datasets.cli import app as data_app
     from tuneyard.deploy.cli import deploy as deploy_command
     from tuneyard.deploy.cli import env_app, live_app
+    from tuneyard.images.cli import app as image_app
     from tuneyard.knowledge.cli import app as kb_app
     from tuneyard.thirdparty.cli import app as thirdparty_app
     from tuneyard.training.cli import app as train_app
@@ -67,6 +68,7 @@ def _mount() -> None:
     app.add_typer(thirdparty_app, name="thirdparty")
     app.add_typer(assess_app, name="assess")
     app.add_typer(kb_app, name="kb")
+    app.add_typer(image_app, name="image")
     app.add_typer(jobs_app, name="jobs")
     app.add_typer(users_app, name="users")
     app.add_typer(tokens_app, name="tokens")
@@ -246,7 +248,15 @@ def serve(
         soft_wrap=True,
     )
     application = create_app(run_worker=worker, console=True)
-    uvicorn.run(application, host=host, port=port, log_level="info")
+    # On SIGTERM uvicorn stops listening, lets requests in flight finish (up to the grace),
+    # then the app's shutdown hands its worker's jobs over (Executor.drain).
+    uvicorn.run(
+        application,
+        host=host,
+        port=port,
+        log_level="info",
+        timeout_graceful_shutdown=settings.server_stop_grace_seconds,
+    )
 
 
 @app.command()
@@ -256,17 +266,23 @@ def worker(
 ):
     """Run a job worker alone, beside a `tuneyard serve --no-worker`.
 
-    It may run on another machine that shares the database and data dir.
+    It may run on another machine that shares the database and data dir. SIGTERM (or Ctrl-C)
+    stops it gracefully: it claims nothing more, its trainings stop at a checkpoint and go back
+    to the queue for another worker, and it exits within TUNEYARD_WORKER_STOP_GRACE_SECONDS.
     """
     import signal
     import threading
 
     from tuneyard.deploy.supervisor import Supervisor
-    from tuneyard.jobs.executor import Executor
+    from tuneyard.errors import AppError
+    from tuneyard.jobs.engines import new_executor
 
     require_data_dir()
     _prepare_or_fail(migrate)
-    executor = Executor(concurrency=concurrency)
+    try:
+        executor = new_executor(concurrency=concurrency)
+    except AppError as exc:
+        fail(exc.message)
     executor.sweep()
     Supervisor().start()
     stop = threading.Event()
@@ -278,8 +294,17 @@ def worker(
             stop.wait(0.5)
     except KeyboardInterrupt:
         pass
-    finally:
+    except BaseException:
         executor.stop()  # no longer counted as a live worker
+        raise
+    console.print(
+        f"Stopping: handing {len(executor.running)} running job(s) over to other workers "
+        f"(at most {executor.settings.worker_stop_grace_seconds:.0f} s)."
+    )
+    try:
+        executor.drain()
+    except KeyboardInterrupt:
+        executor.stop()  # a second Ctrl-C: leave the jobs to the usual handling
 
 
 @db_app.command("upgrade")

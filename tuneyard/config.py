@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
+import json
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 TRAINING_PACKAGES = ("torch", "transformers", "peft", "trl")
@@ -39,6 +42,54 @@ class Settings(BaseSettings):
         30.0, gt=0, description="A running job whose heartbeat is older is taken as dead."
     )
     job_cancel_grace_seconds: float = Field(10.0, ge=0)
+    executor: Literal["local", "ray"] = Field(
+        "local",
+        description="Where jobs run: 'local' (a process per job on the worker's machine) or "
+        "'ray' (a Ray actor per job on the cluster at ray_address; needs the cluster extra).",
+    )
+    ray_address: str = Field(
+        "auto",
+        description="The Ray cluster of the ray executor: 'auto' (the cluster this machine "
+        "belongs to), 'host:port' of its head (GCS), or 'ray://host:10001' (Ray Client).",
+    )
+    artifact_store: str = Field(
+        "",
+        description="With the ray executor: an fsspec URL (s3://bucket/prefix, or file:///path "
+        "for a mount) through which jobs' files travel between the API's data dir and the "
+        "cluster's nodes, which then share no disk with it; empty: the nodes see the data dir "
+        "at the same path.",
+    )
+    artifact_store_options: SecretStr = Field(
+        SecretStr("{}"),
+        description="JSON object of the artifact store's fsspec options (endpoint_url, key, "
+        "secret, ...); a secret, never shown.",
+    )
+    node_data_dir: Path | None = Field(
+        None,
+        description="The data dir a job uses on a cluster node when an artifact store is set; "
+        "default /tmp/tuneyard-node-<hash of the store URL>.",
+    )
+    api_data_dir: Path | None = Field(
+        None,
+        description="Set by the ray executor for a job's process on a node with an artifact "
+        "store: the API's data dir, which the paths kept in the database name.",
+    )
+    worker_stop_grace_seconds: float = Field(
+        60.0,
+        ge=0,
+        description="On SIGTERM a worker (and `tuneyard serve`'s own) claims nothing more, and "
+        "waits this long for its jobs to stop at a checkpoint (or finish) and go back to the "
+        "queue before it exits; jobs still running then are left to the usual handling.",
+    )
+    server_stop_grace_seconds: int = Field(
+        30, ge=0, description="On SIGTERM `tuneyard serve` waits this long for requests."
+    )
+    job_lost_resumes: int = Field(
+        1,
+        ge=0,
+        description="Times a job that can resume (a training with a checkpoint) goes back to the "
+        "queue after its worker or machine died; the next loss fails it.",
+    )
     dataset_max_line_chars: int = Field(
         4000, ge=1, description="Longest accepted record: a JSONL line, a JSON array item."
     )
@@ -93,6 +144,26 @@ class Settings(BaseSettings):
         description="Let the operator upload Python (custom training methods, GRPO reward "
         "files), which runs as code on the machine that trains.",
     )
+    image_adapter_max_file_bytes: int = Field(
+        2 * 1024**3, ge=1, description="Largest image LoRA file an upload may be."
+    )
+    image_train_max_archive_bytes: int = Field(
+        1024**3,
+        ge=1,
+        description="Largest zip archive of images and captions an image LoRA training takes.",
+    )
+    image_process_idle_seconds: float = Field(
+        600.0,
+        gt=0,
+        description="The image process (which keeps the last pipeline loaded) ends after "
+        "this long without work.",
+    )
+    image_gateway_timeout_seconds: float = Field(
+        600.0,
+        gt=0,
+        description="How long the OpenAI-compatible /v1/images routes wait for their "
+        "generation job before answering that it is still running.",
+    )
     reranker: str | None = Field(
         None,
         description="What reorders knowledge-base search results after fusion: a cross-encoder "
@@ -126,6 +197,44 @@ class Settings(BaseSettings):
     @classmethod
     def _absolute(cls, value: Path) -> Path:
         return value.expanduser().resolve()
+
+    @field_validator("artifact_store")
+    @classmethod
+    def _store_url(cls, value: str) -> str:
+        value = value.strip()
+        if value and "://" not in value:
+            raise ValueError(
+                f"TUNEYARD_ARTIFACT_STORE '{value}' is not a URL: give one such as "
+                "s3://bucket/prefix or file:///shared/path, or leave it empty."
+            )
+        return value.rstrip("/")
+
+    @field_validator("artifact_store_options")
+    @classmethod
+    def _store_options(cls, value: SecretStr) -> SecretStr:
+        try:
+            parsed = json.loads(value.get_secret_value() or "{}")
+        except ValueError:
+            parsed = None
+        if not isinstance(parsed, dict):
+            raise ValueError(
+                "TUNEYARD_ARTIFACT_STORE_OPTIONS must be a JSON object of fsspec options, such "
+                'as {"endpoint_url": "http://minio:9000", "key": "...", "secret": "..."}.'
+            )
+        return value
+
+    @property
+    def store_options(self) -> dict:
+        """The artifact store's fsspec options (credentials included: never log them)."""
+        return json.loads(self.artifact_store_options.get_secret_value() or "{}")
+
+    @property
+    def node_data_path(self) -> Path:
+        """Where a job's files live on a cluster node when an artifact store is set."""
+        if self.node_data_dir is not None:
+            return self.node_data_dir.expanduser()
+        digest = hashlib.sha256(self.artifact_store.encode()).hexdigest()[:12]
+        return Path("/tmp") / f"tuneyard-node-{digest}"
 
     @field_validator("reranker", "reranker_model", "reranker_api_key", mode="before")
     @classmethod

@@ -131,6 +131,12 @@ class Job(Base):
     pid: Mapped[int | None] = mapped_column(Integer)
     worker_id: Mapped[str | None] = mapped_column(String(200))
     cancel_requested: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
+    # Where the last attempt ran (a Ray node: its host name and node id) and what it was given
+    # there ({"num_cpus", "num_gpus", "memory"}); unset for jobs of the local executor.
+    node: Mapped[str | None] = mapped_column(String(200))
+    resources: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # Workers claim queued jobs by priority (higher first), then by age.
+    priority: Mapped[int] = mapped_column(Integer, nullable=False, default=0, server_default="0")
 
 
 class Worker(Base):
@@ -635,3 +641,71 @@ class KnowledgeChunk(Base):
     page_label: Mapped[str] = mapped_column(String(100), nullable=False)
     heading: Mapped[str | None] = mapped_column(Text)
     text: Mapped[str] = mapped_column(Text, nullable=False)
+
+
+class ImageModel(Base):
+    """A registered diffusion pipeline: a diffusers folder or a single checkpoint file, read
+    where it is (Tuneyard never moves or deletes it)."""
+
+    __tablename__ = "image_models"
+    __table_args__ = (UniqueConstraint("project_id", "name"),)
+
+    id: Mapped[str] = id_column()
+    project_id: Mapped[str] = mapped_column(
+        ForeignKey("projects.id", ondelete="CASCADE"), index=True
+    )
+    name: Mapped[str] = mapped_column(String(200), nullable=False)
+    source: Mapped[str] = mapped_column(String(16), nullable=False)  # folder, single_file
+    path: Mapped[str] = mapped_column(Text, nullable=False)
+    pipeline_class: Mapped[str] = mapped_column(String(100), nullable=False)
+    # Pipeline family, native size, size multiple, parameter count, dtype, size on disk.
+    card: Mapped[dict[str, Any]] = mapped_column(JSON, nullable=False, default=dict)
+    created_by: Mapped[str | None] = mapped_column(String(36))
+    created_at: Mapped[datetime] = created_column()
+
+
+class ImageAdapter(Base):
+    """An image LoRA (diffusers or kohya safetensors) of one image model, uploaded or trained
+    here; its file is kept in the data dir."""
+
+    __tablename__ = "image_adapters"
+    __table_args__ = (UniqueConstraint("image_model_id", "name"),)
+
+    id: Mapped[str] = id_column()
+    project_id: Mapped[str] = mapped_column(
+        ForeignKey("projects.id", ondelete="CASCADE"), index=True
+    )
+    image_model_id: Mapped[str] = mapped_column(
+        ForeignKey("image_models.id", ondelete="CASCADE"), index=True
+    )
+    name: Mapped[str] = mapped_column(String(200), nullable=False)
+    digest: Mapped[str] = mapped_column(String(64), nullable=False)
+    size_bytes: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    # What a trained adapter is (base model, method, parameters, final loss, training job);
+    # None for an uploaded one.
+    card: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    created_by: Mapped[str | None] = mapped_column(String(36))
+    created_at: Mapped[datetime] = created_column()
+
+
+class GeneratedImage(Base):
+    """One generated PNG and the full recipe that reproduces it."""
+
+    __tablename__ = "generated_images"
+
+    id: Mapped[str] = id_column()
+    project_id: Mapped[str] = mapped_column(
+        ForeignKey("projects.id", ondelete="CASCADE"), index=True
+    )
+    # The model may be deleted later; the recipe keeps its id and name.
+    image_model_id: Mapped[str | None] = mapped_column(
+        ForeignKey("image_models.id", ondelete="SET NULL"), index=True
+    )
+    job_id: Mapped[str | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"))
+    recipe: Mapped[dict[str, Any]] = mapped_column(JSON, nullable=False)
+    width: Mapped[int] = mapped_column(Integer, nullable=False)
+    height: Mapped[int] = mapped_column(Integer, nullable=False)
+    digest: Mapped[str] = mapped_column(String(64), nullable=False)  # sha256 of the PNG
+    size_bytes: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    created_by: Mapped[str | None] = mapped_column(String(36))
+    created_at: Mapped[datetime] = created_column()

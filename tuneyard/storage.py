@@ -25,7 +25,24 @@ class Layout:
     """Where each kind of thing lives under the data dir."""
 
     def __init__(self, settings: Settings | None = None):
-        self.root = (settings or get_settings()).data_dir
+        settings = settings or get_settings()
+        self.root = settings.data_dir
+        # On a cluster node with an artifact store, the API's data dir: the database's paths.
+        self.home = settings.api_data_dir or settings.data_dir
+
+    def recorded(self, path: Path) -> str:
+        """A path of this data dir as the database keeps it: the API's data dir's, so that a
+        job that ran on a cluster node records where its files land."""
+        if path.is_relative_to(self.root):
+            return str(self.home / path.relative_to(self.root))
+        return str(path)
+
+    def local(self, recorded: str) -> Path:
+        """Where a path the database keeps is found here (see `recorded`)."""
+        path = Path(recorded)
+        if path.is_relative_to(self.home):
+            return self.root / path.relative_to(self.home)
+        return path
 
     def ensure_root(self) -> Path:
         """The data dir, created readable by its owner only (it holds keys and passwords)."""
@@ -72,6 +89,26 @@ class Layout:
     def environment_dir(self, environment_id: str) -> Path:
         """State of a serving tool Tuneyard runs itself: its config, pid and log."""
         return self.root / "environments" / environment_id
+
+    def images_dir(self, project_id: str) -> Path:
+        """A project's generated images, one folder per generation job."""
+        return self.root / "images" / project_id
+
+    def image_file(self, project_id: str, job_id: str, image_id: str) -> Path:
+        return self.images_dir(project_id) / job_id / f"{image_id}.png"
+
+    def image_adapter(self, project_id: str, adapter_id: str) -> Path:
+        """An uploaded image LoRA's safetensors file."""
+        return self.images_dir(project_id) / "adapters" / f"{adapter_id}.safetensors"
+
+    def image_training_set(self, project_id: str, set_id: str) -> Path:
+        """The images and captions an image LoRA training reads, unpacked from their archive;
+        kept while its job is queued or running."""
+        return self.images_dir(project_id) / "training-sets" / set_id
+
+    def image_source(self, project_id: str, digest: str) -> Path:
+        """A source image of image-to-image, by its sha256: kept so its recipes reproduce."""
+        return self.images_dir(project_id) / "sources" / digest
 
     @property
     def pending_deletions(self) -> Path:

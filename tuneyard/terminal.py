@@ -200,9 +200,9 @@ def run_job_here(job_id: str, project: str | None = None) -> None:
     from tuneyard.db import session_scope
     from tuneyard.errors import Conflict
     from tuneyard.jobs import service
-    from tuneyard.jobs.executor import Executor
+    from tuneyard.jobs.engines import new_executor
 
-    executor = Executor()
+    executor = new_executor()
     with _progress_bar() as bar:
         task = bar.add_task("queued", total=100)
 

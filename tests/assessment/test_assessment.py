@@ -812,6 +812,7 @@ def inference(data_dir):
     stop_inference()
 
 
+@pytest.mark.backend_free
 @pytest.mark.slow
 def test_a_tiny_model_as_candidate_judged_by_a_double(client, auth, qa, tiny_base, inference):
     with OpenAIDouble(lambda m: '{"score": 2, "reason": "gibberish"}') as judge:
@@ -840,6 +841,7 @@ def test_a_tiny_model_as_candidate_judged_by_a_double(client, auth, qa, tiny_bas
     assert summary["candidates"][0]["metrics"]["exact"]["mean"] == 0
 
 
+@pytest.mark.backend_free
 @pytest.mark.slow
 def test_fidelity_compares_a_customized_model_with_its_complete_and_live_models(
     client, auth, qa, tiny_base, made_adapter_dir, inference
@@ -900,6 +902,7 @@ def test_fidelity_compares_a_customized_model_with_its_complete_and_live_models(
     assert "C_identical" in exported.splitlines()[0]
 
 
+@pytest.mark.backend_free
 @pytest.mark.slow
 def test_smollm2_as_a_pairwise_judge_end_to_end(client, auth, qa, smollm2_folder, inference):
     """A real small model judging: whatever it answers is read or counted as unread."""

@@ -74,7 +74,13 @@ READS = {
         "usable_complete",
     },
     "tuneyard.customized.service": {"get_customized", "list_customized", "usable_customized"},
-    "tuneyard.dashboard.service": {"base_model_usage", "counts", "overview", "trainings_per_day"},
+    "tuneyard.dashboard.service": {
+        "base_model_usage",
+        "counts",
+        "overview",
+        "trainings_per_day",
+        "workers",
+    },
     "tuneyard.datasets.service": {
         "dataset_stats",
         "find_dataset",
@@ -86,6 +92,13 @@ READS = {
     "tuneyard.deploy.environments": {"get_environment", "list_environments", "live_models_in"},
     "tuneyard.deploy.live": {"get_live", "list_live", "live_summary", "usable_live"},
     "tuneyard.deploy.sources": {"resolve_source"},
+    "tuneyard.images.service": {
+        "list_adapters",
+        "get_image",
+        "get_image_model",
+        "list_image_models",
+        "list_images",
+    },
     "tuneyard.jobs.service": {
         "active_jobs_using",
         "ensure_not_in_use",
@@ -201,7 +214,28 @@ WITHOUT_PRINCIPAL = {
         "live_model_name",
         "live_models_of_job",
     },
-    "tuneyard.jobs.service": {"clean_up", "finish"},
+    "tuneyard.images.service": {
+        "adapter_path",
+        "describe_model",
+        "image_path",
+        "image_size",
+        "record_image",
+        "record_trained_adapter",
+        "source_path",
+        "training_refusal",
+        "training_resolution",
+        "training_set_path",
+        "unrecorded_files",
+        "unrecorded_training_files",
+    },
+    "tuneyard.jobs.service": {
+        "cancels_asked",
+        "clean_up",
+        "finish",
+        "lost_resumes",
+        "requeue",
+        "resume_point",
+    },
     "tuneyard.knowledge.evaluation": {"matches"},
     "tuneyard.knowledge.service": {
         "active_index",
@@ -623,6 +657,27 @@ def route_requests(w) -> dict[tuple[str, str], tuple[dict, dict]]:
             {},
         ),
         ("POST", "/api/v1/base-models/demo"): ({}, {}),
+        ("POST", "/api/v1/image-models"): ({}, {"json": {"name": "other", "path": "/models/sd"}}),
+        ("DELETE", "/api/v1/image-models/{model}"): ({"model": "sd"}, {}),
+        ("POST", "/api/v1/image-models/{model}/adapters"): (
+            {"model": "sd"},
+            {"data": {"name": "style"}, "files": {"file": ("style.safetensors", b"x")}},
+        ),
+        ("DELETE", "/api/v1/image-models/{model}/adapters/{adapter}"): (
+            {"model": "sd", "adapter": "style"},
+            {},
+        ),
+        ("POST", "/api/v1/image-models/{model}/adapters/train"): (
+            {"model": "sd"},
+            {"data": {"name": "squares"}, "files": {"archive": ("set.zip", b"x")}},
+        ),
+        ("POST", "/api/v1/images"): ({}, {"json": {"model": "sd", "prompt": "a cat"}}),
+        ("DELETE", "/api/v1/images/{image_id}"): ({"image_id": "x"}, {}),
+        ("POST", "/v1/images/generations"): ({}, {"json": {"model": "sd", "prompt": "a cat"}}),
+        ("POST", "/v1/images/edits"): (
+            {},
+            {"data": {"model": "sd", "prompt": "a cat"}, "files": {"image": ("a.png", b"x")}},
+        ),
         ("POST", "/api/v1/knowledge-bases"): (
             {},
             {"json": {"name": "more", "embedding_model": f"base:{w.base}"}},
@@ -661,7 +716,10 @@ def test_a_viewer_gets_403_from_every_route_that_changes_the_project(client, pro
     for (method, template), (path, arguments) in requests.items():
         url = template.format(**path)
         response = client.request(method, url, headers=viewer, **arguments)
-        answers[(method, template)] = (response.status_code, response.json().get("detail"))
+        body = response.json()
+        # The gateway (/v1) answers errors in OpenAI's shape.
+        detail = body["error"]["message"] if template.startswith("/v1/") else body.get("detail")
+        answers[(method, template)] = (response.status_code, detail)
     wrong = {
         route: answer
         for route, answer in answers.items()

@@ -35,6 +35,7 @@ def converted_dir(tmp_path_factory, smollm2_gguf):
 
 @pytest.mark.slow
 class TestImportJob:
+    @pytest.mark.backend_free
     def test_job_writes_a_ready_managed_folder(self, client, auth, worker, smollm2_gguf):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -89,6 +90,7 @@ class TestImportCrash:
 
 
 @pytest.mark.slow
+@pytest.mark.nodb
 class TestImportedFolder:
     def test_sft_trainer_with_lora_runs_a_step(self, converted_dir, tmp_path):
         from datasets import Dataset

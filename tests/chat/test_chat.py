@@ -100,6 +100,7 @@ class TestLocalModels:
         ]
         assert stored["messages"][1]["model"] == f"base:{tiny_base}"
 
+    @pytest.mark.backend_free
     @pytest.mark.slow
     def test_trained_adapter_changes_the_answer(self, client, auth, worker, tiny_base):
         dataset = upload(client, auth, "codes", CHAT)
@@ -111,6 +112,7 @@ class TestLocalModels:
         # The base is still itself after the adapter ran on it (adapters are not merged).
         assert ask(client, auth, f"base:{tiny_base}", TRAINED_PROMPT)["content"] == base_answer
 
+    @pytest.mark.backend_free
     def test_complete_model_answers_like_its_adapter(
         self, client, auth, worker, tiny_base, made_adapter_dir
     ):
@@ -148,6 +150,7 @@ class TestLocalModels:
         assert deleted.status_code == 204
         assert client.get(f"{CHAT_API}/sessions", headers=auth).json()["total"] == 0
 
+    @pytest.mark.backend_free
     def test_side_by_side(self, client, auth, tiny_base, made_adapter_dir):
         made = make_customized(tiny_base, made_adapter_dir)
         response = client.post(

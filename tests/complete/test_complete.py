@@ -109,6 +109,7 @@ def greedy(model, tokenizer, prompt: str) -> list[int]:
 
 
 class TestSave:
+    @pytest.mark.backend_free
     @pytest.mark.slow
     def test_fp32_save_equals_peft_merge_and_generates_the_same(
         self,
@@ -214,6 +215,7 @@ class TestSave:
         assert listed["items"][0]["customized_model_name"] == customized["name"]
         assert "model_card" not in listed["items"][0]
 
+    @pytest.mark.backend_free
     @pytest.mark.slow
     def test_sharded_base_keeps_its_shards(self, client, auth, worker, tiny_model_dir, tmp_path):
         import torch
@@ -242,6 +244,7 @@ class TestSave:
         assert complete["model_card"]["save"]["weight_files"] == len(shards)
         assert_same_weights(out, peft_merged(folder, Path(customized["path"])))
 
+    @pytest.mark.backend_free
     @pytest.mark.slow
     def test_dora_adapter_is_merged_by_peft(
         self,
@@ -568,6 +571,7 @@ class TestArchive:
 
 
 class TestFullFineTune:
+    @pytest.mark.backend_free
     @pytest.mark.slow
     def test_a_full_fine_tune_is_a_complete_model_too(self, client, auth, worker, tiny_base):
         dataset = upload(client, auth, "full-data", CHAT)

@@ -4,6 +4,7 @@ of the navigation read well at 1280x800 and on a phone-sized window."""
 from __future__ import annotations
 
 import re
+import socket
 
 import httpx
 import pytest
@@ -61,6 +62,10 @@ class TestDashboard:
         assert created.status_code == 201, created.text
         page.reload()
         assert page.get_by_test_id("count-base_models").inner_text().startswith("1")
+        # The server's own worker, on this host, running nothing.
+        workers = page.get_by_test_id("workers")
+        workers.get_by_text("Workers (1 alive)").wait_for()
+        assert socket.gethostname() in workers.inner_text() and "idle" in workers.inner_text()
         # The base model now shows in the usage chart, and the next step is the dataset.
         page.get_by_test_id("usage-chart").wait_for()
         assert page.get_by_text("Register a base model").count() == 0

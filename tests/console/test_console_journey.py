@@ -13,6 +13,7 @@ from tests.console_harness import (
     check_narrow,
     choose,
     echart_series,
+    follow,
     log_in,
     screenshot,
     upload_dataset,
@@ -54,8 +55,11 @@ def test_a_new_users_journey(
     page.get_by_role("link", name="Base Models").first.click()
     page.get_by_label("Technical name").fill("tiny")
     page.get_by_label("Folder path").fill(str(tiny_model_dir))
-    page.get_by_role("button", name="Register").click()
-    page.wait_for_url(re.compile(rf".*/console/base-models/{UUID}$"))
+    follow(
+        page,
+        page.get_by_role("button", name="Register"),
+        re.compile(rf".*/console/base-models/{UUID}$"),
+    )
     page.get_by_test_id("model-card").wait_for()
     step(page, "02-base-model")
 
@@ -69,30 +73,38 @@ def test_a_new_users_journey(
     step(page, "03-dataset")
 
     # Start a training from the dataset and watch it finish with its loss chart.
-    page.get_by_role("link", name="Train on this dataset").click()
-    page.wait_for_url(re.compile(r".*/console/trainings/new\?dataset_id=.+"))
+    follow(
+        page,
+        page.get_by_role("link", name="Train on this dataset"),
+        re.compile(r".*/console/trainings/new\?dataset_id=.+"),
+    )
     page.get_by_label("Name", exact=True).fill("first-run")
     for name, value in FAST.items():
         page.get_by_label(name, exact=True).fill(str(value))
     step(page, "04-new-training")
-    page.get_by_test_id("start-training").click()
-    page.wait_for_url(re.compile(rf".*/console/trainings/{UUID}$"))
+    follow(
+        page, page.get_by_test_id("start-training"), re.compile(rf".*/console/trainings/{UUID}$")
+    )
     expect(page.get_by_test_id("training-status")).to_have_text("succeeded", timeout=JOB_TIMEOUT_MS)
     series = {s["name"]: s["points"] for s in echart_series(page, "loss-chart")}
     assert series["loss"] == FAST["max_steps"]
     step(page, "05-training")
 
     # The customized model it made: save it as a complete model.
-    page.get_by_test_id("result-customized").click()
-    page.wait_for_url(re.compile(rf".*/console/customized-models/{UUID}$"))
+    follow(
+        page,
+        page.get_by_test_id("result-customized"),
+        re.compile(rf".*/console/customized-models/{UUID}$"),
+    )
     page.get_by_test_id("model-card").wait_for()
     step(page, "06-customized-model")
     page.get_by_role("button", name="Save as complete model").click()
     page.get_by_test_id("save-progress").get_by_text("succeeded", exact=True).wait_for(
         timeout=JOB_TIMEOUT_MS
     )
-    page.get_by_test_id("saved-link").click()
-    page.wait_for_url(re.compile(rf".*/console/complete-models/{UUID}$"))
+    follow(
+        page, page.get_by_test_id("saved-link"), re.compile(rf".*/console/complete-models/{UUID}$")
+    )
     expect(page.get_by_test_id("complete-status")).to_have_text("ready")
     complete_url = page.url
     step(page, "07-complete-model")
@@ -111,14 +123,18 @@ def test_a_new_users_journey(
     dialog = page.get_by_test_id("deploy-dialog")
     dialog.get_by_text("local (llama.cpp, managed here)").wait_for()
     choose(page, "deploy-quantization", "q8_0: 8-bit, about half the size, nearly lossless")
-    dialog.get_by_role("button", name="Deploy").click()
-    page.wait_for_url(re.compile(rf".*/console/live-models/{UUID}$"))
+    follow(
+        page,
+        dialog.get_by_role("button", name="Deploy"),
+        re.compile(rf".*/console/live-models/{UUID}$"),
+    )
     expect(page.get_by_test_id("live-status")).to_have_text("live", timeout=JOB_TIMEOUT_MS)
     step(page, "09-live-model")
 
     # Chat with the live model: the answer arrives in pieces, then its timing shows.
-    page.get_by_test_id("live-chat").click()
-    page.wait_for_url(re.compile(r".*/console/deeptext\?model=live:.+"))
+    follow(
+        page, page.get_by_test_id("live-chat"), re.compile(r".*/console/deeptext\?model=live:.+")
+    )
     page.evaluate(WATCH_ANSWER)
     page.get_by_test_id("prompt").fill("What is the code word?")
     page.get_by_test_id("prompt").press("Enter")
@@ -140,7 +156,10 @@ def test_a_new_users_journey(
     for kind in ("dataset: parse", "training: run", "complete: save", "deploy: model"):
         assert "succeeded" in jobs.get_by_role("row").filter(has_text=kind).inner_text()
     step(page, "11-dashboard-after")
-    jobs.get_by_role("row").filter(has_text="training: run").click()
-    page.wait_for_url(re.compile(rf".*/console/jobs/{UUID}$"))
+    follow(
+        page,
+        jobs.get_by_role("row").filter(has_text="training: run"),
+        re.compile(rf".*/console/jobs/{UUID}$"),
+    )
     page.get_by_test_id("job-log").get_by_text("job succeeded").wait_for()
     step(page, "12-job")

@@ -205,6 +205,8 @@ def test_train_from_the_form_and_watch_it_succeed(
     log_text = page.get_by_test_id("log-tail").inner_text()
     assert log_text.strip() and "(the log is empty so far)" not in log_text
     assert page.get_by_test_id("training-parameters").get_by_text("max_steps:").is_visible()
+    effective = f"{FAST['batch_size'] * FAST['grad_accum_steps']} ({FAST['batch_size']} per worker"
+    assert page.get_by_test_id("training-parameters").get_by_text(effective).is_visible()
     assert page.get_by_test_id("resume-training").count() == 0
     screenshot(page, "training-detail")
     check_narrow(page, "training-detail")

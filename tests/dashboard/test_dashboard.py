@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import socket
+import time
 from datetime import timedelta
 
-from tests.helpers import CHAT, FAST, start, upload
+from tests.helpers import CHAT, FAST, start, stop_executor, upload, user_in
+from tuneyard.auth.service import local_principal
 from tuneyard.db import session_scope
+from tuneyard.jobs import service
 from tuneyard.models import Training, utcnow
 
 DASHBOARD = "/api/v1/dashboard"
@@ -18,6 +22,7 @@ def test_an_empty_project(client, auth):
     assert len(days) == 7 and all(day["total"] == 0 for day in days)
     assert days[-1]["day"] == utcnow().date().isoformat()
     assert body["base_model_usage"] == []
+    assert body["workers"] == []
 
 
 def test_counts_days_and_usage(client, auth, worker, tiny_base, tiny_model_dir):
@@ -44,6 +49,34 @@ def test_counts_days_and_usage(client, auth, worker, tiny_base, tiny_model_dir):
         {"base_model": "tiny", "trainings": 2, "customized_models": 0},
         {"base_model": "unused", "trainings": 0, "customized_models": 0},
     ]
+
+
+def test_shows_live_workers_their_hosts_and_jobs(client, auth, principal, worker, tmp_path):
+    """The project's own jobs in full; another project's only counted."""
+    user_in(client, "2002", "other")
+    worker.concurrency = 2
+    with session_scope() as session:
+        mine = service.enqueue(
+            session, principal, "test.sleep", {"pid_file": str(tmp_path / "mine")}
+        ).id
+    with session_scope() as session:
+        other_principal = local_principal(session, "2002")
+        service.enqueue(
+            session, other_principal, "test.sleep", {"pid_file": str(tmp_path / "other")}
+        )
+    deadline = time.monotonic() + 60
+    while True:
+        workers = client.get(DASHBOARD, headers=auth).json()["workers"]
+        if workers and workers[0]["jobs"] and workers[0]["other_projects_jobs"]:
+            break
+        assert time.monotonic() < deadline, workers
+        time.sleep(0.2)
+    (seen,) = workers
+    assert seen["id"] == worker.worker_id and seen["host"] == socket.gethostname()
+    assert [job["id"] for job in seen["jobs"]] == [mine]
+    assert seen["jobs"][0]["kind"] == "test.sleep" and seen["jobs"][0]["attempt"] == 1
+    stop_executor(worker)
+    assert client.get(DASHBOARD, headers=auth).json()["workers"] == []
 
 
 def test_needs_a_token(client):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from contextlib import closing
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from tuneyard.deploy.gguf_export import (
     lora_exportable,
 )
 from tuneyard.deploy.llamacpp_server import plain_buffers
+from tuneyard.deploy.parity import gguf_chat_parity
 from tuneyard.deploy.quantization import QUANTIZATIONS, check_quantization
 from tuneyard.deploy.quantize import quantize_gguf
 from tuneyard.errors import Invalid
@@ -424,6 +426,74 @@ class TestExportGguf:
     def test_unknown_outtype(self, tiny_model_dir, tmp_path):
         with pytest.raises(Invalid, match="f16, f32, bf16"):
             export_gguf(tiny_model_dir, tmp_path / "m.gguf", "q4_0")
+
+
+def metadata_gguf(path: Path, chat_template: str | None, tokens: list[str]) -> Path:
+    """A GGUF holding only tokenizer metadata, as a server reads it for the chat template."""
+    import gguf
+
+    writer = gguf.GGUFWriter(path, "llama")
+    writer.add_token_list(tokens)
+    writer.add_bos_token_id(1)
+    writer.add_eos_token_id(2)
+    if chat_template is not None:
+        writer.add_chat_template(chat_template)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+class TestGgufChatParity:
+    """What a server rendering the GGUF's own chat template would prompt the model with."""
+
+    def test_the_written_gguf_prompts_as_the_model_was_trained(self, tiny_model_dir, tiny_f16_gguf):
+        parity = gguf_chat_parity(tiny_f16_gguf, tiny_model_dir, "tiny")
+        assert parity.status == "match", parity
+        assert "tiny-f16.gguf" in parity.detail
+
+    def test_another_template_in_the_file_is_a_mismatch_showing_both_prompts(
+        self, tiny_model_dir, tmp_path
+    ):
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+        other = tokenizer.chat_template.replace("<|im_start|>", "<|start|>")
+        tokens = ["<unk>", tokenizer.bos_token, tokenizer.eos_token]
+        parity = gguf_chat_parity(
+            metadata_gguf(tmp_path / "other.gguf", other, tokens), tiny_model_dir, "tiny"
+        )
+        assert parity.status == "mismatch"
+        assert parity.expected is not None and parity.rendered is not None
+        assert "<|im_start|>user" in parity.expected and "<|start|>user" in parity.rendered
+        assert "allow_template_mismatch" in parity.detail
+
+    def test_a_file_without_a_chat_template_is_a_mismatch(self, tiny_model_dir, tmp_path):
+        parity = gguf_chat_parity(
+            metadata_gguf(tmp_path / "bare.gguf", None, ["<unk>", "<s>", "</s>"]),
+            tiny_model_dir,
+            "tiny",
+        )
+        assert parity.status == "mismatch"
+        assert parity.detail.startswith("bare.gguf carries no chat template")
+
+    def test_the_special_tokens_come_from_the_file(self, tiny_model_dir, tmp_path):
+        """A template writing `eos_token` gets the file's EOS, not the tokenizer's."""
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+        template = "{% for m in messages %}{{ m['content'] }}{{ eos_token }}{% endfor %}"
+        folder = tmp_path / "model"
+        shutil.copytree(tiny_model_dir, folder)
+        (folder / "chat_template.jinja").write_text(template)
+        right = ["<unk>", tokenizer.bos_token, tokenizer.eos_token]
+        wrong = ["<unk>", tokenizer.bos_token, "</s>"]
+        right_file = metadata_gguf(tmp_path / "a.gguf", template, right)
+        assert gguf_chat_parity(right_file, folder, "t").status == "match"
+        parity = gguf_chat_parity(metadata_gguf(tmp_path / "b.gguf", template, wrong), folder, "t")
+        assert parity.status == "mismatch"
+        assert parity.rendered is not None and parity.rendered.endswith("</s>")
 
 
 class TestQuantize:

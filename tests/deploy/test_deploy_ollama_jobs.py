@@ -17,11 +17,18 @@ from tests.helpers import (
     saved,
     wait_for_job,
 )
-from tests.ollama_double import FAMILIES
+from tests.ollama_double import FAMILIES, VERSION
 from tuneyard.db import session_scope
 from tuneyard.models import LiveModel, ThirdPartyModel
 
 LIVE = "/api/v1/live-models"
+
+# Every family of releases on SQLite's pass; on PostgreSQL's, the default one: what differs
+# between releases is what the double answers, not what the deploy writes to the database.
+RELEASES = [
+    pytest.param(version, marks=[] if version == VERSION else [pytest.mark.backend_free])
+    for version in FAMILIES
+]
 
 
 @pytest.fixture
@@ -35,7 +42,7 @@ def blob_posts(ollama) -> int:
 
 class TestDeployToOllama:
     @pytest.mark.fidelity_check
-    @pytest.mark.parametrize("ollama_version", FAMILIES)
+    @pytest.mark.parametrize("ollama_version", RELEASES)
     def test_base_model_at_q4_k_m(self, client, auth, worker, ollama, ollama_env, tiny_base):
         live = deployed(
             client,
@@ -113,7 +120,7 @@ class TestDeployToOllama:
         assert live["name"].endswith("_no_quantization")
         assert ollama.find(live["tag"]).quantization == "F16"
 
-    @pytest.mark.parametrize("ollama_version", FAMILIES)
+    @pytest.mark.parametrize("ollama_version", RELEASES)
     def test_customized_goes_on_its_base_deployed_first(
         self, client, auth, worker, ollama, ollama_env, tiny_base, made_adapter_dir
     ):
@@ -267,3 +274,66 @@ def ollama_chat(ollama, model: str) -> str:
     from tuneyard.deploy.ollama import OllamaClient
 
     return OllamaClient(ollama.url).chat(model, [{"role": "user", "content": "hello"}])
+
+
+# A chat template offering thinking, as Qwen3's does: Ollama v0.30+ serves it itself.
+THINKING_TEMPLATE = (
+    "{%- for m in messages %}"
+    "{%- if m['role'] == 'assistant' %}{% set content = m['content'].split('</think>')[-1] %}"
+    "{%- else %}{% set content = m['content'] %}{% endif %}"
+    "<|im_start|>{{ m['role'] }}\n{{ content }}<|im_end|>\n"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}<|im_start|>assistant\n<think>\n\n</think>\n\n{% endif %}"
+)
+
+
+@pytest.fixture
+def thinking_base(client, auth, tiny_model_dir, tmp_path) -> str:
+    folder = tmp_path / "thinking"
+    shutil.copytree(tiny_model_dir, folder)
+    (folder / "chat_template.jinja").write_text(THINKING_TEMPLATE)
+    body = {"technical_name": "thinking", "path": str(folder)}
+    response = client.post("/api/v1/base-models", json=body, headers=auth)
+    assert response.status_code == 201, response.text
+    return response.json()["id"]
+
+
+class TestTemplateOllamaRenders:
+    """A Go template that does not reproduce a thinking chat template blocks a deploy only
+    where Ollama would render it: before 0.30. From 0.30 the GGUF's own template is checked."""
+
+    @pytest.fixture
+    def plain_go_template(self, client, auth, thinking_base) -> str:
+        response = client.patch(
+            f"/api/v1/base-models/{thinking_base}",
+            json={"deployment_template": "{{ .System }} {{ .Prompt }}"},
+            headers=auth,
+        )
+        assert response.status_code == 200, response.text
+        return thinking_base
+
+    @pytest.mark.parametrize("ollama_version", ["0.31.0"])
+    def test_from_0_30_parity_is_checked_on_the_gguf_ollama_renders(
+        self, client, auth, worker, ollama, ollama_env, plain_go_template
+    ):
+        live = deployed(client, auth, "base", plain_go_template, ollama_env["id"])
+        assert live["model_card"]["template_parity"] == {
+            "status": "match",
+            "detail": "The chat template in model.gguf renders the model's own prompt.",
+        }
+        record = ollama.find(live["tag"])
+        assert record.chat_template == THINKING_TEMPLATE and record.renders_chat_template
+
+    @pytest.mark.parametrize("ollama_version", ["0.12.6"])
+    def test_before_0_30_the_go_template_is_compared_and_refused(
+        self, client, auth, ollama, ollama_env, plain_go_template
+    ):
+        refused = client.post(
+            f"/api/v1/base-models/{plain_go_template}/deploy",
+            json={"environment_id": ollama_env["id"]},
+            headers=auth,
+        )
+        assert refused.status_code == 422
+        assert "deployment template renders a different prompt" in refused.json()["detail"]
+        with session_scope() as session:
+            assert session.query(LiveModel).count() == 0

@@ -49,6 +49,24 @@ class TestRunning:
             rows = service.events(session, job_id, "metric")
         assert [row.data["step"] for row in rows] == [0, 1, 2]
 
+    def test_queued_jobs_are_claimed_by_priority_then_age(self, principal):
+        with session_scope() as session:
+            older = service.enqueue(session, principal, "test.events").id
+            low = service.enqueue(session, principal, "test.events", priority=-1).id
+            urgent = service.enqueue(session, principal, "test.events", priority=5).id
+            newer = service.enqueue(session, principal, "test.events").id
+        executor = Executor(concurrency=1)
+        order = []
+        try:
+            for _ in range(4):
+                executor.claim_and_start()
+                (started,) = executor.running
+                order.append(started)
+                tick_until_finished(executor, started)
+        finally:
+            stop_executor(executor)
+        assert order == [urgent, older, newer, low]
+
     def test_exception_fails_job_with_its_message_and_logs_traceback(
         self, principal, worker, client, auth
     ):

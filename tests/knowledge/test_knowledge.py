@@ -334,6 +334,7 @@ class TestGroundedChat:
         assert plain["text"] == "I do not know." and "citations" not in plain
         assert [m["contains"] for m in row["metrics"]] == [1.0, 0.0]
 
+    @pytest.mark.backend_free
     def test_a_real_tiny_model_answers_grounded_with_its_sources(
         self, client, auth, kb, worker, tiny_base
     ):

@@ -62,10 +62,7 @@ def probe(hub_id: str, timeout: float) -> dict[str, Any]:
             follow_redirects=True,
         )
     except httpx.HTTPError as exc:
-        reason = str(exc) or type(exc).__name__
-        raise Unavailable(
-            f"Cannot reach the model hub ({endpoint}: {reason}): {fallback}."
-        ) from None
+        raise _unreachable(endpoint, exc, fallback) from None
     if response.status_code == 404:
         raise Invalid(f"The hub at {endpoint} has no model '{hub_id}'; check the id.")
     if response.status_code in (401, 403):
@@ -79,6 +76,23 @@ def probe(hub_id: str, timeout: float) -> dict[str, Any]:
             f"or {fallback}."
         )
     return response.json()
+
+
+def check_reachable(timeout: float, fallback: str) -> None:
+    """Unavailable at once, saying `fallback`, when the hub does not answer; any answer will
+    do (this asks for nothing in particular)."""
+    import httpx
+
+    endpoint = hub_endpoint()
+    try:
+        httpx.head(endpoint, timeout=timeout)
+    except httpx.HTTPError as exc:
+        raise _unreachable(endpoint, exc, fallback) from None
+
+
+def _unreachable(endpoint: str, exc: Exception, fallback: str) -> Unavailable:
+    reason = str(exc) or type(exc).__name__
+    return Unavailable(f"Cannot reach the model hub ({endpoint}: {reason}): {fallback}.")
 
 
 def download(

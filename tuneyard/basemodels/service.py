@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-import os
 import re
 from pathlib import Path
 
@@ -27,6 +26,7 @@ from tuneyard.config import get_settings
 from tuneyard.errors import Conflict, Invalid, NotFound, Unavailable
 from tuneyard.jobs import service as jobs
 from tuneyard.jobs.keys import Resource, UseKey
+from tuneyard.modelpaths import check_links_stay_inside, server_path
 from tuneyard.models import BaseModel, Job
 from tuneyard.pagination import paginate
 from tuneyard.storage import Layout, delete_on_commit, discard, partial_path
@@ -131,8 +131,8 @@ def register_path(
     """Register an HF folder where it is; Tuneyard never moves or deletes it."""
     principal.require("member")
     model_name = _check_new(session, principal, technical_name, model_name, model_type)
-    folder = _server_path(path, "path")
-    _check_links_stay_inside(folder, path)
+    folder = server_path(path, "path")
+    check_links_stay_inside(folder, path)
     check_model_folder(folder)
     model = BaseModel(
         project_id=principal.project_id,
@@ -161,7 +161,7 @@ def import_gguf(
     """Queue the conversion of a GGUF file into an HF folder Tuneyard owns."""
     principal.require("member")
     model_name = _check_new(session, principal, technical_name, model_name, model_type)
-    gguf_file = _server_path(gguf_path, "gguf_path")
+    gguf_file = server_path(gguf_path, "gguf_path")
     check_gguf_file(gguf_file)
     return _queue_gguf_import(
         session, principal, technical_name, gguf_file, model_name, model_type, "gguf"
@@ -490,49 +490,6 @@ def _add(session: Session, principal: Principal, model: BaseModel) -> None:
     except IntegrityError:
         # Another request registered the same name between our check and this insert.
         raise _duplicate(principal, model.technical_name) from None
-
-
-def _server_path(raw: str, field: str) -> Path:
-    """A path on the server a model is read from, links resolved: it must lie inside a model
-    root (TUNEYARD_MODEL_ROOTS, by default the data dir's import folder) and outside the data
-    dir's own folders (other projects' models, keys, the database). The refusal says the same
-    whether or not the path exists."""
-    path = Path(raw).expanduser()
-    if not path.is_absolute():
-        raise Invalid(
-            f"Give {field} as an absolute path (got '{raw}'): it is read on the server's machine."
-        )
-    resolved = path.resolve()
-    if not _may_read_models_from(resolved):
-        raise Invalid(
-            f"{field} '{raw}' is outside the folders models are registered from "
-            f"({', '.join(str(root) for root in get_settings().model_root_paths)}). Put the "
-            "model there, or ask the server's operator to add its folder to "
-            "TUNEYARD_MODEL_ROOTS."
-        )
-    return resolved
-
-
-def _may_read_models_from(resolved: Path) -> bool:
-    """Whether a resolved path lies inside a model root and outside the data dir's folders
-    (its import folder aside)."""
-    settings = get_settings()
-    data_dir, import_dir = settings.data_dir.resolve(), settings.import_dir.resolve()
-    if resolved.is_relative_to(data_dir) and not resolved.is_relative_to(import_dir):
-        return False
-    return any(resolved.is_relative_to(root) for root in settings.model_root_paths)
-
-
-def _check_links_stay_inside(folder: Path, raw: str) -> None:
-    """A file of the folder that is a link must lead inside the model roots as well."""
-    for parent, dirs, files in os.walk(folder):
-        for name in [*dirs, *files]:
-            entry = Path(parent) / name
-            if entry.is_symlink() and not _may_read_models_from(entry.resolve()):
-                raise Invalid(
-                    f"{entry.relative_to(folder)} in {raw} links outside the folders models are "
-                    "registered from; copy the file into the folder instead."
-                )
 
 
 modelref.register_kind(modelref.ModelKind.BASE, find_base_model, usable_base_models)

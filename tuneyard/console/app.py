@@ -28,6 +28,7 @@ PAGE_MODULES = (
     "tuneyard.thirdparty.pages",
     "tuneyard.chat.pages",
     "tuneyard.knowledge.pages",
+    "tuneyard.images.pages",
     "tuneyard.assessment.pages",
     "tuneyard.auth.pages",
 )

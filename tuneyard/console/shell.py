@@ -34,6 +34,7 @@ NAV = (
     NavItem("Deployment Environments", "/deploy-environments", "dns"),
     NavItem("DeepText", "/deeptext", "forum"),
     NavItem("Knowledge", "/knowledge", "menu_book"),
+    NavItem("DeepImage", "/deepimage", "palette"),
     NavItem("Assessment", "/assessments", "fact_check"),
     NavItem("Users", "/users", "group"),
 )

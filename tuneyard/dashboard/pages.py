@@ -1,4 +1,5 @@
-"""The console's home: counts, the next step in the lifecycle, recent trainings, usage."""
+"""The console's home: counts, the next step in the lifecycle, recent trainings, usage, and
+the workers that run the jobs."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from nicegui import ui
 
 from tuneyard.console.session import read
 from tuneyard.console.shell import console_page
-from tuneyard.console.widgets import heading
+from tuneyard.console.widgets import heading, when
 from tuneyard.dashboard import service
 from tuneyard.jobs.pages import recent_jobs
 
@@ -117,6 +118,27 @@ def dashboard_page():
                         ],
                     }
                 ).classes("w-full h-64").props('data-testid="usage-chart"')
+    workers_card(data["workers"])
     with ui.card().classes("w-full").props('data-testid="recent-jobs"'):
         ui.label("Recent jobs").classes("font-semibold")
         recent_jobs()
+
+
+def workers_card(workers: list[dict]) -> None:
+    """The live workers by host, each with the jobs it runs."""
+    with ui.card().classes("w-full").props('data-testid="workers"'):
+        ui.label(f"Workers ({len(workers)} alive)").classes("font-semibold")
+        if not workers:
+            ui.label(
+                "No worker is running: jobs wait in the queue. Start one with `tuneyard worker`."
+            ).classes("text-grey-7")
+        for worker in workers:
+            with ui.row().classes("w-full items-baseline gap-3").props('data-testid="worker"'):
+                ui.label(worker["host"]).classes("font-medium")
+                ui.label(f"up since {when(worker['started_at'])}").classes("text-grey-7")
+                if not worker["jobs"] and not worker["other_projects_jobs"]:
+                    ui.label("idle").classes("text-grey-7")
+                for job in worker["jobs"]:
+                    ui.link(f"{job['kind']} · {job['message']}", f"/jobs/{job['id']}")
+                if worker["other_projects_jobs"]:
+                    ui.label(f"{worker['other_projects_jobs']} job(s) of other projects")

@@ -12,5 +12,6 @@ router = APIRouter(tags=["dashboard"])
 
 @router.get("/dashboard")
 def dashboard(principal: CurrentPrincipal, session: DbSession):
-    """Counts of each entity, trainings over the last 7 days, base model usage."""
+    """Counts of each entity, trainings over the last 7 days, base model usage, and the live
+    workers (host, jobs they run)."""
     return service.overview(session, principal)

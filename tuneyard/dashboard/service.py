@@ -1,4 +1,5 @@
-"""Counts of each entity, trainings per day, and base model usage, for one project."""
+"""Counts of each entity, trainings per day, and base model usage, for one project; and the
+team's live workers with the jobs they run."""
 
 from __future__ import annotations
 
@@ -9,12 +10,15 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from tuneyard.auth.service import Principal
+from tuneyard.config import get_settings
+from tuneyard.jobs.workers import live_workers
 from tuneyard.models import (
     BaseModel,
     CompleteModel,
     CustomizedModel,
     Dataset,
     DeployEnvironment,
+    Job,
     LiveModel,
     ThirdPartyModel,
     Training,
@@ -108,9 +112,45 @@ def base_model_usage(session: Session, principal: Principal, limit: int = 10) ->
     ]
 
 
+def workers(session: Session, principal: Principal) -> list[dict[str, Any]]:
+    """The workers seen alive (shared by every project), by host, with the jobs each runs:
+    this project's in full, other projects' only counted."""
+    live = live_workers(session, get_settings())
+    running = session.scalars(
+        select(Job)
+        .where(Job.status == "running", Job.worker_id.in_([worker.id for worker in live]))
+        .order_by(Job.started_at)
+    ).all()
+    listed = []
+    for worker in live:
+        jobs = [job for job in running if job.worker_id == worker.id]
+        own = [job for job in jobs if job.project_id == principal.project_id]
+        listed.append(
+            {
+                "id": worker.id,
+                "host": worker.host,
+                "started_at": worker.started_at,
+                "seen_at": worker.seen_at,
+                "jobs": [
+                    {
+                        "id": job.id,
+                        "kind": job.kind,
+                        "progress": job.progress,
+                        "message": job.message,
+                        "attempt": job.attempt,
+                    }
+                    for job in own
+                ],
+                "other_projects_jobs": len(jobs) - len(own),
+            }
+        )
+    return listed
+
+
 def overview(session: Session, principal: Principal) -> dict[str, Any]:
     return {
         "counts": counts(session, principal),
         "trainings_per_day": trainings_per_day(session, principal),
         "base_model_usage": base_model_usage(session, principal),
+        "workers": workers(session, principal),
     }

@@ -10,6 +10,7 @@ from tuneyard.datasets.parsing import ParseFailed, parse_file
 from tuneyard.datasets.service import PARSE_JOB, original_path, records_path
 from tuneyard.db import session_scope
 from tuneyard.errors import Invalid, NotFound
+from tuneyard.jobs.keys import Resource
 from tuneyard.jobs.registry import job_kind
 from tuneyard.models import Dataset, Job
 from tuneyard.storage import Layout, remove_tree
@@ -35,7 +36,12 @@ def remove_parse_files(session: Session, job: Job) -> None:
         remove_tree(Layout().dataset_dir(dataset.id))
 
 
-@job_kind(PARSE_JOB, on_failure=mark_parse_failed, cleanup=remove_parse_files)
+@job_kind(
+    PARSE_JOB,
+    on_failure=mark_parse_failed,
+    cleanup=remove_parse_files,
+    writes=(Resource.DATASET,),
+)
 def parse_dataset(ctx) -> dict:
     dataset_id = ctx.params["dataset_id"]
     with session_scope(ctx.settings) as session:
@@ -72,6 +78,7 @@ def parse_dataset(ctx) -> dict:
         with session_scope(ctx.settings) as session:
             session.get_one(Dataset, dataset_id).errors = failure.errors
         raise Invalid(failure.summary) from None
+    ctx.land(ctx.layout.dataset_dir(dataset_id))
     with ctx.session() as session:
         dataset = session.get(Dataset, dataset_id)
         dataset.status = "ready"

@@ -19,6 +19,9 @@ from tuneyard.errors import AppError, Invalid, NotFound, Unavailable
 # engine runs (the create succeeds; the first chat fails).
 ADAPTER_LOAD_FIXED = (0, 24, 0)
 NEW_ENGINE_ARCHITECTURES = frozenset({"qwen3", "gemma3", "mistral3", "llama4"})
+# From this release Ollama renders the GGUF's own chat template (through llama.cpp) instead of
+# the Go TEMPLATE when that template offers tools or thinking.
+GGUF_TEMPLATE_RELEASE = (0, 30, 0)
 # Ollama's words for what some releases refuse, and what to do about it. Matched on every
 # failed create whatever the version said, since development builds report 0.0.0.
 REFUSALS: tuple[tuple[str, str], ...] = (

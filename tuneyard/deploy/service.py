@@ -126,7 +126,7 @@ def start_deploy(
     source = resolve_source(session, principal, source_kind, source_id)
     target = target_for(environment.kind)
     warnings = target.preflight(environment, source, quantization)
-    parity = target.template_parity(source) or check_parity(
+    parity = target.template_parity(environment, source) or check_parity(
         source.model_dir, source.deployment_template, f"base model '{source.base_name}'"
     )
     if parity.status == "mismatch" and not allow_template_mismatch:
@@ -150,7 +150,11 @@ def start_deploy(
         session,
         principal,
         DEPLOY_JOB,
-        {"live_model_id": row.id, "fidelity_check": fidelity_check},
+        {
+            "live_model_id": row.id,
+            "fidelity_check": fidelity_check,
+            "allow_template_mismatch": allow_template_mismatch,
+        },
         uses=[
             model_key(source.kind, source.id),
             UseKey(Resource.LIVE_MODEL, row.id),

@@ -122,7 +122,10 @@ def deploy_model(ctx) -> dict:
         )
         session.expunge_all()
     target = target_for(environment.kind)
-    start, extra = 0.0, {}
+    start = 0.0
+    extra: dict[str, Any] = {
+        "allow_template_mismatch": bool(ctx.params.get("allow_template_mismatch"))
+    }
     if source.adapter_dir is not None and target.base_first(environment, source):
         extra["base_tag"] = _deploy_base_first(ctx, session_factory, live_id)
         start = 45.0
@@ -136,10 +139,13 @@ def deploy_model(ctx) -> dict:
         row.endpoint_url, row.model_id = deployed.endpoint_url, deployed.model_id
         row.size_bytes = deployed.size_bytes
         row.last_checked_at = utcnow()
+        served = dict(deployed.card)
+        parity = served.pop("template_parity", None) or row.model_card.get("template_parity")
         row.model_card = {
             **row.model_card,
-            "served": deployed.card,
+            "served": served,
             "size_bytes": deployed.size_bytes,
+            "template_parity": parity,
         }
         env_row = session.get(DeployEnvironment, environment.id)
         port = deployed.card.get("port")

@@ -7,20 +7,36 @@ would not be the ones job bodies import.
 
 from __future__ import annotations
 
+import json
 import logging
+import signal
+import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
-from sqlalchemy import update
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from tuneyard.config import Settings
 from tuneyard.db import rows_changed, session_scope
 from tuneyard.models import Job, JobEvent, utcnow
-from tuneyard.storage import Layout
+from tuneyard.storage import Layout, atomic_file
 
 log = logging.getLogger("tuneyard.job")
+
+# What a stopping worker sends a job's process (not its group: programs a job runs would die of
+# it): stop at the next safe point, with a checkpoint where the kind writes them, and go back
+# to the queue for another worker.
+HANDOVER_SIGNAL = signal.SIGUSR1
+# On a cluster node without the API's data dir: the folder in the job's folder where the body
+# asks for an artifact folder to be brought home (`JobContext.land`), and the kind of the job
+# event its worker records once it is.
+LAND_REQUESTS = "land"
+LANDED = "landed"
+LAND_POLL_SECONDS = 0.3
 
 
 class JobCancelled(Exception):
@@ -46,6 +62,9 @@ class JobContext:
         self.layout = Layout(settings)
         self.work_dir = self.layout.job_dir(job.id)
         self.cancel_requested = False
+        # Set with cancel_requested when the stop is a handover: the body stops the same way,
+        # and the job goes back to the queue instead of ending cancelled.
+        self.handover_requested = False
         self.log = log
 
     def progress(self, percent: float, message: str | None = None) -> None:
@@ -82,7 +101,42 @@ class JobContext:
         with session_scope(self.settings) as session:
             session.add(JobEvent(job_id=self.job_id, kind=kind, data=data))
 
+    def events(self, kind: str, items: list[dict[str, Any]]) -> None:
+        """Record several events of one kind in one write (per-step metrics, a batch at a
+        time: a tiny model's steps take milliseconds, and each write is a transaction)."""
+        with session_scope(self.settings) as session:
+            session.add_all(JobEvent(job_id=self.job_id, kind=kind, data=data) for data in items)
+
     def check_cancelled(self) -> None:
         """Call at safe points in a cooperative job body."""
         if self.cancel_requested:
             raise JobCancelled()
+
+    def land(self, folder: Path) -> None:
+        """Have `folder` (an artifact folder of this data dir, written whole) in the API's data
+        dir before the body writes the rows that say it is ready, so that no reader of those
+        rows looks for files that are not there yet. Only a job on a cluster node that shares
+        no disk with the API has anything to do: its actor publishes the folder to the
+        artifact store, its worker fetches it and records the job event `landed`, which this
+        waits for (see tuneyard.jobs.ray_executor). Elsewhere the folder is already there."""
+        if self.settings.api_data_dir is None:
+            return
+        key = folder.relative_to(self.layout.root).as_posix()
+        token = uuid.uuid4().hex
+        with atomic_file(self.work_dir / LAND_REQUESTS / f"{token}.json", "w") as handle:
+            json.dump({"key": key}, handle)
+        log.info("waiting for %s to reach the API's data dir", key)
+        while True:
+            with session_scope(self.settings) as session:
+                landed = session.scalars(
+                    select(JobEvent.data).where(
+                        JobEvent.job_id == self.job_id, JobEvent.kind == LANDED
+                    )
+                ).all()
+            for data in landed:
+                if data.get("token") == token:
+                    if data.get("error"):
+                        raise RuntimeError(data["error"])
+                    return
+            self.check_cancelled()
+            time.sleep(LAND_POLL_SECONDS)

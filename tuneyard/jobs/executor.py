@@ -5,7 +5,7 @@ One loop, run in a thread of `tuneyard serve` or alone by `tuneyard worker`:
 - forward cancel requests (SIGTERM to the job's process group, SIGKILL after a grace period);
 - sweep the jobs other workers left: adopt or fail those of dead workers on this machine, fail
   those whose heartbeat went stale elsewhere;
-- claim queued jobs up to the concurrency limit.
+- claim queued jobs up to the concurrency limit, higher priority first, then oldest first.
 The database is the only channel between API, workers and jobs, so several workers (and the
 CLI running a job in the foreground) can share one queue.
 
@@ -30,6 +30,19 @@ Who ends a job whose worker is gone, and who removes its files:
   the files (the kind's cleanup).
 - Everywhere else (the job's own process, the worker that reaps it) the process has ended,
   and on_failure and cleanup run together.
+- A job that can resume (its kind has a resume_point, and it has a checkpoint) is not failed
+  in those cases: it goes back to the queue, half-written files removed, to resume on the next
+  worker that claims it, up to `job_lost_resumes` times; then it is failed, saying so.
+
+Stopping gracefully (`drain`, on SIGTERM to `tuneyard worker` or `tuneyard serve`): the worker
+claims nothing more and sends each of its jobs HANDOVER_SIGNAL. A job that can resume stops at
+its next step with a checkpoint and goes back to the queue at once; any other job has the first
+half of `worker_stop_grace_seconds` to finish, and is then interrupted, its partial output
+removed, and put back in the queue to run from the start. The job's own process writes the
+requeue (only while its attempt runs: fencing holds), so another worker claims it once. Jobs
+still running when the grace ends go on in their own processes, as after any stop. (The ray
+executor's jobs run on the cluster: a stopping ray worker claims nothing more and leaves them
+there, for the next worker to adopt.)
 """
 
 from __future__ import annotations
@@ -55,6 +68,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from tuneyard.config import Settings, get_settings
 from tuneyard.db import rows_changed, session_scope
 from tuneyard.jobs import service
+from tuneyard.jobs.context import HANDOVER_SIGNAL
 from tuneyard.jobs.registry import get_kind
 from tuneyard.jobs.workers import forget_worker, record_heartbeat
 from tuneyard.models import Job, utcnow
@@ -138,7 +152,9 @@ class _Running:
     # Popen for a process this executor started; psutil.Process for one it adopted.
     process: subprocess.Popen | psutil.Process
     grace_seconds: float
+    attempt: int
     term_sent_at: float | None = None
+    handover_sent: bool = False
     log_handle: IO[bytes] | None = field(default=None, repr=False)
 
     def exit_code(self) -> int | None:
@@ -158,6 +174,13 @@ class _Running:
         if isinstance(self.process, psutil.Process) and not self.process.is_running():
             return
         _signal_group(self.process.pid, sig)
+
+    def hand_over(self) -> None:
+        """Ask the job's process (not its group) to stop and go back to the queue."""
+        with contextlib.suppress(psutil.NoSuchProcess, ProcessLookupError):
+            # Both check that the pid is still this process's.
+            self.process.send_signal(HANDOVER_SIGNAL)
+        self.handover_sent = True
 
 
 def describe_exit(returncode: int) -> str:
@@ -179,7 +202,10 @@ def describe_exit(returncode: int) -> str:
 def child_environment(settings: Settings) -> dict[str, str]:
     """The job process gets the worker's exact settings, whatever their source."""
     env = dict(os.environ)
-    for name, value in settings.model_dump().items():
+    # The store's credentials stay with the worker and the cluster's actors: a job never needs
+    # them, and its process could show its environment.
+    env.pop("TUNEYARD_ARTIFACT_STORE_OPTIONS", None)
+    for name, value in settings.model_dump(exclude={"artifact_store_options"}).items():
         if value is None:
             continue
         if isinstance(value, bool):
@@ -201,6 +227,7 @@ class Executor:
         _live_here.add(self.worker_id)
         self.running: dict[str, _Running] = {}
         self._stop = threading.Event()
+        self._draining = threading.Event()
         self._thread: threading.Thread | None = None
         self._last_beat = 0.0
 
@@ -221,6 +248,48 @@ class Executor:
         with contextlib.suppress(SQLAlchemyError), session_scope(self.settings) as session:
             forget_worker(session, self.worker_id)
 
+    def drain(self, grace_seconds: float | None = None, poll_seconds: float = 0.3) -> None:
+        """Stop gracefully (see the module's notes): claim nothing more, hand each running job
+        over to another worker, wait up to the grace for their processes to end, then stop."""
+        grace = self.settings.worker_stop_grace_seconds if grace_seconds is None else grace_seconds
+        self._draining.set()
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(10.0)
+        started = time.monotonic()
+        log.info("stopping: handing %d running job(s) over to other workers", len(self.running))
+        while self.running and time.monotonic() - started < grace:
+            try:
+                self.beat()
+                self.reap()
+                self.forward_cancels()
+                self._hand_over(finish_first=time.monotonic() - started < grace / 2)
+            except Exception:
+                log.exception("stopping: tick failed; retrying")
+            time.sleep(poll_seconds)
+        if self.running:
+            log.warning(
+                "stopping with %d job(s) still running after %.0f s; their processes go on",
+                len(self.running),
+                grace,
+            )
+        self.stop()
+
+    def _hand_over(self, finish_first: bool) -> None:
+        """Signal the running jobs not signalled yet whose process has recorded its pid (so it
+        handles the signal): the resumable ones at once, the others once `finish_first` ends."""
+        waiting = [entry for entry in self.running.values() if not entry.handover_sent]
+        if not waiting:
+            return
+        with session_scope(self.settings) as session:
+            jobs = session.scalars(select(Job).where(Job.id.in_([e.job_id for e in waiting]))).all()
+            ready = {job.id for job in jobs if job.pid is not None and job.status == "running"}
+            resumable = {job.id for job in jobs if get_kind(job.kind).resume_point is not None}
+        for entry in waiting:
+            if entry.job_id in ready and (entry.job_id in resumable or not finish_first):
+                log.info("handing job %s over", entry.job_id)
+                entry.hand_over()
+
     def loop(self, poll_seconds: float = 0.5) -> None:
         while not self._stop.is_set():
             try:
@@ -236,13 +305,17 @@ class Executor:
         self.sweep()
         self.claim_and_start()
 
+    def busy(self) -> int:
+        """Jobs this executor runs now (counted against its concurrency)."""
+        return len(self.running)
+
     def beat(self) -> None:
         """Tell the others this worker is alive (at most once per job heartbeat period)."""
         now = time.monotonic()
         if now - self._last_beat < self.settings.job_heartbeat_seconds:
             return
         with session_scope(self.settings) as session:
-            record_heartbeat(session, self.worker_id, HOST, len(self.running))
+            record_heartbeat(session, self.worker_id, HOST, self.busy())
         self._last_beat = now
 
     # -- jobs other workers left -----------------------------------------------------------
@@ -294,7 +367,7 @@ class Executor:
         if not taken:
             return  # another worker of this machine adopted it first, or it ended
         grace = get_kind(job.kind).cancel_grace_seconds or self.settings.job_cancel_grace_seconds
-        self.running[job.id] = _Running(job.id, process, grace)
+        self.running[job.id] = _Running(job.id, process, grace, job.attempt)
         log.warning(
             "adopted job %s (process %s) from stopped worker %s", job.id, process.pid, job.worker_id
         )
@@ -303,33 +376,72 @@ class Executor:
         log.warning("job %s was left running by a stopped worker; its process is gone", job.id)
         with session_scope(self.settings) as session:
             row = session.get_one(Job, job.id)
-            if row.worker_id != job.worker_id:
+            if row.worker_id != job.worker_id or row.attempt != job.attempt:
                 return  # adopted meanwhile
+            if self._resume_lost(session, row, job.worker_id):
+                return
             service.finish(
                 session,
                 row,
                 "failed",
                 message="Failed",
                 error="Tuneyard stopped while this job ran, and its process is gone. "
-                "Start the job again.",
+                + self._why_not_resumed(session, row)
+                + "Start the job again.",
+                attempt=job.attempt,
             )
 
     def _fail_silent(self, job: Job, cutoff) -> None:
         with session_scope(self.settings) as session:
+            row = session.get_one(Job, job.id)
+            if row.attempt != job.attempt:
+                return  # requeued meanwhile
+            if self._resume_lost(session, row, job.worker_id, stale_before=cutoff):
+                return
             failed = service.finish(
                 session,
-                session.get_one(Job, job.id),
+                row,
                 "failed",
                 message="Failed",
                 error=f"The job stopped reporting (no heartbeat for "
                 f"{self.settings.job_stale_after_seconds:.0f} s): its machine "
                 f"{worker_host(job.worker_id or '')} died or lost the database. "
-                "Start the job again.",
+                + self._why_not_resumed(session, row)
+                + "Start the job again.",
                 process_may_live=True,
                 stale_before=cutoff,
+                attempt=job.attempt,
             )
         if failed:
             log.warning("job %s on %s went silent; failed it", job.id, job.worker_id)
+
+    def _resume_lost(self, session, job: Job, worker_id: str | None, stale_before=None) -> bool:
+        """Put a job whose worker died back in the queue to resume from its checkpoint, if its
+        kind can and it has not used up `job_lost_resumes`; False when it did not."""
+        if job.cancel_requested or service.resume_point(session, job) is None:
+            return False
+        if service.lost_resumes(session, job.id) >= self.settings.job_lost_resumes:
+            return False
+        requeued = service.requeue(
+            session,
+            job,
+            attempt=job.attempt,
+            reason=service.LOST,
+            worker_id=worker_id,
+            stale_before=stale_before,
+        )
+        if requeued:
+            log.warning("job %s lost its worker %s; requeued: %s", job.id, worker_id, job.message)
+        return requeued
+
+    def _why_not_resumed(self, session, job: Job) -> str:
+        """For the error of a lost job that could resume but was not: why."""
+        if job.cancel_requested or service.resume_point(session, job) is None:
+            return ""
+        return (
+            f"It was already put back in the queue {service.lost_resumes(session, job.id)} "
+            f"time(s) after losing its worker, the most allowed (TUNEYARD_JOB_LOST_RESUMES). "
+        )
 
     def _clean_up(self, job: Job) -> None:
         with session_scope(self.settings) as session:
@@ -349,27 +461,33 @@ class Executor:
                 job = session.get(Job, job_id)
                 if job is None:
                     continue
+                if job.status == "queued" or job.attempt != entry.attempt:
+                    # Handed over: back in the queue, or running elsewhere now. Programs the
+                    # job started (the handover went to its process alone) end with it.
+                    entry.signal_group(signal.SIGTERM)
+                    continue
                 if job.status not in service.ACTIVE:
                     if job.pid is not None:  # failed elsewhere while it ran: clean up now
                         service.clean_up(session, job)
                 elif job.cancel_requested:
-                    service.finish(session, job, "cancelled", message="Cancelled")
+                    service.finish(
+                        session, job, "cancelled", message="Cancelled", attempt=entry.attempt
+                    )
                 else:
                     service.finish(
-                        session, job, "failed", message="Failed", error=describe_exit(code)
+                        session,
+                        job,
+                        "failed",
+                        message="Failed",
+                        error=describe_exit(code),
+                        attempt=entry.attempt,
                     )
 
     def forward_cancels(self) -> None:
         if not self.running:
             return
         with session_scope(self.settings) as session:
-            wanted = set(
-                session.scalars(
-                    select(Job.id).where(
-                        Job.id.in_(list(self.running)), Job.cancel_requested.is_(True)
-                    )
-                )
-            )
+            wanted = service.cancels_asked(session, self.running)
         now = time.monotonic()
         for job_id in wanted:
             entry = self.running[job_id]
@@ -380,18 +498,22 @@ class Executor:
                 entry.signal_group(signal.SIGKILL)
 
     def claim_and_start(self) -> None:
-        free = self.concurrency - len(self.running)
-        if free <= 0:
+        free = self.concurrency - self.busy()
+        if free <= 0 or self._draining.is_set():
             return
         with session_scope(self.settings) as session:
             candidates = session.scalars(
-                select(Job.id).where(Job.status == "queued").order_by(Job.created_at).limit(free)
+                select(Job.id)
+                .where(Job.status == "queued")
+                .order_by(Job.priority.desc(), Job.created_at, Job.id)
+                .limit(free)
             ).all()
         for job_id in candidates:
             self.start_job(job_id)
 
-    def claim(self, job_id: str) -> str | None:
-        """Take a queued job for this worker; returns its kind, or None if it was not queued."""
+    def claim(self, job_id: str) -> tuple[str, int] | None:
+        """Take a queued job for this worker; returns its kind and attempt, or None if it was
+        not queued."""
         now = utcnow()
         with session_scope(self.settings) as session:
             claimed = rows_changed(
@@ -408,14 +530,18 @@ class Executor:
                     message="Starting",
                 ),
             )
-            return session.get_one(Job, job_id).kind if claimed else None
+            if not claimed:
+                return None
+            job = session.get_one(Job, job_id)
+            return job.kind, job.attempt
 
     def start_job(self, job_id: str) -> bool:
         """Claim a queued job and start its process (which records its own pid); False if
         another worker took it."""
-        kind_name = self.claim(job_id)
-        if kind_name is None:
+        claimed = self.claim(job_id)
+        if claimed is None:
             return False
+        kind_name, attempt = claimed
         log_path = self.layout.job_log(job_id)
         log_path.parent.mkdir(parents=True, exist_ok=True)
         handle = log_path.open("ab")
@@ -441,7 +567,7 @@ class Executor:
             return False
         kind = get_kind(kind_name)
         grace = kind.cancel_grace_seconds or self.settings.job_cancel_grace_seconds
-        self.running[job_id] = _Running(job_id, process, grace, log_handle=handle)
+        self.running[job_id] = _Running(job_id, process, grace, attempt, log_handle=handle)
         log.info("started job %s in process %s", job_id, process.pid)
         return True
 

@@ -29,6 +29,8 @@ class Resource(StrEnum):
     ASSESSMENT = "assessment"
     KNOWLEDGE_BASE = "knowledge_base"
     KNOWLEDGE_DOCUMENT = "knowledge_document"
+    IMAGE_MODEL = "image_model"
+    IMAGE_ADAPTER = "image_adapter"
 
 
 @dataclass(frozen=True)

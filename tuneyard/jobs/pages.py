@@ -62,7 +62,20 @@ def _job_view(session, principal, job_id: str) -> dict[str, Any]:
         "created_at": job.created_at,
         "started_at": job.started_at,
         "finished_at": job.finished_at,
+        "placement": placement_text(job.node, job.resources),
     }
+
+
+def placement_text(node: str | None, resources: dict[str, float] | None) -> str | None:
+    """Where a job ran and what it was given there (jobs of the ray executor)."""
+    if resources is None:
+        return None
+    given = [f"{resources.get('num_cpus', 0):g} CPU"]
+    if resources.get("num_gpus"):
+        given.append(f"{resources['num_gpus']:g} GPU")
+    if resources.get("memory"):
+        given.append(f"{resources['memory'] / 2**30:.1f} GiB memory")
+    return f"On {node or 'a Ray node (not placed yet)'}: {', '.join(given)}"
 
 
 def _log_tail(session, principal, job_id: str) -> tuple[str, bool]:
@@ -76,6 +89,8 @@ def job_page(job_id: str):
     job = read(lambda session, principal: _job_view(session, principal, job_id))
     started = f"Started {when(job['started_at'])}" if job["started_at"] else "Not started yet."
     heading(f"Job {job_label(job['kind'])}", started)
+    if job["placement"]:
+        ui.label(job["placement"]).classes("text-sm").props('data-testid="job-placement"')
     with ui.card().classes("w-full"):
         JobWatch(job_id)
     with ui.card().classes("w-full"):

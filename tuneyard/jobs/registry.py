@@ -7,6 +7,16 @@ took it for dead) so the domain can mark its entity failed. `cleanup` removes wh
 left on disk (partial folders, a result whose row never said ready); it runs only where no
 process of the job can still be writing, which a worker on another machine cannot know, so
 there it waits until the job's own machine sees the process gone (see tuneyard.jobs.executor).
+`resources` says what one run needs from the machine that runs it (the ray executor places the
+job on a node that has it); without it a job takes one CPU.
+`resume_point` marks a kind whose body, run again, resumes from its last checkpoint: it gives
+the step it would resume from (None while there is no checkpoint), so a job whose worker
+stopped or died goes back to the queue instead of failing; `on_requeue` then lets the domain
+say so on its entity (a training waits again).
+`writes` marks a kind that can run on a cluster node sharing no disk with the API (an
+artifact store, see tuneyard.artifacts): it names the resources among its `uses` whose files the
+job changes (the others it only reads), and before it marks a folder it made ready, it calls
+`ctx.land(folder)`; a kind without it is left for a local worker on such a cluster.
 """
 
 from __future__ import annotations
@@ -25,6 +35,7 @@ BUILTIN_TASK_MODULES = (
     "tuneyard.deploy.tasks",
     "tuneyard.assessment.tasks",
     "tuneyard.knowledge.tasks",
+    "tuneyard.images.tasks",
 )
 
 
@@ -40,7 +51,26 @@ class JobKind:
     # Seconds between SIGTERM and SIGKILL on cancel; None uses the setting. A cooperative body
     # may need a whole step (and a checkpoint) before it can stop.
     cancel_grace_seconds: float | None = None
+    # params -> {"num_cpus": .., "num_gpus": .., "memory": bytes}; None: DEFAULT_RESOURCES.
+    resources: Callable[[dict[str, Any]], dict[str, float]] | None = None
+    # (session, job) -> the checkpoint step a new attempt would resume from, or None.
+    resume_point: Callable[..., int | None] | None = None
+    # (session, job): the job went back to the queue (its worker stopped or died).
+    on_requeue: Callable[..., None] | None = None
+    # The resources (tuneyard.jobs.keys.Resource values) of its `uses` whose files it changes;
+    # None: the kind cannot run without the API's data dir.
+    writes: tuple[str, ...] | None = None
 
+    def resources_for(self, params: dict[str, Any]) -> dict[str, float]:
+        """What one run with these parameters needs: the defaults, overridden by the kind's."""
+        wanted = dict(DEFAULT_RESOURCES)
+        if self.resources is not None:
+            wanted.update(self.resources(params))
+        return wanted
+
+
+# One CPU, no GPU, no memory reserved (a job uses what it needs, as a local process would).
+DEFAULT_RESOURCES: dict[str, float] = {"num_cpus": 1.0, "num_gpus": 0.0, "memory": 0.0}
 
 _KINDS: dict[str, JobKind] = {}
 _loaded = False
@@ -53,6 +83,10 @@ def job_kind(
     cleanup=None,
     cooperative_cancel: bool = False,
     cancel_grace_seconds: float | None = None,
+    resources: Callable[[dict[str, Any]], dict[str, float]] | None = None,
+    resume_point=None,
+    on_requeue=None,
+    writes: tuple[str, ...] | None = None,
 ):
     """Decorator registering a job body under `name`."""
 
@@ -60,7 +94,16 @@ def job_kind(
         if name in _KINDS and _KINDS[name].run is not func:
             raise ValueError(f"Job kind '{name}' is registered twice.")
         _KINDS[name] = JobKind(
-            name, func, on_failure, cleanup, cooperative_cancel, cancel_grace_seconds
+            name,
+            func,
+            on_failure,
+            cleanup,
+            cooperative_cancel,
+            cancel_grace_seconds,
+            resources,
+            resume_point,
+            on_requeue,
+            writes,
         )
         return func
 

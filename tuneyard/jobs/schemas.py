@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 
 class JobOut(BaseModel):
@@ -21,10 +21,17 @@ class JobOut(BaseModel):
     result: dict[str, Any] | None
     attempt: int
     cancel_requested: bool
+    priority: int
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
     heartbeat_at: datetime | None
+    node: str | None = Field(
+        None, description="The Ray node the job ran on (the ray executor only)."
+    )
+    resources: dict[str, float] | None = Field(
+        None, description="What the job was given there: num_cpus, num_gpus, memory (bytes)."
+    )
 
 
 class JobAccepted(BaseModel):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -33,9 +34,11 @@ def enqueue(
     params: dict[str, Any] | None = None,
     uses: list[UseKey] | None = None,
     message: str = "Waiting for a worker",
+    priority: int = 0,
 ) -> Job:
-    """Queue a job; a worker sees it once the caller's transaction commits. Work is queued
-    by members (and admins); the caller checks its own rules first."""
+    """Queue a job; a worker sees it once the caller's transaction commits, and claims queued
+    jobs by priority (higher first), then by age. Work is queued by members (and admins); the
+    caller checks its own rules first."""
     principal.require("member")
     get_kind(kind)  # fail now, not in the worker, on an unknown kind
     job = Job(
@@ -45,6 +48,7 @@ def enqueue(
         uses=stored(uses or []),
         created_by=principal.user_id,
         message=message,
+        priority=priority,
     )
     session.add(job)
     session.flush()
@@ -144,6 +148,7 @@ def finish(
     result: dict[str, Any] | None = None,
     process_may_live: bool = False,
     stale_before: datetime | None = None,
+    attempt: int | None = None,
 ) -> bool:
     """Move a running job to a final status, once. Returns False if it was already final.
 
@@ -153,7 +158,8 @@ def finish(
     `process_may_live` (a worker on another machine saw only its heartbeat stop) they are left,
     and `pid` stays set to say so, until the job's own machine sees the process gone
     (clean_up). `stale_before` fails the job only if its heartbeat is still older than that
-    when the row is written: a job that just reported keeps running.
+    when the row is written: a job that just reported keeps running. `attempt` ends the job
+    only while that attempt runs (not once it went back to the queue, or was claimed again).
     """
     values: dict[str, Any] = {"status": status, "finished_at": utcnow()}
     if message is not None:
@@ -169,6 +175,8 @@ def finish(
     where = [Job.id == job.id, Job.status.in_(ACTIVE)]
     if stale_before is not None:
         where.append(Job.heartbeat_at < stale_before)
+    if attempt is not None:
+        where += [Job.status == "running", Job.attempt == attempt]
     changed = rows_changed(session, update(Job).where(*where).values(**values))
     if not changed:
         return False
@@ -177,6 +185,89 @@ def finish(
         _run_on_failure(session, job)
         if not process_may_live:
             clean_up(session, job)
+    return True
+
+
+# JobEvent kind written each time a running job goes back to the queue; its data's "reason" is
+# HANDED_OVER (its worker stopped gracefully) or LOST (its worker or machine died).
+REQUEUED = "requeued"
+HANDED_OVER = "worker stopped"
+LOST = "worker lost"
+
+
+def cancels_asked(session: Session, job_ids: Iterable[str]) -> set[str]:
+    """Which of these jobs someone asked to cancel (a worker forwards it to their processes)."""
+    return set(
+        session.scalars(
+            select(Job.id).where(Job.id.in_(list(job_ids)), Job.cancel_requested.is_(True))
+        )
+    )
+
+
+def resume_point(session: Session, job: Job) -> int | None:
+    """The checkpoint step a new attempt of `job` resumes from; None for a kind that cannot
+    resume, or one with no checkpoint yet."""
+    kind = get_kind(job.kind)
+    return kind.resume_point(session, job) if kind.resume_point is not None else None
+
+
+def lost_resumes(session: Session, job_id: str) -> int:
+    """How many times the job went back to the queue because its worker died."""
+    return sum(1 for row in events(session, job_id, REQUEUED) if row.data.get("reason") == LOST)
+
+
+def requeue(
+    session: Session,
+    job: Job,
+    *,
+    attempt: int,
+    reason: str,
+    worker_id: str | None = None,
+    stale_before: datetime | None = None,
+) -> bool:
+    """Put a running attempt back in the queue, once: only while that attempt is still the one
+    running (and, if given, still on `worker_id`, or silent since `stale_before`), and no one
+    asked to cancel it. What the attempt left half-written goes first (the kind's cleanup; a
+    resumable kind keeps its finished checkpoints), so that the next worker to claim it starts
+    clean, from its last checkpoint or from the start. Returns False when it did not apply."""
+    step = resume_point(session, job)
+    where = [
+        Job.id == job.id,
+        Job.status == "running",
+        Job.attempt == attempt,
+        Job.cancel_requested.is_(False),
+    ]
+    if worker_id is not None:
+        where.append(Job.worker_id == worker_id)
+    if stale_before is not None:
+        where.append(Job.heartbeat_at < stale_before)
+    where_from = f"from checkpoint step {step}" if step is not None else "from the start"
+    message = f"{reason.capitalize()}; resumes {where_from} on another worker"
+    changed = rows_changed(
+        session,
+        update(Job)
+        .where(*where)
+        .values(status="queued", pid=None, worker_id=None, heartbeat_at=None, message=message),
+    )
+    if not changed:
+        return False
+    session.refresh(job)
+    kind = get_kind(job.kind)
+    if kind.cleanup is not None:
+        try:
+            kind.cleanup(session, job)
+        except Exception:
+            log.exception("could not remove what job %s (%s) left", job.id, job.kind)
+    if kind.on_requeue is not None:
+        kind.on_requeue(session, job)
+    session.add(
+        JobEvent(
+            job_id=job.id,
+            kind=REQUEUED,
+            data={"reason": reason, "attempt": attempt, "resume_step": step},
+        )
+    )
+    session.flush()
     return True
 
 

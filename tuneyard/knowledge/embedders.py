@@ -8,7 +8,6 @@ so the chunker cuts chunks the model reads whole.
 
 from __future__ import annotations
 
-import os
 import threading
 from collections import OrderedDict
 from pathlib import Path
@@ -88,8 +87,6 @@ def _load(folder: Path) -> tuple[Any, threading.Lock]:
         if key in _models:
             _models.move_to_end(key)
             return _models[key]
-        # The folder is all there is: never ask a hub for a file it lacks.
-        os.environ["HF_HUB_OFFLINE"] = "1"
         try:
             from sentence_transformers import SentenceTransformer
         except ImportError:
@@ -97,6 +94,8 @@ def _load(folder: Path) -> tuple[Any, threading.Lock]:
                 "Local embedding models need sentence-transformers: pip install 'tuneyard[embed]'."
             ) from None
         try:
+            # The folder is all there is: local_files_only never asks a hub for a file it lacks
+            # (and leaves the process-wide HF_HUB_OFFLINE to the operator).
             model = SentenceTransformer(key, device="cpu", local_files_only=True)
         except (OSError, ValueError) as exc:
             raise Invalid(

@@ -15,7 +15,6 @@ who configured one must know when results come without it.
 from __future__ import annotations
 
 import math
-import os
 import threading
 from functools import lru_cache
 from pathlib import Path
@@ -82,8 +81,6 @@ class CrossEncoderReranker:
             problem = cross_encoder_problem(self.folder)
             if problem:
                 raise Unavailable(f"The reranker cannot be loaded: {problem}.")
-            # The folder is all there is: never ask a hub for a file it lacks.
-            os.environ["HF_HUB_OFFLINE"] = "1"
             try:
                 from sentence_transformers import CrossEncoder
             except ImportError:
@@ -92,6 +89,8 @@ class CrossEncoderReranker:
                     "pip install 'tuneyard[embed]'."
                 ) from None
             try:
+                # The folder is all there is: local_files_only never asks a hub for a file it lacks
+                # (and leaves the process-wide HF_HUB_OFFLINE to the operator).
                 model = CrossEncoder(str(self.folder), device="cpu", local_files_only=True)
             except (OSError, ValueError) as exc:
                 raise Unavailable(

@@ -59,7 +59,7 @@ import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Field, Strict, create_model
 from sqlalchemy import select
@@ -286,6 +286,14 @@ def read_script(source: bytes, filename: str = "method.py") -> ScriptSpec:
     )
 
 
+class UploadedMethodParams(CommonParams):
+    """The common parameters as an uploaded method takes them."""
+
+    single_process_reason: ClassVar[str | None] = (
+        "an uploaded method runs its own training loop, in one process"
+    )
+
+
 def params_model(name: str, result: str, parameters: dict[str, dict[str, Any]]):
     """The common parameters plus the script's own, each strictly of its default's type."""
     if result == "adapter":
@@ -309,7 +317,7 @@ def params_model(name: str, result: str, parameters: dict[str, dict[str, Any]]):
             Annotated[kind, Strict()],
             Field(spec["default"], description=spec["description"]),
         )
-    return create_model(f"{name}Params", __base__=CommonParams, **fields)
+    return create_model(f"{name}Params", __base__=UploadedMethodParams, **fields)
 
 
 # -- who may upload code, and whether it runs -------------------------------------------------

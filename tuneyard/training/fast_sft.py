@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
 from trl import SFTTrainer
 from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
@@ -32,16 +33,22 @@ def causal_lm_of(model):
 
 
 def selective_lm_loss(model, inputs, num_items_in_batch=None) -> torch.Tensor:
-    causal_lm = causal_lm_of(model)
-    backbone = causal_lm.get_decoder()
-    head = causal_lm.get_output_embeddings()
-    hidden = backbone(
-        **{k: inputs[k] for k in BACKBONE_INPUTS if k in inputs}, use_cache=False
-    ).last_hidden_state
     targets = inputs["labels"][:, 1:]
     learned = targets != -100
-    logits = head(hidden[:, :-1][learned]).float()
-    total = F.cross_entropy(logits, targets[learned], reduction="sum")
+    backbone_inputs = {k: inputs[k] for k in BACKBONE_INPUTS if k in inputs}
+    if isinstance(model, DistributedDataParallel):
+        # Data-parallel, the forward must go through the wrapper, which averages the workers'
+        # gradients; the model's own head then runs at the positions where any row learns.
+        positions = learned.any(dim=0).nonzero().squeeze(1)
+        logits = model(**backbone_inputs, use_cache=False, logits_to_keep=positions).logits
+        kept = targets[:, positions]
+        logits, wanted = logits[kept != -100].float(), kept[kept != -100]
+    else:
+        causal_lm = causal_lm_of(model)
+        hidden = causal_lm.get_decoder()(**backbone_inputs, use_cache=False).last_hidden_state
+        logits = causal_lm.get_output_embeddings()(hidden[:, :-1][learned]).float()
+        wanted = targets[learned]
+    total = F.cross_entropy(logits, wanted, reduction="sum")
     count = learned.sum() if num_items_in_batch is None else num_items_in_batch
     return total / torch.as_tensor(count, device=total.device).clamp(min=1)
 
@@ -51,6 +58,11 @@ class PackedSFTTrainer(SFTTrainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         loss = selective_lm_loss(model, inputs, num_items_in_batch)
+        if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+            # Data-parallel, num_items_in_batch counts every worker's tokens and DDP averages
+            # the workers' gradients: scale back, as Trainer.compute_loss does, so that a
+            # step's loss is the mean over all of its tokens.
+            loss = loss * self.accelerator.num_processes
         return (loss, None) if return_outputs else loss
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):

@@ -6,15 +6,22 @@ Every field here is read by the runner; nothing is accepted and ignored.
 from __future__ import annotations
 
 import re
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from tuneyard.bounds import INT32_MAX, SEED_MAX
 
+MAX_WORKERS = 64
+# A worker process trains on one device; a cluster executor may reserve more per worker.
+MAX_GPUS_PER_WORKER = 8
+
 
 class CommonParams(BaseModel):
     """Parameters every method shares: the loop, the optimiser, data and the adapter."""
+
+    # Why a method trains in one process only; None when it can train data-parallel.
+    single_process_reason: ClassVar[str | None] = None
 
     # JSON from Python's parser may hold NaN and Infinity; no parameter means them.
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
@@ -27,9 +34,32 @@ class CommonParams(BaseModel):
         le=INT32_MAX,
         description="Stop after this many optimiser steps; -1 runs the epochs.",
     )
-    batch_size: int = Field(2, ge=1, le=1024, description="Records per device per step.")
+    batch_size: int = Field(
+        2,
+        ge=1,
+        le=1024,
+        description="Records per worker per batch. One optimiser step sees batch_size x "
+        "workers x grad_accum_steps records (the effective batch).",
+    )
     grad_accum_steps: int = Field(
         2, ge=1, le=1024, description="Batches accumulated into one optimiser step."
+    )
+    # data parallel
+    workers: int = Field(
+        1,
+        ge=1,
+        le=MAX_WORKERS,
+        description="Worker processes training data-parallel: each holds a copy of the model, "
+        "trains on its share of every step's records, and the gradients are averaged. 1 trains "
+        "in the job's own process.",
+    )
+    gpus_per_worker: int = Field(
+        -1,
+        ge=-1,
+        le=MAX_GPUS_PER_WORKER,
+        description="GPUs each worker trains on: 0 trains on the CPU, 1 on a GPU of its own; "
+        "-1: 1 on a machine with a CUDA GPU, else 0. The machine running the training needs "
+        "workers x gpus_per_worker GPUs.",
     )
     learning_rate: float = Field(2e-4, gt=0, le=1, description="Peak learning rate.")
     lr_scheduler: Literal[
@@ -86,6 +116,8 @@ class CommonParams(BaseModel):
 
     @model_validator(mode="after")
     def _adapter_switches(self):
+        if self.workers > 1 and self.single_process_reason:
+            raise ValueError(f"workers must be 1: {self.single_process_reason}")
         if self.adapter == "full" and (self.use_dora or self.use_rslora):
             raise ValueError("use_dora and use_rslora apply to LoRA adapters, not adapter=full")
         if isinstance(self.target_modules, list) and not self.target_modules:
@@ -147,6 +179,11 @@ REWARD_NAME_RULE = "1-64 letters, digits, '_' or '-'"
 
 class GRPOParams(CommonParams):
     """Group relative policy optimisation: sample completions, score them, reinforce."""
+
+    single_process_reason: ClassVar[str | None] = (
+        "GRPO samples and scores its groups of completions in one process; data-parallel "
+        "GRPO is not supported"
+    )
 
     learning_rate: float = Field(1e-5, gt=0, le=1, description="Peak learning rate.")
     num_generations: int = Field(

@@ -156,6 +156,7 @@ def write_result(
         )
         write_readme(staging, card)
     produced.rmdir()
+    ctx.land(target)
     with ctx.session() as session:
         training = session.get_one(Training, training_id)
         if full:
@@ -167,7 +168,7 @@ def write_result(
                     source="full_training",
                     training_id=training.id,
                     base_model_id=training.base_model_id,
-                    path=str(target),
+                    path=ctx.layout.recorded(target),
                     dtype=saved_dtype(target),
                     size_bytes=card["sizes"]["bytes"],
                     model_card=card,
@@ -183,7 +184,7 @@ def write_result(
                     training_id=training.id,
                     base_model_id=training.base_model_id,
                     train_name=training.name,
-                    path=str(target),
+                    path=ctx.layout.recorded(target),
                     size_bytes=card["sizes"]["bytes"],
                     model_card=card,
                 )

@@ -261,7 +261,13 @@ def _enqueue_run(
         session,
         principal,
         kind,
-        {"training_id": training.id, "reward_files": reward_files},
+        {
+            "training_id": training.id,
+            "reward_files": reward_files,
+            # What the job asks of the machine that runs it (see training_resources).
+            "workers": training.params.get("workers", 1),
+            "gpus_per_worker": training.params.get("gpus_per_worker", -1),
+        },
         uses=uses,
         message=f"Training {training.name} waits for a worker",
     )

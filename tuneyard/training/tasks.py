@@ -1,10 +1,12 @@
 """The training jobs: "training.run" for the built-in methods, "training.custom" for uploaded
-ones; cancel stops either at a step boundary."""
+ones; cancel stops either at a step boundary. A built-in run whose worker stops or dies goes
+back to the queue and resumes from its last checkpoint."""
 
 from __future__ import annotations
 
 import shutil
 
+from tuneyard.jobs.keys import Resource
 from tuneyard.jobs.registry import job_kind
 from tuneyard.models import Training, utcnow
 from tuneyard.storage import Layout, remove_tree
@@ -31,6 +33,14 @@ def _training_ended(session, job) -> None:
     training.eta_seconds = None
 
 
+def _training_requeued(session, job) -> None:
+    """The run went back to the queue: the training waits for a worker again."""
+    training = _ended_run(session, job)
+    if training is not None:
+        training.status = "queued"
+        training.eta_seconds = None
+
+
 def _remove_unfinished(session, job) -> None:
     """Drop what the run had not finished writing: its result folder, a model folder it put in
     place without recording it, and a checkpoint it was killed while saving (kept checkpoints
@@ -48,12 +58,32 @@ def _remove_unfinished(session, job) -> None:
             shutil.rmtree(folder, ignore_errors=True)
 
 
+def training_resources(params) -> dict[str, float]:
+    """What the job's own process needs on a cluster node: a one-process training the GPUs it
+    asks for (`gpus_per_worker`; -1, "a GPU where there is one", asks for none, since a cluster
+    gives GPUs only to those who ask); a data-parallel one a CPU, its workers asking Ray Train
+    for their own."""
+    workers = int(params.get("workers") or 1)
+    gpus = int(params.get("gpus_per_worker", -1))
+    return {"num_cpus": 1.0, "num_gpus": float(max(gpus, 0)) if workers == 1 else 0.0}
+
+
+def _last_checkpoint_step(session, job) -> int | None:
+    """The step a new attempt of this run resumes from (the runner takes the last checkpoint)."""
+    kept = checkpoints(Layout().training_dir(job.params["training_id"]))
+    return int(kept[-1].name.removeprefix(CHECKPOINT_PREFIX)) if kept else None
+
+
 @job_kind(
     "training.run",
     on_failure=_training_ended,
     cleanup=_remove_unfinished,
     cooperative_cancel=True,
     cancel_grace_seconds=600,  # finish the step and write a checkpoint
+    resources=training_resources,
+    resume_point=_last_checkpoint_step,
+    on_requeue=_training_requeued,
+    writes=(Resource.TRAINING,),  # and the model it makes, a new folder
 )
 def run_training(ctx):
     from tuneyard.training.runner import run_training as run
@@ -67,6 +97,7 @@ def run_training(ctx):
     cleanup=_remove_unfinished,
     cooperative_cancel=True,
     cancel_grace_seconds=120,  # the script returns once report.should_stop() says so
+    resources=training_resources,
 )
 def run_custom_training(ctx):
     from tuneyard.training.custom_runner import run_custom_training as run

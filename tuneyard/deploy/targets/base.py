@@ -53,9 +53,10 @@ class DeployTarget:
         """Refuse (Invalid) what the tool cannot take; return warnings for the card."""
         return []
 
-    def template_parity(self, source) -> Parity | None:
+    def template_parity(self, environment: DeployEnvironment, source) -> Parity | None:
         """None runs the HF-vs-deployment-template comparison; a target that serves the HF
-        template itself says so instead."""
+        template itself says so instead (and may check the written file: a `template_parity`
+        entry in Deployed.card replaces the card's)."""
         return None
 
     def base_first(self, environment: DeployEnvironment, source) -> bool:

@@ -6,7 +6,7 @@ import shutil
 from pathlib import Path
 
 from tuneyard.cards import write_readme
-from tuneyard.deploy.parity import Parity
+from tuneyard.deploy.parity import Parity, gguf_chat_parity
 from tuneyard.deploy.targets.base import (
     GGUF_ADAPTER,
     GGUF_MODEL,
@@ -58,12 +58,13 @@ class LlamaCppTarget(DeployTarget):
             warnings.append("The model has no chat template; llama.cpp serves a plain prompt.")
         return warnings
 
-    def template_parity(self, source) -> Parity:
+    def template_parity(self, environment, source) -> Parity:
         if not has_chat_template(source.model_dir):
             return Parity("not_checked", "The model has no chat template.")
         return Parity(
-            "match",
-            "The GGUF carries the model's own chat template, which the server renders.",
+            "not_checked",
+            "The llama.cpp server renders the chat template inside the GGUF; it is compared "
+            "once the GGUF is written.",
         )
 
     def test(self, environment):
@@ -108,12 +109,19 @@ class LlamaCppTarget(DeployTarget):
             progress(0.85, "Exporting the adapter as a GGUF LoRA")
             export_lora_gguf(source.adapter_dir, source.model_dir, staging / GGUF_ADAPTER)
 
-    def deploy(self, environment, live, source, progress, **_):
+    def deploy(
+        self, environment, live, source, progress, allow_template_mismatch: bool = False, **_
+    ):
         folder = Layout().live_model_dir(live.id)
         discard(folder)
         with atomic_dir(folder) as staging:
             self._export(live, source, staging, progress)
-            write_readme(staging, live.model_card)
+            parity = gguf_chat_parity(
+                staging / GGUF_MODEL, source.model_dir, f"base model '{source.base_name}'"
+            )
+            if parity.status == "mismatch" and not allow_template_mismatch:
+                raise Invalid(f"Template parity check failed: {parity.detail}")
+            write_readme(staging, {**live.model_card, "template_parity": parity.as_card()})
         server = self.server(environment)
         progress(0.9, "Starting the llama.cpp server with the model")
         from tuneyard.deploy.llamacpp import ServedModel
@@ -133,7 +141,11 @@ class LlamaCppTarget(DeployTarget):
             f"{server.base_url}/v1",
             live.tag,
             size,
-            {"files": sorted(p.name for p in folder.iterdir()), "port": server.port},
+            {
+                "files": sorted(p.name for p in folder.iterdir()),
+                "port": server.port,
+                "template_parity": parity.as_card(),
+            },
         )
 
     def check(self, environment, live, all_live):

@@ -12,6 +12,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from tuneyard.deploy.parity import Parity, gguf_chat_parity
 from tuneyard.deploy.quantization import NO_QUANTIZATION
 from tuneyard.deploy.targets.base import (
     GGUF_ADAPTER,
@@ -23,7 +24,7 @@ from tuneyard.deploy.targets.base import (
     register_target,
     server_address,
 )
-from tuneyard.errors import Unavailable
+from tuneyard.errors import Invalid, Unavailable
 from tuneyard.models import DeployEnvironment, LiveModel
 from tuneyard.storage import Layout, discard
 
@@ -90,6 +91,31 @@ class OllamaTarget(DeployTarget):
             warnings.append("The model has no chat template; Ollama serves it with a plain prompt.")
         return warnings
 
+    def template_parity(self, environment, source) -> Parity | None:
+        """Ollama v0.30+ serves a chat template with tools or thinking itself, ignoring the
+        Go template: its parity is checked on the written GGUF; older or unknown releases
+        render the Go template, which the usual comparison checks."""
+        if not self._serves_gguf_template(environment, source):
+            return None
+        return Parity(
+            "not_checked",
+            "Ollama v0.30 and later serve this model with the chat template inside its GGUF "
+            "(it offers tools or thinking); it is compared once the GGUF is written.",
+        )
+
+    def _serves_gguf_template(self, environment, source) -> bool:
+        from tuneyard.basemodels.card import read_chat_template
+        from tuneyard.basemodels.template import ollama_uses_gguf_template
+        from tuneyard.deploy.ollama import GGUF_TEMPLATE_RELEASE
+
+        if not ollama_uses_gguf_template(read_chat_template(source.model_dir)[0]):
+            return False
+        try:
+            version = self._version(environment)[1]
+        except Unavailable:
+            return False  # the deploy job reads it again and says why it failed
+        return version is not None and version >= GGUF_TEMPLATE_RELEASE
+
     def base_first(self, environment, source) -> bool:
         return self._merge_reason(source, self._version(environment)[1]) is None
 
@@ -122,18 +148,46 @@ class OllamaTarget(DeployTarget):
             **kw,
         )
 
-    def deploy(self, environment, live, source, progress, base_tag: str | None = None, **_):
+    def deploy(
+        self,
+        environment,
+        live,
+        source,
+        progress,
+        base_tag: str | None = None,
+        allow_template_mismatch: bool = False,
+        **_,
+    ):
         folder = Layout().live_model_dir(live.id)
         discard(folder)
         folder.mkdir(parents=True)
         try:
             with self._client(environment, upload=True) as client:
-                return self._deploy(client, environment, live, source, progress, base_tag, folder)
+                return self._deploy(
+                    client,
+                    environment,
+                    live,
+                    source,
+                    progress,
+                    base_tag,
+                    folder,
+                    allow_template_mismatch,
+                )
         finally:
             # Ollama keeps its own copy of every blob: the files made for it go.
             discard(folder)
 
-    def _deploy(self, client, environment, live, source, progress, base_tag, folder: Path):
+    def _deploy(
+        self,
+        client,
+        environment,
+        live,
+        source,
+        progress,
+        base_tag,
+        folder: Path,
+        allow_template_mismatch: bool,
+    ):
         from tuneyard.deploy.gguf_build import merge_adapter_for_export, write_model_gguf
         from tuneyard.deploy.gguf_export import export_lora_gguf, gguf_architecture
         from tuneyard.deploy.ollama import parse_version
@@ -169,6 +223,13 @@ class OllamaTarget(DeployTarget):
         )
         if model_dir != source.model_dir:
             shutil.rmtree(model_dir)
+        if self._serves_gguf_template(environment, source):
+            parity = gguf_chat_parity(
+                folder / GGUF_MODEL, source.model_dir, f"base model '{source.base_name}'"
+            )
+            if parity.status == "mismatch" and not allow_template_mismatch:
+                raise Invalid(f"Template parity check failed: {parity.detail}")
+            card["template_parity"] = parity.as_card()
         progress(0.5, "Uploading the GGUF to Ollama")
         digests = client.push_files(
             {GGUF_MODEL: folder / GGUF_MODEL}, lambda f, m: progress(0.5 + 0.4 * f, m)

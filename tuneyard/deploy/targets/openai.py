@@ -38,7 +38,7 @@ class OpenAICompatibleTarget(DeployTarget):
             )
         return []
 
-    def template_parity(self, source) -> Parity:
+    def template_parity(self, environment, source) -> Parity:
         return Parity(
             "not_checked",
             "An OpenAI-compatible server renders the chat template it loaded with the model.",

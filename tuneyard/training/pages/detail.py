@@ -76,6 +76,14 @@ def _live(session, principal, training_id: str) -> dict[str, Any]:
     }
 
 
+def effective_batch_text(params: dict[str, Any]) -> str:
+    """Records per optimiser step, and how they are made up."""
+    batch, workers = params["batch_size"], params.get("workers", 1)
+    accum = params.get("grad_accum_steps", 1)
+    total = batch * workers * accum
+    return f"{total} ({batch} per worker x {workers} workers x {accum} accumulated)"
+
+
 def _duration(seconds: float | None) -> str:
     if seconds is None:
         return ""
@@ -257,6 +265,10 @@ def training_page(training_id: str):
             with ui.row().classes("gap-1 min-w-0 flex-nowrap"):
                 ui.label(f"{key}:").classes("text-grey-7 text-sm shrink-0")
                 ui.label(value_text(value)).classes("text-sm break-all")
+        if "batch_size" in detail["params"]:
+            with ui.row().classes("gap-1 min-w-0 flex-nowrap"):
+                ui.label("effective batch:").classes("text-grey-7 text-sm shrink-0")
+                ui.label(effective_batch_text(detail["params"])).classes("text-sm")
 
     async def refresh() -> None:
         try:

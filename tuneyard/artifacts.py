@@ -1,0 +1,312 @@
+"""The artifact store: how a job's files travel between the API's data dir and the nodes of a
+Ray cluster that share no disk with it (TUNEYARD_ARTIFACT_STORE, any fsspec URL).
+
+The API's data dir stays the source of truth; the store only carries copies. An artifact is a
+folder (or one file) of a data dir, keyed by its path relative to the data dir
+(`datasets/<id>`, `models/customized/<id>`). Each publish of a folder writes its files under a
+version of their own (`<key>/<version>/...`, the version a digest of the file list), and then,
+LAST, the manifest `<key>.manifest.json` naming that version with each file's size and sha256:
+a reader that goes by the manifest never sees half an artifact, nor a mix of two. A fetch
+downloads into a temp folder beside the target, checks each file against the manifest, then
+swaps it in; it is skipped when the folder already holds the manifest's version.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import fsspec
+from fsspec.registry import known_implementations
+
+from tuneyard.config import Settings
+from tuneyard.errors import Unavailable
+from tuneyard.jobs.keys import Resource
+from tuneyard.storage import _fsync_dir, atomic_path, remove_tree
+
+log = logging.getLogger(__name__)
+
+MANIFEST_SUFFIX = ".manifest.json"
+# Under a data dir: the manifest of each artifact fetched into it, by key.
+FETCHED_DIR = ".artifacts"
+CHUNK = 1 << 20
+
+# The data dir folder of each resource a job may use, by the resource's id. A job that uses a
+# resource missing here cannot run on a node without the API's data dir.
+RESOURCE_FOLDERS: dict[Resource, str] = {
+    Resource.DATASET: "datasets",
+    Resource.BASE_MODEL: "models/base",
+    Resource.TRAINING: "trainings",
+    Resource.CUSTOMIZED_MODEL: "models/customized",
+    Resource.COMPLETE_MODEL: "models/complete",
+}
+# The folders whose entries are artifacts a job on a node may make or change.
+ARTIFACT_ROOTS = tuple(RESOURCE_FOLDERS.values())
+
+
+class ArtifactError(Exception):
+    """An artifact could not be published or fetched; the message says which and why."""
+
+
+def key_of(use: str) -> str | None:
+    """The artifact key of a job's `uses` entry (`dataset:<id>` -> `datasets/<id>`); None for a
+    resource that has no folder of its own."""
+    resource, _, resource_id = use.partition(":")
+    try:
+        folder = RESOURCE_FOLDERS[Resource(resource)]
+    except (KeyError, ValueError):
+        return None
+    return f"{folder}/{resource_id}"
+
+
+@dataclass
+class Store:
+    """An open artifact store: a file system and the root path in it."""
+
+    fs: Any
+    root: str
+
+    def path(self, key: str) -> str:
+        return f"{self.root}/{key}"
+
+    def put(self, local: Path, remote: str) -> None:
+        self.fs.put_file(str(local), remote)
+
+    def write(self, remote: str, data: bytes) -> None:
+        self.fs.pipe_file(remote, data)
+
+    def manifest(self, key: str) -> dict | None:
+        """The published manifest of `key`, or None when it was never published."""
+        try:
+            return json.loads(self.fs.cat_file(self.path(key) + MANIFEST_SUFFIX))
+        except FileNotFoundError:
+            return None
+
+
+def open_store(url: str, options: dict) -> Store:
+    """Open the store at `url`, checking that it can be reached and written; the errors say
+    what to fix (and never show the options: they hold credentials)."""
+    protocol = url.split("://", 1)[0]
+    try:
+        fsspec.get_filesystem_class(protocol)
+    except ImportError:
+        package = known_implementations.get(protocol, {}).get("err", "")
+        raise Unavailable(
+            f"TUNEYARD_ARTIFACT_STORE '{url}' needs fsspec's {protocol}:// backend, which is not "
+            f"installed ({package}). Install the `cluster` extra (pip install "
+            "'tuneyard[cluster]', which brings s3fs) or the package that provides it."
+        ) from None
+    except ValueError:
+        raise Unavailable(
+            f"TUNEYARD_ARTIFACT_STORE '{url}': fsspec knows no '{protocol}://' file system. Give "
+            "an s3:// (or another fsspec) URL, or file:///path for a mounted folder."
+        ) from None
+    if protocol in ("file", "local"):
+        options = {"auto_mkdir": True, **options}  # folders, as object stores need none
+    try:
+        fs, root = fsspec.core.url_to_fs(url, **options)
+    except (TypeError, ValueError) as exc:
+        raise Unavailable(
+            f"TUNEYARD_ARTIFACT_STORE_OPTIONS do not suit {protocol}:// ({type(exc).__name__}); "
+            "check the option names against the fsspec backend's."
+        ) from None
+    store = Store(fs, root.rstrip("/"))
+    probe = store.path(f".probe-{uuid.uuid4().hex[:8]}")
+    try:
+        store.write(probe, b"ok")
+        fs.rm_file(probe)
+    except Exception as exc:
+        raise Unavailable(
+            f"Cannot write to the artifact store {url}: {type(exc).__name__}: "
+            f"{str(exc)[:300]}. Check that it is reachable from here, that the bucket exists, "
+            "and TUNEYARD_ARTIFACT_STORE_OPTIONS (endpoint_url, credentials)."
+        ) from None
+    return store
+
+
+def store_of(settings: Settings) -> Store | None:
+    """The configured artifact store, opened; None when nodes share the data dir."""
+    if not settings.artifact_store:
+        return None
+    return open_store(settings.artifact_store, settings.store_options)
+
+
+# -- publishing ------------------------------------------------------------------------------
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def describe(folder: Path, known: dict[str, list] | None = None) -> dict[str, dict[str, Any]]:
+    """Each file of `folder` (by its relative path, links followed) with its size and sha256.
+    `known` maps a relative path to [size, mtime_ns, sha256] read earlier: a file whose size
+    and modification time are the same is not read again (a model's gigabytes, at each job)."""
+    known = known or {}
+    files = {}
+    for path in sorted(folder.rglob("*")):
+        if path.is_file():
+            name = path.relative_to(folder).as_posix()
+            info = path.stat()
+            seen = known.get(name)
+            if seen is not None and seen[:2] == [info.st_size, info.st_mtime_ns]:
+                digest = seen[2]
+            else:
+                digest = _sha256(path)
+            files[name] = {"size": info.st_size, "sha256": digest, "mtime_ns": info.st_mtime_ns}
+    return files
+
+
+def _digests_file(data_dir: Path, key: str) -> Path:
+    return data_dir / FETCHED_DIR / f"{key}.digests.json"
+
+
+def _known_digests(data_dir: Path, key: str) -> dict[str, list]:
+    try:
+        return json.loads(_digests_file(data_dir, key).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _version(files: dict) -> str:
+    return hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def publish(store: Store, data_dir: Path, key: str) -> bool:
+    """Publish the folder `data_dir/key`: its files, then its manifest. False (nothing sent)
+    when the store already holds the same files."""
+    folder = data_dir / key
+    if not folder.is_dir():
+        raise ArtifactError(f"Cannot publish {key}: {folder} is not a folder.")
+    described = describe(folder, _known_digests(data_dir, key))
+    remembered = _digests_file(data_dir, key)
+    remembered.parent.mkdir(parents=True, exist_ok=True)
+    remembered.write_text(
+        json.dumps({n: [f["size"], f["mtime_ns"], f["sha256"]] for n, f in described.items()})
+    )
+    files = {name: {"size": f["size"], "sha256": f["sha256"]} for name, f in described.items()}
+    previous = store.manifest(key)
+    if previous is not None and previous["files"] == files:
+        return False
+    version = _version(files)
+    base = f"{store.path(key)}/{version}"
+    for name in files:
+        store.put(folder / name, f"{base}/{name}")
+    manifest = {"key": key, "version": version, "files": files}
+    store.write(store.path(key) + MANIFEST_SUFFIX, json.dumps(manifest).encode())
+    # Versions older than the one just replaced go; a reader of that one may still finish.
+    kept = {version, previous["version"] if previous else None}
+    try:
+        for entry in store.fs.ls(store.path(key), detail=False):
+            if entry.rstrip("/").rsplit("/", 1)[-1] not in kept:
+                store.fs.rm(entry, recursive=True)
+    except FileNotFoundError:
+        pass
+    log.info("published %s (%d files, version %s)", key, len(files), version)
+    return True
+
+
+def publish_file(store: Store, data_dir: Path, key: str) -> None:
+    """Publish one file (a job's log) as it is now: one object, replaced whole."""
+    store.put(data_dir / key, store.path(key))
+
+
+# -- fetching --------------------------------------------------------------------------------
+
+
+def _fetched_record(data_dir: Path, key: str) -> Path:
+    return data_dir / FETCHED_DIR / f"{key}{MANIFEST_SUFFIX}"
+
+
+def fetched_version(data_dir: Path, key: str) -> str | None:
+    """The version of `key` last fetched into `data_dir`, if its folder is still there."""
+    record = _fetched_record(data_dir, key)
+    if not record.is_file() or not (data_dir / key).is_dir():
+        return None
+    return json.loads(record.read_text())["version"]
+
+
+def fetch(store: Store, data_dir: Path, key: str) -> bool:
+    """Make `data_dir/key` the store's version of `key`, swapped in whole once every file
+    arrived and matched the manifest. False when it already was."""
+    manifest = store.manifest(key)
+    if manifest is None:
+        raise ArtifactError(f"The artifact store has no {key}: it was never published.")
+    if fetched_version(data_dir, key) == manifest["version"]:
+        return False
+    target = data_dir / key
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = target.parent / f".{target.name}.fetching-{uuid.uuid4().hex[:8]}"
+    base = f"{store.path(key)}/{manifest['version']}"
+    try:
+        staging.mkdir()
+        for name, expected in manifest["files"].items():
+            local = staging / name
+            local.parent.mkdir(parents=True, exist_ok=True)
+            store.fs.get_file(f"{base}/{name}", str(local))
+            if local.stat().st_size != expected["size"] or _sha256(local) != expected["sha256"]:
+                raise ArtifactError(
+                    f"{key}/{name} from the artifact store does not match its manifest (it was "
+                    "replaced while being read); fetch it again."
+                )
+        remove_tree(target)
+        os.replace(staging, target)
+        _fsync_dir(target.parent)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    record = _fetched_record(data_dir, key)
+    record.parent.mkdir(parents=True, exist_ok=True)
+    record.write_text(json.dumps({"version": manifest["version"]}))
+    log.info("fetched %s (version %s)", key, manifest["version"])
+    return True
+
+
+def fetch_file(store: Store, data_dir: Path, key: str) -> bool:
+    """Replace `data_dir/key` with the store's copy of that one file (through a temp file
+    beside it); False when the store has none."""
+    try:
+        with atomic_path(data_dir / key) as staging:
+            store.fs.get_file(store.path(key), str(staging))
+    except FileNotFoundError:
+        return False
+    return True
+
+
+# -- what a job changed on a node ------------------------------------------------------------
+
+
+def snapshot(data_dir: Path) -> dict[str, dict[str, tuple[int, int]]]:
+    """Each artifact folder under `data_dir` with its files' sizes and modification times: a
+    cheap picture to find, after a job, what it made or changed."""
+    found = {}
+    for root in ARTIFACT_ROOTS:
+        parent = data_dir / root
+        if not parent.is_dir():
+            continue
+        for folder in parent.iterdir():
+            if folder.name.startswith(".") or not folder.is_dir():
+                continue  # staging and deleted-aside folders are never artifacts
+            stats = {}
+            for path in folder.rglob("*"):
+                if path.is_file():
+                    info = path.stat()
+                    stats[path.relative_to(folder).as_posix()] = (info.st_size, info.st_mtime_ns)
+            found[f"{root}/{folder.name}"] = stats
+    return found
+
+
+def changed_since(data_dir: Path, before: dict[str, dict[str, tuple[int, int]]]) -> list[str]:
+    """The artifact folders made or changed since `before` (a `snapshot`)."""
+    return sorted(key for key, stats in snapshot(data_dir).items() if before.get(key) != stats)

@@ -1,0 +1,1 @@
+"""DeepImage: text-to-image and image-to-image with diffusion pipelines."""
