@@ -9,15 +9,21 @@ LAST, the manifest `<key>.manifest.json` naming that version with each file's si
 a reader that goes by the manifest never sees half an artifact, nor a mix of two. A fetch
 downloads into a temp folder beside the target, checks each file against the manifest, then
 swaps it in; it is skipped when the folder already holds the manifest's version.
+
+Nothing stays in the store for ever: the worker withdraws an artifact whose row was deleted
+(its manifest first, so no reader starts on it), and a node drops its copy of an artifact the
+store no longer has (see `published`, `withdraw`, `drop_withdrawn`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
 import shutil
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -203,7 +209,7 @@ def publish(store: Store, data_dir: Path, key: str) -> bool:
     base = f"{store.path(key)}/{version}"
     for name in files:
         store.put(folder / name, f"{base}/{name}")
-    manifest = {"key": key, "version": version, "files": files}
+    manifest = {"key": key, "version": version, "files": files, "published_at": time.time()}
     store.write(store.path(key) + MANIFEST_SUFFIX, json.dumps(manifest).encode())
     # Versions older than the one just replaced go; a reader of that one may still finish.
     kept = {version, previous["version"] if previous else None}
@@ -310,3 +316,62 @@ def snapshot(data_dir: Path) -> dict[str, dict[str, tuple[int, int]]]:
 def changed_since(data_dir: Path, before: dict[str, dict[str, tuple[int, int]]]) -> list[str]:
     """The artifact folders made or changed since `before` (a `snapshot`)."""
     return sorted(key for key, stats in snapshot(data_dir).items() if before.get(key) != stats)
+
+
+# -- what the store no longer needs ------------------------------------------------------------
+
+
+def published(store: Store) -> set[str]:
+    """The keys of every artifact the store holds a manifest for."""
+    keys = set()
+    for root in ARTIFACT_ROOTS:
+        store.fs.invalidate_cache(store.path(root))  # s3fs keeps listings: ask the store
+        try:
+            entries = store.fs.ls(store.path(root), detail=False)
+        except FileNotFoundError:
+            continue
+        for entry in entries:
+            name = entry.rstrip("/").rsplit("/", 1)[-1]
+            if name.endswith(MANIFEST_SUFFIX):
+                keys.add(f"{root}/{name.removesuffix(MANIFEST_SUFFIX)}")
+    return keys
+
+
+def published_at(store: Store, key: str) -> float:
+    """When `key` was last published (0 for a manifest that does not say, or none)."""
+    manifest = store.manifest(key)
+    return float((manifest or {}).get("published_at", 0.0))
+
+
+def withdraw(store: Store, key: str) -> None:
+    """Remove `key` from the store: its manifest first (a reader then sees no artifact, never
+    a half-removed one), then its files."""
+    with contextlib.suppress(FileNotFoundError):
+        store.fs.rm(store.path(key) + MANIFEST_SUFFIX)
+    with contextlib.suppress(FileNotFoundError):
+        store.fs.rm(store.path(key), recursive=True)
+    log.info("withdrew %s from the artifact store", key)
+
+
+def drop_withdrawn(store: Store, data_dir: Path) -> list[str]:
+    """On a node: remove the copies of artifacts that came from or went to the store (a fetch
+    or a publish recorded them) and that the store no longer has. A folder a running job is
+    making has no such record, so it stays. Returns the keys dropped."""
+    records = data_dir / FETCHED_DIR
+    if not records.is_dir():
+        return []
+    known = set()
+    for record in records.rglob("*.json"):
+        name = record.relative_to(records).as_posix()
+        for suffix in (MANIFEST_SUFFIX, ".digests.json"):
+            if name.endswith(suffix):
+                known.add(name.removesuffix(suffix))
+    gone = sorted(
+        key for key in known - published(store) if key.rpartition("/")[0] in ARTIFACT_ROOTS
+    )
+    for key in gone:
+        remove_tree(data_dir / key)
+        _fetched_record(data_dir, key).unlink(missing_ok=True)
+        _digests_file(data_dir, key).unlink(missing_ok=True)
+        log.info("dropped %s from this node: the artifact store no longer has it", key)
+    return gone

@@ -173,3 +173,34 @@ def test_an_unchanged_file_is_not_read_again(store, source, monkeypatch):
     (source / KEY / "records.jsonl").write_text('{"text": "z"}\n')
     assert artifacts.publish(store, source, KEY)
     assert read == ["records.jsonl"]
+
+
+def test_withdrawn_artifacts_leave_the_store_and_then_the_nodes(store, source, tmp_path):
+    other = "datasets/d2"
+    (source / other).mkdir(parents=True)
+    (source / other / "records.jsonl").write_text('{"text": "c"}\n')
+    artifacts.publish(store, source, KEY)
+    artifacts.publish(store, source, other)
+    node = tmp_path / "node"
+    artifacts.fetch(store, node, KEY)
+    artifacts.fetch(store, node, other)
+    making = node / "models" / "customized" / "m-new"  # a job on the node is writing it
+    making.mkdir(parents=True)
+    (making / "adapter_config.json").write_text("{}")
+    assert artifacts.published(store) == {KEY, other}
+
+    artifacts.withdraw(store, KEY)
+    assert artifacts.published(store) == {other}
+    assert not store.fs.exists(store.path(KEY))  # its files went with its manifest
+    with pytest.raises(artifacts.ArtifactError, match="never published"):
+        artifacts.fetch(store, tmp_path / "elsewhere", KEY)
+
+    assert artifacts.drop_withdrawn(store, node) == [KEY]
+    assert not (node / KEY).exists()
+    assert (node / other / "records.jsonl").is_file()
+    assert (making / "adapter_config.json").is_file()
+    assert artifacts.drop_withdrawn(store, node) == []
+    # Fetched again later, it comes whole again.
+    artifacts.publish(store, source, KEY)
+    assert artifacts.fetch(store, node, KEY)
+    assert (node / KEY / "records.jsonl").read_text() == '{"text": "a"}\n'

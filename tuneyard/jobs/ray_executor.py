@@ -60,7 +60,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -84,9 +84,19 @@ from tuneyard.jobs.executor import (
     worker_alive,
     worker_host,
 )
+from tuneyard.jobs.keys import Resource
 from tuneyard.jobs.registry import DEFAULT_RESOURCES, get_kind
 from tuneyard.jobs.workers import live_workers
-from tuneyard.models import Job, JobEvent, utcnow
+from tuneyard.models import (
+    BaseModel,
+    CompleteModel,
+    CustomizedModel,
+    Dataset,
+    Job,
+    JobEvent,
+    Training,
+    utcnow,
+)
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +108,19 @@ CONNECT_SECONDS = 5.0
 LOG_SECONDS = 3.0
 # How long an ended job waits for its actor's node to be named, if that answer is not in yet.
 PLACEMENT_WAIT_SECONDS = 5.0
+# With an artifact store: how often a worker withdraws what the store no longer needs (the
+# artifacts of deleted rows, the logs of finished jobs), and how old such a thing must be. A
+# job's new folder is published before the row that names it is written: the age keeps it.
+WITHDRAW_EVERY_SECONDS = 600.0
+WITHDRAW_AFTER_SECONDS = 3600.0
+# The rows whose artifact folders the store carries: a folder goes with its row.
+ROW_OF_FOLDER: dict[str, type] = {
+    artifacts.RESOURCE_FOLDERS[Resource.DATASET]: Dataset,
+    artifacts.RESOURCE_FOLDERS[Resource.BASE_MODEL]: BaseModel,
+    artifacts.RESOURCE_FOLDERS[Resource.TRAINING]: Training,
+    artifacts.RESOURCE_FOLDERS[Resource.CUSTOMIZED_MODEL]: CustomizedModel,
+    artifacts.RESOURCE_FOLDERS[Resource.COMPLETE_MODEL]: CompleteModel,
+}
 # Settings a job's process on a node with an artifact store must not have: the store is the
 # actor's business, and its options hold credentials.
 STORE_SETTINGS = (
@@ -268,6 +291,10 @@ class JobRunner:
         self.store = artifacts.open_store(self.transfer.url, self.transfer.options)
         node_dir = Path(self.transfer.node_dir)
         node_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        try:
+            artifacts.drop_withdrawn(self.store, node_dir)  # the node's cache of deleted ones
+        except Exception:
+            log.warning("could not drop withdrawn artifacts from %s", node_dir, exc_info=True)
         for key in self.transfer.inputs:
             artifacts.fetch(self.store, node_dir, key)
         Path(self.log_path).parent.mkdir(parents=True, exist_ok=True)
@@ -418,6 +445,60 @@ def alive_nodes() -> list[dict[str, float]]:
     return [node["Resources"] for node in ray.nodes() if node.get("Alive")]
 
 
+def withdraw_unneeded(
+    store: artifacts.Store, settings: Settings, older_than: float = WITHDRAW_AFTER_SECONDS
+) -> list[str]:
+    """Withdraw from the artifact store the artifacts whose rows were deleted and the logs of
+    finished (or deleted) jobs, once published at least `older_than` seconds ago; the keys
+    withdrawn. Nodes drop their copies at their next job (artifacts.drop_withdrawn)."""
+    cutoff = time.time() - older_than
+    by_folder: dict[str, list[str]] = {}
+    for key in artifacts.published(store):
+        folder, _, resource_id = key.rpartition("/")
+        if folder in ROW_OF_FOLDER:
+            by_folder.setdefault(folder, []).append(resource_id)
+    orphans = []
+    with session_scope(settings) as session:
+        for folder, ids in by_folder.items():
+            table = ROW_OF_FOLDER[folder]
+            kept = set(session.scalars(select(table.id).where(table.id.in_(ids))))
+            orphans += [f"{folder}/{one}" for one in ids if one not in kept]
+    withdrawn = []
+    for key in sorted(orphans):
+        if artifacts.published_at(store, key) < cutoff:
+            artifacts.withdraw(store, key)
+            withdrawn.append(key)
+    return withdrawn + _withdraw_finished_logs(store, settings, datetime.fromtimestamp(cutoff, UTC))
+
+
+def _withdraw_finished_logs(
+    store: artifacts.Store, settings: Settings, before: datetime
+) -> list[str]:
+    """The store's copies of the logs of jobs finished before `before`, or deleted: their
+    worker brought each home when its job ended."""
+    store.fs.invalidate_cache(store.path("jobs"))
+    try:
+        entries = store.fs.ls(store.path("jobs"), detail=False)
+    except FileNotFoundError:
+        return []
+    ids = [entry.rstrip("/").rsplit("/", 1)[-1] for entry in entries]
+    with session_scope(settings) as session:
+        unfinished = set(
+            session.scalars(
+                select(Job.id).where(
+                    Job.id.in_(ids), or_(Job.finished_at.is_(None), Job.finished_at >= before)
+                )
+            )
+        )
+    withdrawn = []
+    for job_id in ids:
+        if job_id not in unfinished:
+            with contextlib.suppress(FileNotFoundError):
+                store.fs.rm(store.path(f"jobs/{job_id}"), recursive=True)
+            withdrawn.append(f"jobs/{job_id}")
+    return withdrawn
+
+
 class RayExecutor(Executor):
     """The executor's loop (tick, sweep, stop, concurrency), with each job on the cluster."""
 
@@ -427,6 +508,7 @@ class RayExecutor(Executor):
         self.store = artifacts.store_of(self.settings)
         connect(self.settings.ray_address)
         self.on_cluster: dict[str, _OnCluster] = {}
+        self.withdrawn_at = 0.0  # when this worker last withdrew from the store
 
     def busy(self) -> int:
         return len(self.on_cluster)
@@ -891,7 +973,17 @@ class RayExecutor(Executor):
 
     def sweep(self) -> None:
         """Adopt the cluster's jobs of stopped workers, fail those whose actor is gone or that
-        went silent, and remove what failed jobs left once their actor is gone."""
+        went silent, and remove what failed jobs left once their actor is gone; now and then,
+        withdraw from the artifact store what it no longer needs."""
+        self._sweep_jobs()
+        if self.store is not None and time.monotonic() - self.withdrawn_at > WITHDRAW_EVERY_SECONDS:
+            self.withdrawn_at = time.monotonic()
+            try:
+                withdraw_unneeded(self.store, self.settings)
+            except Exception:
+                log.warning("could not withdraw unneeded artifacts from the store", exc_info=True)
+
+    def _sweep_jobs(self) -> None:
         cutoff = utcnow() - timedelta(seconds=self.settings.job_stale_after_seconds)
         with session_scope(self.settings) as session:
             jobs = session.scalars(
