@@ -114,7 +114,7 @@ PLACEMENT_WAIT_SECONDS = 5.0
 WITHDRAW_EVERY_SECONDS = 600.0
 WITHDRAW_AFTER_SECONDS = 3600.0
 # The rows whose artifact folders the store carries: a folder goes with its row.
-ROW_OF_FOLDER: dict[str, type] = {
+ROW_OF_FOLDER: dict[str, type[Dataset | BaseModel | Training | CustomizedModel | CompleteModel]] = {
     artifacts.RESOURCE_FOLDERS[Resource.DATASET]: Dataset,
     artifacts.RESOURCE_FOLDERS[Resource.BASE_MODEL]: BaseModel,
     artifacts.RESOURCE_FOLDERS[Resource.TRAINING]: Training,
