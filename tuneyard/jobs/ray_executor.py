@@ -59,6 +59,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -112,6 +113,8 @@ PLACEMENT_WAIT_SECONDS = 5.0
 # artifacts of deleted rows, the logs of finished jobs), and how old such a thing must be. A
 # job's new folder is published before the row that names it is written: the age keeps it.
 WITHDRAW_EVERY_SECONDS = 600.0
+# With a store: how many transfers (a job's inputs going, its outputs coming home) at once.
+TRANSFER_THREADS = 4
 WITHDRAW_AFTER_SECONDS = 3600.0
 # The rows whose artifact folders the store carries: a folder goes with its row.
 ROW_OF_FOLDER: dict[str, type[Dataset | BaseModel | Training | CustomizedModel | CompleteModel]] = {
@@ -379,7 +382,19 @@ class _OnCluster:
     beaten_at: float = 0.0  # when the executor last spoke for it while it waited for a node
     landing: Any = None  # with a store: the pending `landings` call
     landed: set[str] = field(default_factory=set)  # the tokens of the landings brought home
+    ended: dict[str, Any] | None = None  # how its run ended, while its files come home
+    homecoming: Future | None = None  # with a store: the fetch of what a succeeded job made
     log_pulled_at: float = 0.0  # with a store: when its log last came home
+
+
+@dataclass
+class _Sending:
+    """A claimed job whose inputs go to the artifact store before its actor starts."""
+
+    attempt: int
+    kind: str
+    wanted: dict[str, float]
+    future: Future  # -> the Transfer its actor gets
 
 
 class ArtifactRefused(Exception):
@@ -509,9 +524,37 @@ class RayExecutor(Executor):
         connect(self.settings.ray_address)
         self.on_cluster: dict[str, _OnCluster] = {}
         self.withdrawn_at = 0.0  # when this worker last withdrew from the store
+        # With a store, files move on these threads, so that a model's gigabytes going to or
+        # from the store hold up no other job's start, cancel or end.
+        self.transfers = (
+            ThreadPoolExecutor(TRANSFER_THREADS, thread_name_prefix="tuneyard-store")
+            if self.store is not None
+            else None
+        )
+        self.sending: dict[str, _Sending] = {}  # claimed jobs whose inputs go to the store
 
     def busy(self) -> int:
-        return len(self.on_cluster)
+        return len(self.on_cluster) + len(self.sending)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop the loop; the jobs whose inputs were still going to the store go back to the
+        queue (their actors never started), and those on the cluster go on there."""
+        super().stop(timeout)
+        if self.transfers is None:
+            return
+        self.transfers.shutdown(wait=False, cancel_futures=True)
+        for job_id, sending in self.sending.items():
+            with contextlib.suppress(Exception), session_scope(self.settings) as session:
+                job = session.get(Job, job_id)
+                if job is not None:
+                    service.requeue(
+                        session,
+                        job,
+                        attempt=sending.attempt,
+                        reason="its worker stopped before the job started",
+                        worker_id=self.worker_id,
+                    )
+        self.sending.clear()
 
     # -- claiming --------------------------------------------------------------------------
 
@@ -585,6 +628,40 @@ class RayExecutor(Executor):
         attempt = claimed[1]
         with session_scope(self.settings) as session:
             session.execute(update(Job).where(Job.id == job_id).values(resources=wanted, node=None))
+        if self.transfers is None:
+            return self._launch(job_id, attempt, kind.name, wanted, None)
+
+        def send() -> Transfer:
+            with self._beating(job_id, attempt, "Sending its files to the artifact store"):
+                return self._send_inputs(job_id, kind.name, uses)
+
+        self.sending[job_id] = _Sending(attempt, kind.name, wanted, self.transfers.submit(send))
+        return True
+
+    def _launch_sent(self) -> None:
+        """Start the actors of the claimed jobs whose inputs reached the store (or fail those
+        whose inputs could not be sent)."""
+        for job_id, sending in list(self.sending.items()):
+            if not sending.future.done():
+                continue
+            del self.sending[job_id]
+            try:
+                transfer = sending.future.result()
+            except Exception as exc:
+                self._fail_unstarted(job_id, sending.attempt, str(exc))
+                continue
+            self._launch(job_id, sending.attempt, sending.kind, sending.wanted, transfer)
+
+    def _launch(
+        self,
+        job_id: str,
+        attempt: int,
+        kind: str,
+        wanted: dict[str, float],
+        transfer: Transfer | None,
+    ) -> bool:
+        """Start the actor of a claimed job; False (the job failed, saying why) if the cluster
+        refused it."""
         log_path = self.layout.job_log(job_id)
         log_path.parent.mkdir(parents=True, exist_ok=True)
         environment = {
@@ -592,14 +669,7 @@ class RayExecutor(Executor):
             for name, value in child_environment(self.settings).items()
             if name.startswith("TUNEYARD_") or name in ("PYTHONUNBUFFERED", "GOMP_SPINCOUNT")
         }
-        transfer = None
-        if self.store is not None:
-            try:
-                with self._beating(job_id, attempt, "Sending its files to the artifact store"):
-                    transfer = self._send_inputs(job_id, kind.name, uses)
-            except Exception as exc:
-                self._fail_unstarted(job_id, attempt, str(exc))
-                return False
+        if transfer is not None:
             node_dir = Path(transfer.node_dir)
             for name in STORE_SETTINGS:
                 environment.pop(name, None)
@@ -626,7 +696,7 @@ class RayExecutor(Executor):
                 job_id, attempt, f"Could not start the job on the Ray cluster: {exc}"
             )
             return False
-        grace = kind.cancel_grace_seconds or self.settings.job_cancel_grace_seconds
+        grace = get_kind(kind).cancel_grace_seconds or self.settings.job_cancel_grace_seconds
         self.on_cluster[job_id] = _OnCluster(
             job_id, actor, done, grace, placement, None, attempt, wanted, time.monotonic()
         )
@@ -776,17 +846,26 @@ class RayExecutor(Executor):
         except RayActorError:
             published = {}  # the actor is gone: how the run ended says why
         entry.landing = None
+        assert self.transfers is not None
         for token, item in published.items():
-            error = item.get("error")
-            if error is None:
-                try:
-                    with self._beating(entry.job_id, entry.attempt, "Bringing its files home"):
-                        artifacts.fetch(self.store, self.layout.root, item["key"])
-                except Exception as exc:
-                    error = (
-                        f"Could not bring {item['key']} from the artifact store into the API's "
-                        f"data dir: {type(exc).__name__}: {exc}"
-                    )
+            entry.landed.add(token)
+            self.transfers.submit(self._bring_landing, entry, token, item)
+
+    def _bring_landing(self, entry: _OnCluster, token: str, item: dict[str, str]) -> None:
+        """Fetch one published landing into the API's data dir and record the job event
+        `landed` for it, with the error if it failed (on a transfer thread)."""
+        assert self.store is not None
+        error = item.get("error")
+        if error is None:
+            try:
+                with self._beating(entry.job_id, entry.attempt, "Bringing its files home"):
+                    artifacts.fetch(self.store, self.layout.root, item["key"])
+            except Exception as exc:
+                error = (
+                    f"Could not bring {item['key']} from the artifact store into the API's "
+                    f"data dir: {type(exc).__name__}: {exc}"
+                )
+        try:
             with session_scope(self.settings) as session:
                 session.add(
                     JobEvent(
@@ -795,7 +874,8 @@ class RayExecutor(Executor):
                         data={"token": token, "key": item["key"], "error": error},
                     )
                 )
-            entry.landed.add(token)
+        except Exception:
+            log.exception("could not record that %s of job %s landed", item["key"], entry.job_id)
 
     def _land(self, entry: _OnCluster, ended: dict[str, Any]) -> str | None:
         """Fetch what a succeeded job published into the API's data dir; the error, if any."""
@@ -865,7 +945,13 @@ class RayExecutor(Executor):
             )
 
     def reap(self) -> None:
+        self._launch_sent()
         for job_id, entry in list(self.on_cluster.items()):
+            if entry.homecoming is not None:  # ended on its node; its files are coming home
+                if entry.homecoming.done():
+                    del self.on_cluster[job_id]
+                    self._conclude(entry, entry.ended or {}, None, entry.homecoming.result())
+                continue
             self._record_placement(entry)
             if entry.placement is not None or self.store is not None:
                 self._speak_for_unplaced(entry)
@@ -887,71 +973,81 @@ class RayExecutor(Executor):
                 continue
             except RayActorError as exc:
                 died = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            del self.on_cluster[job_id]
             # Its process ran, so its actor was placed: the answer is on its way.
             self._record_placement(entry, timeout=PLACEMENT_WAIT_SECONDS)
             _kill(entry.actor)
-            code: int | None = ended.get("code")
-            outcome = ended.get("outcome")
-            landing_error = None
-            if self.store is not None:
+            if self.transfers is not None:
                 self._pull_log(entry, every=0.0)
-                if outcome is not None:  # succeeded on its node: its files come home first
-                    landing_error = self._land(entry, ended)
-            with session_scope(self.settings) as session:
-                job = session.get(Job, job_id)
-                if job is None:
+                if ended.get("outcome") is not None:  # succeeded: its files come home first
+                    entry.ended = ended
+                    entry.homecoming = self.transfers.submit(self._land, entry, ended)
                     continue
-                if job.status == "queued" or (
-                    job.status == "running" and job.worker_id != self.worker_id
-                ):
-                    continue  # put back in the queue (to resume), or claimed again since
-                if job.status not in service.ACTIVE:
-                    # Failed elsewhere while it ran: clean up now. With a store, the job
-                    # cleaned up its node; this side (the API's data dir) too.
-                    if job.pid is not None or self.store is not None:
-                        service.clean_up(session, job)
-                elif outcome is not None and landing_error is None:
-                    service.finish(
-                        session,
-                        job,
-                        "succeeded",
-                        message=outcome["message"],
-                        result=outcome["result"],
-                        attempt=entry.attempt,
-                    )
-                elif landing_error is not None or ended.get("error"):
-                    service.finish(
-                        session,
-                        job,
-                        "failed",
-                        message="Failed",
-                        error=landing_error or ended["error"],
-                        attempt=entry.attempt,
-                    )
-                elif job.cancel_requested:
-                    service.finish(
-                        session, job, "cancelled", message="Cancelled", attempt=entry.attempt
-                    )
-                elif code is not None:
-                    service.finish(
-                        session,
-                        job,
-                        "failed",
-                        message="Failed",
-                        error=describe_exit(code),
-                        attempt=entry.attempt,
-                    )
-                else:
-                    service.finish(
-                        session,
-                        job,
-                        "failed",
-                        message="Failed",
-                        error=f"The Ray actor running this job died (its node was lost, or it "
-                        f"was killed) before the job finished: {died}. Start the job again.",
-                        attempt=entry.attempt,
-                    )
+            del self.on_cluster[job_id]
+            self._conclude(entry, ended, died, None)
+
+    def _conclude(
+        self, entry: _OnCluster, ended: dict[str, Any], died: str | None, landing_error: str | None
+    ) -> None:
+        """Record how a job's run on the cluster ended: `ended` is its actor's answer (the exit
+        code, the outcome of a job that succeeded, an error), `died` why its actor was lost,
+        `landing_error` why its files could not come home."""
+        job_id = entry.job_id
+        code: int | None = ended.get("code")
+        outcome = ended.get("outcome")
+        with session_scope(self.settings) as session:
+            job = session.get(Job, job_id)
+            if job is None:
+                return
+            if job.status == "queued" or (
+                job.status == "running" and job.worker_id != self.worker_id
+            ):
+                return  # put back in the queue (to resume), or claimed again since
+            if job.status not in service.ACTIVE:
+                # Failed elsewhere while it ran: clean up now. With a store, the job
+                # cleaned up its node; this side (the API's data dir) too.
+                if job.pid is not None or self.store is not None:
+                    service.clean_up(session, job)
+            elif outcome is not None and landing_error is None:
+                service.finish(
+                    session,
+                    job,
+                    "succeeded",
+                    message=outcome["message"],
+                    result=outcome["result"],
+                    attempt=entry.attempt,
+                )
+            elif landing_error is not None or ended.get("error"):
+                service.finish(
+                    session,
+                    job,
+                    "failed",
+                    message="Failed",
+                    error=landing_error or ended["error"],
+                    attempt=entry.attempt,
+                )
+            elif job.cancel_requested:
+                service.finish(
+                    session, job, "cancelled", message="Cancelled", attempt=entry.attempt
+                )
+            elif code is not None:
+                service.finish(
+                    session,
+                    job,
+                    "failed",
+                    message="Failed",
+                    error=describe_exit(code),
+                    attempt=entry.attempt,
+                )
+            else:
+                service.finish(
+                    session,
+                    job,
+                    "failed",
+                    message="Failed",
+                    error=f"The Ray actor running this job died (its node was lost, or it "
+                    f"was killed) before the job finished: {died}. Start the job again.",
+                    attempt=entry.attempt,
+                )
 
     def forward_cancels(self) -> None:
         if not self.on_cluster:
@@ -961,6 +1057,8 @@ class RayExecutor(Executor):
         moment = time.monotonic()
         for job_id in wanted:
             entry = self.on_cluster[job_id]
+            if entry.homecoming is not None:
+                continue  # it ended: its files are coming home
             if entry.placement is not None:
                 _kill(entry.actor)  # never placed: no process to stop, the actor waits for a node
             elif entry.term_sent_at is None:
