@@ -21,6 +21,8 @@ from tests.helpers import (
     closed_port,
     finish,
     lora_b_norm,
+    make_customized,
+    save,
     start,
     upload,
     wait_for_job,
@@ -34,7 +36,7 @@ from tuneyard.jobs.engines import new_executor
 from tuneyard.jobs.executor import Executor
 from tuneyard.jobs.keys import Resource, UseKey
 from tuneyard.jobs.ray_executor import RayExecutor
-from tuneyard.models import BaseModel, CustomizedModel, Dataset, Job
+from tuneyard.models import BaseModel, CompleteModel, CustomizedModel, Dataset, Job
 
 pytestmark = pytest.mark.backend_free
 
@@ -155,9 +157,37 @@ def test_a_job_waits_while_another_on_the_cluster_changes_what_it_uses(store_set
     assert executor._busy_inputs(parse_id, ["dataset:d1"]) is None
 
 
+def test_a_job_reading_a_folder_the_data_dir_lacks_waits_for_a_local_worker(
+    store_settings, data_dir
+):
+    """A job runs on a node only when the folders it reads are the API's data dir's own (the
+    store carries those): a base model registered where it lies keeps its job for a local
+    worker; the folders a job writes need not be there yet."""
+    executor = new_executor()
+    assert isinstance(executor, RayExecutor)
+    (data_dir / "datasets" / "d1").mkdir(parents=True)
+    (data_dir / "models" / "customized" / "m1").mkdir(parents=True)
+    training = ["training:t1", "base_model:b1", "dataset:d1"]
+    saving = ["customized_model:m1", "base_model:b1", "complete_model:c1"]
+    waits = (
+        "Waiting for a local worker (TUNEYARD_EXECUTOR=local, on the API's machine): this job "
+        "reads base_model:b1, whose folder is not models/base/b1 of the API's data dir (a model "
+        "registered where it lies stays there), so an artifact store cannot carry it, and the "
+        "Ray cluster's nodes share no disk with the API (TUNEYARD_ARTIFACT_STORE)."
+    )
+    assert executor._needs_data_dir("training.run", training) == waits
+    assert executor._needs_data_dir("complete.save", saving) == waits
+    (data_dir / "models" / "base" / "b1").mkdir(parents=True)
+    assert executor._needs_data_dir("training.run", training) is None
+    assert executor._needs_data_dir("complete.save", saving) is None
+    assert executor._needs_data_dir("base_model.download_hub", ["base_model:b2"]) is None
+    gguf = executor._needs_data_dir("base_model.import_gguf", ["base_model:b2"])
+    assert gguf is not None and "job kind 'base_model.import_gguf' needs the API's data dir" in gguf
+
+
 class ReadyRowsWatch(threading.Thread):
-    """Reads the database every few milliseconds while a test runs: each dataset and
-    customized model that says ready, and whether its files are in the API's data dir then."""
+    """Reads the database every few milliseconds while a test runs: each dataset, customized
+    and complete model that says ready, and whether its files are in the API's data dir then."""
 
     def __init__(self, data_dir: Path):
         super().__init__(daemon=True)
@@ -169,15 +199,24 @@ class ReadyRowsWatch(threading.Thread):
     def run(self) -> None:
         while not self.done.is_set():
             with session_scope() as session:
-                ready = [
-                    (f"datasets/{dataset_id}", "records.jsonl")
-                    for dataset_id in session.scalars(
-                        select(Dataset.id).where(Dataset.status == "ready")
-                    )
-                ] + [
-                    (f"models/customized/{model_id}", "adapter_config.json")
-                    for model_id in session.scalars(select(CustomizedModel.id))
-                ]
+                ready = (
+                    [
+                        (f"datasets/{dataset_id}", "records.jsonl")
+                        for dataset_id in session.scalars(
+                            select(Dataset.id).where(Dataset.status == "ready")
+                        )
+                    ]
+                    + [
+                        (f"models/customized/{model_id}", "adapter_config.json")
+                        for model_id in session.scalars(select(CustomizedModel.id))
+                    ]
+                    + [
+                        (f"models/complete/{model_id}", "config.json")
+                        for model_id in session.scalars(
+                            select(CompleteModel.id).where(CompleteModel.status == "ready")
+                        )
+                    ]
+                )
             for key, file in ready:
                 if key not in self.seen:
                     self.seen.add(key)
@@ -236,6 +275,100 @@ class TestWithoutSharedDisk:
         assert "job succeeded" in logs
         for job_id in (parse_job, train_job):
             shows_no_secret(client, auth, job_id)
+
+    def test_a_save_on_a_node_lands_before_its_model_says_ready(
+        self,
+        client,
+        auth,
+        tiny_base,
+        tiny_model_dir,
+        made_adapter_dir,
+        store_settings,
+        admin_password,
+        data_dir,
+        node_dir,
+    ):
+        from safetensors.torch import load_file
+
+        home = data_dir / "models" / "base" / tiny_base
+        shutil.copytree(tiny_model_dir, home)
+        with session_scope() as session:
+            session.get_one(BaseModel, tiny_base).path = str(home)
+        customized = make_customized(tiny_base, made_adapter_dir)
+        # The same save by a local worker, on the API's data dir, to compare with.
+        response = save(client, auth, customized["id"], dtype="fp32")
+        assert response.status_code == 202, response.text
+        local_id = response.json()["id"]
+        local = Executor()
+        try:
+            job = local.run_until_finished(response.json()["job_id"])
+            assert job.status == "succeeded", job.error
+        finally:
+            local.stop()
+        executor = new_executor()
+        assert isinstance(executor, RayExecutor) and executor.store is not None
+        executor.start()
+        watch = ReadyRowsWatch(data_dir)
+        watch.start()
+        try:
+            response = save(client, auth, customized["id"], dtype="fp32")
+            assert response.status_code == 202, response.text
+            model_id, job_id = response.json()["id"], response.json()["job_id"]
+            job = wait_for_job(job_id)
+            assert job.status == "succeeded", job.error
+            reaped(executor, job_id)
+        finally:
+            watch.stop()
+            executor.stop()
+        assert job.node is not None  # it ran on the cluster, in the node's data dir
+        assert (node_dir / "models" / "complete" / model_id / "config.json").is_file()
+        assert not (node_dir / "models" / "complete" / local_id).exists()
+        # Its row said ready only once its files were in the API's data dir.
+        assert f"models/complete/{model_id}" in watch.seen
+        assert watch.too_early == []
+        model = client.get(f"/api/v1/complete-models/{model_id}", headers=auth).json()
+        assert model["status"] == "ready"
+        folder = Path(model["path"])
+        assert folder == data_dir / "models" / "complete" / model_id
+        reference = data_dir / "models" / "complete" / local_id
+        names = sorted(path.name for path in folder.glob("*.safetensors"))
+        assert names and names == sorted(path.name for path in reference.glob("*.safetensors"))
+        for name in names:
+            mine, theirs = load_file(folder / name), load_file(reference / name)
+            assert sorted(mine) == sorted(theirs)
+            assert all(mine[key].equal(theirs[key]) for key in theirs), name
+        shows_no_secret(client, auth, job_id)
+
+    def test_a_save_reading_a_base_model_registered_in_place_waits_for_a_local_worker(
+        self, client, auth, principal, tiny_base, made_adapter_dir, store_worker, data_dir
+    ):
+        customized = make_customized(tiny_base, made_adapter_dir)
+        response = save(client, auth, customized["id"])
+        assert response.status_code == 202, response.text
+        model_id, job_id = response.json()["id"], response.json()["job_id"]
+        with session_scope() as session:
+            # Not held up behind it: a parse runs on the cluster (and fails: no such dataset).
+            later = service.enqueue(session, principal, "dataset.parse", {"dataset_id": "none"}).id
+        assert wait_for_job(later).status == "failed"
+        with session_scope() as session:
+            job = session.get_one(Job, job_id)
+        assert job.status == "queued"
+        assert job.message == (
+            "Waiting for a local worker (TUNEYARD_EXECUTOR=local, on the API's machine): this "
+            f"job reads base_model:{tiny_base}, whose folder is not models/base/{tiny_base} of "
+            "the API's data dir (a model registered where it lies stays there), so an artifact "
+            "store cannot carry it, and the Ray cluster's nodes share no disk with the API "
+            "(TUNEYARD_ARTIFACT_STORE)."
+        )
+        local = Executor()  # a local worker beside the ray one takes it
+        try:
+            job = local.run_until_finished(job_id)
+            assert job.status == "succeeded", job.error
+        finally:
+            local.stop()
+        model = client.get(f"/api/v1/complete-models/{model_id}", headers=auth).json()
+        assert model["status"] == "ready"
+        assert (Path(model["path"]) / "config.json").is_file()
 
     def test_a_failed_job_lands_nothing_but_its_log(
         self, client, auth, store_worker, store_settings, data_dir

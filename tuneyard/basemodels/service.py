@@ -409,10 +409,11 @@ def describe_folder(model: BaseModel, folder: Path) -> None:
 
 
 def finish_folder(session: Session, model_id: str, folder: Path) -> BaseModel:
-    """A job made the model's folder: describe it and mark the model ready."""
+    """A job made the model's folder (in its data dir, landed in the API's): describe it and
+    mark the model ready."""
     model = session.get_one(BaseModel, model_id)
     describe_folder(model, folder)
-    model.path = str(folder)
+    model.path = Layout().recorded(folder)
     model.managed = True
     model.status = "ready"
     model.error = None

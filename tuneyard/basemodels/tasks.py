@@ -7,6 +7,7 @@ from pathlib import Path
 from tuneyard.basemodels import hub, service
 from tuneyard.basemodels.card import check_model_folder, format_count
 from tuneyard.basemodels.gguf_import import convert_gguf
+from tuneyard.jobs.keys import Resource
 from tuneyard.jobs.registry import job_kind
 from tuneyard.storage import atomic_dir
 
@@ -25,12 +26,13 @@ def _remove_files(session, job) -> None:
 
 def _finish(ctx, model_id: str, folder: Path, verb: str) -> dict:
     ctx.progress(95, "Reading the model card")
+    ctx.land(folder)
     with ctx.session() as session:
         model = service.finish_folder(session, model_id, folder)
         name, card = model.technical_name, model.model_card
     count = format_count(card["parameter_count"])
     ctx.progress(100, f"{verb} {name}: {count} parameters, {card['dtype']}")
-    return {"base_model_id": model_id, "path": str(folder)}
+    return {"base_model_id": model_id, "path": ctx.layout.recorded(folder)}
 
 
 @job_kind(service.IMPORT_GGUF, on_failure=_failure_hook("GGUF import"), cleanup=_remove_files)
@@ -43,7 +45,12 @@ def import_gguf(ctx):
     return _finish(ctx, model_id, target, "Imported")
 
 
-@job_kind(service.DOWNLOAD_HUB, on_failure=_failure_hook("hub download"), cleanup=_remove_files)
+@job_kind(
+    service.DOWNLOAD_HUB,
+    on_failure=_failure_hook("hub download"),
+    cleanup=_remove_files,
+    writes=(Resource.BASE_MODEL,),
+)
 def download_hub(ctx):
     model_id = ctx.params["base_model_id"]
     target = ctx.layout.base_model_dir(model_id)

@@ -11,9 +11,10 @@ from tuneyard.cards import file_digest, folder_size, write_readme
 from tuneyard.complete.service import PUSH_JOB, SAVE_JOB
 from tuneyard.db import session_scope
 from tuneyard.errors import Conflict, NotFound
+from tuneyard.jobs.keys import Resource
 from tuneyard.jobs.registry import job_kind
 from tuneyard.models import BaseModel, CompleteModel, CustomizedModel, Job
-from tuneyard.storage import atomic_dir, discard
+from tuneyard.storage import Layout, atomic_dir, discard
 
 PROGRESS_EVERY_SECONDS = 0.5
 
@@ -31,7 +32,7 @@ def remove_save_files(session: Session, job: Job) -> None:
     """A failed model has no files, whether the save got to put them in place or not."""
     row = session.get(CompleteModel, job.params.get("complete_model_id"))
     if row is not None and row.status == "failed":
-        discard(Path(row.path))
+        discard(Layout().local(row.path))
 
 
 def _reporter(ctx, start: float, span: float):
@@ -48,7 +49,12 @@ def _reporter(ctx, start: float, span: float):
     return report
 
 
-@job_kind(SAVE_JOB, on_failure=mark_save_failed, cleanup=remove_save_files)
+@job_kind(
+    SAVE_JOB,
+    on_failure=mark_save_failed,
+    cleanup=remove_save_files,
+    writes=(Resource.COMPLETE_MODEL,),  # reads the customized model and its base
+)
 def save_complete_model(ctx) -> dict:
     from tuneyard.complete.merge import (
         merge_adapter_into_base,
@@ -67,8 +73,8 @@ def save_complete_model(ctx) -> dict:
         base = session.get(BaseModel, row.base_model_id)
         if customized is None or base is None or base.path is None:
             raise Conflict(f"The customized or base model of {row.name} was deleted.")
-        name, card, target = row.name, dict(row.model_card), Path(row.path)
-        adapter_dir, base_dir = Path(customized.path), Path(base.path)
+        name, card, target = row.name, dict(row.model_card), ctx.layout.local(row.path)
+        adapter_dir, base_dir = ctx.layout.local(customized.path), ctx.layout.local(base.path)
         base_name = base.technical_name
     started = time.monotonic()
     ctx.progress(1, f"Reading the adapter and the base model {base_name}")
@@ -91,11 +97,13 @@ def save_complete_model(ctx) -> dict:
         card["sizes"] = {"bytes": folder_size(staging), "parameters": plan.parameters}
         write_readme(staging, card)
     size = folder_size(target)
+    ctx.land(target)
     with ctx.session() as session:
         row = session.get(CompleteModel, model_id)
         row.status, row.error, row.size_bytes, row.model_card = "ready", None, size, card
+        row.path = ctx.layout.recorded(target)
     ctx.progress(100, f"Saved complete model {name} ({dtype}, {size / 1e6:.1f} MB)")
-    return {"complete_model_id": model_id, "name": name, "path": str(target)}
+    return {"complete_model_id": model_id, "name": name, "path": ctx.layout.recorded(target)}
 
 
 @job_kind(PUSH_JOB)

@@ -28,20 +28,21 @@ The cluster needs the same Python environment (tuneyard and the job kinds' libra
 to the database, and the data dir at the same path, unless an artifact store is set:
 
 With TUNEYARD_ARTIFACT_STORE the nodes share no disk with the API; the store carries the job's
-folders (tuneyard.artifacts), and only kinds that declare `writes` run there: the others stay
-queued, saying so, for a local worker on the API's machine to take. Before starting a job, the
-worker publishes the folders of its `uses` (those unchanged in the store are skipped); its
-actor fetches them into the node's data dir (TUNEYARD_NODE_DATA_DIR) and runs the process on
-that dir, publishing its log every few seconds. A process that succeeds there does not mark the
-job succeeded (tuneyard.jobs.child): it leaves its result, the actor publishes the artifact
-folders the job made or changed, and the worker fetches them into the API's data dir, and only
-then records the job succeeded, so that no user sees a succeeded job whose files are not there
-yet. A folder whose row the job is about to mark ready lands before that (JobContext.land): the
-job asks, its actor publishes the folder, the worker fetches it and records the job event
-`landed`, which the job waits for before it writes the row. A failed job publishes its log
-alone; its kind's cleanup runs on both sides. A job waits (queued) while another job on the
-cluster may still be changing a folder it uses (that job's kind `writes` its resource), as a
-training waits for its dataset's parse to land.
+folders (tuneyard.artifacts), and only kinds that declare `writes` run there: the others, and a
+job that reads a folder the API's data dir does not hold (a base model registered where it
+lies), stay queued, saying so, for a local worker on the API's machine to take. Before starting
+a job, the worker publishes the folders of its `uses` (those unchanged in the store are
+skipped); its actor fetches them into the node's data dir (TUNEYARD_NODE_DATA_DIR) and runs the
+process on that dir, publishing its log every few seconds. A process that succeeds there does
+not mark the job succeeded (tuneyard.jobs.child): it leaves its result, the actor publishes the
+artifact folders the job made or changed, and the worker fetches them into the API's data dir,
+and only then records the job succeeded, so that no user sees a succeeded job whose files are
+not there yet. A folder whose row the job is about to mark ready lands before that
+(JobContext.land): the job asks, its actor publishes the folder, the worker fetches it and
+records the job event `landed`, which the job waits for before it writes the row. A failed job
+publishes its log alone; its kind's cleanup runs on both sides. A job waits (queued) while
+another job on the cluster may still be changing a folder it uses (that job's kind `writes` its
+resource), as a training waits for its dataset's parse to land.
 """
 
 from __future__ import annotations
@@ -740,19 +741,37 @@ class RayExecutor(Executor):
 
     def _needs_data_dir(self, kind: str, uses: list[str]) -> str | None:
         """Why the job cannot run on this cluster's nodes, which share no disk with the API
-        (its kind does not say what it writes, or it uses something no artifact folder
-        carries); None when it can. Such a job is left in the queue for a local worker."""
-        if get_kind(kind).writes is None:
-            why = f"job kind '{kind}' needs the API's data dir"
-        else:
-            carried = [use for use in uses if artifacts.key_of(use) is None]
-            if not carried:
-                return None
-            why = f"this job uses {carried[0]}, whose files an artifact store does not carry"
+        (its kind does not say what it writes, it uses something no artifact folder carries,
+        or it reads a folder the API's data dir does not hold: a base model registered where
+        it lies); None when it can. Such a job is left in the queue for a local worker."""
+        writes = get_kind(kind).writes
+        why = (
+            f"job kind '{kind}' needs the API's data dir"
+            if writes is None
+            else self._not_carried(uses, writes)
+        )
+        if why is None:
+            return None
         return (
             f"Waiting for a local worker (TUNEYARD_EXECUTOR=local, on the API's machine): {why}, "
             "and the Ray cluster's nodes share no disk with the API (TUNEYARD_ARTIFACT_STORE)."
         )
+
+    def _not_carried(self, uses: list[str], writes: tuple[str, ...]) -> str | None:
+        """Why a use of a job whose kind writes `writes` cannot travel through the store, if
+        one cannot: it has no artifact folder, or the job only reads it and its folder is not
+        in the API's data dir (its files lie where it was registered, which nodes lack)."""
+        for use in uses:
+            key = artifacts.key_of(use)
+            if key is None:
+                return f"this job uses {use}, whose files an artifact store does not carry"
+            if use.partition(":")[0] not in writes and not (self.layout.root / key).is_dir():
+                return (
+                    f"this job reads {use}, whose folder is not {key} of the API's data dir (a "
+                    "model registered where it lies stays there), so an artifact store cannot "
+                    "carry it"
+                )
+        return None
 
     def _send_inputs(self, job_id: str, kind: str, uses: list[str]) -> Transfer:
         """Publish the folders the job uses that the API's data dir holds (unchanged ones are
