@@ -18,6 +18,7 @@ store no longer has (see `published`, `withdraw`, `drop_withdrawn`).
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import hashlib
 import json
 import logging
@@ -53,8 +54,30 @@ RESOURCE_FOLDERS: dict[Resource, str] = {
     Resource.CUSTOMIZED_MODEL: "models/customized",
     Resource.COMPLETE_MODEL: "models/complete",
 }
-# The folders whose entries are artifacts a job on a node may make or change.
-ARTIFACT_ROOTS = tuple(RESOURCE_FOLDERS.values())
+# Resources whose folder holds its artifacts one level down, in these parts: each document and
+# each index version of a knowledge base is an artifact of its own
+# (`knowledge/<id>/documents/<document id>`), so that a document uploaded to the API while a
+# job on a node embeds another is not replaced by that job's copy of the knowledge base.
+NESTED_FOLDERS: dict[Resource, tuple[str, tuple[str, ...]]] = {
+    Resource.KNOWLEDGE_BASE: ("knowledge", ("documents", "indexes")),
+}
+# Resources without files of their own: their rows are all there is (an assessment, a live or
+# third-party model: endpoints), or their files are carried with another resource the same job
+# uses (a knowledge document's, with its knowledge base's).
+WITHOUT_FOLDER = frozenset(
+    {
+        Resource.ASSESSMENT,
+        Resource.LIVE_MODEL,
+        Resource.THIRD_PARTY_MODEL,
+        Resource.KNOWLEDGE_DOCUMENT,
+    }
+)
+# The folders (glob patterns under a data dir) whose entries are artifacts a job on a node may
+# make or change.
+ARTIFACT_ROOTS = (
+    *RESOURCE_FOLDERS.values(),
+    *(f"{folder}/*/{part}" for folder, parts in NESTED_FOLDERS.values() for part in parts),
+)
 
 
 class ArtifactError(Exception):
@@ -70,6 +93,39 @@ def key_of(use: str) -> str | None:
     except (KeyError, ValueError):
         return None
     return f"{folder}/{resource_id}"
+
+
+def _resource(use: str) -> Resource | None:
+    try:
+        return Resource(use.partition(":")[0])
+    except ValueError:
+        return None
+
+
+def carried(use: str) -> bool:
+    """Whether the store carries what a job's `uses` entry needs of a data dir (its folder, its
+    artifacts, or nothing: a resource without files)."""
+    resource = _resource(use)
+    return resource is not None and (
+        resource in RESOURCE_FOLDERS or resource in NESTED_FOLDERS or resource in WITHOUT_FOLDER
+    )
+
+
+def keys_in(data_dir: Path, use: str) -> list[str]:
+    """The artifact keys of a job's `uses` entry that `data_dir` holds: its folder, or the
+    artifacts nested in it; none for a resource without files."""
+    resource = _resource(use)
+    resource_id = use.partition(":")[2]
+    if resource in NESTED_FOLDERS:
+        folder, parts = NESTED_FOLDERS[resource]
+        return [
+            entry.relative_to(data_dir).as_posix()
+            for part in parts
+            for entry in sorted((data_dir / folder / resource_id / part).glob("*"))
+            if entry.is_dir() and not entry.name.startswith(".")
+        ]
+    key = key_of(use)
+    return [key] if key is not None and (data_dir / key).is_dir() else []
 
 
 @dataclass
@@ -298,18 +354,19 @@ def snapshot(data_dir: Path) -> dict[str, dict[str, tuple[int, int]]]:
     cheap picture to find, after a job, what it made or changed."""
     found = {}
     for root in ARTIFACT_ROOTS:
-        parent = data_dir / root
-        if not parent.is_dir():
-            continue
-        for folder in parent.iterdir():
-            if folder.name.startswith(".") or not folder.is_dir():
-                continue  # staging and deleted-aside folders are never artifacts
-            stats = {}
-            for path in folder.rglob("*"):
-                if path.is_file():
-                    info = path.stat()
-                    stats[path.relative_to(folder).as_posix()] = (info.st_size, info.st_mtime_ns)
-            found[f"{root}/{folder.name}"] = stats
+        for parent in data_dir.glob(root):
+            if not parent.is_dir():
+                continue
+            for folder in parent.iterdir():
+                if folder.name.startswith(".") or not folder.is_dir():
+                    continue  # staging and deleted-aside folders are never artifacts
+                stats = {}
+                for path in folder.rglob("*"):
+                    if path.is_file():
+                        info = path.stat()
+                        name = path.relative_to(folder).as_posix()
+                        stats[name] = (info.st_size, info.st_mtime_ns)
+                found[folder.relative_to(data_dir).as_posix()] = stats
     return found
 
 
@@ -323,18 +380,20 @@ def changed_since(data_dir: Path, before: dict[str, dict[str, tuple[int, int]]])
 
 def published(store: Store) -> set[str]:
     """The keys of every artifact the store holds a manifest for."""
+    store.fs.invalidate_cache()  # s3fs keeps listings: ask the store
     keys = set()
-    for root in ARTIFACT_ROOTS:
-        store.fs.invalidate_cache(store.path(root))  # s3fs keeps listings: ask the store
-        try:
-            entries = store.fs.ls(store.path(root), detail=False)
-        except FileNotFoundError:
-            continue
-        for entry in entries:
-            name = entry.rstrip("/").rsplit("/", 1)[-1]
-            if name.endswith(MANIFEST_SUFFIX):
-                keys.add(f"{root}/{name.removesuffix(MANIFEST_SUFFIX)}")
+    for root in ARTIFACT_ROOTS:  # a knowledge base's are nested: `knowledge/*/documents`
+        for entry in store.fs.glob(f"{store.path(root)}/*{MANIFEST_SUFFIX}"):
+            path = entry.rstrip("/")
+            if path.startswith(f"{store.root}/"):
+                keys.add(path[len(store.root) + 1 :].removesuffix(MANIFEST_SUFFIX))
     return keys
+
+
+def _under_roots(key: str) -> bool:
+    """Whether `key` names an artifact folder (an entry of one of ARTIFACT_ROOTS)."""
+    parent = key.rpartition("/")[0]
+    return any(fnmatch.fnmatchcase(parent, root) for root in ARTIFACT_ROOTS)
 
 
 def published_at(store: Store, key: str) -> float:
@@ -366,9 +425,7 @@ def drop_withdrawn(store: Store, data_dir: Path) -> list[str]:
         for suffix in (MANIFEST_SUFFIX, ".digests.json"):
             if name.endswith(suffix):
                 known.add(name.removesuffix(suffix))
-    gone = sorted(
-        key for key in known - published(store) if key.rpartition("/")[0] in ARTIFACT_ROOTS
-    )
+    gone = sorted(key for key in known - published(store) if _under_roots(key))
     for key in gone:
         remove_tree(data_dir / key)
         _fetched_record(data_dir, key).unlink(missing_ok=True)

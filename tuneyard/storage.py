@@ -20,6 +20,9 @@ from tuneyard.config import Settings, get_settings
 
 log = logging.getLogger(__name__)
 
+# Under a data dir: the key that encrypts stored API keys.
+SECRET_KEY_FILE = "secret.key"
+
 
 class Layout:
     """Where each kind of thing lives under the data dir."""
@@ -122,7 +125,7 @@ class Layout:
     @property
     def secret_key_file(self) -> Path:
         """The key that encrypts API keys of serving tools and third-party models at rest."""
-        return self.root / "secret.key"
+        return self.root / SECRET_KEY_FILE
 
 
 def entry_path(folder: Path, name: str) -> Path:

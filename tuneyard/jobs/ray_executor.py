@@ -32,12 +32,14 @@ folders (tuneyard.artifacts), and only kinds that declare `writes` run there: th
 job that reads a folder the API's data dir does not hold (a base model registered where it
 lies), stay queued, saying so, for a local worker on the API's machine to take. Before starting
 a job, the worker publishes the folders of its `uses` (those unchanged in the store are
-skipped); its actor fetches them into the node's data dir (TUNEYARD_NODE_DATA_DIR) and runs the
-process on that dir, publishing its log every few seconds. A process that succeeds there does
-not mark the job succeeded (tuneyard.jobs.child): it leaves its result, the actor publishes the
-artifact folders the job made or changed, and the worker fetches them into the API's data dir,
-and only then records the job succeeded, so that no user sees a succeeded job whose files are
-not there yet. A folder whose row the job is about to mark ready lands before that
+skipped); its actor fetches them into the node's data dir (TUNEYARD_NODE_DATA_DIR), with the
+data dir's key that decrypts stored API keys, and runs the process on that dir, publishing its
+log every few seconds. A process that succeeds there does not mark the job succeeded
+(tuneyard.jobs.child): it leaves its result, the actor publishes the artifact folders the job
+made or changed, and the worker fetches them into the API's data dir (and removes there those
+of the resources it writes that the job removed: a knowledge base's retired index version), and
+only then records the job succeeded, so that no user sees a succeeded job whose files are not
+there yet. A folder whose row the job is about to mark ready lands before that
 (JobContext.land): the job asks, its actor publishes the folder, the worker fetches it and
 records the job event `landed`, which the job waits for before it writes the row. A failed job
 publishes its log alone; its kind's cleanup runs on both sides. A job waits (queued) while
@@ -99,6 +101,7 @@ from tuneyard.models import (
     Training,
     utcnow,
 )
+from tuneyard.storage import SECRET_KEY_FILE, atomic_file, remove_tree
 
 log = logging.getLogger(__name__)
 
@@ -184,12 +187,17 @@ def _die_with_parent() -> None:
 @dataclass(frozen=True)
 class Transfer:
     """What the actor of a job on a node with an artifact store moves: the store (its options
-    hold credentials, so it has no repr), the node's data dir, and the keys of the inputs."""
+    hold credentials, so it has no repr), the node's data dir, the keys of the inputs (those
+    of resources the job's kind writes in `changeable`: one the job removes is removed from the
+    API's data dir too), and the data dir's key that decrypts stored API keys (the job may call
+    a model whose key is stored), None when the API's data dir has none yet."""
 
     url: str
     options: dict
     node_dir: str
     inputs: tuple[str, ...]
+    changeable: tuple[str, ...] = ()
+    secret_key: bytes | None = None
 
     def __repr__(self) -> str:
         return f"Transfer({self.url!r}, node_dir={self.node_dir!r}, inputs={self.inputs!r})"
@@ -301,6 +309,12 @@ class JobRunner:
             log.warning("could not drop withdrawn artifacts from %s", node_dir, exc_info=True)
         for key in self.transfer.inputs:
             artifacts.fetch(self.store, node_dir, key)
+        key_file = node_dir / SECRET_KEY_FILE
+        if self.transfer.secret_key is not None and (
+            not key_file.is_file() or key_file.read_bytes() != self.transfer.secret_key
+        ):
+            with atomic_file(key_file) as handle:  # readable by its owner only (mkstemp)
+                handle.write(self.transfer.secret_key)
         Path(self.log_path).parent.mkdir(parents=True, exist_ok=True)
         artifacts.fetch_file(self.store, node_dir, self._log_key())  # earlier attempts'
         (node_dir / "jobs" / self.job_id / OUTCOME_FILE).unlink(missing_ok=True)
@@ -354,7 +368,12 @@ class JobRunner:
         outputs = artifacts.changed_since(node_dir, self.before)
         for key in outputs:
             artifacts.publish(self.store, node_dir, key)
-        return {"outputs": outputs, "outcome": json.loads(outcome_file.read_text())}
+        removed = [key for key in self.transfer.changeable if not (node_dir / key).is_dir()]
+        return {
+            "outputs": outputs,
+            "removed": removed,
+            "outcome": json.loads(outcome_file.read_text()),
+        }
 
     async def signal(self, signum: int) -> None:
         if self.process is not None and self.process.poll() is None:
@@ -762,10 +781,11 @@ class RayExecutor(Executor):
         one cannot: it has no artifact folder, or the job only reads it and its folder is not
         in the API's data dir (its files lie where it was registered, which nodes lack)."""
         for use in uses:
-            key = artifacts.key_of(use)
-            if key is None:
+            if not artifacts.carried(use):
                 return f"this job uses {use}, whose files an artifact store does not carry"
-            if use.partition(":")[0] not in writes and not (self.layout.root / key).is_dir():
+            key = artifacts.key_of(use)
+            read_only = use.partition(":")[0] not in writes
+            if key is not None and read_only and not (self.layout.root / key).is_dir():
                 return (
                     f"this job reads {use}, whose folder is not {key} of the API's data dir (a "
                     "model registered where it lies stays there), so an artifact store cannot "
@@ -780,11 +800,10 @@ class RayExecutor(Executor):
         reason = self._needs_data_dir(kind, uses)
         if reason is not None:
             raise ArtifactRefused(reason.replace("Waiting for", "Run it with", 1))
-        inputs = []
+        writes = get_kind(kind).writes or ()
+        inputs, changeable = [], []
         for use in uses:
-            key = artifacts.key_of(use)
-            assert key is not None, "checked by _needs_data_dir"
-            if (self.layout.root / key).is_dir():
+            for key in artifacts.keys_in(self.layout.root, use):
                 try:
                     artifacts.publish(self.store, self.layout.root, key)
                 except Exception as exc:
@@ -793,12 +812,17 @@ class RayExecutor(Executor):
                         f"{type(exc).__name__}: {exc}"
                     ) from exc
                 inputs.append(key)
+                if use.partition(":")[0] in writes:
+                    changeable.append(key)
         log.info("job %s: inputs in the artifact store: %s", job_id, ", ".join(inputs) or "none")
+        key_file = self.layout.secret_key_file
         return Transfer(
             self.settings.artifact_store,
             self.settings.store_options,
             str(self.settings.node_data_path),
             tuple(inputs),
+            tuple(changeable),
+            key_file.read_bytes() if key_file.is_file() else None,
         )
 
     @contextlib.contextmanager
@@ -903,6 +927,8 @@ class RayExecutor(Executor):
             with self._beating(entry.job_id, entry.attempt, "Bringing its files home"):
                 for key in ended.get("outputs") or []:
                     artifacts.fetch(self.store, self.layout.root, key)
+                for key in ended.get("removed") or []:
+                    remove_tree(self.layout.root / key)
         except Exception as exc:
             return (
                 "The job succeeded on its node, but its files could not be brought from the "
