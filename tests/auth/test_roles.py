@@ -248,6 +248,7 @@ WITHOUT_PRINCIPAL = {
         "document_dir",
         "index_counts",
         "index_dir",
+        "job_keys",
         "original_path",
         "text_path",
     },

@@ -363,6 +363,13 @@ def _enqueue(session: Session, principal: Principal, assessment: Assessment) -> 
         kind, model_id = parse_reference(ref)
         assert kind is not None, "an assessment stores its models as kind:id"
         uses.append(model_key(kind, model_id))
+    grounded = [
+        kb_id for c in assessment.config["candidates"] for kb_id in c.get("knowledge_bases", [])
+    ]
+    if grounded:
+        from tuneyard.knowledge.service import job_keys
+
+        uses += [key for key in job_keys(session, grounded) if key not in uses]
     job = jobs.enqueue(
         session,
         principal,

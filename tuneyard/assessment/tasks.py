@@ -18,6 +18,7 @@ def _settle(session, job) -> None:
     on_failure=_settle,
     cooperative_cancel=True,
     cancel_grace_seconds=30,  # model calls in flight are left to end or time out
+    writes=(),  # its rows are all it writes; it reads its dataset and local models' folders
 )
 def run_assessment(ctx):
     from tuneyard.assessment.runner import run_assessment as run

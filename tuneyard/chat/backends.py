@@ -11,7 +11,6 @@ import json
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy.orm import Session
@@ -20,6 +19,7 @@ from tuneyard import modelref
 from tuneyard.auth.service import Principal
 from tuneyard.errors import Conflict, Invalid, Unavailable
 from tuneyard.modelref import Capability, FoundModel, ModelKind
+from tuneyard.storage import Layout
 
 
 @dataclass(frozen=True)
@@ -57,9 +57,12 @@ class Delta:
 
 
 def _local_dir(path: str | None, what: str) -> str:
-    if not path or not Path(path).is_dir():
+    """The folder the database records, where this process finds it (a job on a cluster node
+    reads its own copy)."""
+    folder = Layout().local(path) if path else None
+    if folder is None or not folder.is_dir():
         raise Conflict(f"The folder of {what} ({path}) is gone; it cannot answer.")
-    return path
+    return str(folder)
 
 
 def _chat_model(session: Session, found: FoundModel) -> ChatModel:

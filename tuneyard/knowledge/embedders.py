@@ -22,6 +22,7 @@ from tuneyard.errors import AppError, Conflict, Invalid, Unavailable
 from tuneyard.knowledge.chunking import approx_tokens
 from tuneyard.knowledge.endpoint import bearer_client, with_retries
 from tuneyard.modelref import Capability, ModelKind
+from tuneyard.storage import Layout
 
 # Texts a local model embeds at once. Measured here (2 cores, all-MiniLM-L6-v2, 256-token
 # chunks): see benchmarks/knowledge.py.
@@ -322,12 +323,14 @@ def embedder_for(session: Session, principal: Principal, model_ref: str) -> Embe
     if found.kind is ModelKind.BASE:
         if row.status != "ready":
             raise Conflict(f"Base model '{row.technical_name}' is {row.status}; it cannot embed.")
-        if not row.path or not Path(row.path).is_dir():
+        # Where this process finds the recorded folder (a job on a cluster node has a copy).
+        folder = Layout().local(row.path) if row.path else None
+        if folder is None or not folder.is_dir():
             raise Conflict(
                 f"The folder of base model '{row.technical_name}' ({row.path}) is gone; "
                 "register the model again."
             )
-        return LocalEmbedder(Path(row.path), name=ref)
+        return LocalEmbedder(folder, name=ref)
     if found.kind is ModelKind.THIRD_PARTY:
         from tuneyard.thirdparty.service import third_party_api_key
 

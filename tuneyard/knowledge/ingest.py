@@ -174,6 +174,10 @@ def embed_into(
         )
         done = min(start + EMBED_BATCH, len(chunks))
         report(done / max(1, len(chunks)), f"Embedded {done:,} of {len(chunks):,} chunks")
+    if index.state == "active" and folder.is_dir():
+        # Searched now: its vectors are where searches read them before its chunks are. A
+        # version being built is searched once it is switched to (switch lands it).
+        ctx.land(folder)
     with ctx.session() as session:
         claim = session.get(KnowledgeIndexDocument, (index.id, document_id))
         if claim is None:  # the document or version went meanwhile
@@ -241,6 +245,11 @@ def ingest(ctx) -> dict[str, Any]:
         share = (10 + 90 * n / len(versions), 10 + 90 * (n + 1) / len(versions))
         report = Progress(ctx, share)
         chunks += embed_into(ctx, index, document_id, text, embedder, report)
+    with session_scope(ctx.settings) as session:
+        read = session.get(KnowledgeDocument, document_id)
+        folder = service.document_dir(ctx.layout, read) if read is not None else None
+    if folder is not None:
+        ctx.land(folder)  # its text, which passages are cut from, before it says ready
     with ctx.session() as session:
         document = session.get(KnowledgeDocument, document_id)
         if document is None:
@@ -311,6 +320,11 @@ def reindex(ctx) -> dict[str, Any]:
 
 def switch(ctx, kb_id: str, index_id: str) -> list[str]:
     """Make the version active and drop the one it replaces (rows now, folder on commit)."""
+    with session_scope(ctx.settings) as session:
+        index = session.get(KnowledgeIndex, index_id)
+        folder = service.index_dir(ctx.layout, index) if index is not None else None
+    if folder is not None and folder.is_dir():
+        ctx.land(folder)
     with ctx.session() as session:
         index = session.get(KnowledgeIndex, index_id)
         if index is None:

@@ -25,14 +25,14 @@ from tuneyard.auth.service import Principal
 from tuneyard.config import get_settings
 from tuneyard.errors import Conflict, Invalid, NotFound, TooLarge
 from tuneyard.jobs import service as jobs
-from tuneyard.jobs.keys import Resource, UseKey
+from tuneyard.jobs.keys import Resource, UseKey, model_key
 from tuneyard.knowledge.schemas import (
     DESCRIPTION_MAX,
     MAX_KNOWLEDGE_BASES,
     NAME_MAX,
     ChunkingIn,
 )
-from tuneyard.modelref import Capability, resolve
+from tuneyard.modelref import Capability, parse_reference, resolve
 from tuneyard.models import (
     Job,
     KnowledgeBase,
@@ -267,6 +267,26 @@ def building_index(session: Session, kb: KnowledgeBase) -> KnowledgeIndex | None
     )
 
 
+def job_keys(session: Session, kb_ids: Sequence[str]) -> list[UseKey]:
+    """What a job reading or writing these knowledge bases holds: each base, and the embedding
+    model of each of its versions that is active or being built (a job on a cluster node finds
+    their files there through them)."""
+    keys = [UseKey(Resource.KNOWLEDGE_BASE, kb_id) for kb_id in dict.fromkeys(kb_ids)]
+    refs = session.scalars(
+        select(KnowledgeIndex.embedding_model)
+        .where(
+            KnowledgeIndex.knowledge_base_id.in_(list(kb_ids)),
+            KnowledgeIndex.state.in_(ACTIVE_STATES),
+        )
+        .order_by(KnowledgeIndex.version)
+    )
+    for ref in dict.fromkeys(refs):
+        kind, model_id = parse_reference(ref)
+        assert kind is not None, "an index stores its embedding model as kind:id"
+        keys.append(model_key(kind, model_id))
+    return keys
+
+
 def list_indexes(session: Session, principal: Principal, id_or_name: str) -> list[KnowledgeIndex]:
     kb = get_knowledge_base(session, principal, id_or_name)
     return list(
@@ -336,7 +356,7 @@ def start_reindex(
         principal,
         REINDEX_JOB,
         {"knowledge_base_id": kb.id, "index_id": index.id},
-        uses=[UseKey(Resource.KNOWLEDGE_BASE, kb.id)],
+        uses=job_keys(session, [kb.id]),
         message=f"Waiting for a worker to build version {version} of {kb.name}'s index",
     )
     index.job_id = job.id
@@ -485,7 +505,7 @@ def add_document(
             INGEST_JOB,
             {"knowledge_base_id": kb.id, "document_id": document.id},
             uses=[
-                UseKey(Resource.KNOWLEDGE_BASE, kb.id),
+                *job_keys(session, [kb.id]),
                 UseKey(Resource.KNOWLEDGE_DOCUMENT, document.id),
             ],
             message=f"Waiting for a worker to read {filename}",

@@ -4,6 +4,7 @@ between batches of chunks."""
 
 from __future__ import annotations
 
+from tuneyard.jobs.keys import Resource
 from tuneyard.jobs.registry import job_kind
 from tuneyard.knowledge.service import INGEST_JOB, REINDEX_JOB
 
@@ -34,7 +35,13 @@ def _reindex_cleanup(session, job) -> None:
     ingest.remove_failed_version(session, job)
 
 
-@job_kind(INGEST_JOB, on_failure=_ingest_failed, cleanup=_ingest_cleanup, cooperative_cancel=True)
+@job_kind(
+    INGEST_JOB,
+    on_failure=_ingest_failed,
+    cleanup=_ingest_cleanup,
+    cooperative_cancel=True,
+    writes=(Resource.KNOWLEDGE_BASE,),  # the document's text and the versions' vectors
+)
 def ingest_document(ctx):
     from tuneyard.knowledge.ingest import ingest
 
@@ -42,7 +49,11 @@ def ingest_document(ctx):
 
 
 @job_kind(
-    REINDEX_JOB, on_failure=_reindex_failed, cleanup=_reindex_cleanup, cooperative_cancel=True
+    REINDEX_JOB,
+    on_failure=_reindex_failed,
+    cleanup=_reindex_cleanup,
+    cooperative_cancel=True,
+    writes=(Resource.KNOWLEDGE_BASE,),  # the new version's vectors; the old one goes
 )
 def reindex_knowledge_base(ctx):
     from tuneyard.knowledge.ingest import reindex
