@@ -5,6 +5,8 @@ run, documents searchable and cited from the API's data dir."""
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 from sqlalchemy import select
 
@@ -13,7 +15,7 @@ from tests.jobs import test_ray_artifacts as through_store
 from tests.openai_double import OpenAIDouble, last_user
 from tuneyard.db import session_scope
 from tuneyard.jobs.executor import Executor
-from tuneyard.models import Job, KnowledgeDocument
+from tuneyard.models import BaseModel, Job, KnowledgeDocument
 
 pytestmark = [pytest.mark.backend_free, pytest.mark.slow]
 
@@ -143,6 +145,41 @@ class TestAssessment:
         assert "job succeeded" in logs
         assert JUDGE_KEY not in logs
         through_store.shows_no_secret(client, auth, node_job)
+
+    def test_a_local_model_is_read_from_the_node_copy_of_its_folder(
+        self, client, auth, tiny_base, tiny_model_dir, store_worker, data_dir, node_dir
+    ):
+        from tuneyard.config import Settings
+        from tuneyard.inference.process import stop_inference
+
+        # The base model as a download keeps it: in the API's data dir, which the node lacks.
+        home = data_dir / "models" / "base" / tiny_base
+        shutil.copytree(tiny_model_dir, home)
+        with session_scope() as session:
+            session.get_one(BaseModel, tiny_base).path = str(home)
+        dataset_id = upload(client, auth, "qa", SUMS)
+        request = {
+            "name": "tiny",
+            "dataset_id": dataset_id,
+            "sample": {"size": 2},
+            "candidates": [
+                {"model": f"base:{tiny_base}", "prompt": "{{prompt}}", "params": {"max_tokens": 4}}
+            ],
+        }
+        accepted = client.post(ASSESSMENTS, json=request, headers=auth)
+        assert accepted.status_code == 202, accepted.text
+        try:
+            job = wait_for_job(accepted.json()["job_id"], timeout=180)
+        finally:
+            # The node's inference process, which the job started in the node's data dir.
+            stop_inference(Settings(data_dir=node_dir))
+        assert job.status == "succeeded", job.error
+        assert job.node is not None
+        rows = client.get(f"{ASSESSMENTS}/{accepted.json()['id']}/results", headers=auth).json()
+        answers = [row["answers"][0] for row in rows["items"]]
+        assert len(answers) == 2
+        assert all(a["error"] is None and a["completion_tokens"] >= 1 for a in answers)
+        assert (node_dir / "models" / "base" / tiny_base / "config.json").is_file()
 
 
 def search(client, auth, kb_id: str, query: str, **body) -> list[dict]:

@@ -129,6 +129,37 @@ def test_keys_of_what_jobs_use():
     assert artifacts.key_of("deploy_environment:e1") is None
 
 
+def test_a_knowledge_base_travels_as_its_documents_and_index_versions(source):
+    """Each document and index version is an artifact of its own: a job on a node changes the
+    ones it embeds, and a document uploaded to the API meanwhile is not replaced."""
+    kb = source / "knowledge" / "k1"
+    for folder in ("documents/d1", "documents/d2", "indexes/v1"):
+        (kb / folder).mkdir(parents=True)
+        (kb / folder / "file").write_text(folder)
+    (kb / "documents" / ".d3.fetching-1234").mkdir()  # staging is no artifact
+    assert artifacts.keys_in(source, "knowledge_base:k1") == [
+        "knowledge/k1/documents/d1",
+        "knowledge/k1/documents/d2",
+        "knowledge/k1/indexes/v1",
+    ]
+    assert artifacts.keys_in(source, "knowledge_base:k2") == []
+    assert artifacts.keys_in(source, "dataset:d1") == [KEY]
+    assert artifacts.keys_in(source, "dataset:none") == []
+    before = artifacts.snapshot(source)
+    (kb / "documents" / "d1" / "text.txt").write_text("read")
+    (kb / "indexes" / "v2").mkdir()
+    (kb / "indexes" / "v2" / "file").write_text("v2")
+    assert artifacts.changed_since(source, before) == [
+        "knowledge/k1/documents/d1",
+        "knowledge/k1/indexes/v2",
+    ]
+    # Rows alone, or files carried with another resource the job uses: nothing to carry.
+    for use in ("assessment:a1", "third_party_model:t1", "live_model:l1", "knowledge_document:d1"):
+        assert artifacts.carried(use) and artifacts.keys_in(source, use) == []
+    assert not artifacts.carried("deploy_environment:e1")
+    assert not artifacts.carried("image_model:i1")
+
+
 def test_store_settings_are_checked(monkeypatch, tmp_path):
     with pytest.raises(ValueError, match="is not a URL"):
         Settings(artifact_store="bucket/prefix")
