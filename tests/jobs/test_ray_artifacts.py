@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 import threading
 import time
 import uuid
@@ -183,6 +184,23 @@ def test_a_job_reading_a_folder_the_data_dir_lacks_waits_for_a_local_worker(
     assert executor._needs_data_dir("base_model.download_hub", ["base_model:b2"]) is None
     gguf = executor._needs_data_dir("base_model.import_gguf", ["base_model:b2"])
     assert gguf is not None and "job kind 'base_model.import_gguf' needs the API's data dir" in gguf
+
+
+def test_a_model_shipped_in_the_python_environment_is_read_in_place_on_a_node(
+    store_settings, principal
+):
+    """The demo embedding model is registered in place in its package's folder: the nodes'
+    Python environment, the same as the workers', holds it, so its jobs run on nodes."""
+    from tuneyard.basemodels.service import add_demo_embedding
+
+    with session_scope() as session:
+        model = add_demo_embedding(session, principal)
+        model_id, path = model.id, Path(model.path)
+    assert path.is_relative_to(Path(sys.prefix)), path
+    executor = new_executor()
+    assert isinstance(executor, RayExecutor)
+    uses = ["knowledge_base:k1", f"base_model:{model_id}"]
+    assert executor._needs_data_dir("knowledge.ingest", uses) is None
 
 
 class ReadyRowsWatch(threading.Thread):

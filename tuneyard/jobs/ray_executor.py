@@ -786,12 +786,25 @@ class RayExecutor(Executor):
             key = artifacts.key_of(use)
             read_only = use.partition(":")[0] not in writes
             if key is not None and read_only and not (self.layout.root / key).is_dir():
+                if self._in_environment(use):
+                    continue  # every node holds it, at the same path
                 return (
                     f"this job reads {use}, whose folder is not {key} of the API's data dir (a "
                     "model registered where it lies stays there), so an artifact store cannot "
                     "carry it"
                 )
         return None
+
+    def _in_environment(self, use: str) -> bool:
+        """Whether a use is a base model registered in place inside the Python environment (a
+        model shipped as a package, as the demo embedding model is), which the cluster's nodes
+        share with the workers."""
+        resource, _, model_id = use.partition(":")
+        if resource != Resource.BASE_MODEL:
+            return False
+        with session_scope(self.settings) as session:
+            path = session.scalar(select(BaseModel.path).where(BaseModel.id == model_id))
+        return path is not None and Path(path).resolve().is_relative_to(Path(sys.prefix).resolve())
 
     def _send_inputs(self, job_id: str, kind: str, uses: list[str]) -> Transfer:
         """Publish the folders the job uses that the API's data dir holds (unchanged ones are
