@@ -24,7 +24,8 @@ def test_deleted_rows_and_finished_jobs_leave_the_store(tmp_path, tiny_base, pri
     store = artifacts.open_store(f"file://{tmp_path / 'store'}", {})
     source = tmp_path / "api"
     kept, deleted = f"models/base/{tiny_base}", "models/base/deleted-model"
-    for key in (kept, deleted, "datasets/deleted-dataset"):
+    document = "knowledge/kb-gone/documents/doc-gone"  # a knowledge base's, nested
+    for key in (kept, deleted, "datasets/deleted-dataset", document):
         put(source, key)
         artifacts.publish(store, source, key)
     with session_scope() as session:
@@ -40,10 +41,12 @@ def test_deleted_rows_and_finished_jobs_leave_the_store(tmp_path, tiny_base, pri
 
     # Published just now: a row may still be on its way.
     assert withdraw_unneeded(store, settings) == []
-    assert artifacts.published(store) == {kept, deleted, "datasets/deleted-dataset"}
+    assert artifacts.published(store) == {kept, deleted, "datasets/deleted-dataset", document}
 
     withdrawn = withdraw_unneeded(store, settings, older_than=0)
-    assert sorted(withdrawn) == sorted(["datasets/deleted-dataset", deleted, f"jobs/{job_ids[0]}"])
+    assert sorted(withdrawn) == sorted(
+        ["datasets/deleted-dataset", deleted, document, f"jobs/{job_ids[0]}"]
+    )
     assert artifacts.published(store) == {kept}
     assert not store.fs.exists(store.path(f"jobs/{job_ids[0]}/log.txt"))
     assert store.fs.exists(store.path(f"jobs/{job_ids[1]}/log.txt"))

@@ -52,6 +52,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import fnmatch
 import json
 import logging
 import os
@@ -98,6 +99,8 @@ from tuneyard.models import (
     Dataset,
     Job,
     JobEvent,
+    KnowledgeDocument,
+    KnowledgeIndex,
     Training,
     utcnow,
 )
@@ -121,12 +124,14 @@ WITHDRAW_EVERY_SECONDS = 600.0
 TRANSFER_THREADS = 4
 WITHDRAW_AFTER_SECONDS = 3600.0
 # The rows whose artifact folders the store carries: a folder goes with its row.
-ROW_OF_FOLDER: dict[str, type[Dataset | BaseModel | Training | CustomizedModel | CompleteModel]] = {
+ROW_OF_FOLDER: dict[str, Any] = {
     artifacts.RESOURCE_FOLDERS[Resource.DATASET]: Dataset,
     artifacts.RESOURCE_FOLDERS[Resource.BASE_MODEL]: BaseModel,
     artifacts.RESOURCE_FOLDERS[Resource.TRAINING]: Training,
     artifacts.RESOURCE_FOLDERS[Resource.CUSTOMIZED_MODEL]: CustomizedModel,
     artifacts.RESOURCE_FOLDERS[Resource.COMPLETE_MODEL]: CompleteModel,
+    "knowledge/*/documents": KnowledgeDocument,  # each a folder of a knowledge base's
+    "knowledge/*/indexes": KnowledgeIndex,  # a retired version's row is deleted
 }
 # Settings a job's process on a node with an artifact store must not have: the store is the
 # actor's business, and its options hold credentials.
@@ -489,15 +494,17 @@ def withdraw_unneeded(
     cutoff = time.time() - older_than
     by_folder: dict[str, list[str]] = {}
     for key in artifacts.published(store):
-        folder, _, resource_id = key.rpartition("/")
-        if folder in ROW_OF_FOLDER:
-            by_folder.setdefault(folder, []).append(resource_id)
+        folder = key.rpartition("/")[0]
+        pattern = next((p for p in ROW_OF_FOLDER if fnmatch.fnmatchcase(folder, p)), None)
+        if pattern is not None:
+            by_folder.setdefault(pattern, []).append(key)
     orphans = []
     with session_scope(settings) as session:
-        for folder, ids in by_folder.items():
-            table = ROW_OF_FOLDER[folder]
+        for pattern, keys in by_folder.items():
+            table = ROW_OF_FOLDER[pattern]
+            ids = [key.rpartition("/")[2] for key in keys]
             kept = set(session.scalars(select(table.id).where(table.id.in_(ids))))
-            orphans += [f"{folder}/{one}" for one in ids if one not in kept]
+            orphans += [key for key in keys if key.rpartition("/")[2] not in kept]
     withdrawn = []
     for key in sorted(orphans):
         if artifacts.published_at(store, key) < cutoff:
