@@ -10,6 +10,11 @@ a reader that goes by the manifest never sees half an artifact, nor a mix of two
 downloads into a temp folder beside the target, checks each file against the manifest, then
 swaps it in; it is skipped when the folder already holds the manifest's version.
 
+A few artifacts are one file: the uploaded code a job runs (a training method's script, GRPO
+reward files; FILE_ROOTS), which its kind names (JobKind.files). They travel the same way, the
+file under its version (`<key>/<version>`), then its manifest (`publish_single`,
+`fetch_single`), and leave the store once the API's data dir no longer has them.
+
 Nothing stays in the store for ever: the worker withdraws an artifact whose row was deleted
 (its manifest first, so no reader starts on it), and a node drops its copy of an artifact the
 store no longer has (see `published`, `withdraw`, `drop_withdrawn`).
@@ -84,6 +89,15 @@ class ArtifactError(Exception):
     """An artifact could not be published or fetched; the message says which and why."""
 
 
+# The folders (glob patterns, one per project) of the single-file artifacts: uploaded training
+# method scripts (methods/<project>/<script id>.py) and GRPO reward files
+# (rewards/<project>/<name>.py). Jobs only read them.
+FILE_ROOTS = ("methods/*", "rewards/*")
+# The resources whose artifact is one such file: a job that uses one runs on a node when its
+# kind names the file among those it reads (JobKind.files).
+RESOURCE_FILES = frozenset({Resource.TRAINING_METHOD})
+
+
 def key_of(use: str) -> str | None:
     """The artifact key of a job's `uses` entry (`dataset:<id>` -> `datasets/<id>`); None for a
     resource that has no folder of its own."""
@@ -108,6 +122,30 @@ def carried(use: str) -> bool:
     resource = _resource(use)
     return resource is not None and (
         resource in RESOURCE_FOLDERS or resource in NESTED_FOLDERS or resource in WITHOUT_FOLDER
+    )
+
+
+def is_file_resource(use: str) -> bool:
+    """Whether a job's `uses` entry is a resource whose artifact is one file (RESOURCE_FILES)."""
+    return _resource(use) in RESOURCE_FILES
+
+
+def is_file_key(key: str) -> bool:
+    """Whether `key` names a single-file artifact (an entry of one of FILE_ROOTS)."""
+    parent = key.rpartition("/")[0]
+    return any(fnmatch.fnmatchcase(parent, root) for root in FILE_ROOTS)
+
+
+def file_key(data_dir: Path, path: Path) -> str:
+    """The key of the single-file artifact at `path` of `data_dir`; ArtifactError for a file
+    that is no such artifact (outside FILE_ROOTS, or not under the data dir)."""
+    if path.is_relative_to(data_dir):
+        key = path.relative_to(data_dir).as_posix()
+        if is_file_key(key) and ".." not in key.split("/"):
+            return key
+    raise ArtifactError(
+        f"{path} is not uploaded code of the data dir {data_dir} (methods, rewards): an "
+        "artifact store does not carry it."
     )
 
 
@@ -267,7 +305,14 @@ def publish(store: Store, data_dir: Path, key: str) -> bool:
         store.put(folder / name, f"{base}/{name}")
     manifest = {"key": key, "version": version, "files": files, "published_at": time.time()}
     store.write(store.path(key) + MANIFEST_SUFFIX, json.dumps(manifest).encode())
-    # Versions older than the one just replaced go; a reader of that one may still finish.
+    _drop_old_versions(store, key, version, previous)
+    log.info("published %s (%d files, version %s)", key, len(files), version)
+    return True
+
+
+def _drop_old_versions(store: Store, key: str, version: str, previous: dict | None) -> None:
+    """Remove the versions of `key` older than the one `version` just replaced: a reader of
+    that one may still finish."""
     kept = {version, previous["version"] if previous else None}
     try:
         for entry in store.fs.ls(store.path(key), detail=False):
@@ -275,7 +320,26 @@ def publish(store: Store, data_dir: Path, key: str) -> bool:
                 store.fs.rm(entry, recursive=True)
     except FileNotFoundError:
         pass
-    log.info("published %s (%d files, version %s)", key, len(files), version)
+
+
+def publish_single(store: Store, data_dir: Path, key: str) -> bool:
+    """Publish the one file `data_dir/key` (uploaded code, see FILE_ROOTS): the file under a
+    version of its own, then its manifest with its size and sha256. False (nothing sent) when
+    the store already holds the same file."""
+    path = data_dir / key
+    if not path.is_file():
+        raise ArtifactError(f"Cannot publish {key}: {path} is not a file.")
+    digest = _sha256(path)
+    entry: dict[str, Any] = {"size": path.stat().st_size, "sha256": digest}
+    previous = store.manifest(key)
+    if previous is not None and previous.get("file") == entry:
+        return False
+    version = digest[:16]
+    store.put(path, f"{store.path(key)}/{version}")
+    manifest = {"key": key, "version": version, "file": entry, "published_at": time.time()}
+    store.write(store.path(key) + MANIFEST_SUFFIX, json.dumps(manifest).encode())
+    _drop_old_versions(store, key, version, previous)
+    log.info("published %s (version %s)", key, version)
     return True
 
 
@@ -335,6 +399,31 @@ def fetch(store: Store, data_dir: Path, key: str) -> bool:
     return True
 
 
+def fetch_single(store: Store, data_dir: Path, key: str) -> bool:
+    """Make `data_dir/key` the store's version of that one file (see `publish_single`),
+    replaced through a temp file beside it once it matched the manifest. False when it
+    already was (its sha256 is the manifest's: these files are small)."""
+    manifest = store.manifest(key)
+    if manifest is None:
+        raise ArtifactError(f"The artifact store has no {key}: it was never published.")
+    expected = manifest["file"]
+    target = data_dir / key
+    fresh = not target.is_file() or _sha256(target) != expected["sha256"]
+    if fresh:
+        with atomic_path(target) as staging:
+            store.fs.get_file(f"{store.path(key)}/{manifest['version']}", str(staging))
+            if staging.stat().st_size != expected["size"] or _sha256(staging) != expected["sha256"]:
+                raise ArtifactError(
+                    f"{key} from the artifact store does not match its manifest (it was replaced "
+                    "while being read); fetch it again."
+                )
+        log.info("fetched %s (version %s)", key, manifest["version"])
+    record = _fetched_record(data_dir, key)  # so the node drops it once withdrawn
+    record.parent.mkdir(parents=True, exist_ok=True)
+    record.write_text(json.dumps({"version": manifest["version"]}))
+    return fresh
+
+
 def fetch_file(store: Store, data_dir: Path, key: str) -> bool:
     """Replace `data_dir/key` with the store's copy of that one file (through a temp file
     beside it); False when the store has none."""
@@ -379,10 +468,11 @@ def changed_since(data_dir: Path, before: dict[str, dict[str, tuple[int, int]]])
 
 
 def published(store: Store) -> set[str]:
-    """The keys of every artifact the store holds a manifest for."""
+    """The keys of every artifact the store holds a manifest for: folders and single files."""
     store.fs.invalidate_cache()  # s3fs keeps listings: ask the store
     keys = set()
-    for root in ARTIFACT_ROOTS:  # a knowledge base's are nested: `knowledge/*/documents`
+    # A knowledge base's are nested (`knowledge/*/documents`), uploaded code per project.
+    for root in (*ARTIFACT_ROOTS, *FILE_ROOTS):
         for entry in store.fs.glob(f"{store.path(root)}/*{MANIFEST_SUFFIX}"):
             path = entry.rstrip("/")
             if path.startswith(f"{store.root}/"):
@@ -425,9 +515,12 @@ def drop_withdrawn(store: Store, data_dir: Path) -> list[str]:
         for suffix in (MANIFEST_SUFFIX, ".digests.json"):
             if name.endswith(suffix):
                 known.add(name.removesuffix(suffix))
-    gone = sorted(key for key in known - published(store) if _under_roots(key))
+    gone = sorted(key for key in known - published(store) if _under_roots(key) or is_file_key(key))
     for key in gone:
-        remove_tree(data_dir / key)
+        if is_file_key(key):
+            (data_dir / key).unlink(missing_ok=True)
+        else:
+            remove_tree(data_dir / key)
         _fetched_record(data_dir, key).unlink(missing_ok=True)
         _digests_file(data_dir, key).unlink(missing_ok=True)
         log.info("dropped %s from this node: the artifact store no longer has it", key)

@@ -31,20 +31,20 @@ With TUNEYARD_ARTIFACT_STORE the nodes share no disk with the API; the store car
 folders (tuneyard.artifacts), and only kinds that declare `writes` run there: the others, and a
 job that reads a folder the API's data dir does not hold (a base model registered where it
 lies), stay queued, saying so, for a local worker on the API's machine to take. Before starting
-a job, the worker publishes the folders of its `uses` (those unchanged in the store are
-skipped); its actor fetches them into the node's data dir (TUNEYARD_NODE_DATA_DIR), with the
-data dir's key that decrypts stored API keys, and runs the process on that dir, publishing its
-log every few seconds. A process that succeeds there does not mark the job succeeded
-(tuneyard.jobs.child): it leaves its result, the actor publishes the artifact folders the job
-made or changed, and the worker fetches them into the API's data dir (and removes there those
-of the resources it writes that the job removed: a knowledge base's retired index version), and
-only then records the job succeeded, so that no user sees a succeeded job whose files are not
-there yet. A folder whose row the job is about to mark ready lands before that
-(JobContext.land): the job asks, its actor publishes the folder, the worker fetches it and
-records the job event `landed`, which the job waits for before it writes the row. A failed job
-publishes its log alone; its kind's cleanup runs on both sides. A job waits (queued) while
-another job on the cluster may still be changing a folder it uses (that job's kind `writes` its
-resource), as a training waits for its dataset's parse to land.
+a job, the worker publishes the folders of its `uses` and the files its kind names (`files`: the
+uploaded code it runs), those unchanged in the store skipped; its actor fetches them into the
+node's data dir (TUNEYARD_NODE_DATA_DIR), with the data dir's key that decrypts stored API keys,
+and runs the process on that dir, publishing its log every few seconds. A process that succeeds
+there does not mark the job succeeded (tuneyard.jobs.child): it leaves its result, the actor
+publishes the artifact folders the job made or changed, and the worker fetches them into the
+API's data dir (and removes there those of the resources it writes that the job removed: a
+knowledge base's retired index version), and only then records the job succeeded, so that no
+user sees a succeeded job whose files are not there yet. A folder whose row the job is about to
+mark ready lands before that (JobContext.land): the job asks, its actor publishes the folder,
+the worker fetches it and records the job event `landed`, which the job waits for before it
+writes the row. A failed job publishes its log alone; its kind's cleanup runs on both sides. A
+job waits (queued) while another job on the cluster may still be changing a folder it uses (that
+job's kind `writes` its resource), as a training waits for its dataset's parse to land.
 """
 
 from __future__ import annotations
@@ -194,8 +194,9 @@ class Transfer:
     """What the actor of a job on a node with an artifact store moves: the store (its options
     hold credentials, so it has no repr), the node's data dir, the keys of the inputs (those
     of resources the job's kind writes in `changeable`: one the job removes is removed from the
-    API's data dir too), and the data dir's key that decrypts stored API keys (the job may call
-    a model whose key is stored), None when the API's data dir has none yet."""
+    API's data dir too; the single files in `files`), and the data dir's key that decrypts
+    stored API keys (the job may call a model whose key is stored), None when the API's data
+    dir has none yet."""
 
     url: str
     options: dict
@@ -203,9 +204,13 @@ class Transfer:
     inputs: tuple[str, ...]
     changeable: tuple[str, ...] = ()
     secret_key: bytes | None = None
+    files: tuple[str, ...] = ()
 
     def __repr__(self) -> str:
-        return f"Transfer({self.url!r}, node_dir={self.node_dir!r}, inputs={self.inputs!r})"
+        return (
+            f"Transfer({self.url!r}, node_dir={self.node_dir!r}, inputs={self.inputs!r}, "
+            f"files={self.files!r})"
+        )
 
 
 class JobRunner:
@@ -314,6 +319,8 @@ class JobRunner:
             log.warning("could not drop withdrawn artifacts from %s", node_dir, exc_info=True)
         for key in self.transfer.inputs:
             artifacts.fetch(self.store, node_dir, key)
+        for key in self.transfer.files:
+            artifacts.fetch_single(self.store, node_dir, key)
         key_file = node_dir / SECRET_KEY_FILE
         if self.transfer.secret_key is not None and (
             not key_file.is_file() or key_file.read_bytes() != self.transfer.secret_key
@@ -488,17 +495,20 @@ def alive_nodes() -> list[dict[str, float]]:
 def withdraw_unneeded(
     store: artifacts.Store, settings: Settings, older_than: float = WITHDRAW_AFTER_SECONDS
 ) -> list[str]:
-    """Withdraw from the artifact store the artifacts whose rows were deleted and the logs of
-    finished (or deleted) jobs, once published at least `older_than` seconds ago; the keys
-    withdrawn. Nodes drop their copies at their next job (artifacts.drop_withdrawn)."""
+    """Withdraw from the artifact store the artifacts whose rows were deleted, the uploaded
+    code files the API's data dir no longer has (their method or reward file was deleted), and
+    the logs of finished (or deleted) jobs, once published at least `older_than` seconds ago;
+    the keys withdrawn. Nodes drop their copies at their next job (artifacts.drop_withdrawn)."""
     cutoff = time.time() - older_than
     by_folder: dict[str, list[str]] = {}
+    orphans = []
     for key in artifacts.published(store):
         folder = key.rpartition("/")[0]
         pattern = next((p for p in ROW_OF_FOLDER if fnmatch.fnmatchcase(folder, p)), None)
         if pattern is not None:
             by_folder.setdefault(pattern, []).append(key)
-    orphans = []
+        elif artifacts.is_file_key(key) and not (settings.data_dir / key).exists():
+            orphans.append(key)
     with session_scope(settings) as session:
         for pattern, keys in by_folder.items():
             table = ROW_OF_FOLDER[pattern]
@@ -641,6 +651,7 @@ class RayExecutor(Executor):
             wanted = kind.resources_for(queued.params or {})
             message = queued.message
             uses = list(queued.uses or [])
+            files = kind.files(session, queued) if self.store and kind.files else []
         # A job no node can hold would wait as running for ever: it stays queued instead.
         reason = why_waiting(wanted, alive_nodes())
         if reason is None and self.store is not None:
@@ -660,7 +671,7 @@ class RayExecutor(Executor):
 
         def send() -> Transfer:
             with self._beating(job_id, attempt, "Sending its files to the artifact store"):
-                return self._send_inputs(job_id, kind.name, uses)
+                return self._send_inputs(job_id, kind.name, uses, files)
 
         self.sending[job_id] = _Sending(attempt, kind.name, wanted, self.transfers.submit(send))
         return True
@@ -770,11 +781,11 @@ class RayExecutor(Executor):
         (its kind does not say what it writes, it uses something no artifact folder carries,
         or it reads a folder the API's data dir does not hold: a base model registered where
         it lies); None when it can. Such a job is left in the queue for a local worker."""
-        writes = get_kind(kind).writes
+        job_kind = get_kind(kind)
         why = (
             f"job kind '{kind}' needs the API's data dir"
-            if writes is None
-            else self._not_carried(uses, writes)
+            if job_kind.writes is None
+            else self._not_carried(uses, job_kind.writes, job_kind.files is not None)
         )
         if why is None:
             return None
@@ -783,11 +794,16 @@ class RayExecutor(Executor):
             "and the Ray cluster's nodes share no disk with the API (TUNEYARD_ARTIFACT_STORE)."
         )
 
-    def _not_carried(self, uses: list[str], writes: tuple[str, ...]) -> str | None:
+    def _not_carried(
+        self, uses: list[str], writes: tuple[str, ...], names_files: bool
+    ) -> str | None:
         """Why a use of a job whose kind writes `writes` cannot travel through the store, if
-        one cannot: it has no artifact folder, or the job only reads it and its folder is not
-        in the API's data dir (its files lie where it was registered, which nodes lack)."""
+        one cannot: it has no artifact folder (nor is it one file its kind names, when
+        `names_files`), or the job only reads it and its folder is not in the API's data dir
+        (its files lie where it was registered, which nodes lack)."""
         for use in uses:
+            if names_files and artifacts.is_file_resource(use):
+                continue  # its one file travels among the kind's `files`
             if not artifacts.carried(use):
                 return f"this job uses {use}, whose files an artifact store does not carry"
             key = artifacts.key_of(use)
@@ -813,9 +829,12 @@ class RayExecutor(Executor):
             path = session.scalar(select(BaseModel.path).where(BaseModel.id == model_id))
         return path is not None and Path(path).resolve().is_relative_to(Path(sys.prefix).resolve())
 
-    def _send_inputs(self, job_id: str, kind: str, uses: list[str]) -> Transfer:
-        """Publish the folders the job uses that the API's data dir holds (unchanged ones are
-        skipped): what its actor fetches. A job that needs the API's data dir is refused."""
+    def _send_inputs(
+        self, job_id: str, kind: str, uses: list[str], files: list[Path] | None = None
+    ) -> Transfer:
+        """Publish the folders the job uses that the API's data dir holds, and the files its
+        kind names (unchanged ones are skipped): what its actor fetches. A job that needs the
+        API's data dir is refused."""
         assert self.store is not None
         reason = self._needs_data_dir(kind, uses)
         if reason is not None:
@@ -824,17 +843,23 @@ class RayExecutor(Executor):
         inputs, changeable = [], []
         for use in uses:
             for key in artifacts.keys_in(self.layout.root, use):
-                try:
-                    artifacts.publish(self.store, self.layout.root, key)
-                except Exception as exc:
-                    raise ArtifactRefused(
-                        f"Could not publish {key} to the artifact store: "
-                        f"{type(exc).__name__}: {exc}"
-                    ) from exc
+                self._publish(key, artifacts.publish)
                 inputs.append(key)
                 if use.partition(":")[0] in writes:
                     changeable.append(key)
-        log.info("job %s: inputs in the artifact store: %s", job_id, ", ".join(inputs) or "none")
+        singles = []
+        for path in files or []:
+            try:
+                key = artifacts.file_key(self.layout.root, path)
+            except artifacts.ArtifactError as exc:
+                raise ArtifactRefused(str(exc)) from None
+            self._publish(key, artifacts.publish_single)
+            singles.append(key)
+        log.info(
+            "job %s: inputs in the artifact store: %s",
+            job_id,
+            ", ".join(inputs + singles) or "none",
+        )
         key_file = self.layout.secret_key_file
         return Transfer(
             self.settings.artifact_store,
@@ -843,7 +868,17 @@ class RayExecutor(Executor):
             tuple(inputs),
             tuple(changeable),
             key_file.read_bytes() if key_file.is_file() else None,
+            tuple(singles),
         )
+
+    def _publish(self, key: str, publish: Any) -> None:
+        """Publish `key` of the API's data dir with `publish`, saying which failed and why."""
+        try:
+            publish(self.store, self.layout.root, key)
+        except Exception as exc:
+            raise ArtifactRefused(
+                f"Could not publish {key} to the artifact store: {type(exc).__name__}: {exc}"
+            ) from exc
 
     @contextlib.contextmanager
     def _beating(self, job_id: str, attempt: int | None, message: str) -> Iterator[None]:

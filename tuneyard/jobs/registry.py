@@ -17,6 +17,9 @@ say so on its entity (a training waits again).
 artifact store, see tuneyard.artifacts): it names the resources among its `uses` whose files the
 job changes (the others it only reads), and before it marks a folder it made ready, it calls
 `ctx.land(folder)`; a kind without it is left for a local worker on such a cluster.
+`files` names the single files such a job reads besides its `uses` folders (the uploaded code it
+runs: a training method's script, reward files), as paths of the API's data dir: they travel
+with its inputs.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 # Modules whose import registers built-in job kinds. They import nothing heavy at top level.
@@ -60,6 +64,9 @@ class JobKind:
     # The resources (tuneyard.jobs.keys.Resource values) of its `uses` whose files it changes;
     # None: the kind cannot run without the API's data dir.
     writes: tuple[str, ...] | None = None
+    # (session, job) -> the single files it reads besides its uses' folders (paths of the
+    # API's data dir, under tuneyard.artifacts.FILE_ROOTS); None: none.
+    files: Callable[..., list[Path]] | None = None
 
     def resources_for(self, params: dict[str, Any]) -> dict[str, float]:
         """What one run with these parameters needs: the defaults, overridden by the kind's."""
@@ -87,6 +94,7 @@ def job_kind(
     resume_point=None,
     on_requeue=None,
     writes: tuple[str, ...] | None = None,
+    files: Callable[..., list[Path]] | None = None,
 ):
     """Decorator registering a job body under `name`."""
 
@@ -104,6 +112,7 @@ def job_kind(
             resume_point,
             on_requeue,
             writes,
+            files,
         )
         return func
 

@@ -112,12 +112,12 @@ def _answer(ctx: JobContext, reporter: TrainingReporter, message: dict[str, Any]
     raise BadRequest(f"unknown request {op!r}")
 
 
-def verified_script(method: CustomMethod, scratch: Path) -> Path:
-    """A copy of the stored script, checked to be the one uploaded (its digest), for the
-    code's process to import."""
-    if not method.path.exists():
+def verified_script(method: CustomMethod, stored: Path, scratch: Path) -> Path:
+    """A copy of the stored script (at `stored`, the method's path in this data dir), checked
+    to be the one uploaded (its digest), for the code's process to import."""
+    if not stored.exists():
         raise Invalid(f"The script of {method.name} is missing from the data dir; upload it again.")
-    source = method.path.read_bytes()
+    source = stored.read_bytes()
     if hashlib.sha256(source).hexdigest() != method.digest:
         raise Invalid(
             f"The script of {method.name} changed on disk since it was uploaded; upload it again."
@@ -137,7 +137,7 @@ def run_script(
 ) -> None:
     """Run the script's train in its own process and answer its reports until it ends."""
     scratch = scratch_dir(ctx.work_dir)
-    script = verified_script(method, scratch)
+    script = verified_script(method, ctx.layout.local(str(method.path)), scratch)
     reporter = TrainingReporter(ctx, inputs)
     process = CodeProcess("method", scratch, f"method {method.name}")
     try:

@@ -94,7 +94,10 @@ def read_inputs(session, ctx: JobContext, method_of=None) -> RunInputs:
         dataset_format=dataset.format,
         records_path=records_path(dataset, ctx.layout),
         work_dir=ctx.layout.training_dir(training.id),
-        reward_files=dict(ctx.params.get("reward_files", {})),
+        reward_files={
+            name: str(ctx.layout.local(path))
+            for name, path in (ctx.params.get("reward_files") or {}).items()
+        },
     )
 
 
@@ -431,22 +434,15 @@ def prepare_trainer(
     return trainer, tokenizer, precision
 
 
-def refuse_without_data_dir(workers: int, reward_files: dict[str, str]) -> None:
+def refuse_without_data_dir(workers: int) -> None:
     """On a cluster node that shares no disk with the API (an artifact store carries the job's
-    folders), refuse what would need more than its training's, base model's and dataset's
-    folders: the workers of a data-parallel run write on other nodes, and reward files live
-    in the API's data dir."""
+    folders and files), refuse what would need more: the workers of a data-parallel run read
+    and write on other nodes, whose data dirs nothing fills or brings home."""
     if workers > 1:
         raise Invalid(
             "A data-parallel training (workers > 1) cannot run on a Ray cluster with an artifact "
             "store (TUNEYARD_ARTIFACT_STORE): its workers' files would stay on their nodes. Start "
             "it with workers 1, or on a cluster that shares the data dir."
-        )
-    if reward_files:
-        raise Invalid(
-            "A training with reward files cannot run on a Ray cluster with an artifact store "
-            "(TUNEYARD_ARTIFACT_STORE): the files stay in the API's data dir. Run it with the "
-            "local executor, or on a cluster that shares the data dir."
         )
 
 
@@ -455,7 +451,7 @@ def run_training(ctx: JobContext) -> dict[str, Any]:
     assert isinstance(inputs.method, TrainingMethod), "load_inputs gives a built-in by default"
     params = inputs.params
     if ctx.settings.api_data_dir is not None:
-        refuse_without_data_dir(params.workers, inputs.reward_files)
+        refuse_without_data_dir(params.workers)
     on_cluster = params.workers > 1 and ctx.settings.executor == "ray"
     gpus = check_hardware(params, 0 if on_cluster else None)
     if inputs.reward_files:

@@ -5,10 +5,11 @@ back to the queue and resumes from its last checkpoint."""
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 from tuneyard.jobs.keys import Resource
 from tuneyard.jobs.registry import job_kind
-from tuneyard.models import Training, utcnow
+from tuneyard.models import Training, TrainingMethodScript, utcnow
 from tuneyard.storage import Layout, remove_tree
 from tuneyard.training.checkpoints import CHECKPOINT_PREFIX, checkpoints
 from tuneyard.training.results import discard_unrecorded_result, result_dir
@@ -68,6 +69,19 @@ def training_resources(params) -> dict[str, float]:
     return {"num_cpus": 1.0, "num_gpus": float(max(gpus, 0)) if workers == 1 else 0.0}
 
 
+def _uploaded_code(session, job) -> list[Path]:
+    """The uploaded code a run executes, which travels with it to a cluster node without the
+    API's data dir: its GRPO reward files, and a custom method's script (held by its `uses`)."""
+    paths = [Path(path) for path in (job.params.get("reward_files") or {}).values()]
+    for use in job.uses or []:
+        resource, _, script_id = use.partition(":")
+        if resource == Resource.TRAINING_METHOD:
+            script = session.get(TrainingMethodScript, script_id)
+            if script is not None:  # deleted: the job says so when it runs
+                paths.append(Path(script.path))
+    return paths
+
+
 def _last_checkpoint_step(session, job) -> int | None:
     """The step a new attempt of this run resumes from (the runner takes the last checkpoint)."""
     kept = checkpoints(Layout().training_dir(job.params["training_id"]))
@@ -84,6 +98,7 @@ def _last_checkpoint_step(session, job) -> int | None:
     resume_point=_last_checkpoint_step,
     on_requeue=_training_requeued,
     writes=(Resource.TRAINING,),  # and the model it makes, a new folder
+    files=_uploaded_code,
 )
 def run_training(ctx):
     from tuneyard.training.runner import run_training as run
@@ -98,6 +113,8 @@ def run_training(ctx):
     cooperative_cancel=True,
     cancel_grace_seconds=120,  # the script returns once report.should_stop() says so
     resources=training_resources,
+    writes=(Resource.TRAINING,),  # and the model it makes, a new folder
+    files=_uploaded_code,
 )
 def run_custom_training(ctx):
     from tuneyard.training.custom_runner import run_custom_training as run
