@@ -92,6 +92,22 @@ def api_headers(server: ConsoleServer, password: str, username: str = "admin") -
     return {"Authorization": f"Bearer {response.json()['token']}"}
 
 
+def jobs_said(server: ConsoleServer, password: str, kind: str) -> str:
+    """The jobs of `kind` as the API shows them (status, message, error): what a console test
+    says when a job it waits for on a page does not end as it should."""
+    response = httpx.get(
+        f"{server.url}/api/v1/jobs",
+        params={"kind": kind},
+        headers=api_headers(server, password),
+    )
+    response.raise_for_status()
+    jobs = [
+        f"{job['status']}: {job['message']!r} {job.get('error') or ''}".strip()
+        for job in response.json()["items"]
+    ]
+    return f"{kind} jobs: {'; '.join(jobs) or 'none'}"
+
+
 def log_in(page, server: ConsoleServer, password: str, username: str = "admin") -> None:
     page.goto(console_url(server, "/login"))
     page.get_by_label("Username").fill(username)

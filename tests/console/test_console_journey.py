@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 
 import pytest
+from playwright.sync_api import TimeoutError as PlaywrightTimeout
 from playwright.sync_api import expect
 
 from tests.console_harness import (
@@ -14,6 +15,7 @@ from tests.console_harness import (
     choose,
     echart_series,
     follow,
+    jobs_said,
     log_in,
     screenshot,
     upload_dataset,
@@ -99,9 +101,19 @@ def test_a_new_users_journey(
     page.get_by_test_id("model-card").wait_for()
     step(page, "06-customized-model")
     page.get_by_role("button", name="Save as complete model").click()
-    page.get_by_test_id("save-progress").get_by_text("succeeded", exact=True).wait_for(
-        timeout=JOB_TIMEOUT_MS
+    saved = page.get_by_test_id("saved-link")  # shown once the save ended, however it ended
+    try:
+        saved.wait_for(timeout=JOB_TIMEOUT_MS)
+    except PlaywrightTimeout:
+        raise AssertionError(
+            "the save did not end: " + jobs_said(console_server, admin_password, "complete.save")
+        ) from None
+    assert saved.inner_text().startswith("Open complete model"), jobs_said(
+        console_server, admin_password, "complete.save"
     )
+    expect(
+        page.get_by_test_id("save-progress").get_by_text("succeeded", exact=True)
+    ).to_be_visible()
     follow(
         page, page.get_by_test_id("saved-link"), re.compile(rf".*/console/complete-models/{UUID}$")
     )
