@@ -11,9 +11,15 @@ downloads into a temp folder beside the target, checks each file against the man
 swaps it in; it is skipped when the folder already holds the manifest's version.
 
 A few artifacts are one file: the uploaded code a job runs (a training method's script, GRPO
-reward files; FILE_ROOTS), which its kind names (JobKind.files). They travel the same way, the
-file under its version (`<key>/<version>`), then its manifest (`publish_single`,
-`fetch_single`), and leave the store once the API's data dir no longer has them.
+reward files; FILE_ROOTS), which its kind names (JobKind.files), and the images, adapters and
+source images of DeepImage. They travel the same way, the file under its version
+(`<key>/<version>`), then its manifest (`publish_single`, `fetch_single`; `publish` and `fetch`
+hand a file to them). Uploaded code leaves the store once the API's data dir no longer has it.
+
+Outside the rows' folders and uploaded code, a job reads what its kind `reads` (an image model
+in the data dir's import folder, a training set, adapters, source images) and lands what it
+makes (images, adapters): those artifacts are found by their manifests wherever they lie, and
+leave the store once no queued or running job reads them.
 
 Nothing stays in the store for ever: the worker withdraws an artifact whose row was deleted
 (its manifest first, so no reader starts on it), and a node drops its copy of an artifact the
@@ -93,6 +99,8 @@ class ArtifactError(Exception):
 # method scripts (methods/<project>/<script id>.py) and GRPO reward files
 # (rewards/<project>/<name>.py). Jobs only read them.
 FILE_ROOTS = ("methods/*", "rewards/*")
+# Where a data dir keeps its jobs' logs, which travel as plain files.
+LOGS = "jobs"
 # The resources whose artifact is one such file: a job that uses one runs on a node when its
 # kind names the file among those it reads (JobKind.files).
 RESOURCE_FILES = frozenset({Resource.TRAINING_METHOD})
@@ -284,9 +292,16 @@ def _version(files: dict) -> str:
 
 
 def publish(store: Store, data_dir: Path, key: str) -> bool:
-    """Publish the folder `data_dir/key`: its files, then its manifest. False (nothing sent)
-    when the store already holds the same files."""
+    """Publish the folder `data_dir/key`: its files, then its manifest (one file: see
+    `publish_single`). False (nothing sent) when the store already holds the same files."""
     folder = data_dir / key
+    if folder.is_file():
+        sent = publish_single(store, data_dir, key)
+        manifest = store.manifest(key) or {}
+        record = _fetched_record(data_dir, key)  # so a node drops it once withdrawn
+        record.parent.mkdir(parents=True, exist_ok=True)
+        record.write_text(json.dumps({"version": manifest.get("version")}))
+        return sent
     if not folder.is_dir():
         raise ArtifactError(f"Cannot publish {key}: {folder} is not a folder.")
     described = describe(folder, _known_digests(data_dir, key))
@@ -369,6 +384,8 @@ def fetch(store: Store, data_dir: Path, key: str) -> bool:
     manifest = store.manifest(key)
     if manifest is None:
         raise ArtifactError(f"The artifact store has no {key}: it was never published.")
+    if "file" in manifest:
+        return fetch_single(store, data_dir, key)
     if fetched_version(data_dir, key) == manifest["version"]:
         return False
     target = data_dir / key
@@ -477,13 +494,24 @@ def published(store: Store) -> set[str]:
             path = entry.rstrip("/")
             if path.startswith(f"{store.root}/"):
                 keys.add(path[len(store.root) + 1 :].removesuffix(MANIFEST_SUFFIX))
+    # What jobs read or landed elsewhere (images, an import folder), at any depth.
+    tops = {root.split("/", 1)[0] for root in (*ARTIFACT_ROOTS, *FILE_ROOTS)} | {LOGS}
+    try:
+        entries = store.fs.ls(store.root, detail=False)
+    except FileNotFoundError:
+        entries = []
+    for entry in entries:
+        top = entry.rstrip("/").rsplit("/", 1)[-1]
+        if top in tops or top.startswith("."):
+            continue
+        found = {
+            path.removeprefix(f"{store.root}/").removesuffix(MANIFEST_SUFFIX)
+            for path in store.fs.find(store.path(top))
+            if path.endswith(MANIFEST_SUFFIX)
+        }
+        # A file of an artifact that happens to be named like a manifest is no artifact.
+        keys |= {key for key in found if not any(key.startswith(f"{k}/") for k in found)}
     return keys
-
-
-def _under_roots(key: str) -> bool:
-    """Whether `key` names an artifact folder (an entry of one of ARTIFACT_ROOTS)."""
-    parent = key.rpartition("/")[0]
-    return any(fnmatch.fnmatchcase(parent, root) for root in ARTIFACT_ROOTS)
 
 
 def published_at(store: Store, key: str) -> float:
@@ -515,13 +543,19 @@ def drop_withdrawn(store: Store, data_dir: Path) -> list[str]:
         for suffix in (MANIFEST_SUFFIX, ".digests.json"):
             if name.endswith(suffix):
                 known.add(name.removesuffix(suffix))
-    gone = sorted(key for key in known - published(store) if _under_roots(key) or is_file_key(key))
+    gone = sorted(known - published(store))
     for key in gone:
-        if is_file_key(key):
-            (data_dir / key).unlink(missing_ok=True)
-        else:
-            remove_tree(data_dir / key)
-        _fetched_record(data_dir, key).unlink(missing_ok=True)
-        _digests_file(data_dir, key).unlink(missing_ok=True)
+        remove_copy(data_dir, key)
         log.info("dropped %s from this node: the artifact store no longer has it", key)
     return gone
+
+
+def remove_copy(data_dir: Path, key: str) -> None:
+    """Remove the folder or file `data_dir/key` and what this data dir recorded of it."""
+    target = data_dir / key
+    if target.is_dir():
+        remove_tree(target)
+    else:
+        target.unlink(missing_ok=True)
+    _fetched_record(data_dir, key).unlink(missing_ok=True)
+    _digests_file(data_dir, key).unlink(missing_ok=True)

@@ -408,6 +408,39 @@ def training_set_path(project_id: str, set_id: str) -> Path:
     return Layout().image_training_set(project_id, set_id)
 
 
+def training_reads(session: Session, job: Job) -> list[Path]:
+    """The files a training job reads: its model's and its training set."""
+    return [
+        *_model_files(job.params["model"]),
+        training_set_path(job.project_id, job.params["training_set"]),
+    ]
+
+
+def generation_reads(session: Session, job: Job) -> list[Path]:
+    """The files a generation job reads: its model's, its adapters' and its source image."""
+    paths = _model_files(job.params["model"])
+    paths += [Path(path) for path in (job.params.get("adapter_files") or {}).values()]
+    digest = job.params["recipe"].get("source_digest")
+    if digest:
+        paths.append(source_path(job.project_id, digest))
+    return paths
+
+
+def _model_files(model: dict[str, Any]) -> list[Path]:
+    return [Path(path) for path in (model["path"], model.get("config_path")) if path]
+
+
+def model_here(model: dict[str, Any], layout: Layout) -> dict[str, Any]:
+    """A job's model as its parameters keep it, with its paths where this machine has them (a
+    cluster node's data dir holds its own copy of a model registered in the API's)."""
+    config_path = model.get("config_path")
+    return {
+        **model,
+        "path": str(layout.local(model["path"])),
+        "config_path": str(layout.local(config_path)) if config_path else None,
+    }
+
+
 def record_trained_adapter(
     session: Session, job: Job, path: Path, card: dict[str, Any]
 ) -> ImageAdapter:

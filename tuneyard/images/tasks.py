@@ -2,7 +2,11 @@
 runs the recipe once per seed, relaying each step; the job keeps each image as a PNG carrying
 its recipe, and imports no torch. Training: the job's own process trains a LoRA of the model's
 denoiser (UNet or transformer) on the unpacked training set, reporting each step's loss, and
-records the adapter."""
+records the adapter.
+
+Both run on a cluster node without the API's data dir (an artifact store): they read what
+their kind `reads` at `ctx.layout.local` paths, and land each image and adapter before its row
+is written. A generation there uses the image process of the node's data dir."""
 
 from __future__ import annotations
 
@@ -38,7 +42,13 @@ def _remove_unrecorded(session, job) -> None:
         path.unlink(missing_ok=True)
 
 
-@job_kind(service.GENERATE, cleanup=_remove_unrecorded, cooperative_cancel=True)
+@job_kind(
+    service.GENERATE,
+    cleanup=_remove_unrecorded,
+    cooperative_cancel=True,
+    writes=(),  # its images are new files
+    reads=service.generation_reads,
+)
 def generate(ctx):
     recipe = ctx.params["recipe"]
     seeds = [int(seed) for seed in ctx.params["seeds"]]
@@ -46,6 +56,11 @@ def generate(ctx):
     source = None
     if recipe["source_digest"]:
         source = str(service.source_path(ctx.project_id, recipe["source_digest"]))
+    model = service.model_here(ctx.params["model"], ctx.layout)
+    adapter_files = {
+        adapter_id: str(ctx.layout.local(path))
+        for adapter_id, path in (ctx.params.get("adapter_files") or {}).items()
+    }
     per_image = denoising_steps(recipe)
     total = per_image * len(seeds)
     image_ids = []
@@ -66,10 +81,10 @@ def generate(ctx):
                 )
 
         request = {
-            "model": ctx.params["model"],
+            "model": model,
             "recipe": image_recipe,
             "source": source,
-            "adapter_files": ctx.params.get("adapter_files"),
+            "adapter_files": adapter_files,
         }
         try:
             answer = generate_remote(
@@ -84,6 +99,7 @@ def generate(ctx):
         target = ctx.layout.image_file(ctx.project_id, ctx.job_id, image_id)
         with atomic_file(target) as handle:
             handle.write(answer["png"])
+        ctx.land(target)
         with ctx.session() as session:
             job = session.get_one(Job, ctx.job_id)
             service.record_image(
@@ -120,12 +136,14 @@ def _remove_training_leftovers(session, job) -> None:
     cleanup=_remove_training_leftovers,
     cooperative_cancel=True,
     cancel_grace_seconds=600,  # a step of a large model on a CPU takes minutes
+    writes=(),  # its adapter is a new file; its training set, used up, goes
+    reads=service.training_reads,
 )
 def train(ctx):
     from tuneyard.images.trainer import train_lora
 
     params = ctx.params["train"]
-    model = ctx.params["model"]
+    model = service.model_here(ctx.params["model"], ctx.layout)
     name = ctx.params["adapter_name"]
     steps = int(params["steps"])
     folder = service.training_set_path(ctx.project_id, ctx.params["training_set"])
@@ -161,12 +179,11 @@ def train(ctx):
         ctx.progress(0, f"Training adapter {name} on {device}: {steps} steps")
 
     with tempfile.TemporaryDirectory(prefix="lora-") as scratch:
-        trained = train_lora(
-            ctx.params["model"], records, params, on_step, Path(scratch), on_loaded
-        )
+        trained = train_lora(model, records, params, on_step, Path(scratch), on_loaded)
         target = ctx.layout.image_adapter(ctx.project_id, ctx.params["adapter_id"])
         with atomic_path(target) as staging:
             shutil.copyfile(trained.file, staging)
+    ctx.land(target)
     info = ctx.params["training_set_info"]
     card = {
         "base_model": model["name"],

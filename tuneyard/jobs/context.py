@@ -113,12 +113,12 @@ class JobContext:
             raise JobCancelled()
 
     def land(self, folder: Path) -> None:
-        """Have `folder` (an artifact folder of this data dir, written whole) in the API's data
-        dir before the body writes the rows that say it is ready, so that no reader of those
-        rows looks for files that are not there yet. Only a job on a cluster node that shares
-        no disk with the API has anything to do: its actor publishes the folder to the
-        artifact store, its worker fetches it and records the job event `landed`, which this
-        waits for (see tuneyard.jobs.ray_executor). Elsewhere the folder is already there."""
+        """Have `folder` (an artifact folder or file of this data dir, written whole) in the
+        API's data dir before the body writes the rows that say it is ready, so that no reader
+        of those rows looks for files that are not there yet. Only a job on a cluster node that
+        shares no disk with the API has anything to do: its actor publishes it to the artifact
+        store, its worker fetches it and records the job event `landed`, which this waits for
+        (see tuneyard.jobs.ray_executor). Elsewhere it is already there."""
         if self.settings.api_data_dir is None:
             return
         key = folder.relative_to(self.layout.root).as_posix()

@@ -29,22 +29,24 @@ to the database, and the data dir at the same path, unless an artifact store is 
 
 With TUNEYARD_ARTIFACT_STORE the nodes share no disk with the API; the store carries the job's
 folders (tuneyard.artifacts), and only kinds that declare `writes` run there: the others, and a
-job that reads a folder the API's data dir does not hold (a base model registered where it
-lies), stay queued, saying so, for a local worker on the API's machine to take. Before starting
-a job, the worker publishes the folders of its `uses` and the files its kind names (`files`: the
-uploaded code it runs), those unchanged in the store skipped; its actor fetches them into the
-node's data dir (TUNEYARD_NODE_DATA_DIR), with the data dir's key that decrypts stored API keys,
-and runs the process on that dir, publishing its log every few seconds. A process that succeeds
-there does not mark the job succeeded (tuneyard.jobs.child): it leaves its result, the actor
-publishes the artifact folders the job made or changed, and the worker fetches them into the
-API's data dir (and removes there those of the resources it writes that the job removed: a
-knowledge base's retired index version), and only then records the job succeeded, so that no
-user sees a succeeded job whose files are not there yet. A folder whose row the job is about to
-mark ready lands before that (JobContext.land): the job asks, its actor publishes the folder,
-the worker fetches it and records the job event `landed`, which the job waits for before it
-writes the row. A failed job publishes its log alone; its kind's cleanup runs on both sides. A
-job waits (queued) while another job on the cluster may still be changing a folder it uses (that
-job's kind `writes` its resource), as a training waits for its dataset's parse to land.
+job that reads a folder the API's data dir does not hold (a model registered where it lies),
+stay queued, saying so, for a local worker on the API's machine to take. Before starting a job,
+the worker publishes the folders of its `uses`, the files its kind names (`files`: the uploaded
+code it runs) and what else it `reads` (an image model in the data dir, adapters, a training
+set), those unchanged in the store skipped; its actor fetches them into the node's data dir
+(TUNEYARD_NODE_DATA_DIR), with the data dir's key that decrypts stored API keys, and runs the
+process on that dir, publishing its log every few seconds. A process that succeeds there does
+not mark the job succeeded (tuneyard.jobs.child): it leaves its result, the actor publishes the
+artifact folders the job made or changed, and the worker fetches them into the API's data dir
+(and removes there those of the resources it writes, and of what it reads besides, that the
+job removed: a knowledge base's retired index version, an image training's used-up training
+set), and only then records the job succeeded, so that no user sees a succeeded job whose
+files are not there yet. A folder or file whose row the job is about to mark ready lands before
+that (JobContext.land): the job asks, its actor publishes it, the worker fetches it and records
+the job event `landed`, which the job waits for before it writes the row. A failed job
+publishes its log alone; its kind's cleanup runs on both sides. A job waits (queued) while
+another job on the cluster may still be changing a folder it uses (that job's kind `writes` its
+resource), as a training waits for its dataset's parse to land.
 """
 
 from __future__ import annotations
@@ -62,7 +64,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -72,6 +74,7 @@ from typing import Any
 import ray
 from ray.exceptions import ActorUnavailableError, RayActorError
 from sqlalchemy import or_, select, update
+from sqlalchemy.orm import Session
 
 from tuneyard import artifacts
 from tuneyard.config import Settings
@@ -104,7 +107,7 @@ from tuneyard.models import (
     Training,
     utcnow,
 )
-from tuneyard.storage import SECRET_KEY_FILE, atomic_file, remove_tree
+from tuneyard.storage import SECRET_KEY_FILE, atomic_file
 
 log = logging.getLogger(__name__)
 
@@ -193,10 +196,10 @@ def _die_with_parent() -> None:
 class Transfer:
     """What the actor of a job on a node with an artifact store moves: the store (its options
     hold credentials, so it has no repr), the node's data dir, the keys of the inputs (those
-    of resources the job's kind writes in `changeable`: one the job removes is removed from the
-    API's data dir too; the single files in `files`), and the data dir's key that decrypts
-    stored API keys (the job may call a model whose key is stored), None when the API's data
-    dir has none yet."""
+    of resources the job's kind writes, and what it `reads` besides, in `changeable`: one the
+    job removes is removed from the API's data dir too; the single files in `files`), and the
+    data dir's key that decrypts stored API keys (the job may call a model whose key is
+    stored), None when the API's data dir has none yet."""
 
     url: str
     options: dict
@@ -380,7 +383,9 @@ class JobRunner:
         outputs = artifacts.changed_since(node_dir, self.before)
         for key in outputs:
             artifacts.publish(self.store, node_dir, key)
-        removed = [key for key in self.transfer.changeable if not (node_dir / key).is_dir()]
+        removed = [key for key in self.transfer.changeable if not (node_dir / key).exists()]
+        for key in removed:
+            artifacts.remove_copy(node_dir, key)  # and what this node recorded of it
         return {
             "outputs": outputs,
             "removed": removed,
@@ -427,6 +432,12 @@ class _Sending:
     kind: str
     wanted: dict[str, float]
     future: Future  # -> the Transfer its actor gets
+
+
+def in_environment(path: Path) -> bool:
+    """Whether a path lies in the Python environment (a model shipped as a package), which the
+    cluster's nodes share with the workers, at the same path."""
+    return path.resolve().is_relative_to(Path(sys.prefix).resolve())
 
 
 class ArtifactRefused(Exception):
@@ -496,31 +507,52 @@ def withdraw_unneeded(
     store: artifacts.Store, settings: Settings, older_than: float = WITHDRAW_AFTER_SECONDS
 ) -> list[str]:
     """Withdraw from the artifact store the artifacts whose rows were deleted, the uploaded
-    code files the API's data dir no longer has (their method or reward file was deleted), and
-    the logs of finished (or deleted) jobs, once published at least `older_than` seconds ago;
-    the keys withdrawn. Nodes drop their copies at their next job (artifacts.drop_withdrawn)."""
+    code files the API's data dir no longer has (their method or reward file was deleted), what
+    jobs read or landed elsewhere (images, adapters, an image model in the import folder) that
+    no queued or running job reads, and the logs of finished (or deleted) jobs, once published
+    at least `older_than` seconds ago; the keys withdrawn. Nodes drop their copies at their next
+    job (artifacts.drop_withdrawn)."""
     cutoff = time.time() - older_than
     by_folder: dict[str, list[str]] = {}
     orphans = []
+    elsewhere = set()
     for key in artifacts.published(store):
         folder = key.rpartition("/")[0]
         pattern = next((p for p in ROW_OF_FOLDER if fnmatch.fnmatchcase(folder, p)), None)
         if pattern is not None:
             by_folder.setdefault(pattern, []).append(key)
-        elif artifacts.is_file_key(key) and not (settings.data_dir / key).exists():
-            orphans.append(key)
+        elif artifacts.is_file_key(key):
+            if not (settings.data_dir / key).exists():
+                orphans.append(key)
+        else:
+            elsewhere.add(key)
     with session_scope(settings) as session:
         for pattern, keys in by_folder.items():
             table = ROW_OF_FOLDER[pattern]
             ids = [key.rpartition("/")[2] for key in keys]
             kept = set(session.scalars(select(table.id).where(table.id.in_(ids))))
             orphans += [key for key in keys if key.rpartition("/")[2] not in kept]
+        if elsewhere:
+            orphans += sorted(elsewhere - _read_by_active_jobs(session, settings))
     withdrawn = []
     for key in sorted(orphans):
         if artifacts.published_at(store, key) < cutoff:
             artifacts.withdraw(store, key)
             withdrawn.append(key)
     return withdrawn + _withdraw_finished_logs(store, settings, datetime.fromtimestamp(cutoff, UTC))
+
+
+def _read_by_active_jobs(session: Session, settings: Settings) -> set[str]:
+    """The keys of what queued and running jobs read besides their uses' folders (their
+    kinds' `reads`) in the API's data dir."""
+    root = settings.data_dir
+    keys = set()
+    for job in session.scalars(select(Job).where(Job.status.in_(service.ACTIVE))):
+        reads = get_kind(job.kind).reads
+        for path in reads(session, job) if reads is not None else []:
+            if path.is_relative_to(root):
+                keys.add(path.relative_to(root).as_posix())
+    return keys
 
 
 def _withdraw_finished_logs(
@@ -616,7 +648,8 @@ class RayExecutor(Executor):
             wanted = get_kind(kind).resources_for(params or {})
             reason = why_waiting(wanted, nodes)
             if self.store is not None:
-                reason = self._needs_data_dir(kind, list(uses or [])) or reason
+                reads = self._reads(job_id, kind)
+                reason = self._needs_data_dir(kind, list(uses or []), reads) or reason
             needed = _requirements(wanted)
             if reason is None and any(
                 available.get(name, 0.0) < amount for name, amount in needed.items() if amount
@@ -776,16 +809,19 @@ class RayExecutor(Executor):
                     )
         return None
 
-    def _needs_data_dir(self, kind: str, uses: list[str]) -> str | None:
+    def _needs_data_dir(self, kind: str, uses: list[str], reads: Sequence[Path] = ()) -> str | None:
         """Why the job cannot run on this cluster's nodes, which share no disk with the API
         (its kind does not say what it writes, it uses something no artifact folder carries,
-        or it reads a folder the API's data dir does not hold: a base model registered where
-        it lies); None when it can. Such a job is left in the queue for a local worker."""
+        or it reads a folder the API's data dir does not hold: a model registered where it
+        lies); None when it can. Such a job is left in the queue for a local worker."""
         job_kind = get_kind(kind)
         why = (
             f"job kind '{kind}' needs the API's data dir"
             if job_kind.writes is None
-            else self._not_carried(uses, job_kind.writes, job_kind.files is not None)
+            else self._not_carried(
+                uses, job_kind.writes, job_kind.files is not None, job_kind.reads is not None
+            )
+            or self._not_read_here(reads)
         )
         if why is None:
             return None
@@ -795,15 +831,18 @@ class RayExecutor(Executor):
         )
 
     def _not_carried(
-        self, uses: list[str], writes: tuple[str, ...], names_files: bool
+        self, uses: list[str], writes: tuple[str, ...], names_files: bool, reads: bool = False
     ) -> str | None:
         """Why a use of a job whose kind writes `writes` cannot travel through the store, if
         one cannot: it has no artifact folder (nor is it one file its kind names, when
-        `names_files`), or the job only reads it and its folder is not in the API's data dir
-        (its files lie where it was registered, which nodes lack)."""
+        `names_files`, nor among what it `reads`, when `reads`), or the job only reads it and
+        its folder is not in the API's data dir (its files lie where it was registered, which
+        nodes lack)."""
         for use in uses:
             if names_files and artifacts.is_file_resource(use):
                 continue  # its one file travels among the kind's `files`
+            if reads and not artifacts.carried(use):
+                continue  # its files are among what the kind reads
             if not artifacts.carried(use):
                 return f"this job uses {use}, whose files an artifact store does not carry"
             key = artifacts.key_of(use)
@@ -827,16 +866,36 @@ class RayExecutor(Executor):
             return False
         with session_scope(self.settings) as session:
             path = session.scalar(select(BaseModel.path).where(BaseModel.id == model_id))
-        return path is not None and Path(path).resolve().is_relative_to(Path(sys.prefix).resolve())
+        return path is not None and in_environment(Path(path))
+
+    def _not_read_here(self, reads: Sequence[Path]) -> str | None:
+        """Why a path the job's kind reads cannot reach a node: it lies outside the API's data
+        dir (a model registered where it lies) and outside the Python environment."""
+        for path in reads:
+            if not path.is_relative_to(self.layout.root) and not in_environment(path):
+                return (
+                    f"this job reads {path}, which is not in the API's data dir (a model "
+                    "registered where it lies stays there), so an artifact store cannot carry it"
+                )
+        return None
+
+    def _reads(self, job_id: str, kind: str) -> list[Path]:
+        """What the job reads besides its uses' folders (its kind's `reads`), the API's paths."""
+        reads = get_kind(kind).reads
+        if reads is None:
+            return []
+        with session_scope(self.settings) as session:
+            return reads(session, session.get_one(Job, job_id))
 
     def _send_inputs(
         self, job_id: str, kind: str, uses: list[str], files: list[Path] | None = None
     ) -> Transfer:
-        """Publish the folders the job uses that the API's data dir holds, and the files its
-        kind names (unchanged ones are skipped): what its actor fetches. A job that needs the
-        API's data dir is refused."""
+        """Publish the folders the job uses that the API's data dir holds, the files its kind
+        names and what else it reads there (unchanged ones are skipped): what its actor
+        fetches. A job that needs the API's data dir is refused."""
         assert self.store is not None
-        reason = self._needs_data_dir(kind, uses)
+        reads = self._reads(job_id, kind)
+        reason = self._needs_data_dir(kind, uses, reads)
         if reason is not None:
             raise ArtifactRefused(reason.replace("Waiting for", "Run it with", 1))
         writes = get_kind(kind).writes or ()
@@ -847,6 +906,13 @@ class RayExecutor(Executor):
                 inputs.append(key)
                 if use.partition(":")[0] in writes:
                     changeable.append(key)
+        for path in reads:
+            # What lies in the Python environment is read at the same path on the node.
+            if path.is_relative_to(self.layout.root) and path.exists():
+                key = path.relative_to(self.layout.root).as_posix()
+                self._publish(key, artifacts.publish)
+                inputs.append(key)
+                changeable.append(key)  # one the job uses up goes at home too
         singles = []
         for path in files or []:
             try:
@@ -983,7 +1049,7 @@ class RayExecutor(Executor):
                 for key in ended.get("outputs") or []:
                     artifacts.fetch(self.store, self.layout.root, key)
                 for key in ended.get("removed") or []:
-                    remove_tree(self.layout.root / key)
+                    artifacts.remove_copy(self.layout.root, key)
         except Exception as exc:
             return (
                 "The job succeeded on its node, but its files could not be brought from the "

@@ -15,11 +15,17 @@ stopped or died goes back to the queue instead of failing; `on_requeue` then let
 say so on its entity (a training waits again).
 `writes` marks a kind that can run on a cluster node sharing no disk with the API (an
 artifact store, see tuneyard.artifacts): it names the resources among its `uses` whose files the
-job changes (the others it only reads), and before it marks a folder it made ready, it calls
-`ctx.land(folder)`; a kind without it is left for a local worker on such a cluster.
+job changes (the others it only reads), and before it marks a folder or file it made ready, it
+calls `ctx.land(path)`; a kind without it is left for a local worker on such a cluster.
 `files` names the single files such a job reads besides its `uses` folders (the uploaded code it
 runs: a training method's script, reward files), as paths of the API's data dir: they travel
 with its inputs.
+`reads` names the other folders and files such a job reads whose resources have no artifact
+folder of their own (an image model kept in the data dir, adapters, a source image, a training
+set), as paths of the API's data dir: those there travel with its inputs, and one the job
+removes (a training set it used up) is removed from the API's data dir too; one elsewhere
+keeps the job for a local worker, unless it lies in the Python environment. The body finds each
+at `ctx.layout.local(path)`.
 """
 
 from __future__ import annotations
@@ -67,6 +73,9 @@ class JobKind:
     # (session, job) -> the single files it reads besides its uses' folders (paths of the
     # API's data dir, under tuneyard.artifacts.FILE_ROOTS); None: none.
     files: Callable[..., list[Path]] | None = None
+    # (session, job) -> the other paths (the API's) it reads besides its uses' folders; None:
+    # it reads those alone.
+    reads: Callable[..., list[Path]] | None = None
 
     def resources_for(self, params: dict[str, Any]) -> dict[str, float]:
         """What one run with these parameters needs: the defaults, overridden by the kind's."""
@@ -95,6 +104,7 @@ def job_kind(
     on_requeue=None,
     writes: tuple[str, ...] | None = None,
     files: Callable[..., list[Path]] | None = None,
+    reads: Callable[..., list[Path]] | None = None,
 ):
     """Decorator registering a job body under `name`."""
 
@@ -113,6 +123,7 @@ def job_kind(
             on_requeue,
             writes,
             files,
+            reads,
         )
         return func
 
