@@ -434,6 +434,12 @@ class _Sending:
     future: Future  # -> the Transfer its actor gets
 
 
+def _reads_of(session: Session, job: Job) -> list[Path]:
+    """What a job reads besides its uses' folders (its kind's `reads`), as the API's paths."""
+    reads = get_kind(job.kind).reads
+    return list(reads(session, job)) if reads is not None else []
+
+
 def in_environment(path: Path) -> bool:
     """Whether a path lies in the Python environment (a model shipped as a package), which the
     cluster's nodes share with the workers, at the same path."""
@@ -632,24 +638,35 @@ class RayExecutor(Executor):
         if free <= 0:
             return
         with session_scope(self.settings) as session:
-            queued = session.execute(
-                select(Job.id, Job.kind, Job.params, Job.message, Job.uses)
+            jobs = session.scalars(
+                select(Job)
                 .where(Job.status == "queued")
                 .order_by(Job.priority.desc(), Job.created_at, Job.id)
                 .limit(free + 200)
             ).all()
+            # With a store, what each reads besides its uses' folders, in this one session.
+            queued = [
+                (
+                    job.id,
+                    job.kind,
+                    job.params,
+                    job.message,
+                    list(job.uses or []),
+                    _reads_of(session, job) if self.store is not None else [],
+                )
+                for job in jobs
+            ]
         if not queued:
             return
         nodes = alive_nodes()
         available = dict(ray.available_resources())
-        for job_id, kind, params, message, uses in queued:
+        for job_id, kind, params, message, uses, reads in queued:
             if free <= 0:
                 return
             wanted = get_kind(kind).resources_for(params or {})
             reason = why_waiting(wanted, nodes)
             if self.store is not None:
-                reads = self._reads(job_id, kind)
-                reason = self._needs_data_dir(kind, list(uses or []), reads) or reason
+                reason = self._needs_data_dir(kind, uses, reads) or reason
             needed = _requirements(wanted)
             if reason is None and any(
                 available.get(name, 0.0) < amount for name, amount in needed.items() if amount
@@ -879,14 +896,6 @@ class RayExecutor(Executor):
                 )
         return None
 
-    def _reads(self, job_id: str, kind: str) -> list[Path]:
-        """What the job reads besides its uses' folders (its kind's `reads`), the API's paths."""
-        reads = get_kind(kind).reads
-        if reads is None:
-            return []
-        with session_scope(self.settings) as session:
-            return reads(session, session.get_one(Job, job_id))
-
     def _send_inputs(
         self, job_id: str, kind: str, uses: list[str], files: list[Path] | None = None
     ) -> Transfer:
@@ -894,7 +903,8 @@ class RayExecutor(Executor):
         names and what else it reads there (unchanged ones are skipped): what its actor
         fetches. A job that needs the API's data dir is refused."""
         assert self.store is not None
-        reads = self._reads(job_id, kind)
+        with session_scope(self.settings) as session:
+            reads = _reads_of(session, session.get_one(Job, job_id))
         reason = self._needs_data_dir(kind, uses, reads)
         if reason is not None:
             raise ArtifactRefused(reason.replace("Waiting for", "Run it with", 1))
