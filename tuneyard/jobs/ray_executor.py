@@ -903,8 +903,10 @@ class RayExecutor(Executor):
         names and what else it reads there (unchanged ones are skipped): what its actor
         fetches. A job that needs the API's data dir is refused."""
         assert self.store is not None
-        with session_scope(self.settings) as session:
-            reads = _reads_of(session, session.get_one(Job, job_id))
+        reads: list[Path] = []
+        if get_kind(kind).reads is not None:
+            with session_scope(self.settings) as session:
+                reads = _reads_of(session, session.get_one(Job, job_id))
         reason = self._needs_data_dir(kind, uses, reads)
         if reason is not None:
             raise ArtifactRefused(reason.replace("Waiting for", "Run it with", 1))
